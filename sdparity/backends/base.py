@@ -1,0 +1,55 @@
+"""What every backend provides. A backend knows TVM targets and runtimes, never stages."""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from ..cache import BuildCache
+from ..registry import StageIR
+
+
+class Backend:
+    name: str = ""
+    #: kept apart in reports: "cpu" results and "gpu" results are never mixed
+    device_class: str = "cpu"
+
+    def unavailable_reason(self) -> str | None:
+        """None when this backend can build and run here, else why not (shown as a skip)."""
+        return None
+
+    def target_key(self) -> dict:
+        """Everything about the target that changes a build (merged into the cache key)."""
+        raise NotImplementedError
+
+    def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
+        """Compile ir into out_dir (an empty temp folder). Return extra metadata for the cache."""
+        raise NotImplementedError
+
+    def build_cached(self, ir_factory, key: dict, cache: BuildCache, log=print, label: str = ""):
+        """Build through the cache. ir_factory() is only called on a miss (imports are slow)."""
+        full_key = {**key, "backend": self.name, "target": self.target_key(), "env": self.env_key()}
+        return cache.get_or_build(full_key, lambda tmp: self.build(ir_factory(), tmp, log=log),
+                                  log=log, label=label)
+
+    def env_key(self) -> dict:
+        import tvm
+
+        return {"tvm": tvm.__version__}
+
+    @contextlib.contextmanager
+    def session(self):
+        """Yield a runner: runner.run(artifact_dir, function, inputs) -> list[np.ndarray]."""
+        raise NotImplementedError
+        yield
+
+    def describe(self) -> dict:
+        """Facts recorded in the report (device, adapter, ...)."""
+        return {"name": self.name, "device_class": self.device_class}
+
+
+class Runner:
+    def run(self, artifact: Path, function: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError

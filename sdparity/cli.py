@@ -1,0 +1,183 @@
+"""sdparity command line. `sdparity --help` and `sdparity COMMAND --help` explain everything.
+
+Exit status: 0 all checks passed; 1 a check failed or errored; 2 bad input (one-line error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from .errors import SdparityError
+
+DEFAULT_REPORT = "sdparity-report.json"
+
+
+def _csv(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _latent(s: str) -> list[int]:
+    try:
+        h, w = (int(x) for x in s.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected HxW, e.g. 16x16") from None
+    if h <= 0 or w <= 0:
+        raise argparse.ArgumentTypeError("latent sizes must be positive")
+    return [h, w]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sdparity",
+        description="Numerical parity of TVM-compiled Stable Diffusion stages (native and WebGPU) "
+        "against PyTorch/diffusers. Each stage is built per backend, run on generated inputs, and "
+        "compared with the diffusers reference against a declared tolerance; the float32 noise "
+        "floor of the reference (float64 vs float32) is reported next to every error.",
+        epilog="Models: 'tiny' (default; seeded random, made locally), 'sd15-random' (full SD 1.5 "
+        "architecture, random weights) or a local diffusers SD 1.x folder. Cache: $SDPARITY_CACHE "
+        "(default ~/.cache/sdparity).",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("check", help="build, run and compare stages; write a JSON report",
+                       description="Build every selected stage for every selected backend, run it, "
+                       "compare with the PyTorch reference, print a table, write the report. Exit 0 "
+                       "only when every check passes.")
+    c.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
+    c.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated: llvm,cuda,vulkan,webgpu "
+                   "(default: llvm)")
+    c.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
+    c.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT), help=f"JSON report path "
+                   f"(default: {DEFAULT_REPORT}); written atomically")
+    c.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    c.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae "
+                   "(default: the model's sample_size)")
+    c.add_argument("--rebuild", action="store_true", help="ignore cached builds")
+    c.add_argument("--inject-fault", action="append", default=[], metavar="STAGE:FAULT",
+                   help="build STAGE deliberately wrong (see 'sdparity stages'); the check must fail")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+
+    sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
+
+    m = sub.add_parser("make-model", help="create a built-in model folder (tiny | sd15-random)")
+    m.add_argument("kind", choices=["tiny", "sd15-random"])
+
+    k = sub.add_parser("cache", help="show or clear the build cache")
+    k.add_argument("action", choices=["path", "clear"])
+    _extensions(sub)
+    return p
+
+
+def _extensions(sub) -> None:
+    """Commands that live in their own modules register here."""
+    for modname in ("gate", "bench", "serve", "htmlreport"):
+        try:
+            mod = __import__(f"sdparity.{modname}", fromlist=["add_parser"])
+        except ImportError:
+            continue
+        if hasattr(mod, "add_parser"):
+            mod.add_parser(sub)
+
+
+def cmd_check(args) -> int:
+    from reference.models import ModelError, load_model
+
+    from .backends import get_backend
+    from .cache import BuildCache
+    from .registry import all_stages
+    from .report import Report
+    from .runner import Progress, run_checks
+    from .table import print_table
+
+    log = Progress(quiet=args.quiet)
+    stages = all_stages()
+    names = args.stages or list(stages)
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
+    selected = [stages[n] for n in names]
+    for spec in args.inject_fault:
+        stage_name, _, fault = spec.partition(":")
+        if stage_name not in names:
+            raise SdparityError(f"--inject-fault {spec}: stage {stage_name!r} is not selected")
+        idx = names.index(stage_name)
+        try:
+            selected[idx] = selected[idx].with_fault(fault)
+        except ValueError as e:
+            raise SdparityError(str(e)) from None
+    backends = [get_backend(b) for b in args.backends]
+    try:
+        model = load_model(args.model, log=log)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+    variants = None
+    if args.latent:
+        variants = {s.name: {**s.default_variant(model), "latent": args.latent}
+                    for s in selected if "latent" in s.default_variant(model)}
+    report = Report(model)
+    report.data["faults"] = args.inject_fault
+    run_checks(selected, backends, model, report, BuildCache(rebuild=args.rebuild), seed=args.seed,
+               log=log, variants=variants)
+    report.write(args.report)
+    print_table(report.data)
+    print(f"report: {args.report}")
+    return 0 if report.ok else 1
+
+
+def cmd_stages(args) -> int:
+    from .registry import all_stages
+    from .tolerances import TABLE
+
+    for s in all_stages().values():
+        print(f"{s.name}: {s.description}")
+        for o in s.outputs:
+            for (st, out, be, scope), tol in TABLE.items():
+                if st == s.name and out == o.name:
+                    print(f"    {o.name} [{be}, {scope}] atol={tol.atol:g} rtol={tol.rtol:g}"
+                          + (f" mismatch<={tol.mismatch_frac:g}" if o.integer else "") + f": {tol.reason}")
+        for f, what in s.faults.items():
+            print(f"    fault {s.name}:{f}: {what}")
+    return 0
+
+
+def cmd_make_model(args) -> int:
+    from reference.models import ensure_builtin
+
+    print(ensure_builtin(args.kind))
+    return 0
+
+
+def cmd_cache(args) -> int:
+    from .cache import BuildCache
+
+    cache = BuildCache()
+    if args.action == "path":
+        print(cache.root)
+    else:
+        print(f"removed {cache.clear()} entries from {cache.root}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    handler = getattr(args, "handler", None) or globals()[f"cmd_{args.command.replace('-', '_')}"]
+    try:
+        return handler(args)
+    except SdparityError as e:
+        print(f"sdparity: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sdparity: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

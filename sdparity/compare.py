@@ -1,0 +1,110 @@
+"""The one comparison module: metrics of a candidate output against the reference.
+
+Every result carries
+  max_abs       max |cand - ref|
+  max_rel       max |cand - ref| / |ref| over *significant* elements (|ref| >= 1% of max |ref|)
+  mismatches    elements that differ at all (integer outputs) or break the tolerance (floats)
+  noise_floor   max |ref64 - ref32|: the float32 rounding noise of the reference itself
+  floor_ratio   max_abs / noise_floor (None when the floor is 0, e.g. bit-exact stages)
+and a verdict against a declared Tolerance (sdparity.tolerances).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .tolerances import Tolerance
+
+SIGNIFICANT = 0.01  # elements with |ref| below 1% of max |ref| are left out of max_rel
+
+
+@dataclass
+class Metrics:
+    shape: list[int]
+    dtype: str
+    n: int
+    max_abs: float
+    max_rel: float
+    mismatches: int
+    mismatch_frac: float
+    noise_floor: float | None
+    floor_ratio: float | None
+    nonfinite: int
+    worst_index: list[int] | None
+    passed: bool
+    why: str
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _as_float64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a).astype(np.float64, copy=False)
+
+
+def compare(
+    candidate: np.ndarray,
+    reference: np.ndarray,
+    tol: Tolerance,
+    reference64: np.ndarray | None = None,
+    integer: bool = False,
+) -> Metrics:
+    cand = np.asarray(candidate)
+    ref = np.asarray(reference)
+    if cand.shape != ref.shape:
+        return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), float("inf"), float("inf"),
+                       int(ref.size), 1.0, None, None, 0, None, False,
+                       f"shape {list(cand.shape)} != reference shape {list(ref.shape)}")
+    c = _as_float64(cand)
+    r = _as_float64(ref)
+    ref_nonfinite = ~np.isfinite(r)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c - r)
+    # A NaN/Inf that the reference also has at the same place (same value) is agreement.
+    same_special = ref_nonfinite & ((c == r) | (np.isnan(c) & np.isnan(r)))
+    nonfinite = int((~np.isfinite(c) & ~same_special).sum())
+    diff = np.where(same_special, 0.0, diff)
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    worst = [int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)] if diff.size else None
+
+    mag = np.abs(np.where(ref_nonfinite, 0.0, r))
+    sig = mag >= SIGNIFICANT * (float(mag.max()) if mag.size else 0.0)
+    sig &= mag > 0
+    max_rel = float((diff[sig] / mag[sig]).max()) if sig.any() else 0.0
+
+    floor = None
+    if reference64 is not None:
+        r64 = _as_float64(reference64)
+        fd = np.abs(r64 - r)
+        fd = np.where(~np.isfinite(r64) & ~np.isfinite(r), 0.0, fd)
+        floor = float(np.nan_to_num(fd, nan=np.inf).max()) if fd.size else 0.0
+    ratio = (max_abs / floor) if floor not in (None, 0.0) and np.isfinite(max_abs) else None
+
+    if integer:
+        bad = diff > 0
+        mismatches = int(bad.sum())
+        frac = mismatches / max(diff.size, 1)
+        if max_abs > tol.atol:
+            passed, why = False, f"an element differs by {max_abs:g} > {tol.atol:g}"
+        elif frac > tol.mismatch_frac:
+            passed, why = False, f"{frac:.4%} of elements differ > budget {tol.mismatch_frac:.4%}"
+        else:
+            passed, why = True, f"{mismatches} of {diff.size} elements differ (max {max_abs:g})"
+    else:
+        bound = tol.atol + tol.rtol * mag
+        bad = diff > bound
+        mismatches = int(bad.sum())
+        frac = mismatches / max(diff.size, 1)
+        if mismatches:
+            passed = False
+            why = (f"{mismatches} elements outside atol={tol.atol:g} rtol={tol.rtol:g}; "
+                   f"max abs {max_abs:.3g} at {worst}")
+        else:
+            passed, why = True, f"max abs {max_abs:.3g} within atol={tol.atol:g} rtol={tol.rtol:g}"
+    if nonfinite:
+        passed, why = False, f"{nonfinite} non-finite values in the candidate; " + why
+    return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), max_abs, max_rel, mismatches,
+                   frac, floor, ratio, nonfinite, worst, passed, why)

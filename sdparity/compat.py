@@ -1,0 +1,72 @@
+"""Every TVM API difference sdparity knows about, in one place (0.25 .. 0.27).
+
+Code elsewhere calls these helpers instead of touching renamed APIs directly, so a TVM
+version whose API differs fails here with one clear message (SdparityError), not deep inside
+a stage.
+"""
+
+from __future__ import annotations
+
+from .errors import SdparityError
+
+
+def tir():
+    """tvm.tirx (0.27+) or tvm.tir (before)."""
+    import tvm
+
+    mod = getattr(tvm, "tirx", None) or getattr(tvm, "tir", None)
+    if mod is None:
+        raise SdparityError(f"TVM {tvm.__version__} has neither tvm.tirx nor tvm.tir")
+    return mod
+
+
+def tensor_type(shape, dtype: str):
+    """relax.TensorType (0.27+) or relax.TensorStructInfo (before)."""
+    from tvm import relax
+
+    cls = getattr(relax, "TensorType", None)
+    if cls is not None and hasattr(relax, "TensorStructInfo") is False:
+        return cls(shape, dtype)
+    if hasattr(relax, "TensorStructInfo"):
+        return relax.TensorStructInfo(shape, dtype)
+    if cls is not None:
+        return cls(shape, dtype)
+    raise SdparityError("this TVM has neither relax.TensorType nor relax.TensorStructInfo")
+
+
+def sym_var(name: str):
+    """A symbolic int64 dimension."""
+    return tir().Var(name, "int64")
+
+
+def dlight():
+    """tvm.s_tir.dlight (0.27+) or tvm.dlight (before)."""
+    try:
+        from tvm.s_tir import dlight as dl
+    except ImportError:
+        try:
+            from tvm import dlight as dl
+        except ImportError as e:
+            raise SdparityError(f"this TVM has no dlight scheduling module: {e}") from None
+    return dl
+
+
+def default_gpu_schedule():
+    try:
+        from tvm.s_tir.transform import DefaultGPUSchedule
+    except ImportError:
+        try:
+            from tvm.tir.transform import DefaultGPUSchedule
+        except ImportError as e:
+            raise SdparityError(f"this TVM has no DefaultGPUSchedule: {e}") from None
+    return DefaultGPUSchedule()
+
+
+def tensor(array, device):
+    """tvm.runtime.tensor (0.27+) or tvm.nd.array (before)."""
+    import tvm
+
+    fn = getattr(tvm.runtime, "tensor", None)
+    if fn is None:
+        fn = tvm.nd.array
+    return fn(array, device)

@@ -1,0 +1,118 @@
+"""The one registry of stages.
+
+A stage is one piece of the Web Stable Diffusion pipeline. It says
+  * how to build its Relax IRModule (``build_ir``), for a *variant* (fixed shapes, options),
+  * which checks to run (``cases``): inputs, the Relax function to call, and the PyTorch
+    reference at float32 and float64 (for the noise floor),
+  * its outputs, whose tolerances live in ``sdparity.tolerances``.
+
+Backends never know stages; stages never know backends. Adding a stage = one module in
+``sdparity/stages/`` that subclasses ``Stage`` and decorates it with ``@register``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+_STAGES: dict[str, "Stage"] = {}
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    integer: bool = False  # compared as integers (mismatch budget) rather than allclose
+
+
+@dataclass
+class StageIR:
+    """What a stage hands a backend: a Relax module and the weights of each function."""
+
+    mod: object  # tvm.IRModule
+    params: dict[str, list[np.ndarray]] = field(default_factory=dict)  # function -> weights
+
+
+@dataclass
+class Case:
+    """One check: call ``function`` on ``inputs``; compare with ``reference(dtype)``."""
+
+    label: str
+    function: str
+    inputs: list[np.ndarray]
+    reference: Callable[[str], list[np.ndarray]]  # "float32" | "float64" -> outputs
+    outputs: tuple[Output, ...]
+    shapes: dict = field(default_factory=dict)  # what to show in the report
+
+
+class Stage:
+    name: str = ""
+    description: str = ""
+    uses_model: bool = True  # False: the build does not depend on model weights
+    version: int = 1  # bump when build_ir changes its output: part of the cache key
+    outputs: tuple[Output, ...] = ()
+    functions: tuple[str, ...] = ()  # Relax functions the built module exports
+    faults: dict[str, str] = {}  # fault name -> what it breaks (for negative tests)
+
+    def __init__(self, fault: str | None = None):
+        if fault is not None and fault not in self.faults:
+            raise ValueError(f"stage {self.name} has no fault {fault!r}; it has {sorted(self.faults)}")
+        self.fault = fault
+
+    def with_fault(self, fault: str) -> "Stage":
+        """A copy of this stage whose *built* module is deliberately wrong; the reference is not."""
+        s = copy.copy(self)
+        Stage.__init__(s, fault)
+        return s
+
+    # -- to implement ---------------------------------------------------------------
+    def default_variant(self, model) -> dict:
+        return {}
+
+    def build_ir(self, model, variant: dict) -> StageIR:
+        raise NotImplementedError
+
+    def cases(self, model, variant: dict, seed: int) -> list[Case]:
+        raise NotImplementedError
+
+    # -- shared ----------------------------------------------------------------------
+    def build_key(self, model, variant: dict) -> dict:
+        """Everything that changes the built module (the backend adds target and TVM version)."""
+        return {
+            "stage": self.name,
+            "version": self.version,
+            "fault": self.fault,
+            "model": model.digest if (self.uses_model and model is not None) else None,
+            "variant": variant,
+        }
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def register(cls):
+    inst = cls()
+    if not inst.name or inst.name in _STAGES:
+        raise ValueError(f"stage name {inst.name!r} is empty or registered twice")
+    _STAGES[inst.name] = inst
+    return cls
+
+
+def all_stages() -> dict[str, Stage]:
+    from . import stages  # noqa: F401  (importing the package registers every stage)
+
+    return dict(_STAGES)
+
+
+def get_stage(name: str) -> Stage:
+    stages = all_stages()
+    if name not in stages:
+        from .errors import SdparityError
+
+        raise SdparityError(f"unknown stage {name!r}; stages are: {', '.join(stages)}")
+    return stages[name]

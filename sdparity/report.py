@@ -1,0 +1,129 @@
+"""The JSON report: schema, environment facts, atomic writing.
+
+Schema "sdparity.report/1" (documented in README.md):
+  schema, created, argv, model{name,digest,path}, versions{...}, machine{...},
+  backends{name: facts}, results[ {stage, backend, device_class, case, function, output,
+  shapes, verdict: pass|fail|skip|error, message, metrics{...}|null, tolerance{...}|null,
+  timings{build_s, build_cached, run_s, ref_s}} ], summary{pass, fail, skip, error}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+SCHEMA = "sdparity.report/1"
+PINNED = ("apache-tvm", "apache-tvm-ffi", "torch", "diffusers", "transformers", "numpy",
+          "safetensors", "hypothesis", "playwright")
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for pkg in PINNED:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def machine() -> dict:
+    info = {"platform": platform.platform(), "machine": platform.machine(), "cpus": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        mem = Path("/proc/meminfo").read_text().split()
+        info["mem_gib"] = round(int(mem[1]) / 2**20, 1)
+    except OSError:
+        pass
+    return info
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder and rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class Report:
+    def __init__(self, model=None):
+        self.data = {
+            "schema": SCHEMA,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv,
+            "model": None if model is None else
+            {"name": model.name, "digest": model.digest, "path": str(model.path)},
+            "versions": versions(),
+            "machine": machine(),
+            "backends": {},
+            "results": [],
+        }
+
+    @property
+    def results(self) -> list[dict]:
+        return self.data["results"]
+
+    def add(self, **record) -> dict:
+        self.results.append(record)
+        return record
+
+    def summary(self) -> dict:
+        s = {"pass": 0, "fail": 0, "skip": 0, "error": 0}
+        for r in self.results:
+            s[r["verdict"]] += 1
+        return s
+
+    @property
+    def ok(self) -> bool:
+        s = self.summary()
+        return s["fail"] == 0 and s["error"] == 0 and s["pass"] > 0
+
+    def to_json(self) -> str:
+        self.data["summary"] = self.summary()
+        return json.dumps(self.data, indent=1, default=_json_default)
+
+    def write(self, path: Path) -> None:
+        write_atomic(path, self.to_json())
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+
+        if isinstance(o, np.generic):
+            return o.item()
+    except ImportError:
+        pass
+    return str(o)
+
+
+def load(path: Path) -> dict:
+    from .errors import SdparityError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SdparityError(f"cannot read report {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise SdparityError(f"report {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise SdparityError(f"report {path} is not a {SCHEMA} report (schema={data.get('schema') if isinstance(data, dict) else None!r})")
+    return data

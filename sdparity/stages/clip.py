@@ -1,0 +1,49 @@
+"""CLIP text encoder: int32 token ids (1, 77) -> last hidden state (1, 77, hidden)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..registry import Output, register
+from ._torch import TorchStage
+
+PROMPTS = {
+    "cat": "a photo of a cat",
+    "astronaut": "an astronaut riding a horse on mars",
+    "empty": "",
+    "long": "a very detailed oil painting of a lighthouse on a cliff at dusk, " * 8,
+}
+
+
+def tokenize(tokenizer, prompt: str) -> np.ndarray:
+    ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                    truncation=True).input_ids
+    return np.array([ids], dtype=np.int32)
+
+
+@register
+class Clip(TorchStage):
+    name = "clip"
+    description = "CLIP text encoder: token ids (1,77) int32 -> hidden states (1,77,d)"
+    function = "clip"
+    outputs = (Output("hidden"),)
+    functions = ("clip",)
+    faults = {"truncate_layers": "the TVM build drops the last encoder layer"}
+
+    def wrapper(self, model, fault):
+        from reference.modules import ClipTextEncoder
+
+        te = model.text_encoder
+        if fault == "truncate_layers":
+            import copy
+
+            te = copy.deepcopy(te)
+            te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
+        return ClipTextEncoder(te)
+
+    def example_inputs(self, model, variant):
+        return [np.zeros((1, 77), dtype=np.int32)]
+
+    def cases(self, model, variant, seed):
+        return [self.case(model, name, [tokenize(model.tokenizer, p)], {"input_ids": [1, 77]})
+                for name, p in PROMPTS.items()]

@@ -1,0 +1,53 @@
+"""Embedding concat: negative/uncond (B,S,d) and positive/cond (B,S,d) -> (2B,S,d).
+
+Order is [negative; positive], as the original web-stable-diffusion JS passed it and as
+diffusers' pipeline concatenates; the UNet stage splits in the same order. Built once with
+symbolic B, S, d."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..compat import sym_var, tensor_type
+from ..registry import Case, Output, Stage, StageIR, register
+
+
+@register
+class ConcatEmbeddings(Stage):
+    name = "concat_embeddings"
+    description = "concat [negative; positive] text embeddings along batch (symbolic shapes)"
+    uses_model = False
+    outputs = (Output("embeddings"),)
+    functions = ("concat_embeddings",)
+    faults = {"positive_first": "concatenates [positive; negative]"}
+
+    def build_ir(self, model, variant):
+        from tvm import relax
+
+        b, s, d = (sym_var(n) for n in ("b", "s", "d"))
+        neg = relax.Var("negative", tensor_type((b, s, d), "float32"))
+        pos = relax.Var("positive", tensor_type((b, s, d), "float32"))
+        bb = relax.BlockBuilder()
+        with bb.function("concat_embeddings", [neg, pos]):
+            first, second = (pos, neg) if self.fault == "positive_first" else (neg, pos)
+            out = bb.emit(relax.op.concat([first, second], axis=0))
+            bb.emit_func_output(out)
+        return StageIR(bb.get(), {})
+
+    def cases(self, model, variant, seed):
+        from reference.modules import concat_embeddings
+        import torch
+
+        d = model.hidden_size if model is not None else 32
+        rng = np.random.default_rng(seed)
+        out = []
+        for b, s, dd in ((1, 77, d), (2, 5, 3)):
+            inputs = [rng.standard_normal((b, s, dd)).astype(np.float32) for _ in range(2)]
+
+            def ref(dtype, _i=inputs):
+                t = [torch.from_numpy(x).to(getattr(torch, dtype)) for x in _i]
+                return [concat_embeddings(*t).numpy()]
+
+            out.append(Case(f"b{b}_s{s}_d{dd}", "concat_embeddings", inputs, ref, self.outputs,
+                            {"each": [b, s, dd]}))
+        return out

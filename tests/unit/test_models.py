@@ -1,0 +1,77 @@
+"""Models load through the real from_pretrained path; bad folders give one clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from reference.models import ModelError, builtin_model_path, load_model
+
+
+def test_tokenizer_matches_known_sd1_ids(tiny):
+    # External test vectors of the SD 1.x CLIP tokenizer (see shared toolchain notes).
+    tok = tiny.tokenizer
+    assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    ids = tok("an astronaut riding a horse on mars", padding="max_length", max_length=77).input_ids
+    assert ids[:9] == [49406, 550, 18376, 6765, 320, 4558, 525, 7496, 49407]
+    assert ids[9:] == [49407] * 68  # SD1.x pads with EOS
+
+
+def test_truncation_keeps_eos(tiny):
+    ids = tiny.tokenizer("word " * 200, padding="max_length", max_length=77, truncation=True).input_ids
+    assert len(ids) == 77 and ids[0] == 49406 and ids[-1] == 49407
+
+
+def test_tiny_is_sd_architecture(tiny):
+    assert tiny.vae_scale_factor == 8
+    assert tiny.vae.config.scaling_factor == pytest.approx(0.18215)
+    assert tiny.unet.config.cross_attention_dim == tiny.hidden_size
+    sc = tiny.pipe.scheduler.config
+    assert (sc.algorithm_type, sc.solver_order, sc.final_sigmas_type) == ("dpmsolver++", 2, "zero")
+
+
+def test_local_folder_loads_like_builtin(tiny, tmp_path):
+    folder = tmp_path / "my-sd"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    m = load_model(folder, log=lambda *a: None)
+    assert m.digest == tiny.digest and m.name == str(folder.resolve())
+
+
+@pytest.mark.parametrize("breakage,needle", [
+    ("missing", "does not exist"),
+    ("file", "is not a folder"),
+    ("no_unet_config", "unet/config.json"),
+    ("bad_json", "not valid JSON"),
+    ("no_weights", "has no weights"),
+    ("no_tokenizer", "tokenizer"),
+])
+def test_malformed_folder_errors(tiny, tmp_path, breakage, needle):
+    folder = tmp_path / "m"
+    if breakage == "file":
+        folder.write_text("x")
+    elif breakage != "missing":
+        shutil.copytree(builtin_model_path("tiny"), folder)
+        if breakage == "no_unet_config":
+            (folder / "unet" / "config.json").unlink()
+        elif breakage == "bad_json":
+            (folder / "vae" / "config.json").write_text("{not json")
+        elif breakage == "no_weights":
+            for f in (folder / "unet").glob("*.safetensors"):
+                f.unlink()
+        elif breakage == "no_tokenizer":
+            shutil.rmtree(folder / "tokenizer")
+    with pytest.raises(ModelError, match=needle) as e:
+        load_model(folder, log=lambda *a: None)
+    assert "\n" not in str(e.value)
+
+
+def test_corrupt_weights_give_one_line_error(tiny, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"garbage" * 10)
+    with pytest.raises(ModelError, match="could not load") as e:
+        load_model(folder, log=lambda *a: None)
+    assert "\n" not in str(e.value)
+    json.loads((folder / "model_index.json").read_text())  # untouched
