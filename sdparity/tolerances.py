@@ -65,8 +65,9 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
         "per-op ULP errors, and CFG scales them by 7.5"),
     # ---- DPM-Solver++ scheduler ----------------------------------------------------------
     ("scheduler_dpm", "model_output", "*", "*"): Tolerance(
-        1e-6, 1e-6, reason="x0 = (x - sigma*eps)/alpha with the same float32 constants as diffusers: "
-        "a few float32 ulp of |x| <= ~10"),
+        2e-5, 1e-6, reason="x0 = (x - sigma*eps)/alpha: one rounding of the numerator is scaled by "
+        "1/alpha (14.6 at t=999); the float64 reference itself is 7e-6 away, an FMA (CUDA, WGSL) "
+        "7.6e-6, FMA + reciprocal 1.5e-5 (numpy emulation); llvm is bit-exact"),
     ("scheduler_dpm", "prev_sample", "*", "*"): Tolerance(
         2e-6, 2e-6, reason="DPM++ update is 3 fused multiply-adds over float32 constants computed "
         "exactly as diffusers does; the bound is ~10 float32 ulp at |x| ~ 10"),

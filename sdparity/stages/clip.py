@@ -38,7 +38,8 @@ class Clip(TorchStage):
             import copy
 
             te = copy.deepcopy(te)
-            te.text_model.encoder.layers = te.text_model.encoder.layers[:-1]
+            body = getattr(te, "text_model", te)  # transformers 4 nests text_model; 5 does not
+            body.encoder.layers = body.encoder.layers[:-1]
         return ClipTextEncoder(te)
 
     def example_inputs(self, model, variant):

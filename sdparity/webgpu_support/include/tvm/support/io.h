@@ -1,6 +1,6 @@
 /*
  * sdparity: written for this project. The apache-tvm wheel ships the TVM runtime sources
- * but not this header; the web runtime (tvm/web/emcc/*.cc) needs it to compile.
+ * but not this header; the web runtime (the .cc files under tvm/web/emcc) needs it to compile.
  *
  * A byte stream with typed helpers. Typed reads and writes go through Serializer<T>
  * (tvm/support/serializer.h), whose byte layout must match what libtvm writes.

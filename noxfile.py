@@ -1,0 +1,68 @@
+"""Sessions (run `nox -l` to list):
+
+  unit         tests/unit: every stage on LLVM and WebGPU vs PyTorch, fuzzing, CLI, cache, faults
+  check        the main job: `sdparity check` on the default tiny model (llvm + webgpu)
+  browser_e2e  tests/e2e: the web app generates an image in Chromium; compared with diffusers
+  full         full-size SD 1.5 (random weights) parity on LLVM (slow; see README for times)
+
+Extra arguments after `--` go to pytest (unit, browser_e2e) or to `sdparity check` (check, full).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import nox
+
+ROOT = Path(__file__).parent
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["unit"]
+
+ENV = {
+    "SDPARITY_CACHE": os.environ.get("SDPARITY_CACHE", str(ROOT / ".cache" / "sdparity")),
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def _install(session, web: bool = True) -> None:
+    session.install("-e", ".[test,web]" if web else ".[test]")
+    # Only the CLIP BPE vocabulary file inside this wheel is used; its dependencies are not.
+    session.install("--no-deps", "open_clip_torch==3.3.0")
+
+
+def _setup_webgpu(session) -> None:
+    """System packages (chromium, emscripten), npm packages, and the tvmjs runtime build."""
+    session.run("bash", "scripts/setup_webgpu.sh", env=ENV, external=True)
+
+
+@nox.session
+def unit(session):
+    _install(session)
+    _setup_webgpu(session)
+    session.run("python", "-m", "pytest", "tests/unit", "-ra", *session.posargs, env=ENV)
+
+
+@nox.session
+def check(session):
+    _install(session)
+    _setup_webgpu(session)
+    args = session.posargs or ["--backends", "llvm,webgpu"]
+    session.run("sdparity", "check", *args, env=ENV)
+
+
+@nox.session
+def browser_e2e(session):
+    _install(session)
+    _setup_webgpu(session)
+    session.run("python", "-m", "pytest", "tests/e2e", "-ra", *session.posargs, env=ENV)
+
+
+@nox.session
+def full(session):
+    _install(session, web=False)
+    args = session.posargs or ["--model", "sd15-random", "--backends", "llvm",
+                               "--report", "sdparity-report-sd15.json"]
+    session.run("sdparity", "check", *args, env=ENV)
