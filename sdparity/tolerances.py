@@ -89,6 +89,21 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
         "llvm (numerics notes); budget 3%, never more than 1 level"),
     ("vae", "image", "webgpu", "*"): Tolerance(
         1.0, 0.0, 0.03, reason="rounded pixels via WGSL: ties flip by 1 as on native; 3% budget"),
+    # ---- whole pipeline (sdparity.pipeline, the browser app) vs StableDiffusionPipeline ----
+    ("pipeline", "latents", "*", "*"): Tolerance(
+        2e-4, 2e-5, reason="latents after each of 20 DPM steps: per-step UNet error (<=2e-5 tiny) "
+        "accumulates; llvm measured 8e-5 at step 20 where |latents| reaches ~60 (tiny, 16x16), "
+        "i.e. ~1.4e-6 relative"),
+    ("pipeline", "latents", "webgpu", "*"): Tolerance(
+        2e-3, 1e-4, reason="latents after each DPM step via WGSL: the UNet's WebGPU bound (5e-4) "
+        "compounds over 20 steps; 10x the native budget"),
+    ("pipeline", "embeddings", "*", "*"): Tolerance(
+        1e-5, 1e-5, reason="CLIP output inside the pipeline: as the clip stage"),
+    ("pipeline", "embeddings", "webgpu", "*"): Tolerance(
+        1e-4, 1e-4, reason="CLIP output inside the pipeline via WGSL: as the clip stage"),
+    ("pipeline", "pixels", "*", "*"): Tolerance(
+        1.0, 0.0, 0.01, reason="final uint8 pixels vs diffusers' round(255*x): latent drift of ~1e-4 "
+        "flips pixels near .5 by one level; llvm measured 0.02% of pixels"),
     # ---- RGBA packing -------------------------------------------------------------------
     ("image_to_rgba", "rgba", "*", "*"): EXACT,
 }
