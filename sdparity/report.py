@@ -5,6 +5,14 @@ Schema "sdparity.report/1" (documented in README.md):
   backends{name: facts}, results[ {stage, backend, device_class, case, function, output,
   shapes, verdict: pass|fail|skip|error, message, metrics{...}|null, tolerance{...}|null,
   timings{build_s, build_cached, run_s, ref_s}} ], summary{pass, fail, skip, error}
+
+Optional fields, added without a version bump (readers ignore what they do not know;
+docs/gate.md is the full reference):
+  result.integer       true when the output is compared as integers (mismatch budget)
+  result.images        {reference, candidate, diff: PNG names in images_dir, diff_max, shape}
+  result.localization  first kernel that diverges from a trusted build (sdparity.localize)
+  images_dir           folder beside the report holding the PNGs (written with the report)
+  error                the check run could not happen at all (results then empty)
 """
 
 from __future__ import annotations
@@ -49,12 +57,16 @@ def machine() -> dict:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write via a temp file in the same folder and rename: readers never see half a file."""
+    write_atomic_bytes(path, text.encode())
+
+
+def write_atomic_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -76,6 +88,7 @@ class Report:
             "backends": {},
             "results": [],
         }
+        self.images: dict[str, bytes] = {}  # PNG name -> bytes, written beside the report
 
     @property
     def results(self) -> list[dict]:
@@ -101,6 +114,10 @@ class Report:
         return json.dumps(self.data, indent=1, default=_json_default)
 
     def write(self, path: Path) -> None:
+        if self.images:
+            from .images import write_images
+
+            self.data["images_dir"] = write_images(self.images, path)
         write_atomic(path, self.to_json())
 
 

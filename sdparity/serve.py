@@ -1,0 +1,130 @@
+"""The browser app: build its artifacts for a model and serve it on 127.0.0.1.
+
+`sdparity serve [--model tiny] [--port 8000]` builds (or reuses from the cache) one WebGPU
+wasm holding every stage function, its weights as a float32 tvmjs tensor cache, the
+tokenizer, and the DPM-Solver constants for 1..100 steps, then serves web/app. The
+browser_e2e tests use the same build_app() and LocalServer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from .errors import SdparityError
+from .registry import digest, get_stage
+from .report import write_atomic
+from .webserver import LocalServer
+
+WEB = Path(__file__).resolve().parents[1] / "web"
+NODE = WEB / "node_modules" / "@mlc-ai"
+MAX_STEPS = 100
+
+
+def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | None = None) -> Path:
+    """Build everything the app needs into a folder (cached); return it (served as /data/)."""
+    from reference.dpm import compute_constants
+
+    from .backends import get_backend
+    from .pipeline import PIPELINE_STAGES
+
+    backend = backend or get_backend("webgpu")
+    reason = backend.unavailable_reason()
+    if reason:
+        raise SdparityError(f"cannot build the web app: {reason}")
+    stages = {n: get_stage(n) for n in PIPELINE_STAGES}
+    for name, fault in (faults or {}).items():
+        stages[name] = stages[name].with_fault(fault)
+    keys = [s.build_key(model, {**s.default_variant(model), "latent": list(latent_hw)}) for s in stages.values()]
+
+    def ir():
+        from .frontend import merge
+
+        irs = []
+        for s in stages.values():
+            v = s.default_variant(model)
+            irs.append(s.build_ir(model, {**v, "latent": list(latent_hw)} if "latent" in v else v))
+        return merge(irs)
+
+    t0 = time.perf_counter()
+    art, meta, cached = backend.build_cached(ir, {"app": keys}, cache, log=log, label="web app")
+    log(f"web app wasm: {'cached build reused' if cached else 'built'} in {time.perf_counter() - t0:.1f}s")
+
+    data = cache.root.parent / "app" / digest({"art": art.name, "model": model.digest, "latent": latent_hw})
+    if (data / "config.json").is_file():
+        return data
+    data.mkdir(parents=True, exist_ok=True)
+    tok_json = model.path / "tokenizer" / "tokenizer.json"
+    if not tok_json.is_file():
+        raise SdparityError(f"{model.path}/tokenizer has no tokenizer.json: the browser tokenizer needs it")
+    shutil.copyfile(tok_json, data / "tokenizer.json")
+    cfg = dict(model.pipe.scheduler.config)
+    tables = {str(n): compute_constants(cfg, n) for n in range(1, MAX_STEPS + 1)}
+    write_atomic(data / "dpm_consts.json", json.dumps({"config": {k: v for k, v in cfg.items()
+                                                                  if not k.startswith("_")},
+                                                       "tables": tables}, default=str))
+    tok = model.tokenizer
+    c = int(model.unet.config.in_channels)
+    h, w = latent_hw
+    config = {
+        "model": {"name": model.name, "digest": model.digest},
+        "artifact": f"/art/{art.name}/",
+        "tokenizer": {"url": "/data/tokenizer.json", "max_length": int(tok.model_max_length),
+                      "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
+                      "eos_token_id": int(tok.eos_token_id)},
+        "scheduler_url": "/data/dpm_consts.json",
+        "max_steps": MAX_STEPS,
+        "latent_shape": [c, h, w],
+        "image_size": [h * model.vae_scale_factor, w * model.vae_scale_factor],
+        "vae_scaling_factor": float(model.vae.config.scaling_factor),
+    }
+    write_atomic(data / "config.json", json.dumps(config, indent=1))  # last: marks the folder complete
+    return data
+
+
+def app_server(data: Path, cache, port: int = 0) -> LocalServer:
+    for pkg in ("web-runtime", "web-tokenizers"):
+        if not (NODE / pkg / "lib" / "index.js").is_file():
+            raise SdparityError(f"web/node_modules/@mlc-ai/{pkg} is missing: run scripts/setup_webgpu.sh")
+    return LocalServer({
+        "app": WEB / "app", "common": WEB / "common", "data": data, "art": cache.root,
+        "tvmjs": NODE / "web-runtime" / "lib", "tokenizers": NODE / "web-tokenizers" / "lib",
+    }, port=port)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
+                       description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
+                       "tokenizer and the scheduler constants, then serve the Stable Diffusion web app.")
+    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default tiny)")
+    p.add_argument("--latent", default=None, help="latent HxW (default: the model's sample_size)")
+    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    p.set_defaults(handler=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from reference.models import ModelError, load_model
+
+    from .cache import BuildCache
+
+    try:
+        model = load_model(args.model)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+    latent = tuple(int(x) for x in args.latent.split("x")) if args.latent else model.default_latent_hw
+    cache = BuildCache()
+    data = build_app(model, latent, cache)
+    try:
+        server = app_server(data, cache, args.port)
+    except OSError as e:
+        raise SdparityError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from None
+    print(f"serving the app at {server.url}/app/  (Ctrl-C stops)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0

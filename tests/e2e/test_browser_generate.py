@@ -1,0 +1,109 @@
+"""End-to-end: the web app generates an image in Chromium (WebGPU), driven like a person
+would (fill the form, click Generate), with initial latents injected through the test hook.
+Compared with diffusers.StableDiffusionPipeline on the same weights and latents: text
+embeddings, latents after every step, and the final pixels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from reference.pipeline import diffusers_generate, initial_latents
+from sdparity.compare import compare
+from sdparity.tolerances import lookup
+
+from .conftest import LATENT
+
+PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
+TIMEOUT_MS = 600_000
+
+
+def open_app(browser, app, query: str = ""):
+    page = browser.new_page()
+    problems: list[str] = []
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(f"{app.url}/app/index.html{query}")
+    page.wait_for_function("() => window.sdparityApp && (window.sdparityApp.state.ready || "
+                           "window.sdparityApp.state.errors.length > 0)", timeout=TIMEOUT_MS)
+    return page, problems
+
+
+def run_generation(page, latents, schedule=None):
+    page.evaluate("(a) => window.sdparityApp.injectLatents(a)", latents.reshape(-1).tolist())
+    if schedule is not None:
+        page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)
+    page.fill("#prompt", PROMPT)
+    page.fill("#negative", NEGATIVE)
+    page.fill("#steps", str(STEPS))
+    page.fill("#guidance", str(GUIDANCE))
+    page.click("#generate")
+    page.wait_for_function("() => { const r = window.sdparityApp.state; return r.done || r.errors.length > 0; }",
+                           timeout=TIMEOUT_MS)
+    return page.evaluate("() => window.sdparityApp.result()")
+
+
+def first_divergence(latents, ref_latents, tol):
+    for k, (a, b) in enumerate(zip(latents, ref_latents)):
+        m = compare(a, b, tol)
+        if not m.passed:
+            return k, m
+    return None, None
+
+
+@pytest.fixture(scope="module")
+def reference(tiny):
+    lat = initial_latents(tiny, LATENT, seed=0)
+    return lat, diffusers_generate(tiny, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
+
+
+def _as_arrays(res, ref):
+    shape = ref["latents"][0].shape
+    lat = [np.array(x, np.float32).reshape(shape) for x in res["trace"]["latents"]]
+    pos = np.array(res["trace"]["positive"], np.float32).reshape(ref["positive"].shape)
+    neg = np.array(res["trace"]["negative"], np.float32).reshape(ref["negative"].shape)
+    h, w = ref["image_u8"].shape[:2]
+    rgba = np.array(res["rgba"], np.uint8).reshape(h, w, 4)
+    return pos, neg, lat, rgba
+
+
+def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
+    from sdparity.images import diff_heatmap, write_png
+
+    lat0, ref = reference
+    page, problems = open_app(browser, app)
+    res = run_generation(page, lat0)
+    page.screenshot(path=str(artifacts / "app_after_generation.png"), full_page=True)
+    assert not res["errors"] and not problems, res["errors"] + problems
+    pos, neg, lat, rgba = _as_arrays(res, ref)
+    write_png(artifacts / "browser.png", rgba[..., :3])
+    write_png(artifacts / "diffusers.png", ref["image_u8"])
+    write_png(artifacts / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
+
+    emb_tol = lookup("pipeline", "embeddings", "webgpu", "tiny")
+    assert compare(pos, ref["positive"], emb_tol).passed
+    assert compare(neg, ref["negative"], emb_tol).passed
+    assert len(lat) == STEPS and res["trace"]["timesteps"] == ref["timesteps"]
+    k, m = first_divergence(lat, ref["latents"], lookup("pipeline", "latents", "webgpu", "tiny"))
+    assert k is None, f"browser latents diverge from diffusers first at step {k + 1}: {m.why}"
+    assert (rgba[..., 3] == 255).all()
+    px = compare(rgba[..., :3], ref["image_u8"], lookup("pipeline", "pixels", "webgpu", "tiny"), integer=True)
+    print(f"browser vs diffusers: final latents max abs {compare(lat[-1], ref['latents'][-1], emb_tol).max_abs:.3g}, "
+          f"pixels {px.why}, generation {res['lastMs'] / 1000:.1f}s")
+    assert px.passed, px.why
+    page.close()
+
+
+def test_tutorial_constants_are_caught_at_the_last_step(browser, app, reference, tiny):
+    """Negative: the tutorial-era DPM table with today's default config must fail, at step 20."""
+    from reference.dpm import tutorial_constants
+
+    lat0, ref = reference
+    page, problems = open_app(browser, app)
+    table = tutorial_constants(dict(tiny.pipe.scheduler.config), STEPS)
+    res = run_generation(page, lat0, schedule=table)
+    assert not res["errors"] and not problems
+    _, _, lat, _ = _as_arrays(res, ref)
+    k, m = first_divergence(lat, ref["latents"], lookup("pipeline", "latents", "webgpu", "tiny"))
+    assert k == STEPS - 1, f"expected divergence at the last step, got {k}"
+    page.close()

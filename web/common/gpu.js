@@ -1,0 +1,111 @@
+// Shared browser-side runtime helpers for the harness (tests) and the app (users):
+// adapter/device acquisition with clear errors, error watching, and loading an sdparity
+// WebGPU artifact (sdparity.json + wasm + tvmjs tensor cache) with tvmjs.
+
+const tvmjs = globalThis.tvmjs;
+
+export function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms / 1000} s`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+export async function fetchOk(url, init) {
+  const r = await fetch(url, init);
+  if (!r.ok) throw new Error(`${(init && init.method) || "GET"} ${url}: HTTP ${r.status}`);
+  return r;
+}
+
+export async function requestAdapter() {
+  if (!navigator.gpu) {
+    throw new Error("WebGPU is not available: navigator.gpu is missing (WebGPU disabled, or the page " +
+                    "is not a secure context)");
+  }
+  const adapter = await withTimeout(navigator.gpu.requestAdapter(), 30000, "navigator.gpu.requestAdapter()");
+  if (!adapter) {
+    throw new Error("WebGPU is not available: requestAdapter() returned no adapter " +
+                    "(headless Chromium needs --enable-unsafe-webgpu)");
+  }
+  return adapter;
+}
+
+export function describeAdapter(adapter) {
+  const info = adapter.info || {};
+  const limits = {};
+  for (const k in adapter.limits) limits[k] = adapter.limits[k];
+  return {
+    vendor: info.vendor, architecture: info.architecture, device: info.device,
+    description: info.description,
+    isFallbackAdapter: info.isFallbackAdapter ?? adapter.isFallbackAdapter ?? null,
+    features: [...adapter.features].sort(), limits, userAgent: navigator.userAgent,
+  };
+}
+
+// Every uncaptured error and unexpected device loss goes to onError (and the console).
+export function watchDevice(device, label, onError) {
+  device.addEventListener("uncapturederror", (ev) => {
+    onError(`uncaptured WebGPU error (${label}): ${ev.error.constructor.name}: ${ev.error.message}`);
+  });
+  device.lost.then((info) => {
+    if (!device.sdparityExpectLoss) onError(`WebGPU device lost (${label}): ${info.reason}: ${info.message}`);
+  });
+}
+
+const LIMITS = [
+  "maxBufferSize", "maxStorageBufferBindingSize", "maxComputeWorkgroupStorageSize",
+  "maxStorageBuffersPerShaderStage", "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY", "maxComputeWorkgroupSizeZ",
+  "maxComputeWorkgroupsPerDimension",
+];
+
+export async function requestDevice(adapter, label, onError) {
+  const requiredLimits = {};
+  for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
+  const requiredFeatures = ["shader-f16"].filter((f) => adapter.features.has(f));
+  const device = await withTimeout(adapter.requestDevice({ requiredLimits, requiredFeatures }), 30000,
+                                   "GPUAdapter.requestDevice()");
+  watchDevice(device, label, onError);
+  return device;
+}
+
+// tvmjs artifact cache that reads straight from the server.
+const directFetch = {
+  fetchWithCache: async (url, type) => {
+    const r = await fetchOk(url);
+    return type === "json" ? r.json() : r.arrayBuffer();
+  },
+  addToCache: async () => {},
+  hasAllKeys: async () => true,
+};
+
+// Load an sdparity WebGPU artifact folder. Returns {inst, device, vm, meta}.
+// Checks the largest weight against the adapter's binding limit first, so a model that
+// cannot fit fails with a clear message instead of silently computing garbage.
+export async function loadArtifact(base, adapter, label, onError) {
+  const meta = await (await fetchOk(base + "sdparity.json")).json();
+  if (meta.num_params > 0) {
+    const cache = await (await fetchOk(base + meta.params_dir + "/tensor-cache.json")).json();
+    const limit = adapter.limits.maxStorageBufferBindingSize;
+    const tensors = (cache.records || []).flatMap((shard) => shard.records || [shard]);
+    for (const rec of tensors) {
+      if (rec.nbytes > limit) {
+        throw new Error(`this GPU's maxStorageBufferBindingSize (${limit} bytes) is smaller than a ` +
+                        `weight of ${rec.nbytes} bytes (${rec.name}): the model does not fit`);
+      }
+    }
+  }
+  const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
+  const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
+  const device = await requestDevice(adapter, label, onError);
+  inst.initWebGPU(device);
+  inst.beginScope(); // lives as long as the artifact
+  const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
+  await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
+  if (meta.num_params > 0) {
+    const url = new URL(base + meta.params_dir + "/", location.href).href;
+    await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
+  }
+  return { inst, device, vm, meta };
+}
