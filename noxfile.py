@@ -4,6 +4,7 @@
   check        the main job: `sdparity check` on the default tiny model (llvm + webgpu)
   browser_e2e  tests/e2e: the web app generates an image in Chromium; compared with diffusers
   full         full-size SD 1.5 (random weights) parity on LLVM (slow; see README for times)
+  gate         `nox -s gate -- A B`: llvm checks under TVM A and TVM B (one venv each), gate B vs A
 
 Extra arguments after `--` go to pytest (unit, browser_e2e) or to `sdparity check` (check, full).
 """
@@ -66,3 +67,18 @@ def full(session):
     args = session.posargs or ["--model", "sd15-random", "--backends", "llvm",
                                "--report", "sdparity-report-sd15.json"]
     session.run("sdparity", "check", *args, env=ENV)
+
+
+@nox.session(venv_backend="none")
+def gate(session):
+    """TVM upgrade gate: `nox -s gate -- <tvm-A> <tvm-B> [sdparity check args]` (docs/gate.md).
+
+    Builds .cache/venvs/tvm-<version> per version (cached), runs `sdparity check --backends llvm`
+    in each, then `sdparity gate` B against A. Exit 1 on a regression."""
+    import sys
+
+    if len(session.posargs) < 2:
+        session.error("usage: nox -s gate -- <tvm-version-A> <tvm-version-B> [sdparity check args]")
+    a, b, *rest = session.posargs
+    session.run(sys.executable, "-m", "sdparity", "gate-versions", a, b, *(["--", *rest] if rest else []),
+                env={**ENV, "PYTHONPATH": str(ROOT)}, external=True)

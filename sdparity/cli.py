@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--inject-fault", action="append", default=[], metavar="STAGE:FAULT",
                    help="build STAGE deliberately wrong (see 'sdparity stages'); the check must fail")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    c.add_argument("--no-localize", action="store_true", help="do not localize failing stages to a kernel "
+                   "(sdparity.localize; costs one more build per failing stage)")
 
     sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
 
@@ -120,10 +122,12 @@ def cmd_check(args) -> int:
     report = Report(model)
     report.data["faults"] = args.inject_fault
     run_checks(selected, backends, model, report, BuildCache(rebuild=args.rebuild), seed=args.seed,
-               log=log, variants=variants)
+               log=log, variants=variants, localize=not args.no_localize)
     report.write(args.report)
     print_table(report.data)
     print(f"report: {args.report}")
+    from .htmlreport import write_html  # the HTML page beside the JSON (docs/gate.md)
+    print(f"html: {write_html(args.report)}")
     return 0 if report.ok else 1
 
 

@@ -21,17 +21,17 @@ def tir():
 
 
 def tensor_type(shape, dtype: str):
-    """relax.TensorType (0.27+) or relax.TensorStructInfo (before)."""
+    """The Relax annotation of a tensor parameter.
+
+    relax.TensorStructInfo where it exists (0.25 and before). In 0.25 relax.TensorType is
+    still the old DynTensorType(ndim, dtype) and rejects a shape ("Expected `int` but got
+    `ffi.Array`"); from 0.26 TensorStructInfo is gone and TensorType takes the shape."""
     from tvm import relax
 
-    cls = getattr(relax, "TensorType", None)
-    if cls is not None and hasattr(relax, "TensorStructInfo") is False:
-        return cls(shape, dtype)
-    if hasattr(relax, "TensorStructInfo"):
-        return relax.TensorStructInfo(shape, dtype)
-    if cls is not None:
-        return cls(shape, dtype)
-    raise SdparityError("this TVM has neither relax.TensorType nor relax.TensorStructInfo")
+    cls = getattr(relax, "TensorStructInfo", None) or getattr(relax, "TensorType", None)
+    if cls is None:
+        raise SdparityError("this TVM has neither relax.TensorStructInfo nor relax.TensorType")
+    return cls(shape, dtype)
 
 
 def sym_var(name: str):

@@ -27,6 +27,7 @@ _STAGES: dict[str, "Stage"] = {}
 class Output:
     name: str
     integer: bool = False  # compared as integers (mismatch budget) rather than allclose
+    image: bool = False  # an image (NHWC 0..255 floats or packed RGBA u32): reports keep PNGs of it
 
 
 @dataclass

@@ -115,7 +115,7 @@ class Report:
 
     def write(self, path: Path) -> None:
         if self.images:
-            from .images import write_images
+            from .report_images import write_images
 
             self.data["images_dir"] = write_images(self.images, path)
         write_atomic(path, self.to_json())

@@ -33,7 +33,8 @@ class Progress:
 
 
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
-               log: Progress | None = None, variants: dict | None = None) -> Report:
+               log: Progress | None = None, variants: dict | None = None, localize: bool = False) -> Report:
+    """``localize``: name the first diverging kernel of each failing stage (sdparity.localize)."""
     log = log or Progress()
     scope = model_scope(model.name) if model is not None else "tiny"
     with contextlib.ExitStack() as stack:
@@ -72,7 +73,8 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
                 continue
             refs: dict[str, tuple] = {}
             for b in live:
-                _run_stage(st, b, sessions[b.name], model, variant, cases, refs, report, cache, scope, log)
+                _run_stage(st, b, sessions[b.name], model, variant, cases, refs, report, cache, scope, log,
+                           localize)
     return report
 
 
@@ -92,7 +94,7 @@ def _error(report, st, b, case, message, timings=None):
                message=message, metrics=None, tolerance=None, timings=timings)
 
 
-def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log):
+def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log, localize=False):
     tag = f"[{b.name}] {st.name}"
     log(f"{tag}: building {variant or ''}".rstrip())
     t0 = time.perf_counter()
@@ -141,13 +143,28 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             _error(report, st, b, case, f"backend returned {len(outs)} outputs, expected {len(case.outputs)}",
                    timings)
             continue
+        failed = []
         for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
             tol = lookup(st.name, spec.name, b.name, scope)
             m = compare(cand, ref, tol, ref64, integer=spec.integer)
             verdict = "pass" if m.passed else "fail"
-            report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
-                       function=case.function, output=spec.name, shapes=case.shapes, verdict=verdict,
-                       message=m.why, metrics=m.to_json(), tolerance=tol.to_json(), timings=timings)
+            rec = report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
+                             function=case.function, output=spec.name, shapes=case.shapes, verdict=verdict,
+                             message=m.why, metrics=m.to_json(), tolerance=tol.to_json(), timings=timings,
+                             integer=spec.integer)
+            if spec.image:
+                from .report_images import attach
+
+                attach(report, rec, cand, ref)
+            if verdict == "fail":
+                failed.append(rec)
             floor = "n/a" if m.noise_floor is None else f"{m.noise_floor:.2g}"
             log(f"{tag} {case.label} {spec.name}: {verdict.upper()} max_abs={m.max_abs:.3g} "
                 f"floor={floor} ({timings['run_s']:.3f}s)")
+        if failed and localize:
+            from .localize import localize_check
+
+            loc = localize_check(st, b, art, model, variant, case, log)
+            for rec in failed:
+                rec["localization"] = loc
+            localize = False  # once per stage and backend: the first failing case

@@ -118,17 +118,18 @@ class _Chain:
 
 def build_module():
     """The two Relax functions, with symbolic (n, c, h, w) int64 dims."""
-    import tvm
     from tvm import relax
     from tvm.relax import op
 
-    dims = [tvm.tirx.Var(d, "int64") for d in "nchw"]
+    from ..compat import sym_var, tensor_type
+
+    dims = [sym_var(d) for d in "nchw"]
 
     def tensor(name):
-        return relax.Var(name, relax.TensorType(dims, "float32"))
+        return relax.Var(name, tensor_type(dims, "float32"))
 
     def scalar(name):
-        return relax.Var(name, relax.TensorType([], "float32"))
+        return relax.Var(name, tensor_type([], "float32"))
 
     bb = relax.BlockBuilder()
     x, eps, alpha, sigma = tensor("sample"), tensor("model_output"), scalar("alpha"), scalar("sigma")

@@ -14,7 +14,7 @@ class VAE(TorchStage):
     description = "VAE decode with 1/scaling_factor, [-1,1] -> [0,255], NHWC, round"
     function = "vae"
     # image_float is checked so a real error is not hidden by the rounding
-    outputs = (Output("image_float"), Output("image", integer=True))
+    outputs = (Output("image_float", image=True), Output("image", integer=True, image=True))
     functions = ("vae",)
     faults = {
         "wrong_scaling_factor": "SDXL's 0.13025 instead of the VAE config's factor",

@@ -1,0 +1,211 @@
+"""Localize a failing check: the first kernel whose result leaves the noise floor.
+
+Kernel replay. The candidate (the built module that failed) runs the failing case once more
+in the Relax VM with an instrument on every kernel call. Before a call the instrument copies
+the call's arguments; after it, it runs the kernel of the same name from a *trusted* build on
+those copies and compares every argument (inputs stay equal, outputs are what is checked).
+Each kernel thus gets the candidate's own inputs, so a divergence is attributed to the
+kernel that produced it, not to the ones downstream of it; the first diverging call in
+execution order is the answer.
+
+The trusted build is the same stage IR legalized and fused exactly as the backends do it
+(so kernel names and signatures match) but left unscheduled, compiled for plain LLVM at
+LLVM ``opt-level`` 0: naive loops, no vectorization, no threads. A kernel's name lists the
+Relax operations fused into it (``fused_matmul_add2``, ``layer_norm1``...).
+
+What it can and cannot see: it finds errors made at or below TIR (scheduling, TIR passes,
+LLVM/GPU code generation, a damaged library). When every kernel agrees, the error is in the
+Relax IR itself (frontend import, a Relax pass before legalization, or the stage definition)
+and the record says so.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import numpy as np
+
+# A kernel call diverges when max |candidate - trusted| > KERNEL_RTOL * max |trusted| over
+# one of its arguments (integers: any difference).
+KERNEL_RTOL = 1e-5
+KERNEL_RTOL_REASON = (
+    "TVM's own cross-build kernel comparator (LibCompareVMInstrument) uses rtol = atol = 1e-5; "
+    "two correct float32 builds of one kernel differ by reduction order or FMA contraction, a "
+    "few ulp (1.2e-7) times the reduction depth: 1e-5 of the output's magnitude is ~80 ulp")
+TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
+MAX_LISTED = 10  # diverging calls listed in the record after the first (all are counted)
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
+
+
+def op_name(kernel: str) -> str:
+    """The Relax operations in a kernel's name: 'fused_matmul3_add2' -> 'matmul_add'."""
+    return re.sub(r"(?<=[a-z])\d+(?=_|$)", "", kernel).removeprefix("fused_")
+
+
+def lower(ir_mod, target, fuse: bool = True):
+    """The kernels (PrimFuncs) of ``ir_mod``, unscheduled, named as the backends name them.
+
+    Every native backend legalizes and fuses first (sdparity.schedule: the "zero" pipeline's
+    LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) and schedules the
+    fused kernels; ``fuse`` does the same fusion and leaves out the schedules. Without it,
+    TVM's default llvm pipeline legalizes every operation into its own kernel."""
+    import tvm
+    from tvm import relax
+
+    from .compat import tir
+
+    with target:
+        if fuse:
+            ir_mod = relax.get_pipeline("zero")(ir_mod)
+        lowered = relax.get_pipeline("default")(ir_mod)
+    prim_func = tir().PrimFunc
+    return tvm.IRModule({gv: f for gv, f in lowered.functions.items() if isinstance(f, prim_func)})
+
+
+def build_trusted(ir_mod, fuse: bool = True):
+    """Compile the kernels of ``ir_mod`` for the trusted target; returns a runtime module."""
+    import tvm
+
+    trusted = tvm.target.Target(TRUSTED_TARGET)
+    return tvm.compile(lower(ir_mod, trusted, fuse), target=trusted)
+
+
+def _diverges(cand: np.ndarray, ref: np.ndarray) -> dict | None:
+    if cand.shape != ref.shape:
+        return {"max_abs": float("inf"), "scale": None, "bound": 0.0, "why": "shape differs"}
+    if cand.dtype.kind not in "fc":
+        bad = int((cand != ref).sum())
+        return {"max_abs": float(np.abs(cand.astype(np.float64) - ref.astype(np.float64)).max()),
+                "scale": None, "bound": 0.0, "mismatches": bad} if bad else None
+    c, r = cand.astype(np.float64), ref.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(c - r)
+    diff = np.where((c == r) | (np.isnan(c) & np.isnan(r)), 0.0, diff)  # equal infinities agree
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    finite = np.abs(r[np.isfinite(r)])
+    scale = float(finite.max()) if finite.size else 0.0
+    bound = KERNEL_RTOL * scale
+    top = float(diff.max()) if diff.size else 0.0
+    if top <= bound:
+        return None
+    return {"max_abs": top, "scale": scale, "bound": bound,
+            "rel": (top / scale) if scale else None, "worst_index": [int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)]}
+
+
+class ReplayInstrument:
+    """VM instrument: replay every kernel call on the trusted module and compare."""
+
+    def __init__(self, trusted):
+        import tvm
+
+        self.tvm, self.trusted = tvm, trusted
+        self.calls = 0  # kernel calls compared
+        self.unchecked: dict[str, int] = {}  # kernels the trusted build does not have
+        self.kernels: set[str] = set()
+        self.diverged: list[dict] = []
+        self.n_diverged = 0
+        self._before: list | None = None
+        self._fns: dict = {}
+
+    def _trusted_fn(self, name: str):
+        if name not in self._fns:
+            try:
+                self._fns[name] = self.trusted[name]
+            except Exception:  # noqa: BLE001  (missing functions raise differently across versions)
+                self._fns[name] = None
+        return self._fns[name]
+
+    def __call__(self, func, name, before_run, ret_value, *args):
+        if name.startswith("vm."):  # VM builtins (allocation, shape checks), not kernels
+            return 0
+        fn = self._trusted_fn(name)
+        if fn is None:
+            if before_run:
+                self.unchecked[name] = self.unchecked.get(name, 0) + 1
+            return 0
+        if before_run:
+            self._before = [a.numpy() if hasattr(a, "numpy") else a for a in args]
+            return 0
+        before, self._before = self._before, None
+        if before is None:
+            return 0
+        from .compat import tensor
+
+        cpu = self.tvm.cpu(0)
+        replay = [tensor(b, cpu) if isinstance(b, np.ndarray) else b for b in before]
+        fn(*replay)
+        index = self.calls
+        self.calls += 1
+        self.kernels.add(name)
+        for i, (a, r) in enumerate(zip(args, replay)):
+            if not hasattr(a, "numpy"):
+                continue
+            d = _diverges(a.numpy(), r.numpy())
+            if d is not None:
+                self.n_diverged += 1
+                if len(self.diverged) <= MAX_LISTED:
+                    self.diverged.append({"call": index, "kernel": name, "op": op_name(name), "arg": i,
+                                          "shape": list(a.shape), "dtype": str(a.dtype), **d})
+                break
+        return 0
+
+
+def replay(vm, trusted, function: str, args: list, device) -> dict:
+    """Run ``vm[function](*args)`` with kernel replay; returns the localization record."""
+    t0 = time.perf_counter()
+    inst = ReplayInstrument(trusted)
+    vm.set_instrument(inst)  # stays on this VM: callers load a fresh VM for each localization
+    vm[function](*args)
+    device.sync()
+    rec = {"status": "diverged" if inst.diverged else "clean",
+           "method": "kernel replay against a trusted build (llvm opt-level=0) on the candidate's inputs",
+           "trusted_target": TRUSTED_TARGET, "kernel_rtol": KERNEL_RTOL,
+           "calls": inst.calls, "kernels": len(inst.kernels),
+           "unchecked": inst.unchecked, "first": inst.diverged[0] if inst.diverged else None,
+           "diverged": inst.diverged[1:], "n_diverged": inst.n_diverged,
+           "seconds": round(time.perf_counter() - t0, 3)}
+    if inst.diverged:
+        f = inst.diverged[0]
+        rel = "" if f.get("rel") is None else f" (rel {f['rel']:.2g} > {KERNEL_RTOL:g})"
+        rec["summary"] = (f"first diverging kernel {f['kernel']} (op {f['op']}) at call {f['call']} of "
+                          f"{inst.calls}: max abs {f['max_abs']:.3g}{rel}; {inst.n_diverged} call(s) diverge")
+    else:
+        rec["summary"] = (f"all {inst.calls} kernel calls agree with the trusted build: the error is "
+                          f"upstream of code generation (Relax IR: frontend import, a Relax pass, or "
+                          f"the stage definition)")
+    if inst.unchecked:
+        rec["summary"] += f"; {sum(inst.unchecked.values())} call(s) of kernels the trusted build lacks were not checked"
+    return rec
+
+
+def localize_check(stage, backend, artifact, model, variant: dict, case, log=None) -> dict:
+    """Localization record of one failing case of ``stage`` built by ``backend`` into ``artifact``."""
+    try:
+        from .backends.native import LIB, PARAMS, NativeBackend, load_params, tvm_tensor
+
+        if not isinstance(backend, NativeBackend) or not (artifact / LIB).exists():
+            return {"status": "unsupported", "summary": f"kernel replay needs a native TVM build "
+                    f"(llvm, cuda, vulkan); backend {backend.name} has none"}
+        import tvm
+        from tvm import relax
+
+        t0 = time.perf_counter()
+        if log:
+            log(f"[{backend.name}] {stage.name} {case.label}: localizing (trusted build, kernel replay)")
+        trusted = build_trusted(stage.build_ir(model, variant).mod)
+        dev = backend.device()
+        vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact / LIB)), dev)
+        params = load_params(artifact / PARAMS).get(case.function, [])
+        args = [tvm_tensor(a, dev) for a in list(case.inputs) + params]
+        rec = replay(vm, trusted, case.function, args, dev)
+        rec["seconds"] = round(time.perf_counter() - t0, 3)
+        if log:
+            log(f"[{backend.name}] {stage.name} {case.label}: {rec['summary']}")
+        return rec
+    except Exception as e:  # localization is a diagnosis: it never turns a failure into a crash
+        return {"status": "error", "summary": f"localization failed: {_one_line(e)}"}

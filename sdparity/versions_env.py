@@ -1,0 +1,144 @@
+"""One virtual environment per TVM version, for the upgrade gate (docs/gate.md).
+
+``ensure(version)`` makes ``.cache/venvs/tvm-<version>``: the project's pinned dependencies
+with the apache-tvm pin replaced by ``version`` (plus the companion pins a release needs),
+and this working tree installed editable, so every version runs the very same sdparity code.
+A finished environment carries ``sdparity-env.json`` (what was installed); an environment
+without it, or with different contents, is rebuilt from scratch. The stamp is written last,
+so an interrupted install is never reused.
+
+``gate_versions(a, b)`` runs ``sdparity check --backends llvm`` in both environments and
+gates b against a (sdparity.gate). A candidate whose check cannot run at all still gives a
+report (``error`` field, no results), so the gate lists every check as lost instead of
+crashing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from .errors import SdparityError
+
+ROOT = Path(__file__).resolve().parent.parent
+VENVS = ROOT / ".cache" / "venvs"
+OUT = ROOT / "out" / "gate"
+
+# Pins a TVM release needs beyond what its own metadata says, each measured here.
+COMPANIONS: dict[str, dict[str, str]] = {
+    "0.25.0": {"apache-tvm-ffi==0.1.12": "0.25.0 asks for apache-tvm-ffi>=0.1.12, but its "
+               "libtvm_runtime.so does not load with 0.1.13.post2 or later (undefined symbol "
+               "tvm::ffi::json::Stringify(Any const&, Optional<int>)); 0.1.12 loads"},
+}
+# Installed without dependencies: only the CLIP BPE vocabulary file inside it is used (noxfile).
+NO_DEPS = ["open_clip_torch==3.3.0"]
+_VERSION = re.compile(r"^\d+\.\d+\.\d+([.-]?(post|rc|a|b|dev)\d+)?$")
+
+
+def _name(req: str) -> str:
+    return re.split(r"[<>=!~;\[ ]", req, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def requirements(version: str) -> list[str]:
+    """pyproject's dependencies with apache-tvm pinned to ``version``."""
+    try:
+        import tomllib
+    except ImportError:
+        raise SdparityError("the gate needs Python 3.11+ (tomllib) to read pyproject.toml") from None
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return [f"apache-tvm=={version}", *(d for d in deps if _name(d) != "apache-tvm"),
+            *COMPANIONS.get(version, {})]
+
+
+def env_dir(version: str) -> Path:
+    if not _VERSION.match(version):
+        raise SdparityError(f"{version!r} does not look like a TVM version (e.g. 0.27.0.post1)")
+    return VENVS / f"tvm-{version}"
+
+
+def python_of(env: Path) -> Path:
+    return env / "bin" / "python"
+
+
+def _run(cmd: list, log_path: Path, what: str) -> None:
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(map(str, cmd))}\n")
+        log.flush()
+        rc = subprocess.run([str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+    if rc != 0:
+        tail = [l for l in log_path.read_text().splitlines() if l.strip()][-1:] or [""]
+        raise SdparityError(f"{what} failed (exit {rc}; log {log_path}): {tail[0].strip()}")
+
+
+def ensure(version: str, log=print) -> Path:
+    """The python of a ready environment for this TVM version (built on first use)."""
+    env = env_dir(version)
+    want = {"requirements": requirements(version), "no_deps": NO_DEPS, "editable": str(ROOT),
+            "python": sys.version.split()[0]}
+    stamp = env / "sdparity-env.json"
+    try:
+        if json.loads(stamp.read_text()) == want and python_of(env).exists():
+            return python_of(env)
+    except (OSError, ValueError):
+        pass
+    log(f"[gate] creating {env} (TVM {version}); log: {env}.log")
+    shutil.rmtree(env, ignore_errors=True)
+    env.parent.mkdir(parents=True, exist_ok=True)
+    logfile = Path(f"{env}.log")
+    logfile.write_text("")
+    _run([sys.executable, "-m", "venv", env], logfile, f"creating a venv for TVM {version}")
+    pip = [python_of(env), "-m", "pip", "install", "-q"]
+    torch = [r for r in want["requirements"] if _name(r) == "torch"]
+    # torch first, from local wheels only (pip's find-links): on PyPI the same pin is a CUDA build
+    if torch:
+        _run([*pip, "--no-index", "--no-deps", *torch], logfile,
+             f"installing {' '.join(torch)} (CPU) from pip's find-links without an index")
+    _run([*pip, *want["requirements"]], logfile, f"installing TVM {version} and the pinned dependencies")
+    _run([*pip, "--no-deps", *NO_DEPS, "-e", ROOT], logfile, "installing sdparity (editable)")
+    (env / "sdparity-env.json").write_text(json.dumps(want, indent=1))
+    return python_of(env)
+
+
+def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> Path:
+    """``sdparity check`` in this version's environment; always returns a report path."""
+    from .report import SCHEMA, write_atomic
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = out_dir / "report.json"
+    report.unlink(missing_ok=True)
+    logfile = out_dir / "check.log"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "SDPARITY_CACHE": os.environ.get("SDPARITY_CACHE", str(ROOT / ".cache" / "sdparity"))}
+    env.pop("PYTHONPATH", None)  # the environment's own editable install, not the caller's path
+    py = ensure(version, log)
+    cmd = [str(py), "-m", "sdparity", "check", "--backends", "llvm", "--report", str(report), *check_args]
+    log(f"[gate] TVM {version}: {' '.join(cmd[1:])} (log: {logfile})")
+    with open(logfile, "w") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
+    if rc in (0, 1) and report.exists():
+        return report
+    lines = [l for l in logfile.read_text().splitlines() if l.strip()]
+    why = lines[-1].strip() if lines else f"exit {rc}"
+    log(f"[gate] TVM {version}: sdparity check did not produce a report: {why}")
+    write_atomic(report, json.dumps({"schema": SCHEMA, "versions": {"apache-tvm": version},
+                                     "model": None, "backends": {}, "results": [],
+                                     "error": f"sdparity check could not run (exit {rc}): {why}"}, indent=1))
+    return report
+
+
+def gate_versions(a: str, b: str, out: Path = OUT, check_args: list[str] | None = None,
+                  show_all: bool = False, log=print) -> int:
+    from . import gate
+
+    check_args = list(check_args or [])
+    reports = [run_check(v, out / f"tvm-{v}", check_args, log) for v in (a, b)]
+    result = gate.gate_files(*reports)
+    gate.write_json(result, out / f"gate-{a}-vs-{b}.json")
+    gate.print_gate(result, show_all=show_all)
+    log(f"[gate] reports: {reports[0]}, {reports[1]} (HTML beside each); gate: {out / f'gate-{a}-vs-{b}.json'}")
+    return 1 if result["regressions"] else 0
