@@ -3,7 +3,9 @@
 Defined semantics for every float input, so no backend's undefined float->u32 conversion is
 ever reached (WGSL clamps, LLVM fptoui of NaN/out-of-range is poison):
   v = round_half_to_even(x), then clamp to [0, 255];  NaN -> 0;  +Inf -> 255;  -Inf -> 0.
-The clamp happens in float before the cast, so the cast only sees 0..255.
+The clamp happens in float before the cast, so the cast only sees 0..255. NaN and Inf are
+recognised from the float's bits, not with isnan(): on WebGPU (SwiftShader) an isnan-based
+version turned NaN into 255, since WGSL lets the compiler assume NaN never occurs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class ImageToRGBA(Stage):
     name = "image_to_rgba"
     description = "(1,H,W,3) float -> (H,W) uint32 RGBA, bit-exact, defined for NaN/Inf/out of range"
     uses_model = False
+    version = 2  # NaN/Inf decided from the bits
     outputs = (Output("rgba", integer=True, image=True),)
     functions = ("image_to_rgba",)
     faults = {"round_half_away": "rounds .5 ties away from zero", "no_clamp": "casts without clamping"}
@@ -46,8 +49,17 @@ class ImageToRGBA(Stage):
             else:
                 r = tirx.nearbyint(x)  # round half to even, like numpy/torch/WGSL round
             if fault != "no_clamp":
-                r = tirx.max(tirx.min(r, tirx.const(255.0, "float32")), tirx.const(0.0, "float32"))
-                r = tirx.Select(tirx.isnan(x), tirx.const(0.0, "float32"), r)
+                f32 = lambda v: tirx.const(v, "float32")  # noqa: E731
+                u32 = lambda v: tirx.const(v, "uint32")  # noqa: E731
+                r = tirx.max(tirx.min(r, f32(255.0)), f32(0.0))
+                # NaN and +-Inf are recognised from the bits: WGSL lets a compiler assume
+                # there are none, so isnan() or a float clamp of them is not reliable there.
+                bits = tirx.reinterpret("uint32", x)
+                special = (bits & u32(0x7F800000)) == u32(0x7F800000)
+                nan = (bits & u32(0x007FFFFF)) != u32(0)
+                negative = (bits >> u32(31)) == u32(1)
+                special_value = tirx.Select(tirx.Or(nan, negative), f32(0.0), f32(255.0))
+                r = tirx.Select(special, special_value, r)
             return r.astype("uint32")
 
         def pack(a):
