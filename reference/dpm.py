@@ -190,18 +190,10 @@ def convert_inputs(consts: dict, k: int) -> list[np.ndarray]:
 def write_constants_json(path: str | os.PathLike, constants: dict) -> Path:
     """Write a table from compute_constants/tutorial_constants atomically (temp file + rename)."""
     path = Path(path)
+    from sdparity.report import write_atomic
+
     text = json.dumps(constants, allow_nan=False, indent=1)  # a NaN/Inf constant is a bug: refuse
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, text)
     return path
 
 

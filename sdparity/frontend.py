@@ -43,14 +43,18 @@ def export_to_relax(module, example_args: tuple, function: str) -> StageIR:
 
 
 def merge(irs: list[StageIR]) -> StageIR:
-    """Combine stage modules into one (function names must be unique)."""
+    """Combine stage modules into one (function names must be unique). The GlobalVar objects
+    are kept (IRModule.update), so calls into PrimFuncs (emit_te kernels) stay linked."""
     import tvm
 
-    funcs, params = {}, {}
+    merged = tvm.IRModule()
+    names: set[str] = set()
+    params = {}
     for ir in irs:
-        for gv, f in ir.mod.functions.items():
-            if gv.name_hint in funcs:
+        for gv in ir.mod.get_global_vars():
+            if gv.name_hint in names:
                 raise SdparityError(f"function {gv.name_hint} defined by two stages")
-            funcs[gv.name_hint] = f
+            names.add(gv.name_hint)
+        merged.update(ir.mod)
         params.update(ir.params)
-    return StageIR(tvm.IRModule(funcs), params)
+    return StageIR(merged, params)

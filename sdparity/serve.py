@@ -62,9 +62,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     shutil.copyfile(tok_json, data / "tokenizer.json")
     cfg = dict(model.pipe.scheduler.config)
     tables = {str(n): compute_constants(cfg, n) for n in range(1, MAX_STEPS + 1)}
-    write_atomic(data / "dpm_consts.json", json.dumps({"config": {k: v for k, v in cfg.items()
-                                                                  if not k.startswith("_")},
-                                                       "tables": tables}, default=str))
+    write_atomic(data / "dpm_consts.json", json.dumps({"tables": tables}, allow_nan=False))
     tok = model.tokenizer
     c = int(model.unet.config.in_channels)
     h, w = latent_hw

@@ -24,11 +24,15 @@ function status(message) {
   $("status").className = "";
 }
 
-// ---- tokenizer: HF tokenizers (wasm) + CLIPTokenizer's padding and truncation -----------
+// ---- tokenizer: HF tokenizers (wasm) + CLIPTokenizer's specials, padding, truncation ------
 function tokenize(text) {
+  // CLIPTokenizer: [bos] + first (max_length - 2) content tokens + [eos], padded with pad id.
+  // web-tokenizers' encode() adds no special tokens; strip them anyway if a tokenizer.json does.
   const c = state.config.tokenizer;
-  let ids = Array.from(state.tokenizer.encode(text)); // [bos, ..., eos] from the post-processor
-  if (ids.length > c.max_length) ids = ids.slice(0, c.max_length - 1).concat([c.eos_token_id]);
+  let body = Array.from(state.tokenizer.encode(text));
+  if (body[0] === c.bos_token_id) body = body.slice(1);
+  if (body[body.length - 1] === c.eos_token_id) body = body.slice(0, -1);
+  const ids = [c.bos_token_id, ...body.slice(0, c.max_length - 2), c.eos_token_id];
   while (ids.length < c.max_length) ids.push(c.pad_token_id);
   return Int32Array.from(ids);
 }
@@ -46,9 +50,12 @@ function seededNormal(n, seed) {
   return out;
 }
 
-function rawBytes(tensor) { // tvmjs toArray has no uint32: read raw bytes (toolchain notes)
-  const host = state.model.inst.empty(tensor.shape, tensor.dtype, state.model.inst.cpu());
+// GPU -> CPU copy, then wait for the GPU, then the bytes (tvmjs toArray has no uint32).
+async function rawBytes(tensor) {
+  const { inst } = state.model;
+  const host = inst.empty(tensor.shape, tensor.dtype, inst.cpu());
   host.copyFrom(tensor);
+  await inst.webgpu().sync();
   return host.toRawBytes();
 }
 
@@ -65,11 +72,18 @@ async function generate(opts) {
   for (const f of ["clip", "concat_embeddings", "unet", "dpm_convert_model_output", "dpm_step", "vae", "image_to_rgba"]) {
     fns[f] = vm.getFunction(f);
   }
-  const call = (f, ...args) => fns[f](...args, ...params(f));
+  // Every function's outputs as a flat list (exported model functions return tuples).
+  const flatten = (v, out = []) => {
+    if (v instanceof globalThis.tvmjs.TVMArray) { for (let i = 0; i < v.size(); ++i) flatten(v.get(i), out); }
+    else out.push(v);
+    return out;
+  };
+  const callAll = (f, ...args) => flatten(fns[f](...args, ...params(f)));
+  const call = (f, ...args) => callAll(f, ...args)[0];
   const tensor = (arr, shp, dtype) => inst.empty(shp, dtype, gpu).copyFrom(arr);
   const scalar = (v, dtype) => tensor(dtype === "int32" ? Int32Array.of(v) : Float32Array.of(v), [], dtype);
   const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
-  const read = async (t) => { await gpu.sync(); return new Float32Array(rawBytes(t).buffer.slice(0)); };
+  const read = async (t) => new Float32Array((await rawBytes(t)).buffer.slice(0));
 
   inst.beginScope();
   try {
@@ -82,25 +96,27 @@ async function generate(opts) {
     let x = tensor(init, shape, "float32");
     let hist = tensor(new Float32Array(n), shape, "float32"); // zeros: never uninitialized memory
     const g = scalar(opts.guidance, "float32");
+    const stepMs = [];
     for (let k = 0; k < opts.steps; ++k) {
+      const t0 = performance.now();
       const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, g);
       const x0 = call("dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
                       scalar(table.sigma[k], "float32"));
       x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
       hist = x0;
       await gpu.sync();
+      stepMs.push(performance.now() - t0);
       if (opts.trace) trace.latents.push(await read(x));
       $("progress").value = (k + 1) / (opts.steps + 1);
       status(`step ${k + 1}/${opts.steps}`);
     }
-    const out = call("vae", x);
-    const image = out.get(1);
+    const image = callAll("vae", x)[1]; // (float image, rounded image)
     const rgba = call("image_to_rgba", image);
-    await gpu.sync();
-    const bytes = new Uint8Array(rawBytes(rgba).buffer.slice(0));
+    const bytes = new Uint8Array((await rawBytes(rgba)).buffer.slice(0));
     const [h, w] = rgba.shape;
     draw(bytes, w, h);
     $("progress").value = 1;
+    trace.stepMs = stepMs;
     return { trace, rgba: bytes, width: w, height: h };
   } finally {
     inst.endScope();
@@ -131,6 +147,7 @@ async function onGenerate(ev) {
     status(`done in ${(state.lastMs / 1000).toFixed(1)} s (${opts.steps} steps)`);
     state.done = true;
   } catch (e) {
+    console.log(e.stack);
     fail(`generation failed: ${e.message}`);
   } finally {
     state.busy = false;
