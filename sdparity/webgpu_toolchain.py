@@ -73,7 +73,7 @@ def missing_sources() -> list[str]:
 
 
 def _emcc_version() -> str:
-    out = subprocess.run([emcc(), "--version"], capture_output=True, text=True).stdout
+    out = subprocess.run([emcc(), "--version"], capture_output=True, text=True, check=False).stdout
     return out.splitlines()[0] if out else "unknown"
 
 
@@ -111,7 +111,7 @@ def _layout(tree: Path) -> None:
 
 
 def _run(cmd: list[str], cwd: Path, what: str) -> None:
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         errors = [ln for ln in (proc.stderr + proc.stdout).splitlines() if "error" in ln]
         raise SdparityError(f"{what} failed: {(errors or proc.stderr.splitlines() or ['?'])[0].strip()}")
@@ -137,12 +137,14 @@ def ensure_toolchain(log=print) -> Path:
                                                "3rdparty/compiler-rt")]
         timings = {}
         for unit in RUNTIME_UNITS:
-            log(f"webgpu toolchain: compiling {unit}.cc with emcc (once; wasm_runtime takes ~2 min)")
+            note = " (the big one: 2-4 min, once)" if unit == "wasm_runtime" else ""
+            log(f"webgpu toolchain: emcc {unit}.cc{note}")
             t0 = time.perf_counter()
             _run([emcc(), *COMPILE_FLAGS, *includes, "-c", f"emcc/{unit}.cc", "-o", str(tmp / f"{unit}.o")],
                  cwd=tree / "web", what=f"emcc {unit}.cc")
             timings[unit] = round(time.perf_counter() - t0, 1)
         shutil.rmtree(tree)
+        tmp.chmod(0o755)  # mkdtemp makes it private
         (tmp / "toolchain.json").write_text(json.dumps({
             "emcc": _emcc_version(), "compile_flags": COMPILE_FLAGS, "link_flags": LINK_FLAGS,
             "compile_s": timings, "recipe": RECIPE_VERSION}, indent=1))
@@ -161,7 +163,7 @@ def ensure_toolchain(log=print) -> Path:
 def link_wasm(output: str, objects: list[str], options=None, **_kwargs) -> None:
     """export_library fcompile: link the model's wasm objects with the prebuilt runtime."""
     cmd = [emcc(), *LINK_FLAGS, "-o", output, *map(str, runtime_objects()), *objects, *(options or [])]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SdparityError(f"emcc link of {Path(output).name} failed: "
                             f"{(proc.stderr.strip().splitlines() or ['?'])[-1]}")

@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -44,14 +46,44 @@ META = "sdparity.json"
 ROOT = Path(__file__).resolve().parents[2]
 WEB_DIR = ROOT / "web"
 HARNESS_DIR = WEB_DIR / "harness"
+STATIC_DIRS = {"harness": HARNESS_DIR, "common": WEB_DIR / "common"}  # served as /<name>/...
 TVMJS_JS = WEB_DIR / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 DTYPES = ("float32", "int32", "uint32")
+BUILD_VERSION = 1  # bump when build() makes different files from the same inputs
 
 CHROMIUM_FLAGS = [
     "--enable-unsafe-webgpu",
     # closed network: no background requests for Chromium to retry
     "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run",
 ]
+
+
+def default_chromium() -> str:
+    return os.environ.get("SDPARITY_CHROMIUM", "/usr/bin/chromium")
+
+
+def chromium_args(flags: list[str] | None = None, webgpu: bool = True) -> list[str]:
+    args = list(CHROMIUM_FLAGS if flags is None else flags)
+    if not webgpu:
+        args = [a for a in args if a != "--enable-unsafe-webgpu"]
+    return args + (["--no-sandbox"] if os.geteuid() == 0 else [])  # Chromium refuses root otherwise
+
+
+def launch_chromium(playwright, chromium: str | None = None, webgpu: bool = True, headless: bool = True,
+                    flags: list[str] | None = None):
+    """Launch the system Chromium as the backend does (never Playwright's own browser).
+
+    ``playwright`` is a started sync Playwright; ``webgpu=False`` drops --enable-unsafe-webgpu
+    (headless Chromium then has no adapter: for tests of that message).
+    """
+    from playwright.sync_api import Error as PlaywrightError
+
+    path = chromium or default_chromium()
+    try:
+        return playwright.chromium.launch(executable_path=path, headless=headless,
+                                          args=chromium_args(flags, webgpu), timeout=60_000)
+    except PlaywrightError as e:
+        raise SdparityError(f"could not launch Chromium at {path}: {_first_line(e.message)}") from None
 
 
 def _first_line(text: str) -> str:
@@ -70,19 +102,43 @@ def _find_module(mod, kind: str):
     return None
 
 
+# What TVM's WGSL printer can emit and WGSL rejects: storage of types WGSL lacks (it has
+# 32-bit scalars, and f16 with shader-f16), infinity/NaN literals, INT32_MIN as a literal.
+_BAD_WGSL = [
+    (re.compile(r"var<storage[^>]*>\s*\w+\s*:\s*array<(i8|u8|i16|u16|bool|i64|u64|f64)>"), "stores {}"),
+    (re.compile(r"\b(inff|nanf|inf|nan)\b"), "uses the literal {}"),
+    (re.compile(r"(2147483648i)"), "uses the literal {}"),
+]
+
+
+def _check_wgsl(wgsl: str) -> None:
+    """Fail at build time, naming the problem, where the browser would fail to compile."""
+    found = next(((what, m) for rx, what in _BAD_WGSL for m in [rx.search(wgsl)] if m), None)
+    if found:  # the build folder is discarded on failure: keep the WGSL where it can be read
+        keep = Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity")) / "failed-wgsl"
+        keep.mkdir(parents=True, exist_ok=True)
+        path = keep / f"{hashlib.sha1(wgsl.encode()).hexdigest()[:16]}.wgsl"
+        path.write_text(wgsl)
+        what, m = found
+        line = wgsl.count("\n", 0, m.start()) + 1
+        raise SdparityError(f"the generated WGSL {what.format(m.group(1))} (line {line}), which WGSL "
+                            f"cannot express; the WGSL is in {path}")
+
+
 class WebGPUBackend(Backend):
     name = "webgpu"
     device_class = "webgpu"
 
     def __init__(self, chromium: str | None = None, weights: str = "raw", headless: bool = True,
-                 max_loaded: int = 3, run_timeout_s: float = 1800.0):
+                 max_loaded: int = 3, run_timeout_s: float = 1800.0, flags: list[str] | None = None):
         if weights not in ("raw", "bf16"):
             raise ValueError("weights must be 'raw' (exact float32) or 'bf16'")
-        self.chromium = chromium or os.environ.get("SDPARITY_CHROMIUM", "/usr/bin/chromium")
+        self.chromium = chromium or default_chromium()
         self.weights = weights
         self.headless = headless
         self.max_loaded = max_loaded
         self.run_timeout_s = run_timeout_s
+        self.flags = list(CHROMIUM_FLAGS if flags is None else flags)
         self._adapter: dict | None = None
 
     # -- availability -----------------------------------------------------------------
@@ -108,8 +164,8 @@ class WebGPUBackend(Backend):
         return tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
 
     def target_key(self) -> dict:
-        return {"target": str(self.target()), "runtime": _recipe_digest(),
-                "link": list(toolchain.LINK_FLAGS), "weights": self.weights}
+        return {"target": str(self.target()), "runtime": _recipe_digest(), "schedule": _schedule_digest(),
+                "build": BUILD_VERSION, "link": list(toolchain.LINK_FLAGS), "weights": self.weights}
 
     # -- build ------------------------------------------------------------------------
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
@@ -119,28 +175,35 @@ class WebGPUBackend(Backend):
         from ..schedule import schedule_for
 
         out_dir = Path(out_dir)
+        for fn, ps in ir.params.items():
+            for i, a in enumerate(ps):
+                if np.asarray(a).dtype.name not in DTYPES:
+                    raise SdparityError(f"weight {i} of {fn} has dtype {np.asarray(a).dtype}; "
+                                        f"the webgpu backend takes {DTYPES}")
         toolchain.ensure_toolchain(log)
         target = self.target()
         t0 = time.perf_counter()
         try:
             ex = relax.build(schedule_for(ir.mod, target), target=target)
         except Exception as e:
-            raise SdparityError(f"relax.build for webgpu failed: {_first_line(str(e).splitlines()[-1])}") from e
+            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
+            raise SdparityError(f"relax.build for webgpu failed: {last.strip()}") from e
         t1 = time.perf_counter()
         device_mod = _find_module(ex.mod, "webgpu")
-        (out_dir / WGSL).write_text(device_mod.inspect_source() if device_mod is not None else "")
+        wgsl = device_mod.inspect_source() if device_mod is not None else ""
+        (out_dir / WGSL).write_text(wgsl)
+        _check_wgsl(wgsl)
         ex.export_library(str(out_dir / WASM), fcompile=toolchain.link_wasm)
         t2 = time.perf_counter()
 
         names = {fn: [f"{fn}/{i:05d}" for i in range(len(ps))] for fn, ps in ir.params.items()}
         arrays = {n: np.asarray(a) for fn, ps in ir.params.items() for n, a in zip(names[fn], ps)}
-        for n, a in arrays.items():
-            if a.dtype.name not in DTYPES:
-                raise SdparityError(f"weight {n} has dtype {a.dtype}; the webgpu backend takes {DTYPES}")
         if arrays:
             fmt = "raw" if self.weights == "raw" else {
                 n: "f32-to-bf16" if a.dtype == np.float32 else "raw" for n, a in arrays.items()}
-            tvmjs.dump_tensor_cache(arrays, str(out_dir / PARAMS_DIR), encode_format=fmt, show_progress=False)
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints even without show_progress
+                tvmjs.dump_tensor_cache(arrays, str(out_dir / PARAMS_DIR), encode_format=fmt,
+                                        show_progress=False)
         (out_dir / META).write_text(json.dumps({
             "wasm": WASM, "params_dir": PARAMS_DIR, "num_params": len(arrays), "params": names,
             "weights": self.weights}, indent=1))
@@ -156,9 +219,14 @@ class WebGPUBackend(Backend):
         finally:
             runner.close()
 
+    def describe_session(self, runner: WebGPURunner) -> dict:
+        return runner.describe()
+
     def describe(self) -> dict:
         d = {"name": self.name, "device_class": self.device_class, "target": str(self.target()),
-             "chromium": self.chromium, "weights": self.weights}
+             "chromium": self.chromium, "weights": self.weights, "tvmjs": _tvmjs_version(),
+             "wasm_runtime": f"{toolchain.toolchain_dir().name} ({' '.join(toolchain.COMPILE_FLAGS)}), "
+                             f"link {' '.join(toolchain.LINK_FLAGS)}"}
         if self._adapter is None and self.unavailable_reason() is None:
             with self.session():
                 pass  # starting a session probes the adapter
@@ -167,9 +235,20 @@ class WebGPUBackend(Backend):
         return d
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _recipe_digest() -> str:
     return toolchain.recipe_digest()
+
+
+def _tvmjs_version() -> str | None:
+    pkg = TVMJS_JS.parents[1] / "package.json"
+    return json.loads(pkg.read_text()).get("version") if pkg.is_file() else None
+
+
+@functools.cache
+def _schedule_digest() -> str:
+    """Schedules change kernels: a cached build made with other ones is stale."""
+    return hashlib.sha256(Path(__file__).parents[1].joinpath("schedule.py").read_bytes()).hexdigest()[:12]
 
 
 # -- the harness server -----------------------------------------------------------------
@@ -193,11 +272,13 @@ class _Server(ThreadingHTTPServer):
             return self.blobs.pop(bid)
 
 
+CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".json": "application/json",
+                 ".wasm": "application/wasm", ".wgsl": "text/plain"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
-    TYPES = {".html": "text/html", ".js": "text/javascript", ".json": "application/json",
-             ".wasm": "application/wasm", ".wgsl": "text/plain"}
 
     def log_message(self, *args):  # quiet
         pass
@@ -215,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
         if not path.is_relative_to(base.resolve()) or not path.is_file():
             return self._send(404, b"not found", "text/plain")
         self.send_response(200)
-        self.send_header("Content-Type", self.TYPES.get(path.suffix, "application/octet-stream"))
+        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
         self.send_header("Content-Length", str(path.stat().st_size))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
@@ -224,8 +305,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         parts = self.path.split("?")[0].lstrip("/").split("/", 2)
-        if parts[0] == "harness" and len(parts) >= 2:
-            return self._file(HARNESS_DIR, "/".join(parts[1:]))
+        if parts[0] in STATIC_DIRS and len(parts) >= 2:
+            return self._file(STATIC_DIRS[parts[0]], "/".join(parts[1:]))
         if parts[0] == "tvmjs" and parts[1:] == ["index.js"]:
             return self._file(TVMJS_JS.parent, "index.js")
         if parts[0] == "art" and len(parts) == 3 and parts[1] in self.server.artifacts:
@@ -255,6 +336,37 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 # -- the runner -------------------------------------------------------------------------
+_PW = {"instance": None, "users": 0}  # one Playwright per thread-of-use; sessions may nest
+
+
+def _playwright_acquire():
+    from playwright.sync_api import sync_playwright
+
+    if _PW["instance"] is None:
+        _PW["instance"] = sync_playwright().start()
+    _PW["users"] += 1
+    return _PW["instance"]
+
+
+def _playwright_release():
+    _PW["users"] -= 1
+    if _PW["users"] == 0 and _PW["instance"] is not None:
+        inst, _PW["instance"] = _PW["instance"], None
+        inst.stop()
+
+
+@contextlib.contextmanager
+def shared_playwright():
+    """The process's sync Playwright. A second ``sync_playwright()`` in a thread that already
+    has one fails ("Sync API inside the asyncio loop"): code that may run beside a backend
+    session (tests) should take this one."""
+    pw = _playwright_acquire()
+    try:
+        yield pw
+    finally:
+        _playwright_release()
+
+
 class WebGPURunner(Runner):
     def __init__(self, backend: WebGPUBackend):
         self.backend = backend
@@ -270,18 +382,13 @@ class WebGPURunner(Runner):
         if reason:
             raise SdparityError(f"webgpu backend unavailable: {reason}")
         from playwright.sync_api import Error as PlaywrightError
-        from playwright.sync_api import sync_playwright
 
         t0 = time.perf_counter()
         self.server = _Server()
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self._pw = sync_playwright().start()
-        args = CHROMIUM_FLAGS + (["--no-sandbox"] if os.geteuid() == 0 else [])
-        try:
-            self.browser = self._pw.chromium.launch(executable_path=self.backend.chromium,
-                                                    headless=self.backend.headless, args=args, timeout=60_000)
-        except PlaywrightError as e:
-            raise SdparityError(f"could not launch Chromium at {self.backend.chromium}: {_first_line(e.message)}") from None
+        self._pw = _playwright_acquire()
+        self.browser = launch_chromium(self._pw, self.backend.chromium, headless=self.backend.headless,
+                                       flags=self.backend.flags)
         self.browser.on("disconnected", lambda _: self.errors.append("the browser disconnected"))
         self.page = self.browser.new_page()
         self.page.on("console", self._on_console)
@@ -299,10 +406,13 @@ class WebGPURunner(Runner):
         self._check()
 
     def close(self) -> None:
-        for closer in (lambda: self.browser.close(), lambda: self._pw.stop(), lambda: self.server.shutdown(),
+        for closer in (lambda: self.browser.close(), lambda: self.server.shutdown(),
                        lambda: self.server.server_close()):
             with contextlib.suppress(Exception):
                 closer()
+        if self._pw is not None:
+            self._pw = None
+            _playwright_release()
 
     # events and errors
     def _on_console(self, msg) -> None:
@@ -312,8 +422,9 @@ class WebGPURunner(Runner):
         if msg.type == "error":
             self.errors.append(_first_line(line))
 
-    def _check(self) -> None:
-        if self.page is not None and not self.errors:
+    def _check(self, flush: bool = True) -> None:
+        """Raise on anything the page reported; flush: first collect what it sent until now."""
+        if flush and self.page is not None and not self.errors:
             with contextlib.suppress(Exception):
                 self.page.evaluate("0")  # deliver events the page emitted before now
         if self.errors:
@@ -328,8 +439,14 @@ class WebGPURunner(Runner):
         try:
             return self.page.evaluate(js, arg)
         except PlaywrightError as e:
-            self.errors.clear()  # the exception is the report; its console echo is not news
-            raise SdparityError(f"webgpu: {what} failed in the browser: {_first_line(e.message)}") from None
+            msg = _first_line(e.message).removeprefix("Page.evaluate: ")
+            with contextlib.suppress(Exception):
+                self.page.evaluate("0")  # deliver the page's own reports of the failure
+            # the browser's first report is often the cause (e.g. the WGSL compile error)
+            cause = next((x.replace("console.error: [sdparity] ", "") for x in self.errors if msg not in x), None)
+            self.errors.clear()
+            raise SdparityError(f"webgpu: {what} failed in the browser: {msg}"
+                                + (f"; first browser error: {cause}" if cause else "")) from None
 
     # artifacts
     def _key(self, artifact: Path) -> str:
@@ -343,21 +460,31 @@ class WebGPURunner(Runner):
         key = self._key(artifact)
         if key in self.loaded:
             self.loaded.move_to_end(key)
+            self._evict(self.backend.max_loaded)
             return key
-        while len(self.loaded) >= self.backend.max_loaded:
-            old, _ = self.loaded.popitem(last=False)
-            self._call("(k) => window.sdparity.unload(k)", old, "unloading a model")
-            self.server.artifacts.pop(old, None)
+        self._evict(max(self.backend.max_loaded - 1, 0))
         self.server.artifacts[key] = artifact
-        ms = self._call("([k, base]) => window.sdparity.load(k, base)", [key, f"/art/{key}/"],
-                        f"loading {artifact.name}")
+        try:
+            ms = self._call("([k, base]) => window.sdparity.load(k, base)", [key, f"/art/{key}/"],
+                            f"loading {artifact.name}")
+        except SdparityError as e:
+            self.server.artifacts.pop(key, None)
+            raise SdparityError(f"{e} (WGSL: {artifact / WGSL})") from None
         self.loaded[key] = artifact
-        self.timings["last_load_s"] = round(ms / 1000, 3)
+        for part, v in ms.items():
+            self.timings[f"last_load_{part}_s"] = round(v / 1000, 3)
         self._check()
         return key
 
+    def _evict(self, keep: int) -> None:
+        """Unload the least recently used models until at most keep stay loaded."""
+        while len(self.loaded) > keep:
+            old, _ = self.loaded.popitem(last=False)
+            self._call("(k) => window.sdparity.unload(k)", old, "unloading a model")
+            self.server.artifacts.pop(old, None)
+
     def run(self, artifact: Path, function: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        self._check()
+        self._check(flush=False)  # the previous call flushed
         key = self._ensure_loaded(artifact)
         specs = []
         for i, a in enumerate(inputs):

@@ -4,6 +4,11 @@
 // functions on WebGPU and moves tensors to and from Python as raw bytes over HTTP:
 // inputs are fetched from /blob/<id>, outputs are POSTed to /upload/<id>.
 // Anything that goes wrong is reported with console.error, which fails the Python run.
+// Adapter, device and error watching are shared with the app (../common/gpu.js).
+
+import {
+  describeAdapter, fetchOk, requestAdapter, requestDevice, watchDevice, withTimeout,
+} from "../common/gpu.js";
 
 const tvmjs = globalThis.tvmjs;
 const models = new Map(); // key -> {inst, device, vm, meta, funcs}
@@ -13,75 +18,6 @@ function report(msg) {
 }
 
 window.addEventListener("unhandledrejection", (ev) => report(`unhandled promise rejection: ${ev.reason}`));
-
-function withTimeout(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms / 1000} s`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-async function fetchOk(url, init) {
-  const r = await fetch(url, init);
-  if (!r.ok) throw new Error(`${(init && init.method) || "GET"} ${url}: HTTP ${r.status}`);
-  return r;
-}
-
-async function requestAdapter() {
-  if (!navigator.gpu) {
-    throw new Error("navigator.gpu is missing: WebGPU is disabled or the page is not a secure context");
-  }
-  const adapter = await withTimeout(navigator.gpu.requestAdapter(), 30000, "navigator.gpu.requestAdapter()");
-  if (!adapter) {
-    throw new Error("navigator.gpu.requestAdapter() returned null: this browser has no WebGPU adapter " +
-                    "(headless Chromium needs --enable-unsafe-webgpu)");
-  }
-  return adapter;
-}
-
-// Report every uncaptured error and every unexpected loss of a device we use.
-function watchDevice(device, label) {
-  device.addEventListener("uncapturederror", (ev) => {
-    report(`uncaptured WebGPU error (${label}): ${ev.error.constructor.name}: ${ev.error.message}`);
-  });
-  device.lost.then((info) => {
-    if (!device.sdparityExpectLoss) report(`WebGPU device lost (${label}): ${info.reason}: ${info.message}`);
-  });
-}
-
-// Limits a model may need; we ask for the adapter's maximum of each.
-const LIMITS = [
-  "maxBufferSize", "maxStorageBufferBindingSize", "maxComputeWorkgroupStorageSize",
-  "maxStorageBuffersPerShaderStage", "maxComputeInvocationsPerWorkgroup",
-  "maxComputeWorkgroupSizeX", "maxComputeWorkgroupSizeY", "maxComputeWorkgroupSizeZ",
-  "maxComputeWorkgroupsPerDimension",
-];
-
-// One device per loaded model: tvmjs's Instance.dispose() destroys the device it was given.
-async function requestDevice(label) {
-  const adapter = await requestAdapter();
-  const requiredLimits = {};
-  for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
-  const requiredFeatures = ["shader-f16"].filter((f) => adapter.features.has(f));
-  const device = await withTimeout(adapter.requestDevice({ requiredLimits, requiredFeatures }), 30000,
-                                   "GPUAdapter.requestDevice()");
-  watchDevice(device, label);
-  return device;
-}
-
-async function describe() {
-  const adapter = await requestAdapter();
-  const info = adapter.info || {};
-  const limits = {};
-  for (const k in adapter.limits) limits[k] = adapter.limits[k];
-  return {
-    vendor: info.vendor, architecture: info.architecture, device: info.device,
-    description: info.description,
-    isFallbackAdapter: info.isFallbackAdapter ?? adapter.isFallbackAdapter ?? null,
-    features: [...adapter.features].sort(), limits, userAgent: navigator.userAgent,
-  };
-}
 
 // A tvmjs artifact cache that reads straight from our server (no browser-side caching).
 const directFetch = {
@@ -93,23 +29,43 @@ const directFetch = {
   hasAllKeys: async () => true,
 };
 
+async function describe() {
+  return describeAdapter(await requestAdapter());
+}
+
+// Load a build folder. One device per model: tvmjs's Instance.dispose() destroys the device
+// it was given. Returns how long each part took (ms), for the report.
 async function load(key, base) {
-  if (models.has(key)) return 0;
+  if (models.has(key)) return {};
   const t0 = performance.now();
+  const ms = {};
   const meta = await (await fetchOk(base + "sdparity.json")).json();
   const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
   const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
-  const device = await requestDevice(key);
+  const device = await requestDevice(await requestAdapter(), key, report);
   inst.initWebGPU(device);
   inst.beginScope(); // lives as long as the model
-  const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
-  await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
-  if (meta.num_params > 0) {
-    const url = new URL(base + meta.params_dir + "/", location.href).href;
-    await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
+  ms.wasm = performance.now() - t0;
+  try {
+    const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
+    await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
+    ms.pipelines = performance.now() - t0 - ms.wasm;
+    if (meta.num_params > 0) {
+      const url = new URL(base + meta.params_dir + "/", location.href).href;
+      await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
+    }
+    ms.weights = performance.now() - t0 - ms.wasm - ms.pipelines;
+    models.set(key, { inst, device, vm, meta, funcs: new Map() });
+  } catch (err) {
+    // let the device report what went wrong first (e.g. the WGSL compile error), then free it
+    await device.queue.onSubmittedWorkDone();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    device.sdparityExpectLoss = true;
+    inst.dispose();
+    throw err;
   }
-  models.set(key, { inst, device, vm, meta, funcs: new Map() });
-  return performance.now() - t0;
+  ms.total = performance.now() - t0;
+  return ms;
 }
 
 function unload(key) {
@@ -160,7 +116,8 @@ async function run(key, fn, inputs, timeoutMs) {
     const outputs = [];
     for (const t of host) {
       const id = crypto.randomUUID();
-      await fetchOk("/upload/" + id, { method: "POST", body: t.toRawBytes() });
+      // a Blob body: Chromium resolves a POST of a typed array ~1 s late for 16 MiB
+      await fetchOk("/upload/" + id, { method: "POST", body: new Blob([t.toRawBytes()]) });
       outputs.push({ id, shape: t.shape, dtype: t.dtype });
     }
     return { outputs, ms };
@@ -169,5 +126,8 @@ async function run(key, fn, inputs, timeoutMs) {
   }
 }
 
-window.sdparity = { describe, load, unload, run, loaded: () => [...models.keys()], models, watchDevice };
+window.sdparity = {
+  describe, load, unload, run, loaded: () => [...models.keys()], models,
+  watchDevice: (device, label) => watchDevice(device, label, report),
+};
 window.sdparityReady = true;
