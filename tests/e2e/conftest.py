@@ -38,11 +38,9 @@ def app(tiny, cache):
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from sdparity.backends.webgpu import launch_chromium, shared_playwright
 
-    from sdparity.backends.webgpu import launch_chromium
-
-    with sync_playwright() as p:
+    with shared_playwright() as p:
         b = launch_chromium(p)
         yield b
         b.close()

@@ -45,11 +45,9 @@ def test_over_long_prompt_keeps_end_token(page, tiny):
 
 def test_no_webgpu_adapter_shows_a_clear_message(app):
     """Chromium without --enable-unsafe-webgpu has no adapter: the page must say so."""
-    from playwright.sync_api import sync_playwright
+    from sdparity.backends.webgpu import launch_chromium, shared_playwright
 
-    from sdparity.backends.webgpu import launch_chromium
-
-    with sync_playwright() as p:
+    with shared_playwright() as p:
         b = launch_chromium(p, webgpu=False)
         try:
             page = b.new_page()

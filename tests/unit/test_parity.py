@@ -1,5 +1,5 @@
-"""Every registered stage passes on the native LLVM backend against its PyTorch reference
-(tiny model), and every injectable fault makes the same check fail."""
+"""Every registered stage passes on the native LLVM backend and on WebGPU (Chromium) against
+its PyTorch reference (tiny model), and every injectable fault makes the LLVM check fail."""
 
 from __future__ import annotations
 
@@ -11,9 +11,15 @@ STAGES = all_stages()
 FAULTS = [(s, f) for s, st in STAGES.items() for f in st.faults]
 
 
+BACKENDS = ["llvm", pytest.param("webgpu", marks=pytest.mark.webgpu)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("stage", list(STAGES))
-def test_stage_passes_on_llvm(stage, llvm, run_check):
-    results = run_check(STAGES[stage], llvm)
+def test_stage_passes(stage, backend, run_check):
+    from sdparity.backends import get_backend
+
+    results = run_check(STAGES[stage], get_backend(backend))
     bad = [r for r in results if r["verdict"] != "pass"]
     assert results and not bad, bad[:3]
     # every declared output was compared, with a real metric
