@@ -8,7 +8,6 @@ import pytest
 from sdparity import strategies  # noqa: F401  (hypothesis profile)
 
 ARTIFACTS = Path(os.environ.get("SDPARITY_E2E_OUT", Path(__file__).resolve().parents[2] / "out" / "e2e"))
-LATENT = (16, 16)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +28,8 @@ def cache():
 def app(tiny, cache):
     """The app's data folder and a server for it (built once per session)."""
     from sdparity.serve import app_server, build_app
+
+    from apphelpers import LATENT
 
     data = build_app(tiny, LATENT, cache, log=print)
     server = app_server(data, cache).start()

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from .test_browser_generate import open_app
+from apphelpers import open_app
 
 
 @pytest.fixture(scope="module")

@@ -9,47 +9,9 @@ import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
+from apphelpers import LATENT, NEGATIVE, PROMPT, STEPS, GUIDANCE, first_divergence, open_app, run_generation
 from sdparity.compare import compare
 from sdparity.tolerances import lookup
-
-from .conftest import LATENT
-
-PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
-TIMEOUT_MS = 600_000
-
-
-def open_app(browser, app, query: str = ""):
-    page = browser.new_page()
-    problems: list[str] = []
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(f"{app.url}/app/index.html{query}")
-    page.wait_for_function("() => window.sdparityApp && (window.sdparityApp.state.ready || "
-                           "window.sdparityApp.state.errors.length > 0)", timeout=TIMEOUT_MS)
-    return page, problems
-
-
-def run_generation(page, latents, schedule=None):
-    page.evaluate("(a) => window.sdparityApp.injectLatents(a)", latents.reshape(-1).tolist())
-    if schedule is not None:
-        page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)
-    page.fill("#prompt", PROMPT)
-    page.fill("#negative", NEGATIVE)
-    page.fill("#steps", str(STEPS))
-    page.fill("#guidance", str(GUIDANCE))
-    page.click("#generate")
-    page.wait_for_function("() => { const r = window.sdparityApp.state; return r.done || r.errors.length > 0; }",
-                           timeout=TIMEOUT_MS)
-    return page.evaluate("() => window.sdparityApp.result()")
-
-
-def first_divergence(latents, ref_latents, tol):
-    for k, (a, b) in enumerate(zip(latents, ref_latents)):
-        m = compare(a, b, tol)
-        if not m.passed:
-            return k, m
-    return None, None
-
 
 @pytest.fixture(scope="module")
 def reference(tiny):
