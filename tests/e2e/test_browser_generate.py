@@ -42,6 +42,9 @@ def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
     write_png(artifacts / "diffusers.png", ref["image_u8"])
     write_png(artifacts / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
 
+    steps = [compare(a, b, lookup("pipeline", "latents", "webgpu", "tiny")) for a, b in zip(lat, ref["latents"])]
+    write_e2e_html(artifacts / "index.html", steps, res)
+
     emb_tol = lookup("pipeline", "embeddings", "webgpu", "tiny")
     assert compare(pos, ref["positive"], emb_tol).passed
     assert compare(neg, ref["negative"], emb_tol).passed
@@ -54,6 +57,25 @@ def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
           f"pixels {px.why}, generation {res['lastMs'] / 1000:.1f}s")
     assert px.passed, px.why
     page.close()
+
+
+def write_e2e_html(path, steps, res):
+    """A page with the browser image, the diffusers image and their difference side by side,
+    and the per-step latent error."""
+    from sdparity.report import write_atomic
+
+    rows = "".join(f"<tr><td>{k + 1}</td><td>{m.max_abs:.3g}</td><td>{m.max_rel:.3g}</td>"
+                   f"<td>{'pass' if m.passed else 'FAIL'}</td></tr>" for k, m in enumerate(steps))
+    imgs = "".join(f'<figure><img src="{n}.png" width="256" style="image-rendering:pixelated">'
+                   f"<figcaption>{n}</figcaption></figure>" for n in ("browser", "diffusers", "difference"))
+    write_atomic(path, f"""<!doctype html><meta charset="utf-8"><title>sdparity browser e2e</title>
+<style>body{{font-family:system-ui;margin:2em}} figure{{display:inline-block;margin:0 1em}}
+td,th{{padding:0 1em;text-align:right}}</style>
+<h1>Browser (WebGPU) vs diffusers.StableDiffusionPipeline</h1>
+<p>{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}, prompt "{PROMPT}", negative "{NEGATIVE}",
+generation {res['lastMs'] / 1000:.1f} s in the browser.</p>{imgs}
+<h2>Latents after each step</h2><table><tr><th>step</th><th>max abs</th><th>max rel</th><th>verdict</th></tr>
+{rows}</table><p><img src="app_after_generation.png" width="640"></p>""")
 
 
 def test_tutorial_constants_are_caught_at_the_last_step(browser, app, reference, tiny):
