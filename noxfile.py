@@ -4,6 +4,8 @@
   check        the main job: `sdparity check` on the default tiny model (llvm + webgpu)
   browser_e2e  tests/e2e: the web app generates an image in Chromium; compared with diffusers
   full         full-size SD 1.5 (random weights) parity on LLVM (slow; see README for times)
+  bench        `sdparity bench`: build/run time, memory, ratio to PyTorch (tiny, llvm)
+  full_bench   the same on full-size SD 1.5, merged into the `full` report
   gate         `nox -s gate -- A B`: llvm checks under TVM A and TVM B (one venv each), gate B vs A
 
 Extra arguments after `--` go to pytest (unit, browser_e2e) or to `sdparity check` (check, full).
@@ -82,3 +84,22 @@ def gate(session):
     a, b, *rest = session.posargs
     session.run(sys.executable, "-m", "sdparity", "gate-versions", a, b, *(["--", *rest] if rest else []),
                 env={**ENV, "PYTHONPATH": str(ROOT)}, external=True)
+
+
+@nox.session
+def bench(session):
+    """`sdparity bench`: build/run time, memory and ratio to PyTorch (default: tiny, llvm)."""
+    _install(session, web=False)
+    args = session.posargs or ["--backends", "llvm", "--json", "sdparity-bench.json"]
+    session.run("sdparity", "bench", *args, env=ENV)
+
+
+@nox.session
+def full_bench(session):
+    """`sdparity bench` on full-size SD 1.5 (random weights), merged into the `full` report."""
+    _install(session, web=False)
+    args = session.posargs or ["--model", "sd15-random", "--backends", "llvm",
+                               "--json", "sdparity-bench-sd15.json"]
+    if Path("sdparity-report-sd15.json").is_file() and not session.posargs:
+        args += ["--merge", "sdparity-report-sd15.json"]
+    session.run("sdparity", "bench", *args, env=ENV)

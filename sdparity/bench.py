@@ -1,0 +1,364 @@
+"""`sdparity bench`: build time, run time, peak memory and the ratio to PyTorch, per stage and
+backend, measured side by side in one process.
+
+For every selected stage and backend: the build goes through the build cache (its original
+build time is reported when it was cached; --rebuild measures it again); one warm-up run
+loads the module and weights; then N rounds each run the TVM function once and the stage's
+reference once, alternating, so load from other processes on the machine hits both sides
+alike. Run times are medians of the N rounds; ratio = TVM median / reference median.
+
+One case per Relax function of the stage is timed (its first case). The reference is the
+stage's own float32 reference (PyTorch/diffusers for clip, unet, vae, concat_embeddings;
+numpy for image_to_rgba). The scheduler stage's reference replays a cached diffusers chain,
+so it is timed as the same formula in PyTorch eager instead (``reference_kind`` says which).
+
+Memory: resident set size (RSS) of this process, sampled every 5 ms. rss_delta_mib: the
+peak during the first (loading) TVM run minus RSS before it: weights plus one run's
+intermediates (approximate: memory the allocator kept from earlier stages is reused).
+run_rss_delta_mib / ref_rss_delta_mib: the largest rise during one timed TVM / reference
+run (the PyTorch model is loaded already, so the reference's is activations only). GPU
+backends also record device memory in use (torch.cuda.mem_get_info, when available).
+
+JSON schema "sdparity.bench/1" (written atomically): schema, created, argv, model, versions,
+machine, threads, results[ {stage, backend, device_class, function, case, build_s,
+build_cached, original_build_s, first_run_s, run_s (median), run_s_all, ref_s (median),
+ref_s_all, reference_kind, ref_device, ratio, rss_peak_mib, rss_delta_mib, run_rss_delta_mib,
+ref_rss_delta_mib,
+device_mem_peak_mib, error} ]. ``--merge REPORT`` also stores it under "performance" in an
+"sdparity.report/1" file, where GPU and CPU results stay apart by device_class.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import SdparityError
+
+SCHEMA = "sdparity.bench/1"
+DEFAULT_JSON = "sdparity-bench.json"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def rss_mib() -> float:
+    """Resident set size of this process (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * _PAGE / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def device_used_mib() -> float | None:
+    """Memory in use on CUDA device 0 (all allocators), or None without torch.cuda."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        free, total = torch.cuda.mem_get_info()
+        return (total - free) / 2**20
+    except Exception:
+        return None
+
+
+class PeakSampler:
+    """Samples RSS (and device memory) in a thread while the with-block runs."""
+
+    def __init__(self, device: bool = False, interval: float = 0.005):
+        self.device, self.interval = device, interval
+        self.rss_peak = 0.0
+        self.dev_peak: float | None = None
+        self._stop = threading.Event()
+
+    def _sample(self):
+        self.rss_peak = max(self.rss_peak, rss_mib())
+        if self.device:
+            d = device_used_mib()
+            if d is not None:
+                self.dev_peak = d if self.dev_peak is None else max(self.dev_peak, d)
+
+    def _loop(self):
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self):
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return False
+
+
+# -- references ---------------------------------------------------------------------------
+
+def _dpm_torch(function: str):
+    """The scheduler formulas in PyTorch eager, in the stage's evaluation order."""
+    import torch
+
+    def run(inputs):
+        t = [torch.from_numpy(np.array(a)) for a in inputs]
+        with torch.no_grad():
+            if function == "dpm_convert_model_output":
+                x, eps, alpha, sigma = t
+                out = (x - sigma * eps) / alpha
+            else:
+                x, m0, m1, c0, c1, half_c1, inv_r0 = t
+                out = (c0 * x - c1 * m0) - half_c1 * (inv_r0 * (m0 - m1))
+        return [out.numpy()]
+
+    return run
+
+
+def reference_for(stage, case):
+    """(callable(inputs) -> outputs, reference_kind)."""
+    if stage.name == "scheduler_dpm":
+        return _dpm_torch(case.function), "torch eager, same formula (the stage's diffusers reference is cached)"
+    kind = "numpy" if stage.name == "image_to_rgba" else "torch (stage reference)"
+    return (lambda _inputs: case.reference("float32")), kind
+
+
+def bench_cases(stage, model, variant, seed):
+    """The first case of each Relax function of the stage."""
+    seen, out = set(), []
+    for c in stage.cases(model, variant, seed):
+        if c.function not in seen:
+            seen.add(c.function)
+            out.append(c)
+    return out
+
+
+# -- measuring ----------------------------------------------------------------------------
+
+def _median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def measure(stage, backend, runner, model, variant, cache, repeat: int, seed: int = 0, log=print) -> list[dict]:
+    gpu = backend.device_class == "gpu"
+    t0 = time.perf_counter()
+    art, meta, cached = backend.build_cached(lambda: stage.build_ir(model, variant),
+                                             stage.build_key(model, variant), cache, log=log,
+                                             label=f"{stage.name}/{backend.name}")
+    build_s = time.perf_counter() - t0
+    records = []
+    for case in bench_cases(stage, model, variant, seed):
+        rec = {"stage": stage.name, "backend": backend.name, "device_class": backend.device_class,
+               "function": case.function, "case": case.label, "shapes": case.shapes,
+               "build_s": round(build_s, 3), "build_cached": cached,
+               "original_build_s": meta.get("build_s"), "error": None}
+        ref, rec["reference_kind"] = reference_for(stage, case)
+        rec["ref_device"] = "cpu"
+        try:
+            before = rss_mib()
+            with PeakSampler(device=gpu) as first:  # loads the module and its weights
+                t1 = time.perf_counter()
+                runner.run(art, case.function, case.inputs)
+                rec["first_run_s"] = round(time.perf_counter() - t1, 4)
+            dev_peak = first.dev_peak
+            runs, refs, run_delta, ref_delta = [], [], 0.0, 0.0
+            for _ in range(repeat):  # alternate, so load from elsewhere hits both sides alike
+                rss0 = rss_mib()
+                with PeakSampler(device=gpu) as m:
+                    t1 = time.perf_counter()
+                    runner.run(art, case.function, case.inputs)
+                    runs.append(time.perf_counter() - t1)
+                run_delta = max(run_delta, m.rss_peak - rss0)
+                if m.dev_peak is not None:
+                    dev_peak = max(dev_peak or 0.0, m.dev_peak)
+                rss0 = rss_mib()
+                with PeakSampler() as m:
+                    t1 = time.perf_counter()
+                    ref(case.inputs)
+                    refs.append(time.perf_counter() - t1)
+                ref_delta = max(ref_delta, m.rss_peak - rss0)
+        except Exception as e:  # one failing stage must not lose the other measurements
+            rec["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+            log(f"[{backend.name}] {stage.name} {case.function}: ERROR {rec['error']}")
+            records.append(rec)
+            continue
+        rec.update({
+            "run_s": round(_median(runs), 5), "run_s_all": [round(x, 5) for x in runs],
+            "ref_s": round(_median(refs), 5), "ref_s_all": [round(x, 5) for x in refs],
+            "rss_peak_mib": round(first.rss_peak, 1),
+            "rss_delta_mib": round(max(first.rss_peak - before, 0.0), 1),
+            "run_rss_delta_mib": round(run_delta, 1),
+            "ref_rss_delta_mib": round(ref_delta, 1),
+            "device_mem_peak_mib": None if dev_peak is None else round(dev_peak, 1),
+        })
+        rec["ratio"] = round(rec["run_s"] / rec["ref_s"], 3) if rec["ref_s"] > 0 else None
+        log(f"[{backend.name}] {stage.name} {case.function}: tvm {rec['run_s']:.4f}s "
+            f"ref {rec['ref_s']:.4f}s ratio {rec['ratio']}")
+        records.append(rec)
+    return records
+
+
+def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, variants=None, log=print) -> dict:
+    import contextlib
+
+    from .report import Report
+
+    data = Report(model).data
+    data["schema"] = SCHEMA
+    data.pop("results", None)
+    data["repeat"] = repeat
+    data["threads"] = _threads()
+    data["results"] = []
+    with contextlib.ExitStack() as stack:
+        runners = {}
+        for b in backends:
+            reason = b.unavailable_reason()
+            if reason:
+                log(f"[{b.name}] skipped: {reason}")
+                data["results"].append({"backend": b.name, "device_class": b.device_class,
+                                        "stage": None, "error": f"skipped: {reason}"})
+                continue
+            runners[b.name] = stack.enter_context(b.session())
+            data["backends"][b.name] = b.describe()
+        data["threads"] = _threads()  # after the sessions configured the runtime
+        for st in stages:
+            variant = (variants or {}).get(st.name) or st.default_variant(model)
+            for b in backends:
+                if b.name in runners:
+                    log(f"[{b.name}] {st.name}: benchmarking")
+                    try:
+                        data["results"] += measure(st, b, runners[b.name], model, variant, cache,
+                                                   repeat, seed, log)
+                    except Exception as e:
+                        data["results"].append({"stage": st.name, "backend": b.name,
+                                                "device_class": b.device_class,
+                                                "error": f"{type(e).__name__}: {e}"[:500]})
+    return data
+
+
+def _threads() -> dict:
+    out = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")}
+    try:
+        import tvm
+
+        out["tvm_runtime"] = int(tvm.runtime.num_threads())
+    except Exception:
+        pass
+    try:
+        import torch
+
+        out["torch"] = torch.get_num_threads()
+    except Exception:
+        pass
+    return out
+
+
+# -- output -------------------------------------------------------------------------------
+
+def _fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def print_table(data: dict) -> None:
+    head = (f"{'stage':<18} {'backend':<7} {'dev':<4} {'function':<25} {'build s':>8} {'tvm s':>9} "
+            f"{'ref s':>9} {'ratio':>7} {'rss MiB':>8} {'gpu MiB':>8}")
+    print(head)
+    print("-" * len(head))
+    for r in data["results"]:
+        if r.get("error") and "run_s" not in r:
+            print(f"{str(r.get('stage')):<18} {r['backend']:<7} {r['device_class']:<4} {r['error']}")
+            continue
+        build = r["original_build_s"] if r["build_cached"] and r.get("original_build_s") else r["build_s"]
+        print(f"{r['stage']:<18} {r['backend']:<7} {r['device_class']:<4} {r['function']:<25} "
+              f"{_fmt(build, '8.1f')}{'c' if r['build_cached'] else ' '}{_fmt(r['run_s'], '9.4f')} "
+              f"{_fmt(r['ref_s'], '9.4f')} {_fmt(r['ratio'], '7.2f')} {_fmt(r['rss_delta_mib'], '8.0f')} "
+              f"{_fmt(r['device_mem_peak_mib'], '8.0f')}")
+    print("build: 'c' = reused from the cache, showing its original build time; "
+          "ratio = tvm / reference, medians of side-by-side runs")
+
+
+def merge_into_report(report_path: Path, data: dict) -> None:
+    """Store bench results in an sdparity report under "performance", one list per
+    device_class (cpu / gpu): a later merge replaces only the classes it measured."""
+    import json
+
+    from .report import load, write_atomic
+
+    rep = load(report_path)
+    perf = rep.setdefault("performance", {})
+    by_class: dict[str, list] = {}
+    for r in data["results"]:
+        by_class.setdefault(r.get("device_class") or "cpu", []).append(r)
+    for dc, rows in by_class.items():
+        perf[dc] = {"created": data["created"], "machine": data["machine"], "threads": data["threads"],
+                    "repeat": data["repeat"], "backends": data["backends"], "results": rows}
+    write_atomic(report_path, json.dumps(rep, indent=1, default=str))
+
+
+# -- command ------------------------------------------------------------------------------
+
+def add_parser(sub) -> None:
+    from .cli import _csv, _latent
+
+    p = sub.add_parser("bench", help="time builds and runs per stage and backend against PyTorch",
+                       description="Per stage and backend: build time, run time (median of N), peak "
+                       "memory (RSS; GPU memory for GPU backends) and the ratio to the stage's "
+                       "PyTorch reference, run side by side in this process. Prints a table and "
+                       "writes JSON atomically.")
+    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
+    p.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
+    p.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated (default: llvm)")
+    p.add_argument("--repeat", "-n", type=int, default=3, help="timed rounds per case (default 3)")
+    p.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rebuild", action="store_true", help="ignore cached builds (measures build time)")
+    p.add_argument("--json", type=Path, default=Path(DEFAULT_JSON), help=f"output (default {DEFAULT_JSON})")
+    p.add_argument("--merge", type=Path, default=None, metavar="REPORT",
+                   help="also store the results under 'performance' in this sdparity report")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_bench)
+
+
+def cmd_bench(args) -> int:
+    from reference.models import ModelError, load_model
+
+    from .backends import get_backend
+    from .cache import BuildCache
+    from .registry import all_stages
+    from .report import write_atomic
+    from .runner import Progress
+
+    if args.repeat < 1:
+        raise SdparityError("--repeat must be at least 1")
+    log = Progress(quiet=args.quiet)
+    stages = all_stages()
+    names = args.stages or list(stages)
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
+    backends = [get_backend(b) for b in args.backends]
+    try:
+        model = load_model(args.model, log=log)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+    selected = [stages[n] for n in names]
+    variants = None
+    if args.latent:
+        variants = {s.name: {**s.default_variant(model), "latent": args.latent}
+                    for s in selected if "latent" in s.default_variant(model)}
+    data = run_bench(model, selected, backends, BuildCache(rebuild=args.rebuild), args.repeat,
+                     args.seed, variants, log)
+    import json
+
+    write_atomic(args.json, json.dumps(data, indent=1, default=str))
+    print_table(data)
+    print(f"bench: {args.json}")
+    if args.merge:
+        merge_into_report(args.merge, data)
+        print(f"merged into {args.merge}")
+    return 1 if any(r.get("error") and not str(r["error"]).startswith("skipped") for r in data["results"]) else 0
