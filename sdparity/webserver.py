@@ -20,7 +20,8 @@ class LocalServer(ThreadingHTTPServer):
 
     def __init__(self, mounts: dict[str, Path] | None = None, port: int = 0):
         super().__init__(("127.0.0.1", port), _Handler)
-        self.mounts: dict[str, Path] = dict(mounts or {})  # "app" -> folder  (URL /app/...)
+        # URL prefix (one or more path segments, e.g. "app" or "art/<key>") -> folder
+        self.mounts: dict[str, Path] = dict(mounts or {})
         self.blobs: dict[str, bytes | bytearray] = {}
         self.lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -84,8 +85,11 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._send(200, bytes(self.server.take(rest)))
             except KeyError:
                 return self._send(404, b"no such blob", "text/plain")
-        if head in self.server.mounts:
-            return self._file(self.server.mounts[head], rest or "index.html")
+        parts = path.split("/")
+        for i in range(len(parts) - 1, 0, -1):  # the longest mounted prefix wins
+            base = self.server.mounts.get("/".join(parts[:i]))
+            if base is not None:
+                return self._file(base, "/".join(parts[i:]) or "index.html")
         self._send(404, b"not found", "text/plain")
 
     def do_POST(self):

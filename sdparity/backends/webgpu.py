@@ -23,12 +23,8 @@ import io
 import json
 import os
 import re
-import shutil
-import threading
 import time
-import uuid
 from collections import OrderedDict
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +32,7 @@ import numpy as np
 from .. import webgpu_toolchain as toolchain
 from ..errors import SdparityError
 from ..registry import StageIR
+from ..webserver import LocalServer
 from .base import Backend, Runner
 
 WASM = "model.wasm"
@@ -251,91 +248,6 @@ def _schedule_digest() -> str:
     return hashlib.sha256(Path(__file__).parents[1].joinpath("schedule.py").read_bytes()).hexdigest()[:12]
 
 
-# -- the harness server -----------------------------------------------------------------
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.artifacts: dict[str, Path] = {}  # key -> artifact folder
-        self.blobs: dict[str, bytes | bytearray] = {}  # tensors in flight, both directions
-        self.lock = threading.Lock()
-
-    def put(self, data: bytes) -> str:
-        bid = uuid.uuid4().hex
-        with self.lock:
-            self.blobs[bid] = data
-        return bid
-
-    def take(self, bid: str):
-        with self.lock:
-            return self.blobs.pop(bid)
-
-
-CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".json": "application/json",
-                 ".wasm": "application/wasm", ".wgsl": "text/plain"}
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def log_message(self, *args):  # quiet
-        pass
-
-    def _send(self, code: int, body: bytes = b"", ctype: str = "application/octet-stream"):
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def _file(self, base: Path, rel: str):
-        path = (base / rel).resolve()
-        if not path.is_relative_to(base.resolve()) or not path.is_file():
-            return self._send(404, b"not found", "text/plain")
-        self.send_response(200)
-        self.send_header("Content-Type", CONTENT_TYPES.get(path.suffix, "application/octet-stream"))
-        self.send_header("Content-Length", str(path.stat().st_size))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        with open(path, "rb") as f:
-            shutil.copyfileobj(f, self.wfile, 1 << 20)
-
-    def do_GET(self):
-        parts = self.path.split("?")[0].lstrip("/").split("/", 2)
-        if parts[0] in STATIC_DIRS and len(parts) >= 2:
-            return self._file(STATIC_DIRS[parts[0]], "/".join(parts[1:]))
-        if parts[0] == "tvmjs" and parts[1:] == ["index.js"]:
-            return self._file(TVMJS_JS.parent, "index.js")
-        if parts[0] == "art" and len(parts) == 3 and parts[1] in self.server.artifacts:
-            return self._file(self.server.artifacts[parts[1]], parts[2])
-        if parts[0] == "blob" and len(parts) == 2:
-            try:
-                return self._send(200, bytes(self.server.take(parts[1])))
-            except KeyError:
-                pass
-        self._send(404, b"not found", "text/plain")
-
-    def do_POST(self):
-        parts = self.path.lstrip("/").split("/")
-        if parts[0] != "upload" or len(parts) != 2:
-            return self._send(404, b"not found", "text/plain")
-        n = int(self.headers.get("Content-Length", "0"))
-        body = bytearray(n)
-        view, got = memoryview(body), 0
-        while got < n:
-            k = self.rfile.readinto(view[got:])
-            if not k:
-                return self._send(400, b"short body", "text/plain")
-            got += k
-        with self.server.lock:
-            self.server.blobs[parts[1]] = body
-        self._send(200, b"ok", "text/plain")
-
-
-# -- the runner -------------------------------------------------------------------------
 _PW = {"instance": None, "users": 0}  # one Playwright per thread-of-use; sessions may nest
 
 
@@ -384,8 +296,8 @@ class WebGPURunner(Runner):
         from playwright.sync_api import Error as PlaywrightError
 
         t0 = time.perf_counter()
-        self.server = _Server()
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server = LocalServer({"harness": HARNESS_DIR, "common": WEB_DIR / "common",
+                                   "tvmjs": TVMJS_JS.parent}).start()
         self._pw = _playwright_acquire()
         self.browser = launch_chromium(self._pw, self.backend.chromium, headless=self.backend.headless,
                                        flags=self.backend.flags)
@@ -463,12 +375,12 @@ class WebGPURunner(Runner):
             self._evict(self.backend.max_loaded)
             return key
         self._evict(max(self.backend.max_loaded - 1, 0))
-        self.server.artifacts[key] = artifact
+        self.server.mounts[f"art/{key}"] = artifact
         try:
             ms = self._call("([k, base]) => window.sdparity.load(k, base)", [key, f"/art/{key}/"],
                             f"loading {artifact.name}")
         except SdparityError as e:
-            self.server.artifacts.pop(key, None)
+            self.server.mounts.pop(f"art/{key}", None)
             raise SdparityError(f"{e} (WGSL: {artifact / WGSL})") from None
         self.loaded[key] = artifact
         for part, v in ms.items():
@@ -481,7 +393,7 @@ class WebGPURunner(Runner):
         while len(self.loaded) > keep:
             old, _ = self.loaded.popitem(last=False)
             self._call("(k) => window.sdparity.unload(k)", old, "unloading a model")
-            self.server.artifacts.pop(old, None)
+            self.server.mounts.pop(f"art/{old}", None)
 
     def run(self, artifact: Path, function: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
         self._check(flush=False)  # the previous call flushed

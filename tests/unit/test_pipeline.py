@@ -4,7 +4,6 @@ per pixel. This is what the browser app does; here without a browser."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
