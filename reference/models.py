@@ -207,15 +207,14 @@ def _configs(kind: str) -> dict:
     raise ModelError(f"unknown built-in model {kind!r}; choose one of {', '.join(BUILTIN_MODELS)}")
 
 
-def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:
-    """Create a seeded random SD-architecture pipeline and save_pretrained it into folder."""
+def random_components(kind: str, seed: int = 0) -> dict:
+    """The seeded random text encoder, UNet and VAE of a built-in model (eval mode).
+
+    The GPU machine recreates the weights with this (sdparity.gpu_carry, sdparity.gpu_web)
+    instead of carrying gigabytes; a fingerprint of the bytes tells whether they came out the
+    same there."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     cfg = _configs(kind)
@@ -225,6 +224,18 @@ def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:
     unet = UNet2DConditionModel(**cfg["unet"])
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL(**cfg["vae"])
+    parts = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+    for m in parts.values():
+        m.eval()
+    return parts
+
+
+def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:
+    """Create a seeded random SD-architecture pipeline and save_pretrained it into folder."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    parts = random_components(kind, seed)
+    text_encoder, unet, vae = parts["text_encoder"], parts["unet"], parts["vae"]
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = make_tokenizer(Path(tmp))
     scheduler = DPMSolverMultistepScheduler(**PINNED_SCHEDULER)

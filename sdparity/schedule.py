@@ -13,13 +13,17 @@ def schedule_for(mod, target):
 
     kind = target.kind.name
     if kind == "llvm":
-        return mod
+        from .schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
+        return schedule_llvm(mod, target)
     from .compat import default_gpu_schedule, dlight
 
     dl = dlight()
 
+    from . import legalize
+
     if kind == "webgpu":
         mod = legalize_for_webgpu(mod)
+    mod = legalize.apply(mod, target)  # precise GroupNorm; the zero pipeline legalizes the rest
     with target:
         mod = relax.get_pipeline("zero")(mod)
         mod = dl.ApplyDefaultSchedule(

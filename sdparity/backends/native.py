@@ -84,11 +84,18 @@ class NativeBackend(Backend):
         import tvm
 
         if self.kind == "llvm":
-            return tvm.target.Target({"kind": "llvm"})
+            from ..schedule_cpu import host_target  # this CPU's mcpu and core count (issue 6)
+
+            return host_target()
         return tvm.target.Target({"kind": self.kind}, host={"kind": "llvm"})
 
     def target_key(self) -> dict:
-        return {"target": str(self.target())}
+        key = {"target": str(self.target())}
+        if self.kind == "llvm":
+            from ..schedule_cpu import VERSION
+
+            key["cpu_schedule"] = VERSION
+        return key
 
     # -- build ------------------------------------------------------------------------
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
@@ -97,18 +104,27 @@ class NativeBackend(Backend):
         from ..schedule import schedule_for
 
         mod = schedule_for(ir.mod, self.target())
+        target = self.target()
+        if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.schedule_cpu)
+            from ..schedule_cpu import build_target
+
+            target = build_target(mod, target)
         try:
-            ex = relax.build(mod, target=self.target())
+            ex = relax.build(mod, target=target)
         except Exception as e:
             raise SdparityError(f"relax.build for {self.kind} failed: {str(e).strip().splitlines()[-1]}") from e
         ex.export_library(str(out_dir / LIB))
         save_params(ir.params, out_dir / PARAMS)
         (out_dir / "functions.json").write_text(json.dumps(sorted(ir.params.keys())))
-        return {}
+        return {"compiled_for": str(target)}
 
     # -- run --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(self):
+        if self.kind == "llvm":
+            from ..schedule_cpu import configure_threads
+
+            configure_threads()
         yield NativeRunner(self)
 
     def describe(self) -> dict:

@@ -245,7 +245,10 @@ def _tvmjs_version() -> str | None:
 @functools.cache
 def _schedule_digest() -> str:
     """Schedules change kernels: a cached build made with other ones is stale."""
-    return hashlib.sha256(Path(__file__).parents[1].joinpath("schedule.py").read_bytes()).hexdigest()[:12]
+    h = hashlib.sha256()
+    for name in ("schedule.py", "legalize.py"):
+        h.update(Path(__file__).parents[1].joinpath(name).read_bytes())
+    return h.hexdigest()[:12]
 
 
 _PW = {"instance": None, "users": 0}  # one Playwright per thread-of-use; sessions may nest

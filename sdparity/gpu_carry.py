@@ -1,0 +1,528 @@
+"""The native CUDA tier on a lent GPU machine that has PyTorch but no TVM and no diffusers.
+
+Two halves, one module (it travels with the repository):
+
+``prepare`` (here, where TVM is installed; no GPU needed)
+    builds every stage for CUDA with an explicit arch (sm_90: H100 and H200), through the
+    same ``NativeBackend.build`` (schedules from ``sdparity.schedule``), and writes into DIR:
+      tvm.tgz                  the TVM Python package for runtime-only use (no 250 MB compiler
+                               library, no sources): libtvm_runtime + libtvm_runtime_cuda, ~4 MB
+      <stage>/lib.so           the built module (host code + CUDA fatbin)
+      <stage>/meta.json        function names, cases (labels, outputs, shapes), and for model
+                               stages the name of every weight parameter, in call order
+      <stage>/cases.npz        case inputs; for stages without weights also the float32 and
+                               float64 references (numpy / diffusers on the CPU, exact definitions)
+    Weights are not carried (UNet alone is 3.4 GB): the device recreates the seeded random
+    SD 1.5 model with the carried diffusers wheel and looks the weights up by name.
+
+``device`` (there, with DIR and the wheels carried)
+    imports TVM runtime-only, creates the model, and per stage: runs the TVM module on CUDA,
+    runs the same wrapper in PyTorch on CUDA (float32 with TF32 off, and float64 for the
+    noise floor), compares with ``sdparity.compare`` against the declared tolerances, times
+    both (median of N, inputs and weights already on the GPU, synchronized) and samples
+    device memory. Writes an "sdparity.report/1" report (backend "cuda", device_class "gpu",
+    the card's name in backends.cuda.device_name) with the timings under performance.gpu.
+
+Usage (docs/performance.md has the exact commands):
+    python -m sdparity.gpu_carry prepare --model sd15-random --dir out/gpu [--stages ...]
+    python -m sdparity.gpu_carry device --dir out/gpu --out $OUT [--repeat 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ARCH = "sm_90"  # H100 and H200
+MODEL_STAGES = {"clip": "text_encoder", "unet": "unet", "vae": "vae"}
+KERNEL_DIRS: list[Path] = []  # where the device looks for precompiled kernels
+#: parts of the TVM package a runtime-only import does not need
+_SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "contrib/cutlass")
+
+
+# ============================================================================ prepare (here)
+
+def _cuda_backend():
+    import tvm
+
+    from .backends.native import NativeBackend
+
+    class CudaForArch(NativeBackend):
+        """The cuda backend with an explicit arch: builds on a machine without a GPU."""
+
+        def __init__(self):
+            super().__init__("cuda")
+
+        def target(self):
+            return tvm.target.Target({"kind": "cuda", "arch": ARCH}, host={"kind": "llvm"})
+
+        def build(self, ir, out_dir, log=print):
+            from tvm import relax
+
+            from .backends.native import LIB
+            from .schedule import schedule_for
+
+            target = self.target()
+            # schedule_for applies sdparity.legalize (GroupNorm with float64 statistics)
+            ex = relax.build(schedule_for(ir.mod, target), target=target)
+            ex.export_library(str(out_dir / LIB))  # weights are not carried
+            # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
+            # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
+            # compiler half of TVM. Compile them here with nvcc; the device looks them up.
+            for src in _cuda_sources(ex.mod):
+                _nvcc(src, out_dir / f"kernels-{_sha(src)}.fatbin")
+            return {}
+
+    return CudaForArch()
+
+
+def _weight_names(stage, model, variant, params: list[np.ndarray]) -> list[str]:
+    """Names of the Relax function's weight parameters, in call order.
+
+    from_exported_program keeps the exported program's parameter order and drops unused
+    ones (CLIP's position_ids buffer); walk the signature and keep a name only where its
+    tensor equals the next parameter, so a wrong mapping cannot pass silently."""
+    import torch
+
+    wrapper = stage.wrapper(model, None).eval()
+    args = tuple(torch.from_numpy(np.array(a)) for a in stage.example_inputs(model, variant))
+    with torch.no_grad():
+        ep = torch.export.export(wrapper, args)
+    tensors = dict(ep.state_dict)
+    tensors.update(getattr(ep, "constants", {}) or {})
+    names, i = [], 0
+    for spec in ep.graph_signature.input_specs:
+        if spec.kind.name == "USER_INPUT" or i >= len(params):
+            continue
+        t = tensors.get(spec.target)
+        if t is not None and tuple(t.shape) == params[i].shape and np.array_equal(t.detach().numpy(), params[i]):
+            names.append(spec.target)
+            i += 1
+    if i != len(params):
+        raise RuntimeError(f"{stage.name}: matched {i} of {len(params)} weight parameters to names")
+    return names
+
+
+def _sha(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def _cuda_sources(mod) -> list[str]:
+    """CUDA C++ of every CUDA module imported (at any depth) by a built module."""
+    out, seen, todo = [], set(), list(mod.imports)
+    while todo:
+        m = todo.pop()
+        if id(m) in seen:
+            continue
+        seen.add(id(m))
+        if m.kind == "cuda":
+            out.append(m.inspect_source("cuda"))
+        todo.extend(m.imports)
+    return out
+
+
+def _nvcc(code: str, dest: Path, arch: str = ARCH) -> bytes:
+    """nvcc -fatbin for arch; returns the bytes and writes them to dest (if given)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "k.cu", Path(tmp) / "k.fatbin"
+        src.write_text(code)
+        subprocess.run(["nvcc", "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)],
+                       check=True, capture_output=True, text=True)
+        data = out.read_bytes()
+    if dest is not None:
+        dest.write_bytes(data)
+    return data
+
+
+def _fingerprint(arrays) -> str:
+    """sha256 over the weights' bytes in call order: tells whether the device's seeded model
+    (its own transformers version) has exactly the weights of the one built against here."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()[:16]
+
+
+def slim_tvm_package(dest: Path) -> Path:
+    """tar.gz of the installed TVM package without the compiler library and sources."""
+    import tvm
+
+    root = Path(tvm.__file__).parent
+    out = dest / "tvm.tgz"
+
+    def keep(info: tarfile.TarInfo):
+        rel = info.name.split("/", 1)[1] if "/" in info.name else ""
+        if "__pycache__" in info.name or any(rel == s or rel.startswith(s + "/") for s in _SLIM_SKIP):
+            return None
+        return info
+
+    with tarfile.open(out, "w:gz") as tf:
+        tf.add(root, arcname="tvm", filter=keep)
+    return out
+
+
+def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print) -> None:
+    from reference.models import load_model
+
+    from .registry import all_stages
+
+    dest.mkdir(parents=True, exist_ok=True)
+    log(f"slim TVM package -> {slim_tvm_package(dest)}")
+    model = load_model(model_name, log=log)
+    backend = _cuda_backend()
+    stages = all_stages()
+    for name in stage_names or list(stages):
+        st = stages[name]
+        variant = st.default_variant(model)
+        folder = dest / name
+        if folder.exists():
+            shutil.rmtree(folder)
+        folder.mkdir()
+        t0 = time.perf_counter()
+        ir = st.build_ir(model, variant)
+        backend.build(ir, folder, log=log)
+        build_s = time.perf_counter() - t0
+        cases = st.cases(model, variant, seed=0)
+        arrays, meta_cases = {}, []
+        for ci, c in enumerate(cases):
+            for k, a in enumerate(c.inputs):
+                arrays[f"{ci}/in/{k}"] = np.asarray(a)
+            if name not in MODEL_STAGES:  # exact CPU definitions: computed here, once
+                for dtype in ("float32", "float64"):
+                    for k, a in enumerate(c.reference(dtype)):
+                        arrays[f"{ci}/{dtype}/{k}"] = np.asarray(a)
+            meta_cases.append({"label": c.label, "function": c.function, "shapes": c.shapes,
+                               "n_inputs": len(c.inputs),
+                               "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
+        np.savez(folder / "cases.npz", **arrays)
+        meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
+                "model": model_name, "build_s": round(build_s, 1), "cases": meta_cases}
+        if name in MODEL_STAGES:
+            meta["component"] = MODEL_STAGES[name]
+            meta["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
+            meta["weights_sha256"] = _fingerprint(ir.params[st.functions[0]])
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
+        log(f"{name}: built for cuda/{ARCH} in {build_s:.1f}s, {size:.1f} MiB")
+
+
+# ============================================================================ device (there)
+
+def _load_tvm_runtime():
+    """Import TVM runtime-only and register its CUDA runtime (not autoloaded in that mode)."""
+    import ctypes
+    import glob
+
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
+    for pattern in ("/usr/local/cuda/lib64/libcudart.so.13*", "/usr/local/cuda*/lib*/libcudart.so.13*",
+                    f"{sys.prefix}/lib/python3*/site-packages/nvidia/cu13/lib/libcudart.so.13*",
+                    f"{sys.prefix}/lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.13*"):
+        found = sorted(glob.glob(pattern))
+        if found:
+            ctypes.CDLL(found[0], mode=ctypes.RTLD_GLOBAL)
+            break
+    import tvm
+    import tvm_ffi
+
+    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+
+    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
+    def _compile(code, *_):  # kernels precompiled by prepare; nvcc here only as a fallback
+        name = f"kernels-{_sha(code)}.fatbin"
+        found = [p for p in KERNEL_DIRS if (p / name).is_file()]
+        if found:
+            return (found[0] / name).read_bytes()
+        print(f"cuda kernels {name} not precompiled: nvcc on this machine", flush=True)
+        return _nvcc(code, None)
+
+    return tvm
+
+
+def _make_model(kind: str = "sd15-random"):
+    """The built-in model's components with the seeds of reference.models.create_random_model."""
+    from reference.models import random_components
+
+    return random_components(kind)
+
+
+def _wrapper(stage: str, parts):
+    from reference import modules
+
+    if stage == "clip":
+        return modules.ClipTextEncoder(parts["text_encoder"])
+    if stage == "unet":
+        return modules.UNetWithCFG(parts["unet"])
+    return modules.VAEDecode(parts["vae"])
+
+
+def _timed_call(fn, args: list, sync, repeat: int) -> list[float]:
+    return _timed(lambda: fn(*args), sync, repeat)
+
+
+def _timed(fn, sync, repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        sync()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def _torch_run(module, inputs, dtype):
+    import torch
+
+    tdt = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    args = []
+    for a in inputs:
+        t = torch.from_numpy(np.array(a)).cuda()
+        args.append(t.to(tdt) if t.is_floating_point() else t)
+    with torch.no_grad():
+        out = module(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().cpu().numpy() for o in outs], args
+
+
+def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, log=print,
+           profile: bool = False) -> int:
+    import torch
+
+    from .report import Report, write_atomic
+
+    torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
+    torch.backends.cudnn.allow_tf32 = False
+    KERNEL_DIRS.extend(p for p in folder.iterdir() if p.is_dir())
+    tvm = _load_tvm_runtime()
+    dev = tvm.cuda(0)
+    card = torch.cuda.get_device_name(0)
+    report = Report(None)
+    report.data["backends"]["cuda"] = {"name": "cuda", "device_class": "gpu", "arch": ARCH,
+                                       "device_name": str(dev.device_name), "torch_device": card,
+                                       "torch": torch.__version__, "tvm_runtime": tvm.__version__}
+    perf: list[dict] = []
+    report.data["performance"] = {"gpu": {"card": card, "repeat": repeat, "results": perf}}
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n for n in (stage_names or json.loads((folder / "order.json").read_text()))
+             if (folder / n / "meta.json").is_file()]
+    parts = None
+    for name in names:
+        meta = json.loads((folder / name / "meta.json").read_text())
+        report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
+        try:
+            if name in MODEL_STAGES and parts is None:
+                log("creating the sd15-random model (seeded) ...")
+                t0 = time.perf_counter()
+                parts = _make_model()
+                report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
+            _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
+                          profile=profile and name in MODEL_STAGES)
+        except Exception as e:  # record and go on: a later stage may still work
+            import traceback
+
+            traceback.print_exc()
+            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+            report.add(stage=name, backend="cuda", device_class="gpu", case=None, function=None,
+                       output=None, shapes=None, verdict="error", message=f"{type(e).__name__}: {msg}",
+                       metrics=None, tolerance=None, timings=None)
+        torch.cuda.empty_cache()
+        write_atomic(out / "gpu-report.json", report.to_json())  # after every stage
+    log(f"cuda on {card}: {report.summary()} -> {out / 'gpu-report.json'}")
+    return 0 if report.ok else 1
+
+
+def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
+    """Time of every kernel call in one run (the device synchronized around each call)."""
+    total: dict[str, list] = {}
+    start: dict[str, float] = {}
+
+    def instrument(func, symbol, before, ret, *a):
+        dev.sync()
+        if before:
+            start[symbol] = time.perf_counter()
+        else:
+            rec = total.setdefault(symbol, [0, 0.0])
+            rec[0] += 1
+            rec[1] += time.perf_counter() - start[symbol]
+        return 0
+
+    vm.set_instrument(instrument)
+    vm[fn](*args, *weights)
+    dev.sync()
+    vm.set_instrument(lambda *a: 0)
+    whole = sum(t for _, t in total.values()) or 1.0
+    rows = sorted(total.items(), key=lambda kv: -kv[1][1])[:top]
+    return [{"kernel": k, "calls": n, "s": round(t, 5), "share": round(t / whole, 3)} for k, (n, t) in rows]
+
+
+def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
+                  profile: bool = False):
+    """One stage: TVM first (its device memory measured alone), then PyTorch, then compare."""
+    import torch
+    from tvm.runtime.vm import VirtualMachine  # runtime-only: tvm.relax needs the compiler
+
+    from .bench import PeakSampler, device_used_mib
+    from .compare import compare
+    from .tolerances import lookup
+
+    name = meta["stage"]
+    z = dict(np.load(folder / "cases.npz"))
+    cases = meta["cases"]
+    inputs = [[z[f"{ci}/in/{k}"] for k in range(c["n_inputs"])] for ci, c in enumerate(cases)]
+    timed = {}  # function -> index of its first case
+    for ci, c in enumerate(cases):
+        timed.setdefault(c["function"], ci)
+    module = _wrapper(name, parts).eval() if name in MODEL_STAGES else None
+
+    # ---- TVM on CUDA
+    torch.cuda.synchronize()
+    before = device_used_mib() or 0.0
+    with PeakSampler(device=True) as mem:
+        t0 = time.perf_counter()
+        vm = VirtualMachine(tvm.runtime.load_module(str(folder / "lib.so")), dev)
+        weights = []
+        if module is not None:
+            state = dict(module.named_parameters())
+            state.update(dict(module.named_buffers()))
+            host = [state[w].detach().numpy() for w in meta["weights"]]
+            report.data["backends"]["cuda"].setdefault("weights_same_as_prepare", {})[name] = \
+                _fingerprint(host) == meta.get("weights_sha256")
+            weights = [tvm.runtime.tensor(a, dev) for a in host]
+            del host
+        dev.sync()
+        load_s = time.perf_counter() - t0
+        args = [[tvm.runtime.tensor(a if a.ndim == 0 else np.ascontiguousarray(a), dev) for a in ins]
+                for ins in inputs]
+        cands = []
+        for ci, c in enumerate(cases):
+            cands.append(_flatten(vm[c["function"]](*args[ci], *weights)))
+        dev.sync()
+        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *weights], dev.sync, repeat)
+                     for fn, ci in timed.items()}
+    if profile:
+        report.data["performance"]["gpu"].setdefault("kernels", {})[name] = {
+            fn: _kernel_profile(vm, dev, fn, args[ci], weights) for fn, ci in timed.items()}
+    del vm, weights, args
+
+    # ---- PyTorch on CUDA: float32 (TF32 off) and float64 for the noise floor
+    ref_times, ref_peak = {}, None
+    if module is not None:
+        module.cuda()
+        torch.cuda.reset_peak_memory_stats()
+        refs32 = [_torch_run(module, ins, "float32")[0] for ins in inputs]
+        for fn, ci in timed.items():
+            targs = _torch_run(module, inputs[ci], "float32")[1]
+            with torch.no_grad():
+                ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat)
+        ref_peak = torch.cuda.max_memory_allocated() / 2**20
+        module.to(torch.float64)
+        refs64 = [_torch_run(module, ins, "float64")[0] for ins in inputs]
+        module.to(torch.float32).cpu()
+        kind = "torch cuda, same wrapper, float32 with TF32 off"
+    else:
+        refs32 = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
+        refs64 = [[z[f"{ci}/float64/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
+        for fn, ci in timed.items():
+            f = _torch_equivalent(name, fn)
+            targs = [torch.from_numpy(np.array(a)).cuda() for a in inputs[ci]]
+            ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat)
+        kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
+
+    # ---- compare and record
+    for ci, c in enumerate(cases):
+        for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs32[ci], refs64[ci]):
+            tol = lookup(name, spec["name"], "cuda", "full")
+            m = compare(cand, ref, tol, ref64, integer=spec["integer"])
+            report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
+                       function=c["function"], output=spec["name"], shapes=c["shapes"],
+                       verdict="pass" if m.passed else "fail", message=m.why, metrics=m.to_json(),
+                       tolerance=tol.to_json(), timings=None)
+            if ci < 8 or not m.passed:
+                log(f"[cuda] {name} {c['label']} {spec['name']}: {'PASS' if m.passed else 'FAIL'} "
+                    f"max_abs={m.max_abs:.3g} floor={m.noise_floor}")
+    for fn, ci in timed.items():
+        run_s, ref_s = float(np.median(tvm_times[fn])), float(np.median(ref_times[fn]))
+        perf.append({"stage": name, "backend": "cuda", "device_class": "gpu", "card": card,
+                     "function": fn, "case": cases[ci]["label"], "build_s": meta.get("build_s"),
+                     "weights_upload_s": round(load_s, 3), "run_s": round(run_s, 6),
+                     "run_s_all": [round(x, 6) for x in tvm_times[fn]], "ref_s": round(ref_s, 6),
+                     "ref_s_all": [round(x, 6) for x in ref_times[fn]], "reference_kind": kind,
+                     "ref_device": "cuda", "ratio": round(run_s / ref_s, 3) if ref_s > 0 else None,
+                     "device_mem_peak_mib": None if mem.dev_peak is None else round(mem.dev_peak, 1),
+                     "device_mem_delta_mib": None if mem.dev_peak is None else round(mem.dev_peak - before, 1),
+                     "ref_peak_allocated_mib": None if ref_peak is None else round(ref_peak, 1)})
+        log(f"[cuda] {name} {fn}: tvm {run_s * 1e3:.2f} ms, torch {ref_s * 1e3:.2f} ms on {card}")
+
+
+def _torch_equivalent(stage: str, fn: str):
+    """PyTorch eager versions of the weight-free stages, for timing only."""
+    import torch
+
+    if fn == "dpm_convert_model_output":
+        return lambda x, eps, alpha, sigma: (x - sigma * eps) / alpha
+    if fn == "dpm_step":
+        return lambda x, m0, m1, c0, c1, h, r: (c0 * x - c1 * m0) - h * (r * (m0 - m1))
+    if fn == "concat_embeddings":
+        return lambda a, b: torch.cat([a, b], 0)
+    if fn == "image_to_rgba":
+        def pack(img):
+            v = torch.nan_to_num(torch.round(img[0]), nan=0.0).clamp(0, 255).to(torch.int64)
+            return v[..., 0] | (v[..., 1] << 8) | (v[..., 2] << 16) | (255 << 24)
+        return pack
+    raise KeyError(fn)
+
+
+def _flatten(result) -> list[np.ndarray]:
+    if hasattr(result, "numpy"):
+        return [result.numpy()]
+    out = []
+    for item in result:
+        out.extend(_flatten(item))
+    return out
+
+
+# ============================================================================ command line
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sdparity.gpu_carry", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="build every stage for CUDA here; write the folder to carry")
+    a.add_argument("--model", default="sd15-random")
+    a.add_argument("--dir", type=Path, default=Path("out/gpu"))
+    a.add_argument("--stages", default=None)
+    b = sub.add_parser("device", help="on the GPU machine: run, compare, time; write gpu-report.json")
+    b.add_argument("--dir", type=Path, default=Path("out/gpu"))
+    b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-result")))
+    b.add_argument("--repeat", type=int, default=5)
+    b.add_argument("--stages", default=None)
+    b.add_argument("--profile", action="store_true", help="also time every kernel of the model stages")
+    args = p.parse_args(argv)
+    stages = [s for s in args.stages.split(",") if s] if args.stages else None
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.cmd == "prepare":
+        prepare(args.model, args.dir, stages, log)
+        built = [d.name for d in args.dir.iterdir() if (d / "meta.json").is_file()]
+        from .registry import all_stages
+
+        (args.dir / "order.json").write_text(json.dumps([n for n in all_stages() if n in built]))
+        return 0
+    return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
