@@ -1,11 +1,10 @@
 // Stable Diffusion in the browser: the Web Stable Diffusion pipeline on TVM-compiled WebGPU
-// kernels. Sequence (same as sdparity/pipeline.py, which checks it natively):
-//   tokenize(prompt), tokenize(negative) -> clip x2 -> concat_embeddings [negative; positive]
-//   -> 20x { unet (CFG) -> dpm_convert_model_output -> dpm_step (history starts at zeros) }
-//   -> vae -> image_to_rgba -> canvas.
+// kernels. The generation loop is ../common/pipeline.js (shared with the Node/Dawn runner);
+// this file is the page: form, progress, canvas.
 // Test hooks on window.sdparityApp: inject initial latents, read the trace and the RGBA tensor.
 
 import { describeAdapter, fetchOk, loadArtifact, requestAdapter } from "../common/gpu.js";
+import * as pipeline from "../common/pipeline.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { scheduleOverride: null, config: null, model: null, tokenizer: null, schedules: null, busy: false,
@@ -24,103 +23,21 @@ function status(message) {
   $("status").className = "";
 }
 
-// ---- tokenizer: HF tokenizers (wasm) + CLIPTokenizer's specials, padding, truncation ------
 function tokenize(text) {
-  // CLIPTokenizer: [bos] + first (max_length - 2) content tokens + [eos], padded with pad id.
-  // web-tokenizers' encode() adds no special tokens; strip them anyway if a tokenizer.json does.
-  const c = state.config.tokenizer;
-  let body = Array.from(state.tokenizer.encode(text));
-  if (body[0] === c.bos_token_id) body = body.slice(1);
-  if (body[body.length - 1] === c.eos_token_id) body = body.slice(0, -1);
-  const ids = [c.bos_token_id, ...body.slice(0, c.max_length - 2), c.eos_token_id];
-  while (ids.length < c.max_length) ids.push(c.pad_token_id);
-  return Int32Array.from(ids);
-}
-
-// ---- noise: seeded Box-Muller (NOT torch.randn; tests inject latents instead) -----------
-function seededNormal(n, seed) {
-  let s = (seed >>> 0) || 0x9e3779b9;
-  const next = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return (s + 0.5) / 4294967296; };
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i += 2) {
-    const r = Math.sqrt(-2 * Math.log(next())), th = 2 * Math.PI * next();
-    out[i] = r * Math.cos(th);
-    if (i + 1 < n) out[i + 1] = r * Math.sin(th);
-  }
-  return out;
-}
-
-// GPU -> CPU copy, then wait for the GPU, then the bytes (tvmjs toArray has no uint32).
-async function rawBytes(tensor) {
-  const { inst } = state.model;
-  const host = inst.empty(tensor.shape, tensor.dtype, inst.cpu());
-  host.copyFrom(tensor);
-  await inst.webgpu().sync();
-  return host.toRawBytes();
+  return pipeline.tokenize(state.tokenizer, state.config.tokenizer, text);
 }
 
 async function generate(opts) {
-  const { inst, vm, meta } = state.model;
-  const gpu = inst.webgpu();
-  const cfg = state.config;
   const table = state.scheduleOverride ?? state.schedules[String(opts.steps)];
-  if (!table) throw new Error(`no scheduler constants for ${opts.steps} steps (1..${cfg.max_steps})`);
-  const shape = [1, ...cfg.latent_shape];
-  const n = shape.reduce((a, b) => a * b, 1);
-  const params = (fn) => (meta.params[fn] || []).map((name) => inst.tensorCacheGet(name));
-  const fns = {};
-  for (const f of ["clip", "concat_embeddings", "unet", "dpm_convert_model_output", "dpm_step", "vae", "image_to_rgba"]) {
-    fns[f] = vm.getFunction(f);
-  }
-  // Every function's outputs as a flat list (exported model functions return tuples).
-  const flatten = (v, out = []) => {
-    if (v instanceof globalThis.tvmjs.TVMArray) { for (let i = 0; i < v.size(); ++i) flatten(v.get(i), out); }
-    else out.push(v);
-    return out;
-  };
-  const callAll = (f, ...args) => flatten(fns[f](...args, ...params(f)));
-  const call = (f, ...args) => callAll(f, ...args)[0];
-  const tensor = (arr, shp, dtype) => inst.empty(shp, dtype, gpu).copyFrom(arr);
-  const scalar = (v, dtype) => tensor(dtype === "int32" ? Int32Array.of(v) : Float32Array.of(v), [], dtype);
-  const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
-  const read = async (t) => new Float32Array((await rawBytes(t)).buffer.slice(0));
-
-  inst.beginScope();
-  try {
-    const pos = call("clip", tensor(tokenize(opts.prompt), [1, cfg.tokenizer.max_length], "int32"));
-    const neg = call("clip", tensor(tokenize(opts.negative), [1, cfg.tokenizer.max_length], "int32"));
-    if (opts.trace) { trace.positive = await read(pos); trace.negative = await read(neg); }
-    const emb = call("concat_embeddings", neg, pos);
-    const init = state.injected ?? seededNormal(n, opts.seed);
-    if (init.length !== n) throw new Error(`injected latents have ${init.length} values, expected ${n}`);
-    let x = tensor(init, shape, "float32");
-    let hist = tensor(new Float32Array(n), shape, "float32"); // zeros: never uninitialized memory
-    const g = scalar(opts.guidance, "float32");
-    const stepMs = [];
-    for (let k = 0; k < opts.steps; ++k) {
-      const t0 = performance.now();
-      const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, g);
-      const x0 = call("dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
-                      scalar(table.sigma[k], "float32"));
-      x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
-      hist = x0;
-      await gpu.sync();
-      stepMs.push(performance.now() - t0);
-      if (opts.trace) trace.latents.push(await read(x));
-      $("progress").value = (k + 1) / (opts.steps + 1);
-      status(`step ${k + 1}/${opts.steps}`);
-    }
-    const image = callAll("vae", x)[1]; // (float image, rounded image)
-    const rgba = call("image_to_rgba", image);
-    const bytes = new Uint8Array((await rawBytes(rgba)).buffer.slice(0));
-    const [h, w] = rgba.shape;
-    draw(bytes, w, h);
-    $("progress").value = 1;
-    trace.stepMs = stepMs;
-    return { trace, rgba: bytes, width: w, height: h };
-  } finally {
-    inst.endScope();
-  }
+  const r = await pipeline.generate(state.model, state.config, state.tokenizer, table,
+                                    { ...opts, latents: state.injected }, (k, steps) => {
+    $("progress").value = (k + 1) / (steps + 1);
+    status(`step ${k + 1}/${steps}`);
+  });
+  draw(r.rgba, r.width, r.height);
+  $("progress").value = 1;
+  r.trace.stepMs = r.timings.stepMs;
+  return r;
 }
 
 function draw(bytes, w, h) {

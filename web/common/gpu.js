@@ -104,7 +104,7 @@ export async function loadArtifact(base, adapter, label, onError) {
   const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
   await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
   if (meta.num_params > 0) {
-    const url = new URL(base + meta.params_dir + "/", location.href).href;
+    const url = new URL(base + meta.params_dir + "/", globalThis.location?.href).href; // Node: base is absolute
     await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
   }
   return { inst, device, vm, meta };

@@ -1,0 +1,404 @@
+"""WebGPU on a real GPU: the web app's own generation loop in Node on Dawn (issue 6).
+
+The lent GPU machine has an NVIDIA Vulkan driver but no browser, no Node, no TVM and no
+diffusers, and nothing can be downloaded there. What runs there is exactly the browser app's
+code path: the same merged WebGPU wasm, tvmjs runtime, tokenizer and ``web/common/
+pipeline.js``, driven by ``web/node/generate.mjs`` on Dawn (npm ``webgpu``, the WebGPU
+implementation inside Chromium) instead of a page.
+
+``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.serve.build_app``)
+and writes DIR:
+    data/            config.json, tokenizer.json, dpm_consts.json (as served to the browser)
+    art/<name>/      sdparity.json, the wasm, params/tensor-cache.json (the shards, i.e. the
+                     weights, are not carried: UNet alone is 3.4 GB)
+    weights.json     for every weight record: which component's state-dict entry holds its
+                     bytes (matched by content here), and a sha256 of all weight bytes
+    latents.f32      the injected initial latents (torch.randn, seeded: reference.pipeline)
+    job.json         prompt, steps, guidance, model, versions here
+    tokenizer/, scheduler/   the model folder's, for diffusers there
+    node.xz, dawn/, tvmjs/, tokenizers/   Node and Dawn for Node (linux-x64 only; both xz), the
+                     two JavaScript libraries from web/node_modules
+
+``device`` (there) recreates the seeded model (reference.models.random_components), writes
+the weight shards from it and checks their sha256 against prepare's, runs the Node runner
+(first run cold, then warm), then the real diffusers StableDiffusionPipeline on the same card
+with the same latents, and writes ``webgpu-gpu.json`` (per-step and total times for both,
+latents after every step compared with the declared tolerances) and PNGs (webgpu, diffusers,
+difference).
+
+    python -m sdparity.gpu_web prepare --model sd15-random --dir out/webgpu-gpu
+    python -m sdparity.gpu_web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
+
+``device`` also runs here (SwiftShader through VK_ICD_FILENAMES, torch on the CPU): that is
+how it is tested (tests/e2e/test_node_dawn.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import lzma
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WEB = ROOT / "web"
+COMPONENTS = ("text_encoder", "unet", "vae")
+SCHEMA = "sdparity.webgpu_gpu/1"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# ============================================================================ prepare (here)
+
+def _state_bytes(parts: dict) -> dict[str, tuple[str, str]]:
+    """sha256 of every tensor's bytes -> (component, state-dict key); equal bytes are
+    interchangeable, so any holder will do."""
+    found = {}
+    for comp in COMPONENTS:
+        for key, t in parts[comp].state_dict().items():
+            a = np.ascontiguousarray(t.detach().float().numpy() if t.is_floating_point() else t.numpy())
+            found.setdefault(_digest(a.tobytes()), (comp, key))
+    return found
+
+
+def _records(cache_json: dict):
+    for shard in cache_json["records"]:
+        for rec in shard["records"]:
+            yield shard, rec
+
+
+def _weight_sources(params_dir: Path, parts: dict) -> tuple[list[dict], str]:
+    """Where each weight record's bytes come from, and a sha256 over all of them."""
+    cache_json = json.loads((params_dir / "tensor-cache.json").read_text())
+    by_bytes = _state_bytes(parts)
+    out, whole = [], hashlib.sha256()
+    for shard, rec in _records(cache_json):
+        if rec["format"] != "raw":
+            raise RuntimeError(f"{rec['name']}: only raw (exact float32) weights can be recreated there")
+        with open(params_dir / shard["dataPath"], "rb") as f:
+            f.seek(rec["byteOffset"])
+            data = f.read(rec["nbytes"])
+        whole.update(data)
+        src = by_bytes.get(_digest(data))
+        entry = {"name": rec["name"], "nbytes": rec["nbytes"]}
+        if src is not None:
+            entry.update(component=src[0], key=src[1])
+        elif len(data) <= 1 << 20:  # a constant the exporter lifted (not a weight): carry it
+            entry["inline"] = data.hex()
+        else:
+            raise RuntimeError(f"{rec['name']}: no state-dict tensor of the model has these bytes")
+        out.append(entry)
+    return out, whole.hexdigest()
+
+
+def _xz(src: Path, dest: Path) -> None:
+    if dest.is_file() and dest.stat().st_mtime >= src.stat().st_mtime:
+        return
+    tmp = dest.with_suffix(".part")
+    with open(src, "rb") as fi, lzma.open(tmp, "wb", preset=6) as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+    tmp.replace(dest)
+
+
+def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: dict, log=print) -> None:
+    from reference.models import load_model
+    from reference.pipeline import initial_latents
+
+    from .cache import BuildCache
+    from .report import versions
+    from .serve import build_app
+
+    model = load_model(model_name, log=log)
+    latent = latent or model.default_latent_hw
+    cache = BuildCache()
+    data = build_app(model, latent, cache, log=log)
+    config = json.loads((data / "config.json").read_text())
+    art_name = config["artifact"].strip("/").split("/")[-1]
+    art = cache.root / art_name
+    meta = json.loads((art / "sdparity.json").read_text())
+
+    dest.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "art", "tokenizer", "scheduler"):
+        shutil.rmtree(dest / sub, ignore_errors=True)
+    shutil.copytree(data, dest / "data")
+    (dest / "art" / art_name / meta["params_dir"]).mkdir(parents=True)
+    for f in ("sdparity.json", meta["wasm"], f"{meta['params_dir']}/tensor-cache.json"):
+        shutil.copyfile(art / f, dest / "art" / art_name / f)
+    for sub in ("tokenizer", "scheduler"):  # tokenizer.json is in data/ already: vocab + merges do
+        shutil.copytree(model.path / sub, dest / sub, ignore=shutil.ignore_patterns("tokenizer.json"))
+
+    parts = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
+    t0 = time.perf_counter()
+    sources, sha = _weight_sources(art / meta["params_dir"], parts)
+    log(f"weights: {len(sources)} records matched to the model's state dicts in {time.perf_counter() - t0:.1f}s")
+    (dest / "weights.json").write_text(json.dumps({"sha256": sha, "params_dir": meta["params_dir"],
+                                                   "art": art_name, "records": sources}))
+    lat = initial_latents(model, latent, seed=job["seed"])
+    (dest / "latents.f32").write_bytes(lat.astype(np.float32).tobytes())
+    job = {**job, "model": {"name": model.name, "digest": model.digest}, "latent": list(latent),
+           "latent_shape": list(lat.shape), "versions_prepare": versions()}
+    (dest / "job.json").write_text(json.dumps(job, indent=1))
+
+    # the JavaScript side: Node itself, Dawn for Node (this platform only), tvmjs, tokenizers
+    node = shutil.which("node")
+    if not node:
+        raise RuntimeError("node is not installed here (scripts/setup_webgpu.sh installs it)")
+    _xz(Path(node).resolve(), dest / "node.xz")
+    dawn = WEB / "node_modules" / "webgpu"
+    shutil.rmtree(dest / "dawn", ignore_errors=True)
+    (dest / "dawn" / "dist" / "linux-x64").mkdir(parents=True)
+    for f in ("index.js", "package.json"):
+        shutil.copyfile(dawn / f, dest / "dawn" / f)
+    _xz(dawn / "dist/linux-x64/dawn.node", dest / "dawn" / "dist/linux-x64/dawn.node.xz")  # 21 -> 5 MB
+    for name, pkg in (("tvmjs", "web-runtime"), ("tokenizers", "web-tokenizers")):
+        shutil.rmtree(dest / name, ignore_errors=True)
+        shutil.copytree(WEB / "node_modules" / "@mlc-ai" / pkg / "lib", dest / name,
+                        ignore=shutil.ignore_patterns("*.map", "*.d.ts"))
+        shutil.copyfile(WEB / "node_modules" / "@mlc-ai" / pkg / "package.json", dest / name / "package.json")
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
+    log(f"prepared {dest} ({size:.1f} MiB)")
+
+
+# ============================================================================ device (there)
+
+def write_weights(folder: Path, parts: dict, log=print) -> bool:
+    """Write the tensor-cache shards from the recreated components; True when their sha256
+    equals prepare's (the same weights as built and checked against here)."""
+    spec = json.loads((folder / "weights.json").read_text())
+    params = folder / "art" / spec["art"] / spec["params_dir"]
+    cache_json = json.loads((params / "tensor-cache.json").read_text())
+    src = {r["name"]: r for r in spec["records"]}
+    states = {c: parts[c].state_dict() for c in COMPONENTS}
+    whole = hashlib.sha256()
+    for shard in cache_json["records"]:
+        buf = bytearray(shard["nbytes"])
+        for rec in shard["records"]:
+            s = src[rec["name"]]
+            if "inline" in s:
+                data = bytes.fromhex(s["inline"])
+            else:
+                t = states[s["component"]][s["key"]].detach().float().cpu()
+                data = np.ascontiguousarray(t.numpy()).tobytes()
+            if len(data) != rec["nbytes"]:
+                raise RuntimeError(f"{rec['name']}: {len(data)} bytes, expected {rec['nbytes']}")
+            buf[rec["byteOffset"]:rec["byteOffset"] + len(data)] = data
+            whole.update(data)
+        (params / shard["dataPath"]).write_bytes(bytes(buf))
+    same = whole.hexdigest() == spec["sha256"]
+    log(f"weights written: {len(src)} tensors, {'same bytes as prepared' if same else 'DIFFERENT bytes'}")
+    return same
+
+
+def _unxz(src: Path, dest: Path, mode: int = 0o644) -> None:
+    if dest.is_file():
+        return
+    tmp = dest.with_name(dest.name + ".part")
+    with lzma.open(src) as fi, open(tmp, "wb") as fo:
+        shutil.copyfileobj(fi, fo, 1 << 20)
+    tmp.chmod(mode)
+    tmp.replace(dest)
+
+
+def _node_binary(folder: Path) -> str:
+    found = shutil.which("node")
+    if found and os.environ.get("SDPARITY_CARRIED_NODE") != "1":
+        return found
+    dest = Path("/tmp/sdparity-node/node")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    _unxz(folder / "node.xz", dest, 0o755)
+    return str(dest)
+
+
+SWIFTSHADER = Path("/usr/lib/chromium")  # Debian's chromium ships SwiftShader Vulkan and a loader
+NVIDIA_ICD = Path("/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json")  # the lent GPU machine
+
+
+def vulkan_env(software: bool = False) -> dict:
+    """Environment for Dawn's Vulkan: SwiftShader from chromium (software=True: tests here),
+    else the NVIDIA driver where the GPU machine keeps it, else the system's default."""
+    env = dict(os.environ)
+    if software:
+        env["VK_ICD_FILENAMES"] = str(SWIFTSHADER / "vk_swiftshader_icd.json")
+        env["LD_LIBRARY_PATH"] = f"{SWIFTSHADER}:{env.get('LD_LIBRARY_PATH', '')}".rstrip(":")
+    elif NVIDIA_ICD.is_file() and not (env.get("VK_ICD_FILENAMES") or env.get("VK_DRIVER_FILES")):
+        env["VK_DRIVER_FILES"] = str(NVIDIA_ICD)
+    return env
+
+
+def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False) -> dict:
+    node = _node_binary(folder)
+    dawn = folder / "dawn" / "dist" / "linux-x64"
+    _unxz(dawn / "dawn.node.xz", dawn / "dawn.node", 0o755)
+    art_root = folder / "art"
+    cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
+           "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
+           "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),
+           "--runs", str(runs), "--trace", "--dawn", str(folder / "dawn"), "--tvmjs", str(folder / "tvmjs"),
+           "--tokenizers", str(folder / "tokenizers")]
+    log("node: " + " ".join(cmd[1:3]) + " ...")
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=job.get("timeout_s", 1800),
+                          env=vulkan_env(software))
+    wall = time.perf_counter() - t0
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
+    log("\n".join("  node| " + line for line in tail))
+    res_file = out / "result.json"
+    res = json.loads(res_file.read_text()) if res_file.is_file() else {"errors": [f"node exited {proc.returncode}"]}
+    res.update(returncode=proc.returncode, wall_s=wall, node_version=subprocess.run(
+        [node, "--version"], capture_output=True, text=True).stdout.strip())
+    return res
+
+
+def _diffusers_pipe(folder: Path, parts: dict, device: str):
+    import torch
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    pipe = StableDiffusionPipeline(
+        vae=parts["vae"], text_encoder=parts["text_encoder"], unet=parts["unet"],
+        tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+        scheduler=DPMSolverMultistepScheduler.from_pretrained(str(folder / "scheduler")),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    return pipe.to(device)
+
+
+def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False) -> int:
+    import torch
+
+    from reference.models import random_components
+    from reference.pipeline import diffusers_generate
+
+    from .compare import compare
+    from .images import diff_heatmap, write_png
+    from .report import versions, write_atomic
+    from .tolerances import lookup
+
+    out.mkdir(parents=True, exist_ok=True)
+    job = json.loads((folder / "job.json").read_text())
+    cuda = torch.cuda.is_available()
+    tdev = "cuda" if cuda else "cpu"
+    card = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)"
+    rep = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "job": job, "card": card,
+           "device_class": "gpu" if cuda else "cpu", "versions_device": versions(), "errors": []}
+
+    def save():
+        write_atomic(out / "webgpu-gpu.json", json.dumps(rep, indent=1, default=str))
+
+    t0 = time.perf_counter()
+    parts = random_components(job["model"]["name"])
+    rep["create_model_s"] = round(time.perf_counter() - t0, 1)
+    rep["weights_same_as_prepare"] = write_weights(folder, parts, log)
+    if not rep["weights_same_as_prepare"]:
+        rep["errors"].append("recreated weights differ from the ones built against (sha256)")
+        save()
+        return 1
+
+    node_out = Path("/tmp/sdparity-node-out")
+    shutil.rmtree(node_out, ignore_errors=True)
+    res = run_node(folder, node_out, job, runs, log, software)
+    rep["webgpu"] = {k: res.get(k) for k in ("adapter", "loadMs", "runs", "timings", "errors", "returncode",
+                                             "wall_s", "node_version", "width", "height")}
+    if res.get("errors") or res.get("returncode"):
+        rep["errors"] += [f"webgpu (node/dawn): {e}" for e in res.get("errors") or ["failed"]]
+        save()
+        return 1
+    shutil.copyfile(node_out / "result.json", out / "node-result.json")
+
+    latents = np.fromfile(folder / "latents.f32", np.float32).reshape(job["latent_shape"])
+    pipe = _diffusers_pipe(folder, parts, tdev)
+    ref_runs = []
+    for _ in range(runs):  # same count as the WebGPU side: first cold, then warm
+        timings: dict = {}
+        ref = diffusers_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], latents,
+                                 device=tdev, timings=timings)
+        ref_runs.append(timings)
+    rep["torch"] = {"device": tdev, "torch": torch.__version__, "tf32": False, "runs": ref_runs}
+
+    # ---- parity: embeddings, latents after every step, final pixels (declared tolerances)
+    scope = "full" if job["model"]["name"] != "tiny" else "tiny"
+    shape = ref["latents"][0].shape
+    lat = np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)
+    emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
+    h, w = ref["image_u8"].shape[:2]
+    rgba = np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)
+    checks = []
+
+    def check(what, a, b, tol_key, **kw):
+        m = compare(a, b, lookup("pipeline", tol_key, "webgpu", scope), **kw)
+        checks.append({"what": what, "passed": m.passed, "max_abs": m.max_abs, "max_rel": m.max_rel, "why": m.why})
+        return m
+
+    check("embeddings positive", emb[0], ref["positive"], "embeddings")
+    check("embeddings negative", emb[1], ref["negative"], "embeddings")
+    first_fail = None
+    for k, (a, b) in enumerate(zip(lat, ref["latents"])):
+        if not check(f"latents step {k + 1}", a, b, "latents").passed and first_fail is None:
+            first_fail = k + 1
+    check("pixels", rgba[..., :3], ref["image_u8"], "pixels", integer=True)
+    rep["parity"] = {"checks": checks, "passed": all(c["passed"] for c in checks),
+                     "first_failing_step": first_fail, "timesteps_equal": res.get("timesteps") == ref["timesteps"]}
+    write_png(out / "webgpu.png", rgba[..., :3])
+    write_png(out / "diffusers.png", ref["image_u8"])
+    write_png(out / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
+
+    # ---- summary (last run of each: warm)
+    wt, tt = rep["webgpu"]["timings"], ref_runs[-1]
+    rep["summary"] = {
+        "steps": job["steps"], "card": card,
+        "webgpu_step_ms_median": float(np.median(wt["stepMs"])), "torch_step_ms_median": 1e3 * float(np.median(tt["step_s"])),
+        "webgpu_total_s": wt["totalMs"] / 1e3, "torch_total_s": tt["total_s"],
+        "webgpu_load_s": rep["webgpu"]["loadMs"] / 1e3,
+    }
+    rep["summary"]["step_ratio"] = rep["summary"]["webgpu_step_ms_median"] / rep["summary"]["torch_step_ms_median"]
+    rep["summary"]["total_ratio"] = rep["summary"]["webgpu_total_s"] / rep["summary"]["torch_total_s"]
+    save()
+    s = rep["summary"]
+    log(f"{card}: WebGPU (Dawn) {s['webgpu_step_ms_median']:.1f} ms/step, {s['webgpu_total_s']:.2f} s total; "
+        f"PyTorch {tdev} {s['torch_step_ms_median']:.1f} ms/step, {s['torch_total_s']:.2f} s total; "
+        f"ratio {s['step_ratio']:.2f}x/step; parity {'pass' if rep['parity']['passed'] else 'FAIL'}"
+        + (f" (first failing step {first_fail})" if first_fail else ""))
+    return 0 if rep["parity"]["passed"] else 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sdparity.gpu_web", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="build the app and everything the GPU machine needs (here)")
+    a.add_argument("--model", default="sd15-random")
+    a.add_argument("--dir", type=Path, required=True)
+    a.add_argument("--latent", default=None, help="latent HxW (default: the model's)")
+    a.add_argument("--prompt", default="a photo of an astronaut riding a horse")
+    a.add_argument("--negative", default="blurry")
+    a.add_argument("--steps", type=int, default=20)
+    a.add_argument("--guidance", type=float, default=7.5)
+    a.add_argument("--seed", type=int, default=0)
+    b = sub.add_parser("device", help="run WebGPU (Node + Dawn) and diffusers there, compare and time")
+    b.add_argument("--dir", type=Path, required=True)
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--runs", type=int, default=2, help="generations per side (first cold; default 2)")
+    b.add_argument("--swiftshader", action="store_true", help="Dawn on chromium's SwiftShader (no GPU: tests)")
+    args = p.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.cmd == "prepare":
+        latent = tuple(int(x) for x in args.latent.split("x")) if args.latent else None
+        job = {"prompt": args.prompt, "negative": args.negative, "steps": args.steps,
+               "guidance": args.guidance, "seed": args.seed}
+        prepare(args.model, args.dir, latent, job, log)
+        return 0
+    return device(args.dir, args.out, args.runs, log, software=args.swiftshader)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

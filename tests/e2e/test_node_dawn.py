@@ -1,0 +1,67 @@
+"""The web app's generation loop (web/common/pipeline.js) outside the browser: Node on Dawn
+(npm `webgpu`), as sdparity.gpu_web runs it on the lent GPU machine. Here Dawn uses
+chromium's SwiftShader; the whole prepare -> device path runs on the tiny model and is
+compared with diffusers.StableDiffusionPipeline by gpu_web itself."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from sdparity import gpu_web
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    d = tmp_path_factory.mktemp("webgpu-node")
+    gpu_web.prepare("tiny", d, (16, 16), {"prompt": "a photo of a cat", "negative": "blurry", "steps": STEPS,
+                                          "guidance": 7.5, "seed": 0}, log=print)
+    return d
+
+
+def test_node_dawn_generation_matches_diffusers(prepared, tmp_path):
+    out = tmp_path / "out"
+    rc = gpu_web.device(prepared, out, runs=1, log=print, software=True)
+    rep = json.loads((out / "webgpu-gpu.json").read_text())
+    assert rep["weights_same_as_prepare"] is True
+    assert not rep["errors"], rep["errors"]
+    assert rep["webgpu"]["adapter"]["architecture"] == "swiftshader"  # Dawn, not a stand-in
+    checks = {c["what"]: c for c in rep["parity"]["checks"]}
+    assert len([k for k in checks if k.startswith("latents step")]) == STEPS
+    assert rep["parity"]["timesteps_equal"]
+    assert rep["parity"]["passed"] and rc == 0, [c for c in checks.values() if not c["passed"]]
+    assert 0 < checks[f"latents step {STEPS}"]["max_abs"] < 1e-3  # really computed, and close
+    assert len(rep["webgpu"]["timings"]["stepMs"]) == STEPS and len(rep["torch"]["runs"][0]["step_s"]) == STEPS
+    for f in ("webgpu.png", "diffusers.png", "difference.png"):
+        assert (out / f).stat().st_size > 0
+
+
+def test_changed_weights_are_refused(prepared, tmp_path):
+    """The device recreates the seeded model; other weights must not pass as the same."""
+    import shutil
+
+    from reference.models import random_components
+
+    d = tmp_path / "copy"
+    shutil.copytree(prepared, d)
+    parts = random_components("tiny")
+    w = next(iter(parts["unet"].parameters()))
+    w.data[(0,) * w.dim()] += 1e-3
+    assert gpu_web.write_weights(d, parts, log=print) is False
+
+
+def test_no_adapter_is_a_clear_error(prepared, tmp_path):
+    """Dawn with no Vulkan driver: one clear error, exit 2, result.json still written."""
+    env = gpu_web.vulkan_env(software=True)
+    env["VK_ICD_FILENAMES"] = str(tmp_path / "missing_icd.json")
+    out = tmp_path / "o"
+    proc = subprocess.run(["node", str(gpu_web.WEB / "node" / "generate.mjs"), "--data", str(prepared / "data"),
+                           "--art", str(prepared / "art"), "--out", str(out), "--steps", "1"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    res = json.loads((out / "result.json").read_text())
+    assert proc.returncode == 2, proc.stderr
+    assert any("WebGPU is not available" in e for e in res["errors"]), res["errors"]

@@ -1,0 +1,107 @@
+// The Web Stable Diffusion generation loop, shared by the browser app (web/app/app.js) and
+// the Node runner on Dawn (web/node/generate.mjs). No DOM here. Sequence (the same as
+// sdparity/pipeline.py, which checks it natively):
+//   tokenize(prompt), tokenize(negative) -> clip x2 -> concat_embeddings [negative; positive]
+//   -> N x { unet (CFG) -> dpm_convert_model_output -> dpm_step (history starts at zeros) }
+//   -> vae -> image_to_rgba.
+
+export const FUNCTIONS = ["clip", "concat_embeddings", "unet", "dpm_convert_model_output", "dpm_step", "vae",
+                          "image_to_rgba"];
+
+// CLIPTokenizer: [bos] + first (max_length - 2) content tokens + [eos], padded with pad id.
+// web-tokenizers' encode() adds no special tokens; strip them anyway if a tokenizer.json does.
+export function tokenize(tokenizer, c, text) {
+  let body = Array.from(tokenizer.encode(text));
+  if (body[0] === c.bos_token_id) body = body.slice(1);
+  if (body[body.length - 1] === c.eos_token_id) body = body.slice(0, -1);
+  const ids = [c.bos_token_id, ...body.slice(0, c.max_length - 2), c.eos_token_id];
+  while (ids.length < c.max_length) ids.push(c.pad_token_id);
+  return Int32Array.from(ids);
+}
+
+// Seeded Box-Muller noise (NOT torch.randn; tests inject latents instead).
+export function seededNormal(n, seed) {
+  let s = (seed >>> 0) || 0x9e3779b9;
+  const next = () => { s ^= s << 13; s >>>= 0; s ^= s >>> 17; s ^= s << 5; s >>>= 0; return (s + 0.5) / 4294967296; };
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i += 2) {
+    const r = Math.sqrt(-2 * Math.log(next())), th = 2 * Math.PI * next();
+    out[i] = r * Math.cos(th);
+    if (i + 1 < n) out[i + 1] = r * Math.sin(th);
+  }
+  return out;
+}
+
+// GPU -> CPU copy, then wait for the GPU, then the bytes (tvmjs toArray has no uint32).
+export async function rawBytes(inst, tensor) {
+  const host = inst.empty(tensor.shape, tensor.dtype, inst.cpu());
+  host.copyFrom(tensor);
+  await inst.webgpu().sync();
+  return host.toRawBytes();
+}
+
+// model: {inst, vm, meta} from gpu.js loadArtifact; config: the app's config.json;
+// table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
+// latents (Float32Array or null), trace}; onStep(k, steps) after every step.
+// Returns {trace, rgba (RGBA bytes), width, height, timings (ms)}.
+export async function generate(model, config, tokenizer, table, opts, onStep = () => {}) {
+  const { inst, vm, meta } = model;
+  const gpu = inst.webgpu();
+  if (!table) throw new Error(`no scheduler constants for ${opts.steps} steps (1..${config.max_steps})`);
+  const shape = [1, ...config.latent_shape];
+  const n = shape.reduce((a, b) => a * b, 1);
+  const params = (fn) => (meta.params[fn] || []).map((name) => inst.tensorCacheGet(name));
+  const fns = Object.fromEntries(FUNCTIONS.map((f) => [f, vm.getFunction(f)]));
+  // Every function's outputs as a flat list (exported model functions return tuples).
+  const flatten = (v, out = []) => {
+    if (v instanceof globalThis.tvmjs.TVMArray) { for (let i = 0; i < v.size(); ++i) flatten(v.get(i), out); }
+    else out.push(v);
+    return out;
+  };
+  const callAll = (f, ...args) => flatten(fns[f](...args, ...params(f)));
+  const call = (f, ...args) => callAll(f, ...args)[0];
+  const tensor = (arr, shp, dtype) => inst.empty(shp, dtype, gpu).copyFrom(arr);
+  const scalar = (v, dtype) => tensor(dtype === "int32" ? Int32Array.of(v) : Float32Array.of(v), [], dtype);
+  const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
+  const read = async (t) => new Float32Array((await rawBytes(inst, t)).buffer.slice(0));
+  const timings = { stepMs: [] };
+  const tok = config.tokenizer;
+
+  inst.beginScope();
+  try {
+    const t0 = performance.now();
+    const pos = call("clip", tensor(tokenize(tokenizer, tok, opts.prompt), [1, tok.max_length], "int32"));
+    const neg = call("clip", tensor(tokenize(tokenizer, tok, opts.negative), [1, tok.max_length], "int32"));
+    const emb = call("concat_embeddings", neg, pos);
+    await gpu.sync();
+    timings.textMs = performance.now() - t0;
+    if (opts.trace) { trace.positive = await read(pos); trace.negative = await read(neg); }
+    const init = opts.latents ?? seededNormal(n, opts.seed);
+    if (init.length !== n) throw new Error(`injected latents have ${init.length} values, expected ${n}`);
+    let x = tensor(init, shape, "float32");
+    let hist = tensor(new Float32Array(n), shape, "float32"); // zeros: never uninitialized memory
+    const g = scalar(opts.guidance, "float32");
+    for (let k = 0; k < opts.steps; ++k) {
+      const ts = performance.now();
+      const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, g);
+      const x0 = call("dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
+                      scalar(table.sigma[k], "float32"));
+      x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
+      hist = x0;
+      await gpu.sync();
+      timings.stepMs.push(performance.now() - ts);
+      if (opts.trace) trace.latents.push(await read(x));
+      onStep(k, opts.steps);
+    }
+    const tv = performance.now();
+    const image = callAll("vae", x)[1]; // (float image, rounded image)
+    const rgba = call("image_to_rgba", image);
+    const bytes = new Uint8Array((await rawBytes(inst, rgba)).buffer.slice(0));
+    timings.decodeMs = performance.now() - tv;
+    timings.totalMs = performance.now() - t0;
+    const [h, w] = rgba.shape;
+    return { trace, rgba: bytes, width: w, height: h, timings };
+  } finally {
+    inst.endScope();
+  }
+}

@@ -1,0 +1,154 @@
+#!/usr/bin/env node
+// Run the web app's generation loop (../common/pipeline.js) in Node on Dawn (npm `webgpu`):
+// the same wasm, tvmjs runtime and JavaScript as the browser, on whatever GPU Dawn finds
+// through Vulkan (a real GPU, or SwiftShader with VK_ICD_FILENAMES). Used by
+// sdparity.gpu_web to time and check WebGPU on the lent GPU machine, where no browser runs.
+//
+//   node web/node/generate.mjs --data DIR --art DIR --out DIR [--latents FILE.f32]
+//        [--prompt P] [--negative N] [--steps 20] [--guidance 7.5] [--seed 0] [--trace] [--runs 1]
+//        [--dawn DIR (the `webgpu` package)] [--tvmjs DIR] [--tokenizers DIR]
+//
+// --data holds the app's config.json, tokenizer.json and dpm_consts.json (sdparity serve's
+// build_app); --art is the folder the config's "/art/..." artifact path points into. Both are
+// served on 127.0.0.1 so tvmjs loads weights exactly as in the browser. Writes to --out:
+// result.json (adapter, timings, errors), rgba.bin (H*W*4 bytes), and with --trace
+// latents.f32 (every step's latents), embeddings.f32 (positive then negative).
+// Exit status: 0 done, 1 generation failed, 2 bad arguments / no adapter.
+
+import { createServer } from "node:http";
+import { createReadStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, renameSync } from "node:fs";
+import { createRequire } from "node:module";
+import { dirname, join, normalize, resolve, sep } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const HERE = dirname(fileURLToPath(import.meta.url));
+const WEB = resolve(HERE, "..");
+
+function parseArgs(argv) {
+  const o = { runs: 1, steps: 20, guidance: 7.5, seed: 0, prompt: "a photo of a cat", negative: "", trace: false,
+              dawn: join(WEB, "node_modules", "webgpu"), tvmjs: join(WEB, "node_modules", "@mlc-ai", "web-runtime", "lib"),
+              tokenizers: join(WEB, "node_modules", "@mlc-ai", "web-tokenizers", "lib") };
+  for (let i = 0; i < argv.length; ++i) {
+    const k = argv[i].replace(/^--/, "");
+    if (k === "trace") { o.trace = true; continue; }
+    if (!(k in o) && !["data", "art", "out", "latents"].includes(k)) throw new Error(`unknown option --${k}`);
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`--${k} needs a value`);
+    o[k] = ["runs", "steps", "guidance", "seed"].includes(k) ? Number(v) : v;
+  }
+  for (const k of ["data", "art", "out"]) if (!o[k]) throw new Error(`--${k} is required`);
+  return o;
+}
+
+// A static server for /data/ and /art/ (the URLs in the app's config.json).
+function serve(mounts) {
+  const server = createServer((req, res) => {
+    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
+    const m = Object.keys(mounts).find((p) => path.startsWith(p));
+    const file = m && normalize(join(mounts[m], path.slice(m.length)));
+    if (!m || !file.startsWith(mounts[m] + sep) || !existsSync(file) || !statSync(file).isFile()) {
+      res.writeHead(404).end();
+      return;
+    }
+    res.writeHead(200, { "content-length": statSync(file).size });
+    createReadStream(file).pipe(res);
+  });
+  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
+}
+
+function writeAtomic(path, data) {
+  writeFileSync(path + ".part", data);
+  renameSync(path + ".part", path);
+}
+
+async function main() {
+  let o;
+  try {
+    o = parseArgs(process.argv.slice(2));
+  } catch (e) {
+    console.error(`generate.mjs: ${e.message}`);
+    return 2;
+  }
+  mkdirSync(o.out, { recursive: true });
+  const result = { errors: [], options: { ...o, latents: o.latents || null } };
+  const finish = (code) => { writeAtomic(join(o.out, "result.json"), JSON.stringify(result, null, 1)); return code; };
+
+  // WebGPU from Dawn, tvmjs and the tokenizer as browser globals, as the page has them.
+  const dawnIndex = join(o.dawn, "index.js");
+  if (!existsSync(dawnIndex)) {
+    result.errors.push(`Dawn for Node (npm webgpu) not found at ${o.dawn}`);
+    return finish(2);
+  }
+  const { create, globals } = await import(pathToFileURL(dawnIndex).href);
+  Object.assign(globalThis, globals);
+  Object.defineProperty(globalThis, "navigator", { value: { gpu: create([]), userAgent: `node ${process.version} dawn` },
+                                                    configurable: true });
+  // tvmjs is a UMD script; web-tokenizers is the same in a "type": "module" package, whose
+  // emscripten part looks for CommonJS require/__filename in Node: give it those.
+  const tokIndex = join(o.tokenizers, "index.js");
+  globalThis.tvmjs = createRequire(import.meta.url)(join(o.tvmjs, "index.js"));
+  Object.assign(globalThis, { require: createRequire(tokIndex), __filename: tokIndex, __dirname: o.tokenizers });
+  await import(pathToFileURL(tokIndex).href);
+  const server = await serve({ "/data/": resolve(o.data), "/art/": resolve(o.art) });
+  const base = `http://127.0.0.1:${server.address().port}`;
+  // no global `location`: its emscripten part would take it for its own file's URL
+  const { describeAdapter, fetchOk, loadArtifact, requestAdapter } = await import("../common/gpu.js");
+  const pipeline = await import("../common/pipeline.js");
+
+  const onError = (msg) => { result.errors.push(msg); console.error(msg); };
+  try {
+    const t0 = performance.now();
+    const config = await (await fetchOk(`${base}/data/config.json`)).json();
+    let adapter;
+    try {
+      adapter = await requestAdapter();
+    } catch (e) {
+      result.errors.push(e.message);
+      return finish(2);
+    }
+    result.adapter = describeAdapter(adapter);
+    const tok = await (await fetchOk(base + config.tokenizer.url)).arrayBuffer();
+    const tokenizer = await globalThis.tokenizers.Tokenizer.fromJSON(tok);
+    const tables = (await (await fetchOk(base + config.scheduler_url)).json()).tables;
+    const model = await loadArtifact(base + config.artifact, adapter, "node", onError);
+    result.loadMs = performance.now() - t0;
+    let latents = null;
+    if (o.latents) {
+      const buf = readFileSync(o.latents);
+      latents = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4);
+    }
+    const opts = { prompt: o.prompt, negative: o.negative, steps: o.steps, guidance: o.guidance, seed: o.seed,
+                   latents, trace: o.trace };
+    // --runs N: the first run pays for first-use costs (allocations, driver caches); the
+    // timings of every run are kept, the outputs of the last
+    let r;
+    result.runs = [];
+    for (let i = 0; i < o.runs; ++i) {
+      r = await pipeline.generate(model, config, tokenizer, tables[String(o.steps)], opts,
+                                  (k, n) => console.log(`run ${i + 1}/${o.runs} step ${k + 1}/${n}`));
+      result.runs.push(r.timings);
+    }
+    result.timings = r.timings;
+    result.width = r.width;
+    result.height = r.height;
+    result.timesteps = r.trace.timesteps;
+    writeAtomic(join(o.out, "rgba.bin"), r.rgba);
+    if (o.trace) {
+      const cat = (arrs) => Buffer.concat(arrs.map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength)));
+      writeAtomic(join(o.out, "latents.f32"), cat(r.trace.latents));
+      writeAtomic(join(o.out, "embeddings.f32"), cat([r.trace.positive, r.trace.negative]));
+    }
+    if (result.errors.length) return finish(1);
+    return finish(0);
+  } catch (e) {
+    result.errors.push(`generation failed: ${e.message}`);
+    console.error(e.stack);
+    return finish(1);
+  } finally {
+    server.close();
+  }
+}
+
+process.exitCode = await main();
+// Dawn keeps the event loop alive; leave when done.
+setTimeout(() => process.exit(process.exitCode), 100).unref();
