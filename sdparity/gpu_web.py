@@ -277,6 +277,7 @@ def _diffusers_pipe(folder: Path, parts: dict, device: str):
 def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False) -> int:
     import torch
 
+    folder, out = folder.resolve(), out.resolve()
     from reference.models import random_components
     from reference.pipeline import diffusers_generate
 

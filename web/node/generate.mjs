@@ -37,6 +37,7 @@ function parseArgs(argv) {
     o[k] = ["runs", "steps", "guidance", "seed"].includes(k) ? Number(v) : v;
   }
   for (const k of ["data", "art", "out"]) if (!o[k]) throw new Error(`--${k} is required`);
+  for (const k of ["data", "art", "out", "latents", "dawn", "tvmjs", "tokenizers"]) if (o[k]) o[k] = resolve(o[k]);
   return o;
 }
 
