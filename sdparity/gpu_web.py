@@ -250,6 +250,7 @@ def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software:
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=job.get("timeout_s", 1800),
                           env=vulkan_env(software))
     wall = time.perf_counter() - t0
+    (out / "node.log").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
     log("\n".join("  node| " + line for line in tail))
     res_file = out / "result.json"
@@ -311,6 +312,8 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     res = run_node(folder, node_out, job, runs, log, software)
     rep["webgpu"] = {k: res.get(k) for k in ("adapter", "loadMs", "runs", "timings", "errors", "returncode",
                                              "wall_s", "node_version", "width", "height")}
+    if (node_out / "node.log").is_file():
+        shutil.copyfile(node_out / "node.log", out / "node.log")
     if res.get("errors") or res.get("returncode"):
         rep["errors"] += [f"webgpu (node/dawn): {e}" for e in res.get("errors") or ["failed"]]
         save()
