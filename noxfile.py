@@ -7,6 +7,7 @@
   bench        `sdparity bench`: build/run time, memory, ratio to PyTorch (tiny, llvm)
   full_bench   the same on full-size SD 1.5, merged into the `full` report
   gate         `nox -s gate -- A B`: llvm checks under TVM A and TVM B (one venv each), gate B vs A
+  gpu_prepare  build what the lent GPU machine runs (CUDA tier, WebGPU on Dawn): docs/performance.md
 
 Extra arguments after `--` go to pytest (unit, browser_e2e) or to `sdparity check` (check, full).
 """
@@ -103,3 +104,15 @@ def full_bench(session):
     if Path("sdparity-report-sd15.json").is_file() and not session.posargs:
         args += ["--merge", "sdparity-report-sd15.json"]
     session.run("sdparity", "bench", *args, env=ENV)
+
+
+@nox.session
+def gpu_prepare(session):
+    """Everything the lent GPU machine needs, built here (no GPU): out/gpu (CUDA tier:
+    every stage built for sm_90, kernels compiled with nvcc) and out/webgpu-gpu (the web
+    app for WebGPU on Dawn). docs/performance.md has the commands to run there."""
+    _install(session)
+    _setup_webgpu(session)
+    model = session.posargs[0] if session.posargs else "sd15-random"
+    session.run("python", "-m", "sdparity.gpu_carry", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
+    session.run("python", "-m", "sdparity.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)

@@ -6,3 +6,18 @@ class SdparityError(Exception):
 
     The CLI prints ``sdparity: error: <message>`` and exits with status 2.
     """
+
+
+def one_line_main(prog: str, main, argv=None) -> int:
+    """Run a module's main(); expected failures (bad folder, missing tool, model error) end as
+    one line on stderr and exit status 2 instead of a traceback."""
+    import sys
+
+    from reference.models import ModelError
+
+    try:
+        return main(argv)
+    except (SdparityError, ModelError, RuntimeError, OSError, ValueError, KeyError) as e:
+        print(f"{prog}: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
+              file=sys.stderr)
+        return 2

@@ -136,11 +136,16 @@ def _nvcc(code: str, dest: Path, arch: str = ARCH) -> bytes:
     import subprocess
     import tempfile
 
+    nvcc = shutil.which("nvcc") or next((str(p) for p in Path("/usr/local").glob("cuda*/bin/nvcc")), None)
+    if nvcc is None:
+        raise RuntimeError("nvcc not found: the CUDA kernels are compiled here (install the CUDA toolkit)")
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "k.cu", Path(tmp) / "k.fatbin"
         src.write_text(code)
-        subprocess.run(["nvcc", "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)],
-                       check=True, capture_output=True, text=True)
+        r = subprocess.run([nvcc, "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"nvcc failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
         data = out.read_bytes()
     if dest is not None:
         dest.write_bytes(data)
@@ -525,4 +530,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdparity.errors import one_line_main
+
+    sys.exit(one_line_main("python -m sdparity.gpu_carry", main))

@@ -115,7 +115,7 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     from reference.pipeline import initial_latents
 
     from .cache import BuildCache
-    from .report import versions
+    from .report import versions, write_atomic
     from .serve import build_app
 
     model = load_model(model_name, log=log)
@@ -128,6 +128,7 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     meta = json.loads((art / "sdparity.json").read_text())
 
     dest.mkdir(parents=True, exist_ok=True)
+    (dest / "job.json").unlink(missing_ok=True)  # written last: marks the folder complete
     for sub in ("data", "art", "tokenizer", "scheduler"):
         shutil.rmtree(dest / sub, ignore_errors=True)
     shutil.copytree(data, dest / "data")
@@ -145,9 +146,6 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
                                                    "art": art_name, "records": sources}))
     lat = initial_latents(model, latent, seed=job["seed"])
     (dest / "latents.f32").write_bytes(lat.astype(np.float32).tobytes())
-    job = {**job, "model": {"name": model.name, "digest": model.digest}, "latent": list(latent),
-           "latent_shape": list(lat.shape), "versions_prepare": versions()}
-    (dest / "job.json").write_text(json.dumps(job, indent=1))
 
     # the JavaScript side: Node itself, Dawn for Node (this platform only), tvmjs, tokenizers
     node = shutil.which("node")
@@ -165,6 +163,9 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
         shutil.copytree(WEB / "node_modules" / "@mlc-ai" / pkg / "lib", dest / name,
                         ignore=shutil.ignore_patterns("*.map", "*.d.ts"))
         shutil.copyfile(WEB / "node_modules" / "@mlc-ai" / pkg / "package.json", dest / name / "package.json")
+    job = {**job, "model": {"name": model.name, "digest": model.digest}, "latent": list(latent),
+           "latent_shape": list(lat.shape), "versions_prepare": versions()}
+    write_atomic(dest / "job.json", json.dumps(job, indent=1))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
     log(f"prepared {dest} ({size:.1f} MiB)")
 
@@ -405,4 +406,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from sdparity.errors import one_line_main
+
+    sys.exit(one_line_main("python -m sdparity.gpu_web", main))

@@ -1,0 +1,30 @@
+"""The GPU-machine tools (sdparity.gpu_carry, sdparity.gpu_web) refuse bad input with one
+line and exit status 2. Their real runs need the lent GPU (docs/performance.md); the WebGPU
+path runs here on SwiftShader in tests/e2e/test_node_dawn.py."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("module", ["sdparity.gpu_carry", "sdparity.gpu_web"])
+def test_missing_folder_is_one_line_error(module, tmp_path):
+    args = ["device", "--dir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
+    p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2, p.stderr
+    lines = p.stderr.strip().splitlines()
+    assert lines and lines[-1].startswith(f"python -m {module}: error:"), p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_gpu_web_unknown_model_is_one_line_error(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sdparity.gpu_web", "prepare", "--model", str(tmp_path / "nope"),
+                        "--dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert not (tmp_path / "d").exists()  # nothing half-written
