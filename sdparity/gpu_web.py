@@ -110,7 +110,9 @@ def _xz(src: Path, dest: Path) -> None:
     tmp.replace(dest)
 
 
-def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: dict, log=print) -> None:
+def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: dict, log=print,
+            carry_node: bool = True) -> None:
+    """carry_node=False leaves Node itself out (runs here use the installed one)."""
     from reference.models import load_model
     from reference.pipeline import initial_latents
 
@@ -151,7 +153,8 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     node = shutil.which("node")
     if not node:
         raise RuntimeError("node is not installed here (scripts/setup_webgpu.sh installs it)")
-    _xz(Path(node).resolve(), dest / "node.xz")
+    if carry_node:
+        _xz(Path(node).resolve(), dest / "node.xz")
     dawn = WEB / "node_modules" / "webgpu"
     shutil.rmtree(dest / "dawn", ignore_errors=True)
     (dest / "dawn" / "dist" / "linux-x64").mkdir(parents=True)
@@ -212,8 +215,10 @@ def _unxz(src: Path, dest: Path, mode: int = 0o644) -> None:
 
 def _node_binary(folder: Path) -> str:
     found = shutil.which("node")
-    if found and os.environ.get("SDPARITY_CARRIED_NODE") != "1":
+    if found and (os.environ.get("SDPARITY_CARRIED_NODE") != "1" or not (folder / "node.xz").is_file()):
         return found
+    if not (folder / "node.xz").is_file():
+        raise RuntimeError(f"no node on PATH and no {folder / 'node.xz'} (prepare carries one)")
     dest = Path("/tmp/sdparity-node/node")
     dest.parent.mkdir(parents=True, exist_ok=True)
     _unxz(folder / "node.xz", dest, 0o755)

@@ -19,7 +19,7 @@ STEPS = 3
 def prepared(tmp_path_factory):
     d = tmp_path_factory.mktemp("webgpu-node")
     gpu_web.prepare("tiny", d, (16, 16), {"prompt": "a photo of a cat", "negative": "blurry", "steps": STEPS,
-                                          "guidance": 7.5, "seed": 0}, log=print)
+                                          "guidance": 7.5, "seed": 0}, log=print, carry_node=False)
     return d
 
 
