@@ -242,6 +242,12 @@ def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, va
 
 
 def _threads() -> dict:
+    # Asking TVM for its thread count starts its thread pool, which reads TVM_NUM_THREADS
+    # once: set it first (an earlier version asked before the llvm session set it, and every
+    # TVM run of that bench used one thread of two).
+    from .schedule_cpu import configure_threads
+
+    configure_threads()
     out = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")}
     try:
         import tvm

@@ -66,3 +66,19 @@ def test_bench_rejects_bad_input():
     r = subprocess.run([sys.executable, "-m", "sdparity", "bench", "--stages", "nope"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 2 and "unknown stage" in r.stderr
+
+
+def test_bench_threads_are_set_before_tvm_starts_its_pool():
+    """TVM's thread pool reads TVM_NUM_THREADS once, when first asked; the bench's record of
+    the thread count must not be what pins it at TVM's default (1 on a 2-core machine)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
+    code = "import json; from sdparity.bench import _threads; print(json.dumps(_threads()))"
+    p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
+                       capture_output=True, text=True, timeout=300)
+    threads = json.loads(p.stdout.strip().splitlines()[-1])
+    assert threads["tvm_runtime"] == os.cpu_count() == int(threads["TVM_NUM_THREADS"]), threads
