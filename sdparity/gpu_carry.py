@@ -381,6 +381,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     import torch
     from tvm.runtime.vm import VirtualMachine  # runtime-only: tvm.relax needs the compiler
 
+    from .backends.native import to_numpy_list
     from .bench import PeakSampler, device_used_mib
     from .compare import compare
     from .tolerances import lookup
@@ -415,7 +416,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                 for ins in inputs]
         cands = []
         for ci, c in enumerate(cases):
-            cands.append(_flatten(vm[c["function"]](*args[ci], *weights)))
+            cands.append(to_numpy_list(vm[c["function"]](*args[ci], *weights)))
         dev.sync()
         tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *weights], dev.sync, repeat)
                      for fn, ci in timed.items()}
@@ -490,15 +491,6 @@ def _torch_equivalent(stage: str, fn: str):
             return v[..., 0] | (v[..., 1] << 8) | (v[..., 2] << 16) | (255 << 24)
         return pack
     raise KeyError(fn)
-
-
-def _flatten(result) -> list[np.ndarray]:
-    if hasattr(result, "numpy"):
-        return [result.numpy()]
-    out = []
-    for item in result:
-        out.extend(_flatten(item))
-    return out
 
 
 # ============================================================================ command line
