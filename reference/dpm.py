@@ -147,7 +147,7 @@ def _jsonable(v):
 def tutorial_constants(scheduler_config: dict | None = None, num_steps: int = 20) -> dict:
     """The tutorial-era table (for negative tests): 2nd order at every step but the first,
     the last step towards t=0 (sigma_min), numpy float32 over the training schedule."""
-    from .models import PINNED_SCHEDULER
+    from reference.models import PINNED_SCHEDULER
 
     cfg = {**PINNED_SCHEDULER, **(scheduler_config or {})}
     if cfg["beta_schedule"] != "scaled_linear":
@@ -189,7 +189,7 @@ def convert_inputs(consts: dict, k: int) -> list[np.ndarray]:
 def write_constants_json(path: str | os.PathLike, constants: dict) -> Path:
     """Write a table from compute_constants/tutorial_constants atomically (temp file + rename)."""
     path = Path(path)
-    from sdparity.report import write_atomic
+    from sdparity.reports.report import write_atomic
 
     text = json.dumps(constants, allow_nan=False, indent=1)  # a NaN/Inf constant is a bug: refuse
     write_atomic(path, text)

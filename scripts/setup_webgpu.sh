@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up what the WebGPU backend needs. Idempotent: each step runs only when its result is
 # missing. Steps: Debian packages (chromium, emscripten, wabt, npm), the pinned tvmjs npm
-# package (web/package-lock.json), then the wasm runtime build (python -m sdparity.webgpu_toolchain,
+# package (web/package-lock.json), then the wasm runtime build (python -m sdparity.backends.webgpu.toolchain,
 # about 2-4 minutes once per TVM version, cached under $SDPARITY_CACHE/toolchain/).
 # Never runs `playwright install`: Playwright drives the system Chromium.
 set -euo pipefail
@@ -30,4 +30,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$lock_sum" ]; then
   echo "$lock_sum" > "$stamp"
 fi
 
-"$PYTHON" -m sdparity.webgpu_toolchain
+"$PYTHON" -m sdparity.backends.webgpu.toolchain

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import SdparityError
-from .registry import digest
+from sdparity.errors import SdparityError
+from sdparity.ir import digest
 
 META = "meta.json"
 

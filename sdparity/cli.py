@@ -10,7 +10,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
 DEFAULT_REPORT = "sdparity-report.json"
 
@@ -87,12 +87,12 @@ def _extensions(sub) -> None:
 def cmd_check(args) -> int:
     from reference.models import ModelError, load_model
 
-    from .backends import get_backend
-    from .cache import BuildCache
-    from .registry import all_stages
-    from .report import Report
-    from .runner import Progress, run_checks
-    from .table import print_table
+    from sdparity.backends import get_backend
+    from sdparity.cache import BuildCache
+    from sdparity.registry import all_stages
+    from sdparity.reports.report import Report
+    from sdparity.runner import Progress, run_checks
+    from sdparity.reports.table import print_table
 
     log = Progress(quiet=args.quiet)
     stages = all_stages()
@@ -126,14 +126,14 @@ def cmd_check(args) -> int:
     report.write(args.report)
     print_table(report.data)
     print(f"report: {args.report}")
-    from .htmlreport import write_html  # the HTML page beside the JSON (docs/gate.md)
+    from sdparity.reports.html import write_html  # the HTML page beside the JSON (docs/gate.md)
     print(f"html: {write_html(args.report)}")
     return 0 if report.ok else 1
 
 
 def cmd_stages(args) -> int:
-    from .registry import all_stages
-    from .tolerances import TABLE
+    from sdparity.registry import all_stages
+    from sdparity.tolerances import TABLE
 
     for s in all_stages().values():
         print(f"{s.name}: {s.description}")
@@ -155,7 +155,7 @@ def cmd_make_model(args) -> int:
 
 
 def cmd_cache(args) -> int:
-    from .cache import BuildCache
+    from sdparity.cache import BuildCache
 
     cache = BuildCache()
     if args.action == "path":

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .tolerances import Tolerance
+from sdparity.tolerances import Tolerance
 
 SIGNIFICANT = 0.01  # elements with |ref| below 1% of max |ref| are left out of max_rel
 

@@ -13,12 +13,12 @@ Backends never know stages; stages never know backends. Adding a stage = one mod
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
+from sdparity.ir import StageIR, digest  # noqa: F401  (re-exported for stage modules)
 
 _STAGES: dict[str, "Stage"] = {}
 
@@ -28,14 +28,6 @@ class Output:
     name: str
     integer: bool = False  # compared as integers (mismatch budget) rather than allclose
     image: bool = False  # an image (NHWC 0..255 floats or packed RGBA u32): reports keep PNGs of it
-
-
-@dataclass
-class StageIR:
-    """What a stage hands a backend: a Relax module and the weights of each function."""
-
-    mod: object  # tvm.IRModule
-    params: dict[str, list[np.ndarray]] = field(default_factory=dict)  # function -> weights
 
 
 @dataclass
@@ -58,6 +50,7 @@ class Stage:
     outputs: tuple[Output, ...] = ()
     functions: tuple[str, ...] = ()  # Relax functions the built module exports
     faults: dict[str, str] = {}  # fault name -> what it breaks (for negative tests)
+    accepts_nonfinite: bool = False  # NaN/Inf inputs are part of the stage's defined domain
 
     def __init__(self, fault: str | None = None):
         if fault is not None and fault not in self.faults:
@@ -92,10 +85,6 @@ class Stage:
         }
 
 
-def digest(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
 def register(cls):
     inst = cls()
     if not inst.name or inst.name in _STAGES:
@@ -105,7 +94,7 @@ def register(cls):
 
 
 def all_stages() -> dict[str, Stage]:
-    from . import stages  # noqa: F401  (importing the package registers every stage)
+    from sdparity import stages  # noqa: F401  (importing the package registers every stage)
 
     return dict(_STAGES)
 
@@ -113,7 +102,7 @@ def all_stages() -> dict[str, Stage]:
 def get_stage(name: str) -> Stage:
     stages = all_stages()
     if name not in stages:
-        from .errors import SdparityError
+        from sdparity.errors import SdparityError
 
         raise SdparityError(f"unknown stage {name!r}; stages are: {', '.join(stages)}")
     return stages[name]

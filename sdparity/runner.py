@@ -11,11 +11,11 @@ import traceback
 
 import numpy as np
 
-from .cache import BuildCache
-from .compare import compare
-from .errors import SdparityError
-from .report import Report
-from .tolerances import lookup, model_scope
+from sdparity.cache import BuildCache
+from sdparity.compare import compare
+from sdparity.errors import SdparityError
+from sdparity.reports.report import Report
+from sdparity.tolerances import lookup, model_scope
 
 
 def _one_line(e: BaseException) -> str:
@@ -50,8 +50,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
                 continue
             try:
                 sessions[b.name] = stack.enter_context(b.session())
-                report.data["backends"][b.name] = b.describe_session(sessions[b.name]) \
-                    if hasattr(b, "describe_session") else b.describe()
+                report.data["backends"][b.name] = b.describe_session(sessions[b.name])
             except SdparityError as e:
                 log(f"[{b.name}] cannot start: {e}")
                 for st in stages:
@@ -79,7 +78,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
 
 
 def _check_inputs(stage, case) -> None:
-    if getattr(stage, "accepts_nonfinite", False) or stage.name == "image_to_rgba":
+    if stage.accepts_nonfinite:
         return
     for i, a in enumerate(case.inputs):
         a = np.asarray(a)
@@ -153,7 +152,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
                              message=m.why, metrics=m.to_json(), tolerance=tol.to_json(), timings=timings,
                              integer=spec.integer)
             if spec.image:
-                from .report_images import attach
+                from sdparity.reports.report_images import attach
 
                 attach(report, rec, cand, ref)
             if verdict == "fail":
@@ -162,7 +161,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             log(f"{tag} {case.label} {spec.name}: {verdict.upper()} max_abs={m.max_abs:.3g} "
                 f"floor={floor} ({timings['run_s']:.3f}s)")
         if failed and localize:
-            from .localize import localize_check
+            from sdparity.tiers.localize import localize_check
 
             loc = localize_check(st, b, art, model, variant, case, log)
             for rec in failed:

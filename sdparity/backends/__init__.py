@@ -1,22 +1,38 @@
-"""Backends by name. Native ones share sdparity.backends.native; webgpu has its own module."""
+"""Backends by name. Every module (or package) in this folder registers its backend class(es)
+with ``@register("name", ...)`` from ``base``; importing this package imports them all, so a
+new backend is one new module here and nothing else."""
 
 from __future__ import annotations
 
-from ..errors import SdparityError
-from .base import Backend
+import importlib
+import pkgutil
 
-NAMES = ("llvm", "cuda", "vulkan", "webgpu")
+from sdparity.backends.base import Backend, registered
+from sdparity.errors import SdparityError
+
+_LOAD_ERRORS: dict[str, str] = {}
+
+
+def _discover() -> None:
+    for m in pkgutil.iter_modules(__path__):
+        if m.name in ("base",) or m.name.startswith("_") or m.name in _LOAD_ERRORS:
+            continue
+        try:
+            importlib.import_module(f"{__name__}.{m.name}")
+        except ImportError as e:  # a backend whose dependencies are missing: say so when asked
+            _LOAD_ERRORS[m.name] = str(e)
+
+
+def names() -> list[str]:
+    _discover()
+    return list(registered())
 
 
 def get_backend(name: str) -> Backend:
-    if name in ("llvm", "cuda", "vulkan"):
-        from .native import NativeBackend
-
-        return NativeBackend(name)
-    if name == "webgpu":
-        try:
-            from .webgpu import WebGPUBackend
-        except ImportError as e:
-            raise SdparityError(f"the webgpu backend cannot be loaded: {e}") from None
-        return WebGPUBackend()
-    raise SdparityError(f"unknown backend {name!r}; backends are: {', '.join(NAMES)}")
+    _discover()
+    table = registered()
+    if name not in table:
+        if name in _LOAD_ERRORS:
+            raise SdparityError(f"the {name} backend cannot be loaded: {_LOAD_ERRORS[name]}")
+        raise SdparityError(f"unknown backend {name!r}; backends are: {', '.join(table)}")
+    return table[name](name)

@@ -7,14 +7,40 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cache import BuildCache
-from ..registry import StageIR
+from sdparity.cache import BuildCache
+from sdparity.ir import StageIR
+
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(*names: str):
+    """Class decorator: make ``get_backend(name)`` return ``cls(name)`` for each name."""
+
+    def deco(cls):
+        for n in names:
+            if n in _REGISTRY:
+                raise ValueError(f"backend {n!r} registered twice")
+            _REGISTRY[n] = cls
+        return cls
+
+    return deco
+
+
+def registered() -> dict[str, type]:
+    return dict(_REGISTRY)
 
 
 class Backend:
     name: str = ""
+    #: capabilities the tiers ask for instead of checking classes
+    native_vm: bool = False  # artifacts load into a relax.VirtualMachine in this process (load_vm)
     #: kept apart in reports: "cpu" results and "gpu" results are never mixed
     device_class: str = "cpu"
+
+    def __init__(self, name: str | None = None):
+        if name is not None:
+            self.name = name
 
     def unavailable_reason(self) -> str | None:
         """None when this backend can build and run here, else why not (shown as a skip)."""
@@ -48,6 +74,10 @@ class Backend:
     def describe(self) -> dict:
         """Facts recorded in the report (device, adapter, ...)."""
         return {"name": self.name, "device_class": self.device_class}
+
+    def describe_session(self, runner) -> dict:
+        """Facts known once a session runs (e.g. the WebGPU adapter); default: describe()."""
+        return self.describe()
 
 
 class Runner:

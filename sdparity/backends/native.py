@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import SdparityError
-from ..registry import StageIR
-from .base import Backend, Runner
+from sdparity.errors import SdparityError
+from sdparity.ir import StageIR
+from sdparity.backends.base import Backend, Runner, register
 
 LIB = "lib.so"
 PARAMS = "params.npz"
@@ -46,7 +46,7 @@ def to_numpy_list(result) -> list[np.ndarray]:
 
 
 def tvm_tensor(a: np.ndarray, dev):
-    from ..compat import tensor
+    from sdparity.compile.compat import tensor
 
     a = np.asarray(a)
     if a.ndim == 0:  # np.ascontiguousarray would make it 1-d (toolchain notes)
@@ -54,8 +54,10 @@ def tvm_tensor(a: np.ndarray, dev):
     return tensor(np.ascontiguousarray(a), dev)
 
 
+@register("llvm", "cuda", "vulkan")
 class NativeBackend(Backend):
     kind = "llvm"
+    native_vm = True
 
     def __init__(self, kind: str = "llvm"):
         self.kind = kind
@@ -84,7 +86,7 @@ class NativeBackend(Backend):
         import tvm
 
         if self.kind == "llvm":
-            from ..schedule_cpu import host_target  # this CPU's mcpu and core count (issue 6)
+            from sdparity.compile.schedule_cpu import host_target  # this CPU's mcpu and core count (issue 6)
 
             return host_target()
         return tvm.target.Target({"kind": self.kind}, host={"kind": "llvm"})
@@ -92,7 +94,7 @@ class NativeBackend(Backend):
     def target_key(self) -> dict:
         key = {"target": str(self.target())}
         if self.kind == "llvm":
-            from ..schedule_cpu import VERSION
+            from sdparity.compile.schedule_cpu import VERSION
 
             key["cpu_schedule"] = VERSION
         return key
@@ -101,12 +103,12 @@ class NativeBackend(Backend):
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
         from tvm import relax
 
-        from ..schedule import schedule_for
+        from sdparity.compile.schedule import schedule_for
 
         mod = schedule_for(ir.mod, self.target())
         target = self.target()
         if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.schedule_cpu)
-            from ..schedule_cpu import build_target
+            from sdparity.compile.schedule_cpu import build_target
 
             target = build_target(mod, target)
         try:
@@ -122,7 +124,7 @@ class NativeBackend(Backend):
     @contextlib.contextmanager
     def session(self):
         if self.kind == "llvm":
-            from ..schedule_cpu import configure_threads
+            from sdparity.compile.schedule_cpu import configure_threads
 
             configure_threads()
         yield NativeRunner(self)

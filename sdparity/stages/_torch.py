@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frontend import export_to_relax
-from ..registry import Case, Stage, StageIR
+from sdparity.compile.frontend import export_to_relax
+from sdparity.registry import Case, Stage, StageIR
 
 _F64_CACHE: dict[tuple, object] = {}
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compat import sym_var, tensor_type
-from ..registry import Case, Output, Stage, StageIR, register
+from sdparity.compile.compat import sym_var, tensor_type
+from sdparity.registry import Case, Output, Stage, StageIR, register
 
 
 @register

@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..compat import sym_var, tensor_type, tir
-from ..registry import Case, Output, Stage, StageIR, register
+from sdparity.compile.compat import sym_var, tensor_type, tir
+from sdparity.registry import Case, Output, Stage, StageIR, register
+
+# Values whose packing is defined case by case (ties, clamp, NaN, +-Inf, float32 extremes).
+EDGE_PIXELS = np.array(
+    [0.0, 255.0, -0.0, 0.5, 1.5, 2.5, 254.5, 255.5, -0.5, -1.0, 256.0, 1e9, -1e9,
+     np.nan, np.inf, -np.inf, 127.49999, 127.50001, 3.4e38, -3.4e38], dtype=np.float32)
 
 
 def pack_reference(img: np.ndarray) -> np.ndarray:
@@ -28,6 +33,7 @@ def pack_reference(img: np.ndarray) -> np.ndarray:
 @register
 class ImageToRGBA(Stage):
     name = "image_to_rgba"
+    accepts_nonfinite = True  # NaN/Inf packing is defined (module docstring)
     description = "(1,H,W,3) float -> (H,W) uint32 RGBA, bit-exact, defined for NaN/Inf/out of range"
     uses_model = False
     version = 2  # NaN/Inf decided from the bits
@@ -80,7 +86,6 @@ class ImageToRGBA(Stage):
         return StageIR(bb.get(), {})
 
     def cases(self, model, variant, seed):
-        from ..strategies import EDGE_PIXELS
 
         rng = np.random.default_rng(seed)
         ramp = np.arange(0, 256, 0.25, dtype=np.float32)  # every tie and quarter in range

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Case, Output, Stage, StageIR, register
+from sdparity.registry import Case, Output, Stage, StageIR, register
 
 LATENT = (1, 4, 8, 8)  # the 20-step chains
 LATENT_OTHER = (2, 4, 8, 16)  # other step counts: a second shape through the same build
@@ -121,7 +121,7 @@ def build_module():
     from tvm import relax
     from tvm.relax import op
 
-    from ..compat import sym_var, tensor_type
+    from sdparity.compile.compat import sym_var, tensor_type
 
     dims = [sym_var(d) for d in "nchw"]
 

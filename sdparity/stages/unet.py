@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..registry import Output, register
-from ._torch import TorchStage
+from sdparity.registry import Output, register
+from sdparity.stages._torch import TorchStage
 
 
 @register

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from apphelpers import open_app
+from tests.e2e.apphelpers import open_app
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +45,7 @@ def test_over_long_prompt_keeps_end_token(page, tiny):
 
 def test_no_webgpu_adapter_shows_a_clear_message(app):
     """Chromium without --enable-unsafe-webgpu has no adapter: the page must say so."""
-    from sdparity.backends.webgpu import launch_chromium, shared_playwright
+    from sdparity.backends.webgpu.backend import launch_chromium, shared_playwright
 
     with shared_playwright() as p:
         b = launch_chromium(p, webgpu=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
-from apphelpers import LATENT, NEGATIVE, PROMPT, STEPS, GUIDANCE, first_divergence, open_app, run_generation
+from tests.e2e.apphelpers import LATENT, NEGATIVE, PROMPT, STEPS, GUIDANCE, first_divergence, open_app, run_generation
 from sdparity.compare import compare
 from sdparity.tolerances import lookup
 
@@ -30,7 +30,7 @@ def _as_arrays(res, ref):
 
 
 def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
-    from sdparity.images import diff_heatmap, write_png
+    from sdparity.reports.images import diff_heatmap, write_png
 
     lat0, ref = reference
     page, problems = open_app(browser, app)
@@ -62,7 +62,7 @@ def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
 def write_e2e_html(path, steps, res):
     """A page with the browser image, the diffusers image and their difference side by side,
     and the per-step latent error."""
-    from sdparity.report import write_atomic
+    from sdparity.reports.report import write_atomic
 
     rows = "".join(f"<tr><td>{k + 1}</td><td>{m.max_abs:.3g}</td><td>{m.max_rel:.3g}</td>"
                    f"<td>{'pass' if m.passed else 'FAIL'}</td></tr>" for k, m in enumerate(steps))

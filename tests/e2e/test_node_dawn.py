@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from sdparity import gpu_web
+from sdparity.tiers import gpu_web
 
 STEPS = 3
 

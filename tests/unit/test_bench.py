@@ -18,7 +18,7 @@ def _finite_positive(x) -> bool:
 
 
 def test_bench_records(tiny, cache, llvm):
-    from sdparity.bench import SCHEMA, run_bench
+    from sdparity.tiers.bench import SCHEMA, run_bench
     from sdparity.registry import all_stages
 
     stages = [all_stages()[n] for n in ("clip", "scheduler_dpm", "image_to_rgba")]
@@ -44,7 +44,7 @@ def test_bench_records(tiny, cache, llvm):
 
 
 def test_bench_cli_writes_json_and_merges(tmp_path):
-    from sdparity.report import SCHEMA as REPORT_SCHEMA
+    from sdparity.reports.report import SCHEMA as REPORT_SCHEMA
 
     out = tmp_path / "bench.json"
     report = tmp_path / "report.json"

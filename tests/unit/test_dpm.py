@@ -13,7 +13,7 @@ from reference import dpm
 from reference.models import PINNED_SCHEDULER
 from sdparity.compare import compare
 from sdparity.registry import get_stage
-from sdparity.strategies import latent_nchw, step_and_index, step_counts
+from tests.strategies import latent_nchw, step_and_index, step_counts
 from sdparity.tolerances import lookup
 
 f32 = np.float32

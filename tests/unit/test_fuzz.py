@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sdparity import strategies as S
+from tests import strategies as S
 from sdparity.compare import compare
 from sdparity.registry import get_stage
 from sdparity.stages.image_to_rgba import pack_reference

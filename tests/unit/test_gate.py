@@ -11,7 +11,7 @@ import zlib
 import numpy as np
 import pytest
 
-from sdparity import gate
+from sdparity.reports import gate
 from sdparity.cli import main
 from sdparity.errors import SdparityError
 
@@ -162,7 +162,7 @@ def test_cli_exit_codes_table_and_json(tmp_path, capsys):
 
 
 def test_png_writer_round_trip():
-    from sdparity.images import png_bytes
+    from sdparity.reports.images import png_bytes
 
     img = (np.arange(5 * 7 * 3) % 256).astype(np.uint8).reshape(5, 7, 3)
     data = png_bytes(img)
@@ -181,9 +181,9 @@ def test_png_writer_round_trip():
 
 
 def test_html_has_matrix_images_and_localization(tmp_path):
-    from sdparity.htmlreport import write_html
-    from sdparity.report_images import attach
-    from sdparity.report import Report
+    from sdparity.reports.html import write_html
+    from sdparity.reports.report_images import attach
+    from sdparity.reports.report import Report
 
     r = Report(None)
     ref = np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)).astype(np.float32)
@@ -219,7 +219,7 @@ def test_check_writes_images_and_html_beside_the_report(tmp_path):
 
 
 def test_version_env_recipe_replaces_the_tvm_pin():
-    from sdparity import versions_env
+    from sdparity.tiers import versions_env
 
     reqs = versions_env.requirements("0.26.0")
     assert reqs[0] == "apache-tvm==0.26.0" and not any(re.match(r"apache-tvm==0\.27", r) for r in reqs)
@@ -236,7 +236,7 @@ def test_gate_result_is_json_serializable():
 
 
 def test_a_version_whose_check_cannot_run_still_gives_a_report(tmp_path, monkeypatch):
-    from sdparity import versions_env
+    from sdparity.tiers import versions_env
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ImportError: libtvm_runtime.so: undefined symbol'\nexit 1\n")

@@ -13,7 +13,7 @@ def _run(legalize_map, x, g, b):
     import tvm
     from tvm import relax
 
-    from sdparity.compat import tensor_type
+    from sdparity.compile.compat import tensor_type
 
     bb = relax.BlockBuilder()
     xv = relax.Var("x", tensor_type(SHAPE, "float32"))
@@ -45,7 +45,7 @@ def data():
 
 @pytest.mark.parametrize("kind", ["llvm", "webgpu"])  # float64 statistics / shifted two-pass float32
 def test_precise_group_norm_matches_float64(kind, data):
-    from sdparity.legalize import precise_legalize_map
+    from sdparity.compile.legalize import precise_legalize_map
 
     x, g, b, ref, tvm_err = data
     err = float(np.abs(_run(precise_legalize_map(kind), x, g, b) - ref).max())

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sdparity import localize
+from sdparity.tiers import localize
 
 GELU = "fused_reshape11_multiply2_tir_sigmoid_multiply3_reshape12"  # tiny CLIP's MLP activation
 
@@ -29,7 +29,7 @@ def scale_output(func, factor: float):
 def small_module():
     from tvm import relax
 
-    from sdparity.compat import tensor_type
+    from sdparity.compile.compat import tensor_type
 
     bb = relax.BlockBuilder()
     x, w = relax.Var("x", tensor_type((4, 8), "float32")), relax.Var("w", tensor_type((8, 8), "float32"))
@@ -64,7 +64,7 @@ def test_replay_names_the_broken_kernel_only(kernel):
     import tvm
     from tvm import relax
 
-    from sdparity.compat import tensor
+    from sdparity.compile.compat import tensor
 
     mod = small_module()
     dev = tvm.cpu()
@@ -100,7 +100,7 @@ def test_failing_stage_is_localized_to_the_broken_kernel(tiny, tmp_path):
     from sdparity.backends.native import LIB, PARAMS, NativeBackend, save_params
     from sdparity.cache import BuildCache
     from sdparity.registry import get_stage
-    from sdparity.report import Report
+    from sdparity.reports.report import Report
     from sdparity.runner import Progress, run_checks
 
     class OneKernelBroken(NativeBackend):

@@ -15,9 +15,9 @@ import tvm
 from tvm.script import relax as R
 
 from sdparity.backends.native import NativeBackend
-from sdparity.backends.webgpu import WebGPUBackend
+from sdparity.backends.webgpu.backend import WebGPUBackend
 from sdparity.errors import SdparityError
-from sdparity.registry import StageIR
+from sdparity.ir import StageIR
 
 pytestmark = pytest.mark.webgpu
 

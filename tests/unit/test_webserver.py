@@ -7,7 +7,7 @@ import urllib.request
 
 import pytest
 
-from sdparity.webserver import LocalServer
+from sdparity.backends.webgpu.server import LocalServer
 
 
 def _get(url):

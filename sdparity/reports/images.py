@@ -25,7 +25,7 @@ def png_bytes(img: np.ndarray) -> bytes:
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
-    from .report import write_atomic_bytes
+    from sdparity.reports.report import write_atomic_bytes
 
     write_atomic_bytes(Path(path), png_bytes(img))
 

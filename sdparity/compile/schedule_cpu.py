@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 
-from .legalize import precise_legalize_map
+from sdparity.compile.legalize import precise_legalize_map
 
 #: bump when a schedule below changes the generated code: it is part of the build cache key
 VERSION = 6

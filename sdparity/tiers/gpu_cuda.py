@@ -53,7 +53,7 @@ _SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "co
 def _cuda_backend():
     import tvm
 
-    from .backends.native import NativeBackend
+    from sdparity.backends.native import NativeBackend
 
     class CudaForArch(NativeBackend):
         """The cuda backend with an explicit arch: builds on a machine without a GPU."""
@@ -67,8 +67,8 @@ def _cuda_backend():
         def build(self, ir, out_dir, log=print):
             from tvm import relax
 
-            from .backends.native import LIB
-            from .schedule import schedule_for
+            from sdparity.backends.native import LIB
+            from sdparity.compile.schedule import schedule_for
 
             target = self.target()
             # schedule_for applies sdparity.legalize (GroupNorm with float64 statistics)
@@ -184,7 +184,7 @@ def slim_tvm_package(dest: Path) -> Path:
 def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print) -> None:
     from reference.models import load_model
 
-    from .registry import all_stages
+    from sdparity.registry import all_stages
 
     dest.mkdir(parents=True, exist_ok=True)
     log(f"slim TVM package -> {slim_tvm_package(dest)}")
@@ -308,7 +308,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
            profile: bool = False) -> int:
     import torch
 
-    from .report import Report, write_atomic
+    from sdparity.reports.report import Report, write_atomic
 
     torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
     torch.backends.cudnn.allow_tf32 = False
@@ -381,10 +381,10 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     import torch
     from tvm.runtime.vm import VirtualMachine  # runtime-only: tvm.relax needs the compiler
 
-    from .backends.native import to_numpy_list
-    from .bench import PeakSampler, device_used_mib
-    from .compare import compare
-    from .tolerances import lookup
+    from sdparity.backends.native import to_numpy_list
+    from sdparity.tiers.bench import PeakSampler, device_used_mib
+    from sdparity.compare import compare
+    from sdparity.tolerances import lookup
 
     name = meta["stage"]
     z = dict(np.load(folder / "cases.npz"))
@@ -514,7 +514,7 @@ def main(argv=None) -> int:
     if args.cmd == "prepare":
         prepare(args.model, args.dir, stages, log)
         built = [d.name for d in args.dir.iterdir() if (d / "meta.json").is_file()]
-        from .registry import all_stages
+        from sdparity.registry import all_stages
 
         (args.dir / "order.json").write_text(json.dumps([n for n in all_stages() if n in built]))
         return 0

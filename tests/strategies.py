@@ -12,6 +12,8 @@ import numpy as np
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from sdparity.stages.image_to_rgba import EDGE_PIXELS  # the packer's defined edge cases
+
 settings.register_profile(
     "ci", max_examples=8, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
@@ -25,7 +27,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 # -- shapes for stages built once with symbolic dimensions --------------------------------
 image_hw = st.tuples(st.integers(1, 96), st.integers(1, 96))  # image_to_rgba H, W
 latent_nchw = st.tuples(st.integers(1, 2), st.integers(1, 8), st.integers(1, 24), st.integers(1, 24))
-concat_shapes = st.tuples(st.integers(1, 77), st.integers(1, 64))  # seq, hidden
 
 # -- scheduler step counts and indices ---------------------------------------------------
 step_counts = st.integers(1, 100)
@@ -41,11 +42,6 @@ def step_and_index(draw, max_steps: int = 100):
 latent_sizes_tiny = st.sampled_from([(8, 8), (16, 8), (16, 16), (8, 24)])
 
 # -- values -----------------------------------------------------------------------------
-EDGE_PIXELS = np.array(
-    [0.0, 255.0, -0.0, 0.5, 1.5, 2.5, 254.5, 255.5, -0.5, -1.0, 256.0, 1e9, -1e9,
-     np.nan, np.inf, -np.inf, 127.49999, 127.50001, 3.4e38, -3.4e38], dtype=np.float32)
-
-
 @st.composite
 def pixel_images(draw, shape):
     """float32 images in 0..255 with edge values (ties, out of range, NaN, +-Inf) mixed in."""
@@ -56,7 +52,3 @@ def pixel_images(draw, shape):
     idx = rng.choice(img.size, size=n_edge, replace=False)
     img.reshape(-1)[idx] = rng.choice(EDGE_PIXELS, size=n_edge)
     return img
-
-
-def finite_floats(shape, seed: int, scale: float = 1.0) -> np.ndarray:
-    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)

@@ -55,7 +55,7 @@ def _safe(s) -> str:
 
 def attach(report, record: dict, candidate: np.ndarray, reference: np.ndarray) -> None:
     """Encode the three PNGs of one image output into ``report.images``; name them in the record."""
-    from .images import png_bytes
+    from sdparity.reports.images import png_bytes
 
     try:
         cand, ref = as_channels(candidate), as_channels(reference)

@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
 SCHEMA = "sdparity.bench/1"
 DEFAULT_JSON = "sdparity-bench.json"
@@ -206,7 +206,7 @@ def measure(stage, backend, runner, model, variant, cache, repeat: int, seed: in
 def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, variants=None, log=print) -> dict:
     import contextlib
 
-    from .report import Report
+    from sdparity.reports.report import Report
 
     data = Report(model).data
     data["schema"] = SCHEMA
@@ -245,7 +245,7 @@ def _threads() -> dict:
     # Asking TVM for its thread count starts its thread pool, which reads TVM_NUM_THREADS
     # once: set it first (an earlier version asked before the llvm session set it, and every
     # TVM run of that bench used one thread of two).
-    from .schedule_cpu import configure_threads
+    from sdparity.compile.schedule_cpu import configure_threads
 
     configure_threads()
     out = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")}
@@ -293,7 +293,7 @@ def merge_into_report(report_path: Path, data: dict) -> None:
     device_class (cpu / gpu): a later merge replaces only the classes it measured."""
     import json
 
-    from .report import load, write_atomic
+    from sdparity.reports.report import load, write_atomic
 
     rep = load(report_path)
     perf = rep.setdefault("performance", {})
@@ -309,7 +309,7 @@ def merge_into_report(report_path: Path, data: dict) -> None:
 # -- command ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    from .cli import _csv, _latent
+    from sdparity.cli import _csv, _latent
 
     p = sub.add_parser("bench", help="time builds and runs per stage and backend against PyTorch",
                        description="Per stage and backend: build time, run time (median of N), peak "
@@ -333,11 +333,11 @@ def add_parser(sub) -> None:
 def cmd_bench(args) -> int:
     from reference.models import ModelError, load_model
 
-    from .backends import get_backend
-    from .cache import BuildCache
-    from .registry import all_stages
-    from .report import write_atomic
-    from .runner import Progress
+    from sdparity.backends import get_backend
+    from sdparity.cache import BuildCache
+    from sdparity.registry import all_stages
+    from sdparity.reports.report import write_atomic
+    from sdparity.runner import Progress
 
     if args.repeat < 1:
         raise SdparityError("--repeat must be at least 1")

@@ -13,12 +13,13 @@ import shutil
 import time
 from pathlib import Path
 
-from .errors import SdparityError
-from .registry import digest, get_stage
-from .report import write_atomic
-from .webserver import LocalServer
+from sdparity.errors import SdparityError
+from sdparity.ir import digest
+from sdparity.registry import get_stage
+from sdparity.reports.report import write_atomic
+from sdparity.backends.webgpu.server import LocalServer
 
-WEB = Path(__file__).resolve().parents[1] / "web"
+WEB = Path(__file__).resolve().parents[2] / "web"
 NODE = WEB / "node_modules" / "@mlc-ai"
 MAX_STEPS = 100
 
@@ -27,8 +28,8 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     """Build everything the app needs into a folder (cached); return it (served as /data/)."""
     from reference.dpm import compute_constants
 
-    from .backends import get_backend
-    from .pipeline import PIPELINE_STAGES
+    from sdparity.backends import get_backend
+    from sdparity.tiers.pipeline import PIPELINE_STAGES
 
     backend = backend or get_backend("webgpu")
     reason = backend.unavailable_reason()
@@ -40,7 +41,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     keys = [s.build_key(model, {**s.default_variant(model), "latent": list(latent_hw)}) for s in stages.values()]
 
     def ir():
-        from .frontend import merge
+        from sdparity.compile.frontend import merge
 
         irs = []
         for s in stages.values():
@@ -105,7 +106,7 @@ def add_parser(sub) -> None:
 def cmd_serve(args) -> int:
     from reference.models import ModelError, load_model
 
-    from .cache import BuildCache
+    from sdparity.cache import BuildCache
 
     try:
         model = load_model(args.model)

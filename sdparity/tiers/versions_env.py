@@ -23,9 +23,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VENVS = ROOT / ".cache" / "venvs"
 OUT = ROOT / "out" / "gate"
 
@@ -106,7 +106,7 @@ def ensure(version: str, log=print) -> Path:
 
 def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> Path:
     """``sdparity check`` in this version's environment; always returns a report path."""
-    from .report import SCHEMA, write_atomic
+    from sdparity.reports.report import SCHEMA, write_atomic
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "report.json"
@@ -133,7 +133,7 @@ def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> 
 
 def gate_versions(a: str, b: str, out: Path = OUT, check_args: list[str] | None = None,
                   show_all: bool = False, log=print) -> int:
-    from . import gate
+    from sdparity.reports import gate
 
     check_args = list(check_args or [])
     reports = [run_check(v, out / f"tvm-{v}", check_args, log) for v in (a, b)]

@@ -1,37 +1,6 @@
-"""Where kernels get their schedules, for every native and web target: one place.
-
-Unscheduled kernels are correct on the CPU (naive loops) but GPU targets (CUDA, Vulkan,
-WebGPU) need every loop nest bound to threads; dlight's GPU rules do that, and
-DefaultGPUSchedule covers what no rule matches.
-"""
+"""Relax rewrites for what TVM's WGSL printer cannot express (applied before scheduling)."""
 
 from __future__ import annotations
-
-
-def schedule_for(mod, target):
-    from tvm import relax
-
-    kind = target.kind.name
-    if kind == "llvm":
-        from .schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
-        return schedule_llvm(mod, target)
-    from .compat import default_gpu_schedule, dlight
-
-    dl = dlight()
-
-    from . import legalize
-
-    if kind == "webgpu":
-        mod = legalize_for_webgpu(mod)
-    mod = legalize.apply(mod, target)  # precise GroupNorm; the zero pipeline legalizes the rest
-    with target:
-        mod = relax.get_pipeline("zero")(mod)
-        mod = dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
-        )(mod)
-        mod = default_gpu_schedule()(mod)
-    return mod
-
 
 _NARROW_INTS = ("int8", "int16", "uint8", "uint16")
 

@@ -29,21 +29,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import webgpu_toolchain as toolchain
-from ..errors import SdparityError
-from ..registry import StageIR
-from ..webserver import LocalServer
-from .base import Backend, Runner
+from sdparity.backends.webgpu import toolchain as toolchain
+from sdparity.errors import SdparityError
+from sdparity.ir import StageIR
+from sdparity.backends.webgpu.server import LocalServer
+from sdparity.backends.base import Backend, Runner, register
 
 WASM = "model.wasm"
 WGSL = "kernels.wgsl"
 PARAMS_DIR = "params"
 META = "sdparity.json"
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 WEB_DIR = ROOT / "web"
 HARNESS_DIR = WEB_DIR / "harness"
-STATIC_DIRS = {"harness": HARNESS_DIR, "common": WEB_DIR / "common"}  # served as /<name>/...
 TVMJS_JS = WEB_DIR / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 DTYPES = ("float32", "int32", "uint32")
 BUILD_VERSION = 1  # bump when build() makes different files from the same inputs
@@ -122,11 +121,12 @@ def _check_wgsl(wgsl: str) -> None:
                             f"cannot express; the WGSL is in {path}")
 
 
+@register("webgpu")
 class WebGPUBackend(Backend):
     name = "webgpu"
     device_class = "webgpu"
 
-    def __init__(self, chromium: str | None = None, weights: str = "raw", headless: bool = True,
+    def __init__(self, name: str | None = None, chromium: str | None = None, weights: str = "raw", headless: bool = True,
                  max_loaded: int = 3, run_timeout_s: float = 1800.0, flags: list[str] | None = None):
         if weights not in ("raw", "bf16"):
             raise ValueError("weights must be 'raw' (exact float32) or 'bf16'")
@@ -169,7 +169,8 @@ class WebGPUBackend(Backend):
         from tvm import relax
         from tvm.contrib import tvmjs
 
-        from ..schedule import schedule_for
+        from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
+        from sdparity.compile.schedule import schedule_for
 
         out_dir = Path(out_dir)
         for fn, ps in ir.params.items():
@@ -181,7 +182,7 @@ class WebGPUBackend(Backend):
         target = self.target()
         t0 = time.perf_counter()
         try:
-            ex = relax.build(schedule_for(ir.mod, target), target=target)
+            ex = relax.build(schedule_for(legalize_for_webgpu(ir.mod), target), target=target)
         except Exception as e:
             last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise SdparityError(f"relax.build for webgpu failed: {last.strip()}") from e
@@ -246,8 +247,9 @@ def _tvmjs_version() -> str | None:
 def _schedule_digest() -> str:
     """Schedules change kernels: a cached build made with other ones is stale."""
     h = hashlib.sha256()
-    for name in ("schedule.py", "legalize.py"):
-        h.update(Path(__file__).parents[1].joinpath(name).read_bytes())
+    pkg = Path(__file__).resolve().parents[2]
+    for path in (pkg / "compile" / "schedule.py", pkg / "compile" / "legalize.py", Path(__file__).with_name("wgsl.py")):
+        h.update(path.read_bytes())
     return h.hexdigest()[:12]
 
 

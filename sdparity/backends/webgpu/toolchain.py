@@ -29,9 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
-SUPPORT_DIR = Path(__file__).with_name("webgpu_support")
+SUPPORT_DIR = Path(__file__).with_name("support")
 RUNTIME_UNITS = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
 # -O3 for the runtime objects (built once). The per-export link adds no optimisation:
 # -O1 and below skip wasm-opt (measured: -O1 1 s per export, -O2 50 s; docs/webgpu.md).

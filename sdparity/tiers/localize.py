@@ -57,7 +57,7 @@ def lower(ir_mod, target, fuse: bool = True):
     import tvm
     from tvm import relax
 
-    from .compat import tir
+    from sdparity.compile.compat import tir
 
     with target:
         if fuse:
@@ -134,7 +134,7 @@ class ReplayInstrument:
         before, self._before = self._before, None
         if before is None:
             return 0
-        from .compat import tensor
+        from sdparity.compile.compat import tensor
 
         cpu = self.tvm.cpu(0)
         replay = [tensor(b, cpu) if isinstance(b, np.ndarray) else b for b in before]
@@ -186,9 +186,9 @@ def replay(vm, trusted, function: str, args: list, device) -> dict:
 def localize_check(stage, backend, artifact, model, variant: dict, case, log=None) -> dict:
     """Localization record of one failing case of ``stage`` built by ``backend`` into ``artifact``."""
     try:
-        from .backends.native import LIB, PARAMS, NativeBackend, load_params, tvm_tensor
+        from sdparity.backends.native import LIB, PARAMS, load_params, tvm_tensor
 
-        if not isinstance(backend, NativeBackend) or not (artifact / LIB).exists():
+        if not backend.native_vm or not (artifact / LIB).exists():
             return {"status": "unsupported", "summary": f"kernel replay needs a native TVM build "
                     f"(llvm, cuda, vulkan); backend {backend.name} has none"}
         import tvm

@@ -7,7 +7,7 @@ a stage.
 
 from __future__ import annotations
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
 
 def tir():

@@ -48,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
 COMPONENTS = ("text_encoder", "unet", "vae")
 SCHEMA = "sdparity.webgpu_gpu/1"
@@ -116,9 +116,9 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     from reference.models import load_model
     from reference.pipeline import initial_latents
 
-    from .cache import BuildCache
-    from .report import versions, write_atomic
-    from .serve import build_app
+    from sdparity.cache import BuildCache
+    from sdparity.reports.report import versions, write_atomic
+    from sdparity.tiers.serve import build_app
 
     model = load_model(model_name, log=log)
     latent = latent or model.default_latent_hw
@@ -288,10 +288,10 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     from reference.models import random_components
     from reference.pipeline import diffusers_generate
 
-    from .compare import compare
-    from .images import diff_heatmap, write_png
-    from .report import versions, write_atomic
-    from .tolerances import lookup
+    from sdparity.compare import compare
+    from sdparity.reports.images import diff_heatmap, write_png
+    from sdparity.reports.report import versions, write_atomic
+    from sdparity.tolerances import lookup
 
     out.mkdir(parents=True, exist_ok=True)
     job = json.loads((folder / "job.json").read_text())

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import SdparityError
-from .registry import StageIR
+from sdparity.errors import SdparityError
+from sdparity.ir import StageIR
 
 
 def export_to_relax(module, example_args: tuple, function: str) -> StageIR:

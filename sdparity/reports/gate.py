@@ -22,7 +22,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
 # ---- budgets ----------------------------------------------------------------------------
 # Float outputs: the candidate's max |err| may grow to
@@ -185,7 +185,7 @@ def gate(base: dict, cand: dict) -> dict:
 
 
 def gate_files(baseline: Path, candidate: Path) -> dict:
-    from .report import load
+    from sdparity.reports.report import load
 
     result = gate(load(baseline), load(candidate))
     result["baseline"]["path"], result["candidate"]["path"] = str(baseline), str(candidate)
@@ -193,7 +193,7 @@ def gate_files(baseline: Path, candidate: Path) -> dict:
 
 
 def write_json(result: dict, path: Path) -> None:
-    from .report import write_atomic
+    from sdparity.reports.report import write_atomic
 
     write_atomic(Path(path), json.dumps(result, indent=1))
 
@@ -253,7 +253,7 @@ def cmd_gate(args) -> int:
 
 
 def cmd_gate_versions(args) -> int:
-    from .versions_env import OUT, gate_versions
+    from sdparity.tiers.versions_env import OUT, gate_versions
 
     return gate_versions(args.version_a, args.version_b, out=args.out or OUT, check_args=args.check_args,
                          show_all=args.all)

@@ -14,7 +14,7 @@ import json
 from html import escape
 from pathlib import Path
 
-from .errors import SdparityError
+from sdparity.errors import SdparityError
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
@@ -206,7 +206,7 @@ def render(data: dict, report_dir: Path) -> str:
 
 
 def write_html(report_path: Path, out: Path | None = None) -> Path:
-    from .report import load, write_atomic
+    from sdparity.reports.report import load, write_atomic
 
     report_path = Path(report_path)
     out = Path(out) if out else report_path.with_suffix(".html")

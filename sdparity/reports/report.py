@@ -115,7 +115,7 @@ class Report:
 
     def write(self, path: Path) -> None:
         if self.images:
-            from .report_images import write_images
+            from sdparity.reports.report_images import write_images
 
             self.data["images_dir"] = write_images(self.images, path)
         write_atomic(path, self.to_json())
@@ -133,7 +133,7 @@ def _json_default(o):
 
 
 def load(path: Path) -> dict:
-    from .errors import SdparityError
+    from sdparity.errors import SdparityError
 
     try:
         data = json.loads(Path(path).read_text())

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .registry import get_stage
+from sdparity.registry import get_stage
 
 PIPELINE_STAGES = ("clip", "concat_embeddings", "unet", "scheduler_dpm", "vae", "image_to_rgba")
 
@@ -37,7 +37,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
     """Run the pipeline; return the same trace as reference.pipeline.diffusers_generate."""
     from reference.dpm import STEP_KEYS, compute_constants
 
-    from .stages.clip import tokenize
+    from sdparity.stages.clip import tokenize
 
     def call(fn, *inputs):
         return runner.run(arts[fn], fn, [np.asarray(x) for x in inputs])

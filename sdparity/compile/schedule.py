@@ -1,0 +1,34 @@
+"""Where kernels get their schedules, for every native and web target: one place.
+
+Target-specific IR rewrites that must come first belong to the backend (e.g. the WebGPU
+backend's ``sdparity.backends.webgpu.wgsl.legalize_for_webgpu``), which calls this after them.
+
+Unscheduled kernels are correct on the CPU (naive loops) but GPU targets (CUDA, Vulkan,
+WebGPU) need every loop nest bound to threads; dlight's GPU rules do that, and
+DefaultGPUSchedule covers what no rule matches.
+"""
+
+from __future__ import annotations
+
+
+def schedule_for(mod, target):
+    from tvm import relax
+
+    kind = target.kind.name
+    if kind == "llvm":
+        from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
+        return schedule_llvm(mod, target)
+    from sdparity.compile.compat import default_gpu_schedule, dlight
+
+    dl = dlight()
+
+    from sdparity.compile import legalize
+
+    mod = legalize.apply(mod, target)  # precise GroupNorm; the zero pipeline legalizes the rest
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+        mod = dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        )(mod)
+        mod = default_gpu_schedule()(mod)
+    return mod
