@@ -1,0 +1,91 @@
+"""Known upstream issues: divergences that are TVM's (or torch's / diffusers') and not sdparity's.
+
+One registry, this file. An entry says what the bug is (root cause in one paragraph), which
+report records it explains (``covers``, a predicate over a report record), the TVM versions
+it was seen on, and a standalone repro script ``sdparity/known_issues/repros/<id>.py`` that
+uses only torch and TVM (no sdparity import) and exits non-zero while the bug reproduces.
+
+A *failing* (or erroring) check that an entry covers gets the verdict ``known`` instead of
+``fail``/``error`` (``record["known_issue"]`` = the id, ``record["known_was"]`` = the verdict it
+replaced). ``known`` is never a pass: the summary and the table count it on its own; it does not
+make ``sdparity check`` exit 1 (docs/known-issues.md explains why), and ``sdparity gate`` reports
+a known check that passes again as "fixed upstream?".
+
+Add an entry with ``register(KnownIssue(...))`` at the bottom of this file (docs/known-issues.md).
+
+A report record (``covers`` receives it) has: stage, backend, device_class, case, function,
+output, shapes (dict: e.g. {"latents": [1, 4, 9, 16]}), verdict, message, metrics
+(max_abs, floor_ratio, ...) or None, tolerance, model_scope ("tiny" | "full").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+REPROS = Path(__file__).parent / "repros"
+_ISSUES: dict[str, "KnownIssue"] = {}
+
+
+@dataclass(frozen=True)
+class KnownIssue:
+    id: str  # short slug, also the repro's file name: repros/<id>.py
+    title: str
+    description: str  # one paragraph, with the root cause
+    covers: Callable[[dict], bool]  # report record -> does this issue explain it?
+    tvm_versions: tuple[str, ...]  # apache-tvm versions it was seen on
+    upstream: str = ""  # link or reference to the upstream report, if any
+
+    @property
+    def repro(self) -> Path:
+        return REPROS / f"{self.id}.py"
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "title": self.title, "tvm_versions": list(self.tvm_versions),
+                "repro": str(self.repro.relative_to(REPROS.parent.parent.parent)), "upstream": self.upstream}
+
+
+def register(issue: KnownIssue) -> KnownIssue:
+    if not issue.id or issue.id in _ISSUES:
+        raise ValueError(f"known issue id {issue.id!r} is empty or registered twice")
+    _ISSUES[issue.id] = issue
+    return issue
+
+
+def unregister(issue_id: str) -> None:
+    _ISSUES.pop(issue_id, None)
+
+
+def all_issues() -> dict[str, KnownIssue]:
+    return dict(_ISSUES)
+
+
+def match(record: dict) -> KnownIssue | None:
+    """The first registered issue that covers this record, or None. A predicate that raises
+    (e.g. a field missing in an old report) does not match."""
+    for issue in _ISSUES.values():
+        try:
+            if issue.covers(record):
+                return issue
+        except (KeyError, TypeError, AttributeError, IndexError):
+            continue
+    return None
+
+
+def apply(record: dict) -> dict:
+    """Turn a failing/erroring record covered by a known issue into verdict ``known`` (in place)."""
+    if record.get("verdict") not in ("fail", "error"):
+        return record
+    issue = match(record)
+    if issue is not None:
+        record["known_was"] = record["verdict"]
+        record["verdict"] = "known"
+        record["known_issue"] = issue.id
+        record["message"] = f"known issue {issue.id} ({issue.title}): {record.get('message') or ''}"
+    return record
+
+
+# ---- entries ----------------------------------------------------------------------------
+# register(KnownIssue(id="...", title="...", description="...", covers=lambda r: ...,
+#                     tvm_versions=("0.27.0.post1",)))
