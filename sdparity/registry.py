@@ -51,6 +51,13 @@ class Stage:
     functions: tuple[str, ...] = ()  # Relax functions the built module exports
     faults: dict[str, str] = {}  # fault name -> what it breaks (for negative tests)
     accepts_nonfinite: bool = False  # NaN/Inf inputs are part of the stage's defined domain
+    #: the pipeline component (text_encoder, unet, vae) whose weights the stage carries; "" for
+    #: weight-free stages. Tiers that recreate or move weights (the GPU tiers) ask this.
+    component: str = ""
+    #: what ``Case.reference`` runs, for timing reports (bench)
+    reference_kind: str = "torch (stage reference)"
+    #: time ``torch_eager`` instead of the case reference (when the reference replays a cache)
+    time_eager: bool = False
 
     def __init__(self, fault: str | None = None):
         if fault is not None and fault not in self.faults:
@@ -72,6 +79,11 @@ class Stage:
 
     def cases(self, model, variant: dict, seed: int) -> list[Case]:
         raise NotImplementedError
+
+    def torch_eager(self, function: str):
+        """PyTorch eager code computing ``function`` of a weight-free stage (torch tensors in,
+        tensor out), for timing on any device (bench, the CUDA tier); None if there is none."""
+        return None
 
     # -- shared ----------------------------------------------------------------------
     def build_key(self, model, variant: dict) -> dict:

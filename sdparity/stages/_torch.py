@@ -10,12 +10,46 @@ from sdparity.registry import Case, Stage, StageIR
 _F64_CACHE: dict[tuple, object] = {}
 
 
+def as_float64(module):
+    """A float64 copy of a wrapper (for the float32 noise floor of the reference)."""
+    import copy
+
+    import torch
+
+    return copy.deepcopy(module).to(torch.float64)
+
+
+def run(module, inputs, dtype: str) -> list:
+    """Run a wrapper on numpy inputs at float32 or float64; float inputs follow dtype."""
+    import torch
+
+    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    args = []
+    for a in inputs:
+        t = torch.from_numpy(np.array(a))
+        args.append(t.to(tdtype) if t.is_floating_point() else t)
+    with torch.no_grad():
+        out = module(*args)
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    return [o.detach().numpy() for o in outs]
+
+
 class TorchStage(Stage):
+    """A stage defined by a torch.nn.Module wrapped around one pipeline component.
+
+    Subclasses set ``component`` (the attribute of a diffusers StableDiffusionPipeline the
+    stage wraps: "text_encoder", "unet", "vae") and implement ``wrap(part, fault)``. The same
+    wrapper is exported to TVM (with the fault) and run as the reference (without)."""
+
     function: str = ""
+    component: str = ""
+
+    def wrap(self, part, fault: str | None):
+        """The torch.nn.Module that defines this stage around ``part`` (clean when fault is None)."""
+        raise NotImplementedError
 
     def wrapper(self, model, fault: str | None):
-        """The torch.nn.Module that defines this stage (clean when fault is None)."""
-        raise NotImplementedError
+        return self.wrap(getattr(model, self.component), fault)
 
     def example_inputs(self, model, variant: dict) -> list[np.ndarray]:
         """Inputs of the right shapes/dtypes for torch.export (values do not matter)."""
@@ -29,8 +63,6 @@ class TorchStage(Stage):
 
     def reference(self, model):
         """inputs, dtype -> outputs of the clean wrapper at float32 or float64."""
-        from reference.modules import as_float64, run
-
         def ref(inputs, dtype):
             key = (self.name, id(model))
             if dtype == "float64":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sdparity.registry import Output, register
@@ -21,6 +23,29 @@ def tokenize(tokenizer, prompt: str) -> np.ndarray:
     return np.array([ids], dtype=np.int32)
 
 
+def clip_text_encoder(text_encoder):
+    """int32 token ids (B, 77) -> last hidden state (B, 77, hidden).
+
+    The torch.nn.Module class is made on first call, so importing the stage registry
+    does not import torch."""
+    return _clip_text_encoder_class()(text_encoder)
+
+
+@functools.cache
+def _clip_text_encoder_class():
+    import torch
+
+    class ClipTextEncoder(torch.nn.Module):
+        def __init__(self, text_encoder):
+            super().__init__()
+            self.text_encoder = text_encoder
+
+        def forward(self, input_ids):
+            return self.text_encoder(input_ids.to(torch.int64), return_dict=False)[0]
+
+    return ClipTextEncoder
+
+
 @register
 class Clip(TorchStage):
     name = "clip"
@@ -30,17 +55,16 @@ class Clip(TorchStage):
     functions = ("clip",)
     faults = {"truncate_layers": "the TVM build drops the last encoder layer"}
 
-    def wrapper(self, model, fault):
-        from reference.modules import ClipTextEncoder
+    component = "text_encoder"
 
-        te = model.text_encoder
+    def wrap(self, te, fault):
         if fault == "truncate_layers":
             import copy
 
             te = copy.deepcopy(te)
             body = getattr(te, "text_model", te)  # transformers 4 nests text_model; 5 does not
             body.encoder.layers = body.encoder.layers[:-1]
-        return ClipTextEncoder(te)
+        return clip_text_encoder(te)
 
     def example_inputs(self, model, variant):
         return [np.zeros((1, 77), dtype=np.int32)]

@@ -12,6 +12,15 @@ from sdparity.compile.compat import sym_var, tensor_type
 from sdparity.registry import Case, Output, Stage, StageIR, register
 
 
+def concat_embeddings(negative, positive):
+    """(B,S,d),(B,S,d) -> (2B,S,d) torch tensors. Order: negative/unconditional FIRST, as the original
+    web-stable-diffusion JS and diffusers' StableDiffusionPipeline both do; the UNet stage
+    splits the same way (uncond, cond = chunk(2))."""
+    import torch
+
+    return torch.cat([negative, positive], dim=0)
+
+
 @register
 class ConcatEmbeddings(Stage):
     name = "concat_embeddings"
@@ -20,6 +29,9 @@ class ConcatEmbeddings(Stage):
     outputs = (Output("embeddings"),)
     functions = ("concat_embeddings",)
     faults = {"positive_first": "concatenates [positive; negative]"}
+
+    def torch_eager(self, function):
+        return concat_embeddings
 
     def build_ir(self, model, variant):
         from tvm import relax
@@ -35,7 +47,6 @@ class ConcatEmbeddings(Stage):
         return StageIR(bb.get(), {})
 
     def cases(self, model, variant, seed):
-        from reference.modules import concat_embeddings
         import torch
 
         d = model.hidden_size if model is not None else 32

@@ -34,6 +34,16 @@ def pack_reference(img: np.ndarray) -> np.ndarray:
 class ImageToRGBA(Stage):
     name = "image_to_rgba"
     accepts_nonfinite = True  # NaN/Inf packing is defined (module docstring)
+    reference_kind = "numpy"
+
+    def torch_eager(self, function):
+        def pack(img):
+            import torch
+
+            v = torch.nan_to_num(torch.round(img[0]), nan=0.0).clamp(0, 255).to(torch.int64)
+            return v[..., 0] | (v[..., 1] << 8) | (v[..., 2] << 16) | (255 << 24)
+
+        return pack
     description = "(1,H,W,3) float -> (H,W) uint32 RGBA, bit-exact, defined for NaN/Inf/out of range"
     uses_model = False
     version = 2  # NaN/Inf decided from the bits

@@ -45,6 +45,14 @@ class SchedulerDPM(Stage):
         "uninitialized_history": "step 0 gets a NaN-filled last_model_output instead of zeros",
     }
 
+    time_eager = True  # the case reference replays a cached diffusers chain: time the formula
+    reference_kind = "torch eager, same formula (the stage's diffusers reference is cached)"
+
+    def torch_eager(self, function):
+        if function == "dpm_convert_model_output":
+            return lambda x, eps, alpha, sigma: (x - sigma * eps) / alpha
+        return lambda x, m0, m1, c0, c1, half_c1, inv_r0: (c0 * x - c1 * m0) - half_c1 * (inv_r0 * (m0 - m1))
+
     @property
     def accepts_nonfinite(self) -> bool:
         # the runner refuses NaN inputs; only this fault puts them there, on purpose

@@ -4,10 +4,44 @@ latents (B,4,h,w), timestep () int32, embeddings (2B,77,d) [uncond; cond], guida
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sdparity.registry import Output, register
 from sdparity.stages._torch import TorchStage
+
+
+def unet_with_cfg(unet, fault: str | None = None):
+    """latents (B,4,h,w), timestep () int32, embeddings (2B,77,d) [uncond; cond], guidance ()
+    -> guided noise prediction (B,4,h,w) = uncond + g * (cond - uncond), as diffusers' pipeline.
+
+    The torch.nn.Module class is made on first call, so importing the stage registry
+    does not import torch."""
+    return _unet_with_cfg_class()(unet, fault)
+
+
+@functools.cache
+def _unet_with_cfg_class():
+    import torch
+
+    class UNetWithCFG(torch.nn.Module):
+        def __init__(self, unet, fault: str | None = None):
+            super().__init__()
+            self.unet = unet
+            self.fault = fault
+
+        def forward(self, latents, timestep, embeddings, guidance):
+            x = torch.cat([latents, latents], dim=0)
+            eps = self.unet(x, timestep, encoder_hidden_states=embeddings, return_dict=False)[0]
+            uncond, cond = eps.chunk(2)
+            if self.fault == "swap_cond_uncond":
+                uncond, cond = cond, uncond
+            if self.fault == "guidance_reversed":
+                return cond + guidance * (uncond - cond)
+            return uncond + guidance * (cond - uncond)
+
+    return UNetWithCFG
 
 
 @register
@@ -25,10 +59,10 @@ class UNet(TorchStage):
     def default_variant(self, model):
         return {"latent": list(model.default_latent_hw), "batch": 1}
 
-    def wrapper(self, model, fault):
-        from reference.modules import UNetWithCFG
+    component = "unet"
 
-        return UNetWithCFG(model.unet, fault)
+    def wrap(self, unet, fault):
+        return unet_with_cfg(unet, fault)
 
     def _shapes(self, model, variant):
         b, (h, w) = variant["batch"], variant["latent"]

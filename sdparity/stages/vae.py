@@ -2,10 +2,49 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from sdparity.registry import Output, register
 from sdparity.stages._torch import TorchStage
+
+
+def vae_decode(vae, fault: str | None = None):
+    """latents (B,4,h,w) -> (image_float NHWC in 0..255 before rounding, image rounded).
+
+    latents / vae.config.scaling_factor -> post_quant_conv -> decoder -> (x/2+0.5).clamp(0,1)
+    -> NHWC * 255 -> round (ties to even, as torch.round and WGSL round).
+
+    The torch.nn.Module class is made on first call, so importing the stage registry
+    does not import torch."""
+    return _vae_decode_class()(vae, fault)
+
+
+@functools.cache
+def _vae_decode_class():
+    import torch
+
+    class VAEDecode(torch.nn.Module):
+        def __init__(self, vae, fault: str | None = None):
+            super().__init__()
+            self.vae = vae
+            self.scaling_factor = float(vae.config.scaling_factor)
+            if fault == "wrong_scaling_factor":  # SDXL's factor on an SD1 VAE (web-stable-diffusion #60)
+                self.scaling_factor = 0.13025
+            self.fault = fault
+
+        def forward(self, latents):
+            z = latents / self.scaling_factor
+            x = self.vae.decode(z, return_dict=False)[0]
+            if self.fault == "skip_normalize":
+                x = x.clamp(0, 1)
+            else:
+                x = (x / 2 + 0.5).clamp(0, 1)
+            img = x.permute(0, 2, 3, 1) * 255.0
+            return img, torch.round(img)
+
+    return VAEDecode
 
 
 @register
@@ -24,10 +63,10 @@ class VAE(TorchStage):
     def default_variant(self, model):
         return {"latent": list(model.default_latent_hw), "batch": 1}
 
-    def wrapper(self, model, fault):
-        from reference.modules import VAEDecode
+    component = "vae"
 
-        return VAEDecode(model.vae, fault)
+    def wrap(self, vae, fault):
+        return vae_decode(vae, fault)
 
     def _shape(self, model, variant):
         return (variant["batch"], int(model.vae.config.latent_channels), *variant["latent"])

@@ -102,30 +102,19 @@ class PeakSampler:
 
 # -- references ---------------------------------------------------------------------------
 
-def _dpm_torch(function: str):
-    """The scheduler formulas in PyTorch eager, in the stage's evaluation order."""
-    import torch
-
-    def run(inputs):
-        t = [torch.from_numpy(np.array(a)) for a in inputs]
-        with torch.no_grad():
-            if function == "dpm_convert_model_output":
-                x, eps, alpha, sigma = t
-                out = (x - sigma * eps) / alpha
-            else:
-                x, m0, m1, c0, c1, half_c1, inv_r0 = t
-                out = (c0 * x - c1 * m0) - half_c1 * (inv_r0 * (m0 - m1))
-        return [out.numpy()]
-
-    return run
-
-
 def reference_for(stage, case):
     """(callable(inputs) -> outputs, reference_kind)."""
-    if stage.name == "scheduler_dpm":
-        return _dpm_torch(case.function), "torch eager, same formula (the stage's diffusers reference is cached)"
-    kind = "numpy" if stage.name == "image_to_rgba" else "torch (stage reference)"
-    return (lambda _inputs: case.reference("float32")), kind
+    if stage.time_eager:
+        import torch
+
+        f = stage.torch_eager(case.function)
+
+        def eager(inputs):
+            with torch.no_grad():
+                return [f(*[torch.from_numpy(np.array(a)) for a in inputs]).numpy()]
+
+        return eager, stage.reference_kind
+    return (lambda _inputs: case.reference("float32")), stage.reference_kind
 
 
 def bench_cases(stage, model, variant, seed):

@@ -4,7 +4,7 @@ Two halves, one module (it travels with the repository):
 
 ``prepare`` (here, where TVM is installed; no GPU needed)
     builds every stage for CUDA with an explicit arch (sm_90: H100 and H200), through the
-    same ``NativeBackend.build`` (schedules from ``sdparity.schedule``), and writes into DIR:
+    same ``NativeBackend.build`` (schedules from ``sdparity.compile.schedule``), and writes into DIR:
       tvm.tgz                  the TVM Python package for runtime-only use (no 250 MB compiler
                                library, no sources): libtvm_runtime + libtvm_runtime_cuda, ~4 MB
       <stage>/lib.so           the built module (host code + CUDA fatbin)
@@ -24,8 +24,8 @@ Two halves, one module (it travels with the repository):
     the card's name in backends.cuda.device_name) with the timings under performance.gpu.
 
 Usage (docs/performance.md has the exact commands):
-    python -m sdparity.gpu_carry prepare --model sd15-random --dir out/gpu [--stages ...]
-    python -m sdparity.gpu_carry device --dir out/gpu --out $OUT [--repeat 5]
+    python -m sdparity.tiers.gpu_cuda prepare --model sd15-random --dir out/gpu [--stages ...]
+    python -m sdparity.tiers.gpu_cuda device --dir out/gpu --out $OUT [--repeat 5]
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ from pathlib import Path
 import numpy as np
 
 ARCH = "sm_90"  # H100 and H200
-MODEL_STAGES = {"clip": "text_encoder", "unet": "unet", "vae": "vae"}
 KERNEL_DIRS: list[Path] = []  # where the device looks for precompiled kernels
 #: parts of the TVM package a runtime-only import does not need
 _SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "contrib/cutlass")
@@ -71,7 +70,7 @@ def _cuda_backend():
             from sdparity.compile.schedule import schedule_for
 
             target = self.target()
-            # schedule_for applies sdparity.legalize (GroupNorm with float64 statistics)
+            # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
             ex = relax.build(schedule_for(ir.mod, target), target=target)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
@@ -182,15 +181,22 @@ def slim_tvm_package(dest: Path) -> Path:
 
 
 def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print) -> None:
-    from reference.models import load_model
+    from reference.models import BUILTIN_MODELS, load_model
 
+    from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
 
+    stages = all_stages()
+    unknown = [n for n in stage_names or [] if n not in stages]
+    if unknown:
+        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
+    if model_name not in BUILTIN_MODELS and any(stages[n].component for n in stage_names or stages):
+        raise SdparityError(f"model {model_name}: the device recreates weights with the seeded factory "
+                            f"(they do not travel); use one of {', '.join(BUILTIN_MODELS)}")
     dest.mkdir(parents=True, exist_ok=True)
     log(f"slim TVM package -> {slim_tvm_package(dest)}")
     model = load_model(model_name, log=log)
     backend = _cuda_backend()
-    stages = all_stages()
     for name in stage_names or list(stages):
         st = stages[name]
         variant = st.default_variant(model)
@@ -207,7 +213,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         for ci, c in enumerate(cases):
             for k, a in enumerate(c.inputs):
                 arrays[f"{ci}/in/{k}"] = np.asarray(a)
-            if name not in MODEL_STAGES:  # exact CPU definitions: computed here, once
+            if not st.component:  # exact CPU definitions: computed here, once
                 for dtype in ("float32", "float64"):
                     for k, a in enumerate(c.reference(dtype)):
                         arrays[f"{ci}/{dtype}/{k}"] = np.asarray(a)
@@ -217,8 +223,8 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         np.savez(folder / "cases.npz", **arrays)
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
                 "model": model_name, "build_s": round(build_s, 1), "cases": meta_cases}
-        if name in MODEL_STAGES:
-            meta["component"] = MODEL_STAGES[name]
+        if st.component:
+            meta["component"] = st.component
             meta["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
             meta["weights_sha256"] = _fingerprint(ir.params[st.functions[0]])
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
@@ -257,23 +263,6 @@ def _load_tvm_runtime():
         return _nvcc(code, None)
 
     return tvm
-
-
-def _make_model(kind: str = "sd15-random"):
-    """The built-in model's components with the seeds of reference.models.create_random_model."""
-    from reference.models import random_components
-
-    return random_components(kind)
-
-
-def _wrapper(stage: str, parts):
-    from reference import modules
-
-    if stage == "clip":
-        return modules.ClipTextEncoder(parts["text_encoder"])
-    if stage == "unet":
-        return modules.UNetWithCFG(parts["unet"])
-    return modules.VAEDecode(parts["vae"])
 
 
 def _timed_call(fn, args: list, sync, repeat: int) -> list[float]:
@@ -330,13 +319,15 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
         meta = json.loads((folder / name / "meta.json").read_text())
         report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
         try:
-            if name in MODEL_STAGES and parts is None:
-                log("creating the sd15-random model (seeded) ...")
+            if meta.get("component") and parts is None:
+                from reference.models import random_components
+
+                log(f"creating the {meta['model']} model (seeded) ...")
                 t0 = time.perf_counter()
-                parts = _make_model()
+                parts = random_components(meta["model"])
                 report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
             _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
-                          profile=profile and name in MODEL_STAGES)
+                          profile=profile and bool(meta.get("component")))
         except Exception as e:  # record and go on: a later stage may still work
             import traceback
 
@@ -393,7 +384,10 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     timed = {}  # function -> index of its first case
     for ci, c in enumerate(cases):
         timed.setdefault(c["function"], ci)
-    module = _wrapper(name, parts).eval() if name in MODEL_STAGES else None
+    from sdparity.registry import get_stage
+
+    stage = get_stage(name)
+    module = stage.wrap(parts[meta["component"]], None).eval() if meta.get("component") else None
 
     # ---- TVM on CUDA
     torch.cuda.synchronize()
@@ -444,7 +438,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         refs32 = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
         refs64 = [[z[f"{ci}/float64/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
         for fn, ci in timed.items():
-            f = _torch_equivalent(name, fn)
+            f = stage.torch_eager(fn)
             targs = [torch.from_numpy(np.array(a)).cuda() for a in inputs[ci]]
             ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat)
         kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
@@ -475,28 +469,10 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         log(f"[cuda] {name} {fn}: tvm {run_s * 1e3:.2f} ms, torch {ref_s * 1e3:.2f} ms on {card}")
 
 
-def _torch_equivalent(stage: str, fn: str):
-    """PyTorch eager versions of the weight-free stages, for timing only."""
-    import torch
-
-    if fn == "dpm_convert_model_output":
-        return lambda x, eps, alpha, sigma: (x - sigma * eps) / alpha
-    if fn == "dpm_step":
-        return lambda x, m0, m1, c0, c1, h, r: (c0 * x - c1 * m0) - h * (r * (m0 - m1))
-    if fn == "concat_embeddings":
-        return lambda a, b: torch.cat([a, b], 0)
-    if fn == "image_to_rgba":
-        def pack(img):
-            v = torch.nan_to_num(torch.round(img[0]), nan=0.0).clamp(0, 255).to(torch.int64)
-            return v[..., 0] | (v[..., 1] << 8) | (v[..., 2] << 16) | (255 << 24)
-        return pack
-    raise KeyError(fn)
-
-
 # ============================================================================ command line
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdparity.gpu_carry", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_cuda", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build every stage for CUDA here; write the folder to carry")
     a.add_argument("--model", default="sd15-random")
@@ -524,4 +500,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from sdparity.errors import one_line_main
 
-    sys.exit(one_line_main("python -m sdparity.gpu_carry", main))
+    sys.exit(one_line_main("python -m sdparity.tiers.gpu_cuda", main))

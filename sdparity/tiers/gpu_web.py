@@ -6,7 +6,7 @@ code path: the same merged WebGPU wasm, tvmjs runtime, tokenizer and ``web/commo
 pipeline.js``, driven by ``web/node/generate.mjs`` on Dawn (npm ``webgpu``, the WebGPU
 implementation inside Chromium) instead of a page.
 
-``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.serve.build_app``)
+``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.tiers.serve.build_app``)
 and writes DIR:
     data/            config.json, tokenizer.json, dpm_consts.json (as served to the browser)
     art/<name>/      sdparity.json, the wasm, params/tensor-cache.json (the shards, i.e. the
@@ -26,8 +26,8 @@ with the same latents, and writes ``webgpu-gpu.json`` (per-step and total times 
 latents after every step compared with the declared tolerances) and PNGs (webgpu, diffusers,
 difference).
 
-    python -m sdparity.gpu_web prepare --model sd15-random --dir out/webgpu-gpu
-    python -m sdparity.gpu_web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
+    python -m sdparity.tiers.gpu_web prepare --model sd15-random --dir out/webgpu-gpu
+    python -m sdparity.tiers.gpu_web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
 
 ``device`` also runs here (SwiftShader through VK_ICD_FILENAMES, torch on the CPU): that is
 how it is tested (tests/e2e/test_node_dawn.py).
@@ -383,7 +383,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdparity.gpu_web", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_web", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build the app and everything the GPU machine needs (here)")
     a.add_argument("--model", default="sd15-random")
@@ -413,4 +413,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from sdparity.errors import one_line_main
 
-    sys.exit(one_line_main("python -m sdparity.gpu_web", main))
+    sys.exit(one_line_main("python -m sdparity.tiers.gpu_web", main))

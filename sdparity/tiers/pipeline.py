@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sdparity.registry import get_stage
-
-PIPELINE_STAGES = ("clip", "concat_embeddings", "unet", "scheduler_dpm", "vae", "image_to_rgba")
+from sdparity.stages import PIPELINE_STAGES
 
 
 def build_stages(backend, model, cache, latent_hw, log=print) -> dict[str, Path]:

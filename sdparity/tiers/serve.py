@@ -29,7 +29,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     from reference.dpm import compute_constants
 
     from sdparity.backends import get_backend
-    from sdparity.tiers.pipeline import PIPELINE_STAGES
+    from sdparity.stages import PIPELINE_FUNCTIONS, PIPELINE_STAGES
 
     backend = backend or get_backend("webgpu")
     reason = backend.unavailable_reason()
@@ -53,7 +53,9 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     art, meta, cached = backend.build_cached(ir, {"app": keys}, cache, log=log, label="web app")
     log(f"web app wasm: {'cached build reused' if cached else 'built'} in {time.perf_counter() - t0:.1f}s")
 
-    data = cache.root.parent / "app" / digest({"art": art.name, "model": model.digest, "latent": latent_hw})
+    # keyed by what fills it, this file's code included (the config's layout is written here)
+    data = cache.root.parent / "app" / digest({"art": art.name, "model": model.digest, "latent": latent_hw,
+                                               "code": digest(Path(__file__).read_text())})
     if (data / "config.json").is_file():
         return data
     data.mkdir(parents=True, exist_ok=True)
@@ -70,6 +72,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     config = {
         "model": {"name": model.name, "digest": model.digest},
         "artifact": f"/art/{art.name}/",
+        "functions": list(PIPELINE_FUNCTIONS),  # sdparity/stages/pipeline.json
         "tokenizer": {"url": "/data/tokenizer.json", "max_length": int(tok.model_max_length),
                       "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
                       "eos_token_id": int(tok.eos_token_id)},

@@ -1,12 +1,11 @@
 // The Web Stable Diffusion generation loop, shared by the browser app (web/app/app.js) and
 // the Node runner on Dawn (web/node/generate.mjs). No DOM here. Sequence (the same as
-// sdparity/pipeline.py, which checks it natively):
+// sdparity/tiers/pipeline.py, which checks it natively; the function list comes from
+// sdparity/stages/pipeline.json through the app's config.json):
 //   tokenize(prompt), tokenize(negative) -> clip x2 -> concat_embeddings [negative; positive]
 //   -> N x { unet (CFG) -> dpm_convert_model_output -> dpm_step (history starts at zeros) }
 //   -> vae -> image_to_rgba.
 
-export const FUNCTIONS = ["clip", "concat_embeddings", "unet", "dpm_convert_model_output", "dpm_step", "vae",
-                          "image_to_rgba"];
 
 // CLIPTokenizer: [bos] + first (max_length - 2) content tokens + [eos], padded with pad id.
 // web-tokenizers' encode() adds no special tokens; strip them anyway if a tokenizer.json does.
@@ -51,7 +50,8 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
   const shape = [1, ...config.latent_shape];
   const n = shape.reduce((a, b) => a * b, 1);
   const params = (fn) => (meta.params[fn] || []).map((name) => inst.tensorCacheGet(name));
-  const fns = Object.fromEntries(FUNCTIONS.map((f) => [f, vm.getFunction(f)]));
+  // config.functions: the pipeline's functions, from sdparity/stages/pipeline.json
+  const fns = Object.fromEntries(config.functions.map((f) => [f, vm.getFunction(f)]));
   // Every function's outputs as a flat list (exported model functions return tuples).
   const flatten = (v, out = []) => {
     if (v instanceof globalThis.tvmjs.TVMArray) { for (let i = 0; i < v.size(); ++i) flatten(v.get(i), out); }
