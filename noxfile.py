@@ -114,5 +114,5 @@ def gpu_prepare(session):
     _install(session)
     _setup_webgpu(session)
     model = session.posargs[0] if session.posargs else "sd15-random"
-    session.run("python", "-m", "sdparity.gpu_carry", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
-    session.run("python", "-m", "sdparity.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)
+    session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
+    session.run("python", "-m", "sdparity.tiers.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)

@@ -210,7 +210,7 @@ def _configs(kind: str) -> dict:
 def random_components(kind: str, seed: int = 0) -> dict:
     """The seeded random text encoder, UNet and VAE of a built-in model (eval mode).
 
-    The GPU machine recreates the weights with this (sdparity.gpu_carry, sdparity.gpu_web)
+    The GPU machine recreates the weights with this (sdparity.tiers.gpu_cuda, sdparity.tiers.gpu_web)
     instead of carrying gigabytes; a fingerprint of the bytes tells whether they came out the
     same there."""
     import torch

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build STAGE deliberately wrong (see 'sdparity stages'); the check must fail")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.add_argument("--no-localize", action="store_true", help="do not localize failing stages to a kernel "
-                   "(sdparity.localize; costs one more build per failing stage)")
+                   "(sdparity.tiers.localize; costs one more build per failing stage)")
 
     sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
 

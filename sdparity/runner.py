@@ -34,7 +34,7 @@ class Progress:
 
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
                log: Progress | None = None, variants: dict | None = None, localize: bool = False) -> Report:
-    """``localize``: name the first diverging kernel of each failing stage (sdparity.localize)."""
+    """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize)."""
     log = log or Progress()
     scope = model_scope(model.name) if model is not None else "tiny"
     with contextlib.ExitStack() as stack:

@@ -89,7 +89,7 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
         "llvm (numerics notes); budget 3%, never more than 1 level"),
     ("vae", "image", "webgpu", "*"): Tolerance(
         1.0, 0.0, 0.03, reason="rounded pixels via WGSL: ties flip by 1 as on native; 3% budget"),
-    # ---- whole pipeline (sdparity.pipeline, the browser app) vs StableDiffusionPipeline ----
+    # ---- whole pipeline (sdparity.tiers.pipeline, the browser app) vs StableDiffusionPipeline ----
     ("pipeline", "latents", "*", "*"): Tolerance(
         2e-4, 2e-5, reason="latents after each of 20 DPM steps: per-step UNet error (<=2e-5 tiny) "
         "accumulates; llvm measured 8e-5 at step 20 where |latents| reaches ~60 (tiny, 16x16), "

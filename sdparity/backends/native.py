@@ -107,7 +107,7 @@ class NativeBackend(Backend):
 
         mod = schedule_for(ir.mod, self.target())
         target = self.target()
-        if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.schedule_cpu)
+        if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.compile.schedule_cpu)
             from sdparity.compile.schedule_cpu import build_target
 
             target = build_target(mod, target)

@@ -93,7 +93,7 @@ def schedule_llvm(mod, target):
     return mod
 
 
-#: GroupNorm with float64 statistics (sdparity.legalize; also used by the CUDA builds)
+#: GroupNorm with float64 statistics (sdparity.compile.legalize; also used by the CUDA builds)
 PRECISE_LEGALIZE = precise_legalize_map("llvm")
 
 

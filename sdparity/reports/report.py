@@ -10,7 +10,7 @@ Optional fields, added without a version bump (readers ignore what they do not k
 docs/gate.md is the full reference):
   result.integer       true when the output is compared as integers (mismatch budget)
   result.images        {reference, candidate, diff: PNG names in images_dir, diff_max, shape}
-  result.localization  first kernel that diverges from a trusted build (sdparity.localize)
+  result.localization  first kernel that diverges from a trusted build (sdparity.tiers.localize)
   images_dir           folder beside the report holding the PNGs (written with the report)
   error                the check run could not happen at all (results then empty)
 """

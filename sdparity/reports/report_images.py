@@ -8,7 +8,7 @@ Only the first image of a batch is kept. The heat map shows max over channels of
 record) on a black-red-yellow-white ramp; NaN/Inf differences are white.
 
 The runner attaches the PNGs to the Report; Report.write puts them in ``<report>_images/``
-beside the JSON. PNGs are encoded by sdparity.images.png_bytes (zlib, no imaging library).
+beside the JSON. PNGs are encoded by sdparity.reports.images.png_bytes (zlib, no imaging library).
 """
 
 from __future__ import annotations

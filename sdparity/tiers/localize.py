@@ -50,7 +50,7 @@ def op_name(kernel: str) -> str:
 def lower(ir_mod, target, fuse: bool = True):
     """The kernels (PrimFuncs) of ``ir_mod``, unscheduled, named as the backends name them.
 
-    Every native backend legalizes and fuses first (sdparity.schedule: the "zero" pipeline's
+    Every native backend legalizes and fuses first (sdparity.compile.schedule: the "zero" pipeline's
     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) and schedules the
     fused kernels; ``fuse`` does the same fusion and leaves out the schedules. Without it,
     TVM's default llvm pipeline legalizes every operation into its own kernel."""

@@ -8,7 +8,7 @@ without it, or with different contents, is rebuilt from scratch. The stamp is wr
 so an interrupted install is never reused.
 
 ``gate_versions(a, b)`` runs ``sdparity check --backends llvm`` in both environments and
-gates b against a (sdparity.gate). A candidate whose check cannot run at all still gives a
+gates b against a (sdparity.reports.gate). A candidate whose check cannot run at all still gives a
 report (``error`` field, no results), so the gate lists every check as lost instead of
 crashing.
 """

@@ -1,5 +1,5 @@
 """The web app's generation loop (web/common/pipeline.js) outside the browser: Node on Dawn
-(npm `webgpu`), as sdparity.gpu_web runs it on the lent GPU machine. Here Dawn uses
+(npm `webgpu`), as sdparity.tiers.gpu_web runs it on the lent GPU machine. Here Dawn uses
 chromium's SwiftShader; the whole prepare -> device path runs on the tiny model and is
 compared with diffusers.StableDiffusionPipeline by gpu_web itself."""
 

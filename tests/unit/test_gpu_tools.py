@@ -1,4 +1,4 @@
-"""The GPU-machine tools (sdparity.gpu_carry, sdparity.gpu_web) refuse bad input with one
+"""The GPU-machine tools (sdparity.tiers.gpu_cuda, sdparity.tiers.gpu_web) refuse bad input with one
 line and exit status 2. Their real runs need the lent GPU (docs/performance.md); the WebGPU
 path runs here on SwiftShader in tests/e2e/test_node_dawn.py."""
 
@@ -13,7 +13,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["sdparity.gpu_carry", "sdparity.gpu_web"])
+@pytest.mark.parametrize("module", ["sdparity.tiers.gpu_cuda", "sdparity.tiers.gpu_web"])
 def test_missing_folder_is_one_line_error(module, tmp_path):
     args = ["device", "--dir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
     p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -24,7 +24,7 @@ def test_missing_folder_is_one_line_error(module, tmp_path):
 
 
 def test_gpu_web_unknown_model_is_one_line_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "sdparity.gpu_web", "prepare", "--model", str(tmp_path / "nope"),
+    p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_web", "prepare", "--model", str(tmp_path / "nope"),
                         "--dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "d").exists()  # nothing half-written

@@ -1,4 +1,4 @@
-"""sdparity.legalize: the GroupNorm every target uses must stay close to float64 where TVM's
+"""sdparity.compile.legalize: the GroupNorm every target uses must stay close to float64 where TVM's
 own legalization (float32 E[x^2]-E[x]^2) cancels: activations far from zero, as in the SD VAE."""
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class Small:
     @R.function
     def masked(x: R.Tensor((4, 10), "float32")):
         # torch's export of a masked softmax: -inf mask values, any(row) as int8 cast + max.
-        # WGSL can express neither as such (sdparity.schedule.legalize_for_webgpu).
+        # WGSL can express neither as such (sdparity.compile.schedule.legalize_for_webgpu).
         with R.dataflow():
             m = R.where(R.greater(x, R.const(0.0, "float32")), x, R.const(float("-inf"), "float32"))
             keep = R.logical_not(R.equal(m, R.const(float("-inf"), "float32")))

@@ -1,7 +1,7 @@
 """WebGPU backend: TVM's webgpu target, run by tvmjs in headless Chromium.
 
 Build: relax.build for webgpu (host: wasm32), export ``model.wasm`` through the prebuilt
-wasm runtime (sdparity.webgpu_toolchain), weights as a tvmjs tensor cache in exact float32
+wasm runtime (sdparity.backends.webgpu.toolchain), weights as a tvmjs tensor cache in exact float32
 (``encode_format="raw"``), the generated WGSL saved as ``kernels.wgsl``.
 
 Run: one Chromium (Playwright, /usr/bin/chromium, --enable-unsafe-webgpu) and one page for

@@ -7,14 +7,14 @@ bitcode, which the installed emscripten (LLVM 14) cannot read from TVM (LLVM 22)
 
 1. ``ensure_toolchain`` lays the wheel's sources out as the source tree the web Makefile
    expects (copies, not links: ``../`` includes must resolve inside the tree), adds the nine
-   headers the wheels lack (``sdparity/webgpu_support/``, written for this project), and
+   headers the wheels lack (``sdparity/backends/webgpu/support/``, written for this project), and
    compiles the three runtime units to wasm **object files** once (about two minutes),
    into ``$SDPARITY_CACHE/toolchain/<tvm version>/<recipe digest>/`` (temp dir, then rename).
 2. ``link_wasm`` (an ``export_library`` fcompile) links those objects with the model's
    objects. Linking objects without link-time optimisation takes about a second, where
    TVM's default export (bitcode, -O3, wasm-opt) took 70-140 s. docs/webgpu.md has numbers.
 
-``python -m sdparity.webgpu_toolchain`` builds it (scripts/setup_webgpu.sh calls that).
+``python -m sdparity.backends.webgpu.toolchain`` builds it (scripts/setup_webgpu.sh calls that).
 """
 
 from __future__ import annotations
