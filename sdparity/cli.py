@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions(sub) -> None:
     """Commands that live in their own modules register here."""
-    for modname in ("gate", "bench", "serve", "htmlreport"):
+    for modname in ("reports.gate", "tiers.bench", "tiers.serve", "reports.html", "tiers.calibrate"):
         try:
             mod = __import__(f"sdparity.{modname}", fromlist=["add_parser"])
         except ImportError:
