@@ -11,7 +11,9 @@ pipeline) and then gives every PrimFunc a schedule:
   terms in the same order as the unscheduled kernel), and the outer tiles run in parallel;
   the elementwise epilogue (bias, residual add) is folded into the tile's write-back;
 * every other block is parallelized over its leading spatial loops and, where the innermost
-  extent allows, vectorized.
+  extent allows, vectorized;
+* only blocks with enough work (``PARALLEL_MIN_WORK``) run in parallel: small kernels stay
+  serial and never wake TVM's thread pool.
 
 Nothing here reassociates a sum, so numerics stay those of the unscheduled kernels up to the
 fused multiply-adds LLVM may form for the host's CPU (``mcpu``).
@@ -24,7 +26,16 @@ import os
 from sdparity.compile.legalize import precise_legalize_map
 
 #: bump when a schedule below changes the generated code: it is part of the build cache key
-VERSION = 6
+VERSION = 7
+
+#: a block runs in parallel only when its loop nest has at least this many iterations
+#: (reductions included) and all of its extents are known at build time. Waking TVM's thread
+#: pool costs tens of microseconds on idle cores and milliseconds when the other core is busy
+#: (2 shared cores: another process, or PyTorch's spinning OpenMP threads in a side-by-side
+#: bench); below this size a serial loop is faster (docs/performance.md, "Threads"). Kernels
+#: with symbolic extents (the scheduler, concat and RGBA stages, built once for any shape)
+#: stay serial: at SD sizes they are sub-millisecond.
+PARALLEL_MIN_WORK = int(os.environ.get("SDPARITY_CPU_PARALLEL_MIN", 1 << 18))
 
 #: register tile: at most this many rows and accumulator registers (AVX-512 has 32 vector
 #: registers: the rest hold operands)
@@ -177,6 +188,22 @@ def _const(x):
     return int(x.value) if _is(x, "IntImm") else None
 
 
+def _work(b) -> int | None:
+    """Iterations of a block's loop nest (None when an extent is symbolic)."""
+    n = 1
+    for iv in b.iter_vars:
+        e = _const(iv.dom.extent)
+        if e is None:
+            return None
+        n *= e
+    return n
+
+
+def _worth_parallel(b) -> bool:
+    work = _work(b)
+    return work is not None and work >= PARALLEL_MIN_WORK
+
+
 def _is_contraction(sch, block) -> bool:
     """C[s...] = C[s...] + A[...] * B[...] with an init, one loop per iter var."""
     b = sch.get(block)
@@ -227,6 +254,7 @@ def _largest_divisor(extent: int, limit: int) -> int:
 def _schedule_contraction(sch, block) -> set[str]:
     """Register-tiled micro-kernel; returns the names of the blocks it scheduled."""
     b = sch.get(block)
+    parallel = _worth_parallel(b)
     iters = list(b.iter_vars)
     loops = sch.get_loops(block)
     ext = [_const(iv.dom.extent) for iv in iters]
@@ -291,15 +319,18 @@ def _schedule_contraction(sch, block) -> set[str]:
         sch.vectorize(v_i)
         sch.vectorize(cw_loops[-1])
     par = outer or [tile]
-    sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])
+    if parallel:
+        sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])
     init = sch.decompose_reduction(block, loops[reduce_[0]])
     names.add(sch.get(init).name_hint)
     return names
 
 
 def _schedule_generic(sch, block) -> None:
-    """Parallel over the leading spatial loops; vectorize an injective block's last loop."""
+    """Parallel over the leading spatial loops (when the block has enough work); vectorize an
+    injective block's last loop."""
     b = sch.get(block)
+    parallel = _worth_parallel(b)
     loops = sch.get_loops(block)
     if not loops or len(loops) != len(b.iter_vars):
         return
@@ -310,7 +341,7 @@ def _schedule_generic(sch, block) -> None:
     if lead == 0:
         return
     par = list(loops[:lead])
-    if lead == len(kinds) and _tile_transpose(sch, block, b, loops):
+    if lead == len(kinds) and _tile_transpose(sch, block, b, loops, parallel):
         return
     if lead == len(kinds):  # injective: vectorize the innermost loop when its extent allows
         last = _const(b.iter_vars[-1].dom.extent)
@@ -320,11 +351,11 @@ def _schedule_generic(sch, block) -> None:
                 lo, li = sch.split(par[-1], [None, vw])
                 sch.vectorize(li)
                 par[-1] = lo
-    fused = sch.fuse(*par) if len(par) > 1 else par[0]
-    sch.parallel(fused)
+    if parallel:
+        sch.parallel(sch.fuse(*par) if len(par) > 1 else par[0])
 
 
-def _tile_transpose(sch, block, b, loops) -> bool:
+def _tile_transpose(sch, block, b, loops, parallel: bool) -> bool:
     """A copy whose source is read along another axis than the output's innermost one (a
     transpose, e.g. of a linear layer's weight): 16x16 tiles, so both sides touch whole cache
     lines; writes are vectorized. Returns False when the block is no such copy."""
@@ -345,6 +376,7 @@ def _tile_transpose(sch, block, b, loops) -> bool:
         others = [lp for i, lp in enumerate(loops) if i not in (j, last)]
         sch.reorder(*others, j_o, l_o, j_i, l_i)
         sch.vectorize(l_i)
-        sch.parallel(sch.fuse(*others, j_o) if others else j_o)
+        if parallel:
+            sch.parallel(sch.fuse(*others, j_o) if others else j_o)
         return True
     return False
