@@ -46,7 +46,6 @@ class Stage:
     name: str = ""
     description: str = ""
     uses_model: bool = True  # False: the build does not depend on model weights
-    version: int = 1  # bump when build_ir changes its output: part of the cache key
     outputs: tuple[Output, ...] = ()
     functions: tuple[str, ...] = ()  # Relax functions the built module exports
     faults: dict[str, str] = {}  # fault name -> what it breaks (for negative tests)
@@ -86,11 +85,19 @@ class Stage:
         return None
 
     # -- shared ----------------------------------------------------------------------
+    def source_modules(self) -> list[str]:
+        """The modules that define this stage's build_ir: its class and its base classes below
+        ``Stage`` (e.g. stages/_torch.py). Their source is part of the cache key."""
+        return [c.__module__ for c in type(self).__mro__ if c.__module__.startswith("sdparity.stages")]
+
     def build_key(self, model, variant: dict) -> dict:
-        """Everything that changes the built module (the backend adds target and TVM version)."""
+        """Everything that changes the built module (the backend adds target, TVM and its own
+        sources: Backend.env_key)."""
+        from sdparity.identity import source_digest
+
         return {
             "stage": self.name,
-            "version": self.version,
+            "sources": source_digest(self.source_modules()),
             "fault": self.fault,
             "model": model.digest if (self.uses_model and model is not None) else None,
             "variant": variant,

@@ -61,9 +61,20 @@ class Backend:
                                   log=log, label=label)
 
     def env_key(self) -> dict:
-        import tvm
+        """The TVM installation by content and the sources of the build code (sdparity.identity):
+        a different TVM build or an edited legalization/schedule/backend never reuses a build."""
+        from sdparity.identity import source_digest, tvm_identity
 
-        return {"tvm": tvm.__version__}
+        tvm = tvm_identity()
+        return {"tvm": tvm["version"], "tvm_libs": tvm["libs_sha256"],
+                "sources": source_digest(self.source_modules())}
+
+    def source_modules(self) -> list[str]:
+        """Modules whose code shapes this backend's builds: the compile package, the IR hand-over
+        and the backend's own module (all of its package when it has one, e.g. webgpu/)."""
+        own = type(self).__module__
+        package = own.rpartition(".")[0]
+        return ["sdparity.compile", "sdparity.ir", own if package == "sdparity.backends" else package]
 
     @contextlib.contextmanager
     def session(self):

@@ -93,10 +93,11 @@ class NativeBackend(Backend):
 
     def target_key(self) -> dict:
         key = {"target": str(self.target())}
-        if self.kind == "llvm":
-            from sdparity.compile.schedule_cpu import VERSION
+        if self.kind == "llvm":  # the schedules' settings (some come from the environment)
+            from sdparity.compile import schedule_cpu
 
-            key["cpu_schedule"] = VERSION
+            key["cpu_schedule"] = {k: v for k, v in vars(schedule_cpu).items()
+                                   if k.lstrip("_").isupper() and isinstance(v, (int, float, str))}
         return key
 
     # -- build ------------------------------------------------------------------------

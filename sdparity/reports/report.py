@@ -38,6 +38,14 @@ def versions() -> dict:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             out[pkg] = None
+    # the TVM actually used, by content: version, path, library hash, commit (sdparity.identity)
+    from sdparity.errors import SdparityError
+    from sdparity.identity import loaded_tvm_identity, tvm_identity
+
+    try:
+        out["tvm"] = loaded_tvm_identity() if "tvm" in sys.modules else tvm_identity()
+    except SdparityError:
+        out["tvm"] = None  # no TVM here (the GPU machine of the WebGPU tier)
     return out
 
 

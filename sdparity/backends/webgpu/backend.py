@@ -45,7 +45,6 @@ WEB_DIR = ROOT / "web"
 HARNESS_DIR = WEB_DIR / "harness"
 TVMJS_JS = WEB_DIR / "node_modules" / "@mlc-ai" / "web-runtime" / "lib" / "index.js"
 DTYPES = ("float32", "int32", "uint32")
-BUILD_VERSION = 1  # bump when build() makes different files from the same inputs
 
 CHROMIUM_FLAGS = [
     "--enable-unsafe-webgpu",
@@ -161,8 +160,9 @@ class WebGPUBackend(Backend):
         return tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
 
     def target_key(self) -> dict:
-        return {"target": str(self.target()), "runtime": _recipe_digest(), "schedule": _schedule_digest(),
-                "build": BUILD_VERSION, "link": list(toolchain.LINK_FLAGS), "weights": self.weights}
+        # the sources of this package, compile/ and the TVM bytes are in env_key (Backend)
+        return {"target": str(self.target()), "runtime": _recipe_digest(),
+                "link": list(toolchain.LINK_FLAGS), "weights": self.weights}
 
     # -- build ------------------------------------------------------------------------
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
@@ -241,16 +241,6 @@ def _recipe_digest() -> str:
 def _tvmjs_version() -> str | None:
     pkg = TVMJS_JS.parents[1] / "package.json"
     return json.loads(pkg.read_text()).get("version") if pkg.is_file() else None
-
-
-@functools.cache
-def _schedule_digest() -> str:
-    """Schedules change kernels: a cached build made with other ones is stale."""
-    h = hashlib.sha256()
-    pkg = Path(__file__).resolve().parents[2]
-    for path in (pkg / "compile" / "schedule.py", pkg / "compile" / "legalize.py", Path(__file__).with_name("wgsl.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:12]
 
 
 _PW = {"instance": None, "users": 0}  # one Playwright per thread-of-use; sessions may nest

@@ -90,7 +90,9 @@ def toolchain_dir() -> Path:
     import tvm
 
     root = Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity"))
-    return root / "toolchain" / tvm.__version__ / f"rt-{recipe_digest()}"
+    from sdparity.identity import tvm_identity  # the runtime sources are this TVM's: by content
+
+    return root / "toolchain" / f"{tvm.__version__}-{tvm_identity()['libs_sha256'][:12]}" / f"rt-{recipe_digest()}"
 
 
 def runtime_objects(tc: Path | None = None) -> list[Path]:
