@@ -189,7 +189,7 @@ def convert_inputs(consts: dict, k: int) -> list[np.ndarray]:
 def write_constants_json(path: str | os.PathLike, constants: dict) -> Path:
     """Write a table from compute_constants/tutorial_constants atomically (temp file + rename)."""
     path = Path(path)
-    from sdparity.reports.report import write_atomic
+    from sdparity.files import write_atomic
 
     text = json.dumps(constants, allow_nan=False, indent=1)  # a NaN/Inf constant is a bug: refuse
     write_atomic(path, text)

@@ -37,6 +37,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
     """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize)."""
     log = log or Progress()
     scope = model_scope(model.name) if model is not None else "tiny"
+    report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
     with contextlib.ExitStack() as stack:
         sessions = {}
         for b in backends:
@@ -150,16 +151,18 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             rec = report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
                              function=case.function, output=spec.name, shapes=case.shapes, verdict=verdict,
                              message=m.why, metrics=m.to_json(), tolerance=tol.to_json(), timings=timings,
-                             integer=spec.integer)
+                             integer=spec.integer, model_scope=scope, failed_bound=m.failed_bound)
             if spec.image:
-                from sdparity.reports.report_images import attach
+                from sdparity.reports.images import attach
 
                 attach(report, rec, cand, ref)
-            if verdict == "fail":
+            if rec["verdict"] in ("fail", "known"):
                 failed.append(rec)
             floor = "n/a" if m.noise_floor is None else f"{m.noise_floor:.2g}"
-            log(f"{tag} {case.label} {spec.name}: {verdict.upper()} max_abs={m.max_abs:.3g} "
-                f"floor={floor} ({timings['run_s']:.3f}s)")
+            ratio = "" if m.floor_ratio is None else f" err/floor={m.floor_ratio:.3g}x" + (
+                f" (budget {m.floor_budget:g}x)" if m.floor_budget is not None else "")
+            log(f"{tag} {case.label} {spec.name}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
+                f"floor={floor}{ratio} ({timings['run_s']:.3f}s)")
         if failed and localize:
             from sdparity.tiers.localize import localize_check
 

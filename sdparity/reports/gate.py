@@ -193,7 +193,7 @@ def gate_files(baseline: Path, candidate: Path) -> dict:
 
 
 def write_json(result: dict, path: Path) -> None:
-    from sdparity.reports.report import write_atomic
+    from sdparity.files import write_atomic
 
     write_atomic(Path(path), json.dumps(result, indent=1))
 

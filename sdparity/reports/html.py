@@ -206,7 +206,8 @@ def render(data: dict, report_dir: Path) -> str:
 
 
 def write_html(report_path: Path, out: Path | None = None) -> Path:
-    from sdparity.reports.report import load, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import load
 
     report_path = Path(report_path)
     out = Path(out) if out else report_path.with_suffix(".html")

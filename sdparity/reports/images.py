@@ -1,44 +1,131 @@
-"""Images for reports and test artifacts: a dependency-free PNG writer and a difference map."""
+"""Images for reports and test artifacts: PNG encoding (Pillow), a difference heat map, and
+the reference/candidate/difference PNGs attached to image outputs in a report.
+
+A stage output declared ``Output(..., image=True)`` is one of
+  * a float image (1,H,W,3) or (H,W,3) in 0..255 (VAE), shown clipped and rounded;
+  * a packed RGBA image (H,W) uint32 = r | g<<8 | b<<16 | a<<24 (image_to_rgba).
+Only the first image of a batch is kept. The heat map shows max over channels of
+|candidate - reference| in 0..255 units, scaled to its own finite maximum (``diff_max`` in the
+record) on a black-red-yellow-white ramp; NaN/Inf differences are white.
+
+The runner attaches the PNGs to the Report; Report.write puts them in ``<report>_images/``
+beside the JSON, replacing the old folder as a whole.
+"""
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
+import os
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from sdparity.files import write_atomic_bytes
+
 
 def png_bytes(img: np.ndarray) -> bytes:
-    """(H,W,3|4) uint8 -> PNG file bytes (8-bit RGB/RGBA, no filtering)."""
+    """(H,W,3|4) uint8 -> PNG file bytes."""
+    from PIL import Image
+
     a = np.ascontiguousarray(img, dtype=np.uint8)
     if a.ndim != 3 or a.shape[2] not in (3, 4):
         raise ValueError(f"expected (H,W,3|4) uint8, got {a.shape}")
-    h, w, c = a.shape
-    raw = np.concatenate([np.zeros((h, 1), np.uint8), a.reshape(h, w * c)], axis=1).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 6 if c == 4 else 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 6)) + chunk(b"IEND", b"")
+    buf = io.BytesIO()
+    Image.fromarray(a, "RGBA" if a.shape[2] == 4 else "RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def write_png(path: Path, img: np.ndarray) -> None:
-    from sdparity.reports.report import write_atomic_bytes
-
     write_atomic_bytes(Path(path), png_bytes(img))
 
 
-def diff_heatmap(a: np.ndarray, b: np.ndarray, full_scale: float | None = None) -> np.ndarray:
-    """|a-b| (max over channels) as a black→red→yellow→white heat map, (H,W,3) uint8.
-    full_scale: the difference shown as white (default: the largest difference, at least 1)."""
-    d = np.abs(a.astype(np.float64) - b.astype(np.float64))
-    if d.ndim == 3:
-        d = d.max(axis=2)
-    scale = full_scale or max(float(d.max()), 1.0)
-    t = np.clip(d / scale, 0, 1)
-    r = np.clip(3 * t, 0, 1)
-    g = np.clip(3 * t - 1, 0, 1)
-    bl = np.clip(3 * t - 2, 0, 1)
-    return (np.stack([r, g, bl], -1) * 255).round().astype(np.uint8)
+def as_channels(a: np.ndarray) -> np.ndarray:
+    """(H,W,C) float64 in 0..255 units from any declared image layout."""
+    a = np.asarray(a)
+    if a.ndim == 2 and a.dtype.kind in "ui":
+        u = a.astype(np.uint32)
+        return np.stack([(u >> s) & 0xFF for s in (0, 8, 16, 24)], axis=-1).astype(np.float64)
+    if a.ndim == 4:
+        a = a[0]
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        return a.astype(np.float64)
+    raise ValueError(f"not an image layout: shape {a.shape} dtype {a.dtype}")
+
+
+def to_uint8(x: np.ndarray) -> np.ndarray:
+    x = np.nan_to_num(x, nan=0.0, posinf=255.0, neginf=0.0)
+    return np.clip(np.round(x), 0, 255).astype(np.uint8)
+
+
+def heat(diff: np.ndarray) -> tuple[np.ndarray, float]:
+    """(H,W) non-negative differences -> (H,W,3) uint8 heat map and the finite max it is scaled to."""
+    finite = diff[np.isfinite(diff)]
+    top = float(finite.max()) if finite.size else 0.0
+    t = np.where(np.isfinite(diff), diff / top if top > 0 else 0.0, 1.0)
+    rgb = np.stack([np.clip(3 * t, 0, 1), np.clip(3 * t - 1, 0, 1), np.clip(3 * t - 2, 0, 1)], axis=-1)
+    return (rgb * 255).round().astype(np.uint8), top
+
+
+def channel_diff(candidate: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(H,W) max over channels of |candidate - reference|; NaN differences become +inf."""
+    cand, ref = as_channels(candidate), as_channels(reference)
+    if cand.shape != ref.shape:
+        raise ValueError(f"candidate {cand.shape} and reference {ref.shape} differ in shape")
+    with np.errstate(invalid="ignore"):
+        diff = np.abs(cand - ref)
+    return np.where(np.isnan(diff), np.inf, diff).max(axis=-1)
+
+
+def diff_heatmap(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Heat map of two images of the same layout, (H,W,3) uint8."""
+    return heat(channel_diff(a, b))[0]
+
+
+def _safe(s) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(s))
+
+
+def attach(report, record: dict, candidate: np.ndarray, reference: np.ndarray) -> None:
+    """Encode the three PNGs of one image output into ``report.images``; name them in the record."""
+    try:
+        hm, top = heat(channel_diff(candidate, reference))
+        cand, ref = as_channels(candidate), as_channels(reference)
+        stem = ".".join(_safe(x) for x in (record["stage"], record["backend"], record["case"], record["output"]))
+        names = {}
+        for kind, img in (("reference", to_uint8(ref)), ("candidate", to_uint8(cand)), ("diff", hm)):
+            names[kind] = f"{stem}.{kind}.png"
+            report.images[names[kind]] = png_bytes(img)
+        record["images"] = {**names, "diff_max": top, "shape": list(cand.shape)}
+    except Exception as e:  # an image is an extra: never lose the check over it
+        record["images"] = {"error": f"{type(e).__name__}: {e}"}
+
+
+def images_dir_name(report_path: Path) -> str:
+    return f"{Path(report_path).stem}_images"
+
+
+def write_images(images: dict[str, bytes], report_path: Path) -> str | None:
+    """Write all PNGs into the folder beside the report, replacing the old folder as a whole."""
+    if not images:
+        return None
+    report_path = Path(report_path)
+    final = report_path.parent / images_dir_name(report_path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        for name, data in images.items():
+            (tmp / name).write_bytes(data)
+        old = None
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, old / "x")
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final.name

@@ -3,12 +3,20 @@
 Schema "sdparity.report/1" (documented in README.md):
   schema, created, argv, model{name,digest,path}, versions{...}, machine{...},
   backends{name: facts}, results[ {stage, backend, device_class, case, function, output,
-  shapes, verdict: pass|fail|skip|error, message, metrics{...}|null, tolerance{...}|null,
-  timings{build_s, build_cached, run_s, ref_s}} ], summary{pass, fail, skip, error}
+  shapes, verdict: pass|fail|known|skip|error, message, metrics{...}|null, tolerance{...}|null,
+  timings{build_s, build_cached, run_s, ref_s}} ], summary{pass, fail, known, skip, error}
+
+Verdict ``known``: a failing or erroring check explained by an entry of
+sdparity.known_issues (``known_issue`` = its id, ``known_was`` = "fail" | "error"). Never a
+pass; not a failure for ``ok`` (exit status 0), counted and shown on its own.
 
 Optional fields, added without a version bump (readers ignore what they do not know;
 docs/gate.md is the full reference):
   result.integer       true when the output is compared as integers (mismatch budget)
+  result.model_scope   "tiny" | "full": the tolerance scope the check was judged in
+  result.failed_bound  which bound failed: abs | floor | abs+floor | nonfinite | shape | int
+                       (metrics.floor_budget / tolerance.floor_budget: the err/floor budget)
+  result.known_issue   id of the known upstream issue that explains a failing check
   result.images        {reference, candidate, diff: PNG names in images_dir, diff_max, shape}
   result.localization  first kernel that diverges from a trusted build (sdparity.tiers.localize)
   images_dir           folder beside the report holding the PNGs (written with the report)
@@ -21,10 +29,11 @@ import json
 import os
 import platform
 import sys
-import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
+
+from sdparity.files import write_atomic, write_atomic_bytes  # noqa: F401  (re-exported)
 
 SCHEMA = "sdparity.report/1"
 PINNED = ("apache-tvm", "apache-tvm-ffi", "torch", "diffusers", "transformers", "numpy",
@@ -63,24 +72,6 @@ def machine() -> dict:
     return info
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder and rename: readers never see half a file."""
-    write_atomic_bytes(path, text.encode())
-
-
-def write_atomic_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class Report:
@@ -103,17 +94,22 @@ class Report:
         return self.data["results"]
 
     def add(self, **record) -> dict:
-        self.results.append(record)
+        """Append a record; a failing/erroring one covered by a known issue becomes ``known``."""
+        from sdparity.known_issues import apply
+
+        record.setdefault("model_scope", self.data.get("model_scope"))
+        self.results.append(apply(record))
         return record
 
     def summary(self) -> dict:
-        s = {"pass": 0, "fail": 0, "skip": 0, "error": 0}
+        s = {"pass": 0, "fail": 0, "known": 0, "skip": 0, "error": 0}
         for r in self.results:
             s[r["verdict"]] += 1
         return s
 
     @property
     def ok(self) -> bool:
+        """Nothing failed or errored (known issues are not failures) and something passed."""
         s = self.summary()
         return s["fail"] == 0 and s["error"] == 0 and s["pass"] > 0
 
@@ -123,7 +119,7 @@ class Report:
 
     def write(self, path: Path) -> None:
         if self.images:
-            from sdparity.reports.report_images import write_images
+            from sdparity.reports.images import write_images
 
             self.data["images_dir"] = write_images(self.images, path)
         write_atomic(path, self.to_json())

@@ -282,7 +282,8 @@ def merge_into_report(report_path: Path, data: dict) -> None:
     device_class (cpu / gpu): a later merge replaces only the classes it measured."""
     import json
 
-    from sdparity.reports.report import load, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import load
 
     rep = load(report_path)
     perf = rep.setdefault("performance", {})
@@ -325,7 +326,7 @@ def cmd_bench(args) -> int:
     from sdparity.backends import get_backend
     from sdparity.cache import BuildCache
     from sdparity.registry import all_stages
-    from sdparity.reports.report import write_atomic
+    from sdparity.files import write_atomic
     from sdparity.runner import Progress
 
     if args.repeat < 1:

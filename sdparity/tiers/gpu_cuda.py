@@ -297,7 +297,8 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
            profile: bool = False) -> int:
     import torch
 
-    from sdparity.reports.report import Report, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import Report
 
     torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
     torch.backends.cudnn.allow_tf32 = False

@@ -117,7 +117,8 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     from reference.pipeline import initial_latents
 
     from sdparity.cache import BuildCache
-    from sdparity.reports.report import versions, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import versions
     from sdparity.tiers.serve import build_app
 
     model = load_model(model_name, log=log)
@@ -290,7 +291,8 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
     from sdparity.compare import compare
     from sdparity.reports.images import diff_heatmap, write_png
-    from sdparity.reports.report import versions, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import versions
     from sdparity.tolerances import lookup
 
     out.mkdir(parents=True, exist_ok=True)

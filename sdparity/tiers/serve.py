@@ -16,7 +16,7 @@ from pathlib import Path
 from sdparity.errors import SdparityError
 from sdparity.ir import digest
 from sdparity.registry import get_stage
-from sdparity.reports.report import write_atomic
+from sdparity.files import write_atomic
 from sdparity.backends.webgpu.server import LocalServer
 
 WEB = Path(__file__).resolve().parents[2] / "web"

@@ -106,7 +106,8 @@ def ensure(version: str, log=print) -> Path:
 
 def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> Path:
     """``sdparity check`` in this version's environment; always returns a report path."""
-    from sdparity.reports.report import SCHEMA, write_atomic
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import SCHEMA
 
     out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir / "report.json"

@@ -62,7 +62,7 @@ def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
 def write_e2e_html(path, steps, res):
     """A page with the browser image, the diffusers image and their difference side by side,
     and the per-step latent error."""
-    from sdparity.reports.report import write_atomic
+    from sdparity.files import write_atomic
 
     rows = "".join(f"<tr><td>{k + 1}</td><td>{m.max_abs:.3g}</td><td>{m.max_rel:.3g}</td>"
                    f"<td>{'pass' if m.passed else 'FAIL'}</td></tr>" for k, m in enumerate(steps))
