@@ -73,15 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: modules that add their own subcommands (each has ``add_parser(sub)``)
+COMMAND_MODULES = (
+    "sdparity.reports.gate",
+    "sdparity.reports.html",
+    "sdparity.tiers.bench",
+    "sdparity.tiers.serve",
+    "sdparity.tiers.calibrate",
+)
+
+
 def _extensions(sub) -> None:
-    """Commands that live in their own modules register here."""
-    for modname in ("reports.gate", "tiers.bench", "tiers.serve", "reports.html", "tiers.calibrate"):
-        try:
-            mod = __import__(f"sdparity.{modname}", fromlist=["add_parser"])
-        except ImportError:
-            continue
-        if hasattr(mod, "add_parser"):
-            mod.add_parser(sub)
+    """Commands that live in their own modules register here (an import error is a bug: raise)."""
+    import importlib
+
+    for modname in COMMAND_MODULES:
+        importlib.import_module(modname).add_parser(sub)
 
 
 def cmd_check(args) -> int:
