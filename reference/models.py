@@ -94,6 +94,12 @@ class LoadedModel:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     @property
+    def scope(self) -> str:
+        """Tolerance scope ("tiny" | "full") of this architecture: see ``architecture_scope``."""
+        return architecture_scope(self.text_encoder.config.to_dict(), dict(self.unet.config),
+                                  dict(self.vae.config))
+
+    @property
     def default_latent_hw(self) -> tuple[int, int]:
         """Latent size used by default checks: the model's native size, capped for tiny."""
         size = int(self.unet.config.sample_size)
@@ -205,6 +211,38 @@ def _configs(kind: str) -> dict:
             ),
         }
     raise ModelError(f"unknown built-in model {kind!r}; choose one of {', '.join(BUILTIN_MODELS)}")
+
+
+def _largest(v) -> int:
+    return max(v) if isinstance(v, (list, tuple)) else int(v)
+
+
+def architecture_dims(text_encoder: dict, unet: dict, vae: dict) -> dict[str, int]:
+    """The sizes that set how much float32 rounding error a stage accumulates: width (the length
+    of every dot product and normalization), depth (how many layers the error passes through)
+    and the UNet's native latent size (attention and GroupNorm reduce over it)."""
+    return {
+        "clip_width": text_encoder["hidden_size"], "clip_mlp": text_encoder["intermediate_size"],
+        "clip_layers": text_encoder["num_hidden_layers"],
+        "unet_width": _largest(unet["block_out_channels"]), "unet_blocks": len(unet["block_out_channels"]),
+        "unet_layers": _largest(unet["layers_per_block"]), "unet_cross": _largest(unet["cross_attention_dim"]),
+        "unet_sample": _largest(unet["sample_size"]),
+        "vae_width": _largest(vae["block_out_channels"]), "vae_blocks": len(vae["block_out_channels"]),
+        "vae_layers": _largest(vae["layers_per_block"]),
+    }
+
+
+def architecture_scope(text_encoder: dict, unet: dict, vae: dict) -> str:
+    """"tiny" when no size exceeds the built-in tiny model's, else "full".
+
+    The "tiny" tolerances were measured on the built-in tiny model; error grows with width and
+    depth, so anything larger in any of these sizes is judged with the "full" tolerances
+    (measured on SD 1.5's sizes, and never tighter). The name of the model plays no part: a
+    copy of tiny in a folder is tiny, a folder holding SD 1.5 is full."""
+    tiny = _configs("tiny")
+    limit = architecture_dims(tiny["text_encoder"], tiny["unet"], tiny["vae"])
+    dims = architecture_dims(text_encoder, unet, vae)
+    return "tiny" if all(dims[k] <= limit[k] for k in limit) else "full"
 
 
 def random_components(kind: str, seed: int = 0) -> dict:

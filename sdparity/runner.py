@@ -15,7 +15,7 @@ from sdparity.cache import BuildCache
 from sdparity.compare import compare
 from sdparity.errors import SdparityError
 from sdparity.reports.report import Report
-from sdparity.tolerances import lookup, model_scope
+from sdparity.tolerances import lookup
 
 
 def _one_line(e: BaseException) -> str:
@@ -36,7 +36,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
                log: Progress | None = None, variants: dict | None = None, localize: bool = False) -> Report:
     """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize)."""
     log = log or Progress()
-    scope = model_scope(model.name) if model is not None else "tiny"
+    scope = model.scope if model is not None else "tiny"  # from the architecture, not the name
     report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
     with contextlib.ExitStack() as stack:
         sessions = {}
@@ -145,7 +145,15 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             continue
         failed = []
         for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
-            tol = lookup(st.name, spec.name, b.name, scope)
+            try:
+                tol = lookup(st.name, spec.name, b.name, scope)
+            except KeyError as e:  # an undeclared tolerance: this check cannot be judged
+                report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
+                           function=case.function, output=spec.name, shapes=case.shapes, verdict="error",
+                           message=str(e.args[0] if e.args else e), metrics=None, tolerance=None,
+                           timings=timings)
+                log(f"{tag} {case.label} {spec.name}: ERROR {e.args[0] if e.args else e}")
+                continue
             m = compare(cand, ref, tol, ref64, integer=spec.integer)
             verdict = "pass" if m.passed else "fail"
             rec = report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,

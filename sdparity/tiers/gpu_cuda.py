@@ -222,7 +222,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                                "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
         np.savez(folder / "cases.npz", **arrays)
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
-                "model": model_name, "build_s": round(build_s, 1), "cases": meta_cases}
+                "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases}
         if st.component:
             meta["component"] = st.component
             meta["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
@@ -447,7 +447,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     # ---- compare and record
     for ci, c in enumerate(cases):
         for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs32[ci], refs64[ci]):
-            tol = lookup(name, spec["name"], "cuda", "full")
+            tol = lookup(name, spec["name"], "cuda", meta["scope"])
             m = compare(cand, ref, tol, ref64, integer=spec["integer"])
             report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
                        function=c["function"], output=spec["name"], shapes=c["shapes"],

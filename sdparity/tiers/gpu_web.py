@@ -167,7 +167,7 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
         shutil.copytree(WEB / "node_modules" / "@mlc-ai" / pkg / "lib", dest / name,
                         ignore=shutil.ignore_patterns("*.map", "*.d.ts"))
         shutil.copyfile(WEB / "node_modules" / "@mlc-ai" / pkg / "package.json", dest / name / "package.json")
-    job = {**job, "model": {"name": model.name, "digest": model.digest}, "latent": list(latent),
+    job = {**job, "model": {"name": model.name, "digest": model.digest, "scope": model.scope}, "latent": list(latent),
            "latent_shape": list(lat.shape), "versions_prepare": versions()}
     write_atomic(dest / "job.json", json.dumps(job, indent=1))
     size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
@@ -339,7 +339,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     rep["torch"] = {"device": tdev, "torch": torch.__version__, "tf32": False, "runs": ref_runs}
 
     # ---- parity: embeddings, latents after every step, final pixels (declared tolerances)
-    scope = "full" if job["model"]["name"] != "tiny" else "tiny"
+    scope = job["model"]["scope"]  # the architecture's (reference.models.architecture_scope)
     shape = ref["latents"][0].shape
     lat = np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)
     emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)

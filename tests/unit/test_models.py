@@ -75,3 +75,46 @@ def test_corrupt_weights_give_one_line_error(tiny, tmp_path):
         load_model(folder, log=lambda *a: None)
     assert "\n" not in str(e.value)
     json.loads((folder / "model_index.json").read_text())  # untouched
+
+
+# ---- tolerance scope from the architecture (issue 10 item 5) -----------------------------------
+
+def test_tiny_copy_loaded_by_path_has_tiny_scope(tiny, tmp_path):
+    folder = tmp_path / "not-called-tiny"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    m = load_model(folder, log=lambda *a: None)
+    assert m.name != "tiny" and m.scope == "tiny" and tiny.scope == "tiny"
+
+
+def _configs_of(te, unet, vae) -> tuple[dict, dict, dict]:
+    return te.config.to_dict(), dict(unet.config), dict(vae.config)
+
+
+def test_sd15_architecture_has_full_scope():
+    """SD 1.5's real, complete configs (modules made on the meta device: no weights allocated)."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from reference.models import _configs, architecture_scope
+
+    cfg = _configs("sd15-random")
+    with torch.device("meta"):
+        parts = (CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"])), UNet2DConditionModel(**cfg["unet"]),
+                 AutoencoderKL(**cfg["vae"]))
+    assert architecture_scope(*_configs_of(*parts)) == "full"
+
+
+@pytest.mark.parametrize("part,key,value", [
+    ("te", "hidden_size", 64), ("te", "num_hidden_layers", 3), ("te", "intermediate_size", 128),
+    ("unet", "block_out_channels", [32, 128]), ("unet", "block_out_channels", [32, 64, 64]),
+    ("unet", "layers_per_block", 2), ("unet", "cross_attention_dim", 64), ("unet", "sample_size", 32),
+    ("vae", "block_out_channels", [16, 16, 32, 64]), ("vae", "layers_per_block", 2),
+])
+def test_any_size_beyond_tiny_is_full(tiny, part, key, value):
+    from reference.models import architecture_scope
+
+    te, unet, vae = _configs_of(tiny.text_encoder, tiny.unet, tiny.vae)
+    assert architecture_scope(te, unet, vae) == "tiny"
+    {"te": te, "unet": unet, "vae": vae}[part][key] = value
+    assert architecture_scope(te, unet, vae) == "full"
