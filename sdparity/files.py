@@ -25,3 +25,10 @@ def write_atomic_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """Where sdparity keeps builds, models, the toolchain and hash memos: $SDPARITY_CACHE, or
+    ~/.cache/sdparity. The one place this default is computed (the nox sessions and the tests
+    set SDPARITY_CACHE to the checkout's .cache/sdparity)."""
+    return Path(os.environ.get("SDPARITY_CACHE") or Path.home() / ".cache" / "sdparity")

@@ -1,6 +1,7 @@
-"""Backends by name. Every module (or package) in this folder registers its backend class(es)
-with ``@register("name", ...)`` from ``base``; importing this package imports them all, so a
-new backend is one new module here and nothing else."""
+"""Backends by name. Every module ``X.py`` in this folder, or package ``X/`` with a
+``backend.py``, registers its backend class(es) with ``@register("name", ...)`` from ``base``;
+``names()``/``get_backend()`` import them all, so a new backend is one new module (or package)
+here and nothing else (docs/extending.md)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ def _discover() -> None:
         if m.name in ("base",) or m.name.startswith("_") or m.name in _LOAD_ERRORS:
             continue
         try:
-            importlib.import_module(f"{__name__}.{m.name}")
+            importlib.import_module(f"{__name__}.{m.name}" + (".backend" if m.ispkg else ""))
         except ImportError as e:  # a backend whose dependencies are missing: say so when asked
             _LOAD_ERRORS[m.name] = str(e)
 

@@ -31,6 +31,7 @@ import numpy as np
 
 from sdparity.backends.webgpu import toolchain as toolchain
 from sdparity.errors import SdparityError
+from sdparity.files import cache_root
 from sdparity.ir import StageIR
 from sdparity.backends.webgpu.server import LocalServer
 from sdparity.backends.base import Backend, Runner, register
@@ -110,7 +111,7 @@ def _check_wgsl(wgsl: str) -> None:
     """Fail at build time, naming the problem, where the browser would fail to compile."""
     found = next(((what, m) for rx, what in _BAD_WGSL for m in [rx.search(wgsl)] if m), None)
     if found:  # the build folder is discarded on failure: keep the WGSL where it can be read
-        keep = Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity")) / "failed-wgsl"
+        keep = cache_root() / "failed-wgsl"
         keep.mkdir(parents=True, exist_ok=True)
         path = keep / f"{hashlib.sha1(wgsl.encode()).hexdigest()[:16]}.wgsl"
         path.write_text(wgsl)

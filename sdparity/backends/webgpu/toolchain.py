@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from sdparity.errors import SdparityError
+from sdparity.files import cache_root
 
 SUPPORT_DIR = Path(__file__).with_name("support")
 RUNTIME_UNITS = ("wasm_runtime", "tvmjs_support", "webgpu_runtime")
@@ -89,7 +90,7 @@ def recipe_digest() -> str:
 def toolchain_dir() -> Path:
     import tvm
 
-    root = Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity"))
+    root = cache_root()
     from sdparity.identity import tvm_identity  # the runtime sources are this TVM's: by content
 
     return root / "toolchain" / f"{tvm.__version__}-{tvm_identity()['libs_sha256'][:12]}" / f"rt-{recipe_digest()}"
