@@ -58,6 +58,10 @@ REQUIRED_PARTS = {
 }
 
 
+#: weight files in Python's pickle format: loading one can run arbitrary code
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
 class ModelError(Exception):
     """A model folder is missing, incomplete or unreadable."""
 
@@ -320,7 +324,9 @@ def ensure_builtin(kind: str, log=print) -> Path:
     return final
 
 
-def validate_folder(path: Path) -> None:
+def validate_folder(path: Path, allow_pickle: bool = False) -> None:
+    """A readable diffusers SD folder with safetensors weights (pickle only when allowed):
+    checked from the file names alone, before anything is imported or loaded."""
     if not path.exists():
         raise ModelError(f"model folder {path} does not exist")
     if not path.is_dir():
@@ -334,8 +340,15 @@ def validate_folder(path: Path) -> None:
     if missing:
         raise ModelError(f"model folder {path} is not a diffusers SD checkpoint: missing {', '.join(missing)}")
     for sub in ("text_encoder", "unet", "vae"):
-        if not any((path / sub).glob("*.safetensors")) and not any((path / sub).glob("*.bin")):
-            raise ModelError(f"model folder {path}: {sub}/ has no weights (*.safetensors or *.bin)")
+        if any((path / sub).glob("*.safetensors")):
+            continue
+        pickles = sorted(p.name for p in (path / sub).iterdir() if p.suffix in PICKLE_SUFFIXES)
+        if not pickles:
+            raise ModelError(f"model folder {path}: {sub}/ has no weights (*.safetensors)")
+        if not allow_pickle:
+            raise ModelError(f"model folder {path}: {sub}/ has only pickle weights ({', '.join(pickles)}); "
+                             "loading pickle can run code from the file: convert it to safetensors, "
+                             "or pass --allow-pickle if you trust this folder")
     for cfg in [p for p in REQUIRED_PARTS if p.endswith(".json")]:
         try:
             json.loads((path / cfg).read_text())
@@ -354,8 +367,9 @@ def folder_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def load_model(spec: str | os.PathLike, log=print) -> LoadedModel:
-    """Load 'tiny', 'sd15-random' or a local folder through StableDiffusionPipeline.from_pretrained."""
+def load_model(spec: str | os.PathLike, log=print, allow_pickle: bool = False) -> LoadedModel:
+    """Load 'tiny', 'sd15-random' or a local folder through StableDiffusionPipeline.from_pretrained.
+    Weights are read from safetensors only, unless ``allow_pickle`` (a folder is untrusted input)."""
     spec_s = str(spec)
     if spec_s in BUILTIN_MODELS:
         path = ensure_builtin(spec_s, log=log)
@@ -363,7 +377,7 @@ def load_model(spec: str | os.PathLike, log=print) -> LoadedModel:
     else:
         path = Path(spec_s).expanduser().resolve()
         name = str(path)
-    validate_folder(path)
+    validate_folder(path, allow_pickle)
     import torch
     from diffusers import StableDiffusionPipeline
 
@@ -371,6 +385,7 @@ def load_model(spec: str | os.PathLike, log=print) -> LoadedModel:
         pipe = StableDiffusionPipeline.from_pretrained(
             str(path), local_files_only=True, safety_checker=None, feature_extractor=None,
             requires_safety_checker=False, dtype=torch.float32,
+            use_safetensors=None if allow_pickle else True,  # None: safetensors first, else pickle
         )
     except Exception as e:  # diffusers raises many kinds; the user needs one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -15,6 +15,19 @@ from sdparity.errors import SdparityError
 DEFAULT_REPORT = "sdparity-report.json"
 
 
+class Parser(argparse.ArgumentParser):
+    """Bad arguments give one line, ``sdparity: error: ...``, and exit 2 (no usage dump).
+    Subcommand parsers inherit this class (argparse makes them with ``type(parent)``)."""
+
+    def error(self, message):
+        cmd = self.prog.partition(" ")[2]
+        self.exit(2, f"sdparity: error: {cmd + ': ' if cmd else ''}{message} (see '{self.prog} --help')\n")
+
+
+# ---- argument types: everything that can be checked from the command line alone is checked
+# ---- while parsing, in well under a second, before any model load or build
+
+
 def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
@@ -23,14 +36,102 @@ def _latent(s: str) -> list[int]:
     try:
         h, w = (int(x) for x in s.lower().split("x"))
     except ValueError:
-        raise argparse.ArgumentTypeError("expected HxW, e.g. 16x16") from None
+        raise argparse.ArgumentTypeError(f"expected HxW, e.g. 16x16, not {s!r}") from None
     if h <= 0 or w <= 0:
-        raise argparse.ArgumentTypeError("latent sizes must be positive")
+        raise argparse.ArgumentTypeError(f"latent sizes must be positive, not {s!r}")
     return [h, w]
 
 
+def _int_in(lo: int, hi: int):
+    def parse(s: str) -> int:
+        try:
+            v = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {s!r}") from None
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{v} is outside {lo}..{hi}")
+        return v
+
+    parse.__name__ = "integer"  # argparse names the type in some messages
+    return parse
+
+
+seed_arg = _int_in(0, 2**32 - 1)  # seeds numpy and torch generators: both take 0..2^32-1
+positive_int = _int_in(1, 2**31 - 1)
+port_arg = _int_in(1, 65535)
+
+
+def stage_list(s: str) -> list[str]:
+    from sdparity.registry import all_stages
+
+    names, known = _csv(s), all_stages()
+    if not names:
+        raise argparse.ArgumentTypeError("no stage given")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(known)}")
+    return names
+
+
+def backend_list(s: str) -> list[str]:
+    from sdparity.backends import names as backend_names
+
+    names, known = _csv(s), backend_names()
+    if not names:
+        raise argparse.ArgumentTypeError("no backend given")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown backend(s) {', '.join(unknown)}; backends are: {', '.join(known)}")
+    return names
+
+
+def out_file(s: str) -> Path:
+    """A file this process can create or replace (atomically: a temp file in its folder)."""
+    import tempfile
+
+    p = Path(s)
+    if not s or p.is_dir():
+        raise argparse.ArgumentTypeError(f"{s!r} is a folder, not a file path")
+    folder = next(a for a in p.absolute().parents if a.exists())
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f"cannot write {s}: {folder} is not a folder")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise argparse.ArgumentTypeError(f"cannot write {s}: cannot create a file in {folder} "
+                                         f"({e.strerror or e})") from None
+    return p
+
+
+def existing_file(s: str) -> Path:
+    p = Path(s)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"{s} is not an existing file")
+    return out_file(s)  # it is rewritten
+
+
+def check_model_arg(spec: str, allow_pickle: bool) -> None:
+    """Refuse a bad --model before anything is built: a missing or malformed folder, pickle
+    weights without --allow-pickle (file names only; nothing is imported or loaded)."""
+    from reference.models import BUILTIN_MODELS, ModelError, validate_folder
+
+    if spec in BUILTIN_MODELS:
+        return
+    try:
+        validate_folder(Path(spec).expanduser().resolve(), allow_pickle)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+
+
+def add_model_args(p) -> None:
+    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny); a folder "
+                   "is read as safetensors only")
+    p.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (.bin, .ckpt, "
+                   ".pt, .pth) from a --model folder: pickle can run code, pass this only for a folder you trust")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="sdparity",
         description="Numerical parity of TVM-compiled Stable Diffusion stages (native and WebGPU) "
         "against PyTorch/diffusers. Each stage is built per backend, run on generated inputs, and "
@@ -46,13 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Build every selected stage for every selected backend, run it, "
                        "compare with the PyTorch reference, print a table, write the report. Exit 0 "
                        "only when every check passes.")
-    c.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
-    c.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated: llvm,cuda,vulkan,webgpu "
-                   "(default: llvm)")
-    c.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
-    c.add_argument("--report", type=Path, default=Path(DEFAULT_REPORT), help=f"JSON report path "
+    c.add_argument("--stages", type=stage_list, default=None, help="comma-separated stages (default: all)")
+    c.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated: "
+                   "llvm,cuda,vulkan,webgpu (default: llvm)")
+    add_model_args(c)
+    c.add_argument("--report", type=out_file, default=DEFAULT_REPORT, help=f"JSON report path "
                    f"(default: {DEFAULT_REPORT}); written atomically")
-    c.add_argument("--seed", type=int, default=0, help="seed of generated inputs (default 0)")
+    c.add_argument("--seed", type=seed_arg, default=0, help="seed of generated inputs, 0..2^32-1 (default 0)")
     c.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae "
                    "(default: the model's sample_size)")
     c.add_argument("--rebuild", action="store_true", help="ignore cached builds")
@@ -80,6 +181,7 @@ COMMAND_MODULES = (
     "sdparity.tiers.bench",
     "sdparity.tiers.serve",
     "sdparity.tiers.calibrate",
+    "sdparity.tiers.opreplay",
 )
 
 
@@ -102,11 +204,9 @@ def cmd_check(args) -> int:
     from sdparity.reports.table import print_table
 
     log = Progress(quiet=args.quiet)
+    check_model_arg(args.model, args.allow_pickle)
     stages = all_stages()
-    names = args.stages or list(stages)
-    unknown = [n for n in names if n not in stages]
-    if unknown:
-        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
+    names = args.stages or list(stages)  # names were checked while parsing (stage_list)
     selected = [stages[n] for n in names]
     for spec in args.inject_fault:
         stage_name, _, fault = spec.partition(":")
@@ -119,7 +219,7 @@ def cmd_check(args) -> int:
             raise SdparityError(str(e)) from None
     backends = [get_backend(b) for b in args.backends]
     try:
-        model = load_model(args.model, log=log)
+        model = load_model(args.model, log=log, allow_pickle=args.allow_pickle)
     except ModelError as e:
         raise SdparityError(str(e)) from None
     variants = None

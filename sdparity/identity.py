@@ -22,6 +22,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -159,13 +160,18 @@ def loaded_tvm_identity() -> dict:
 
 
 def module_files(module: str) -> list[Path]:
-    """The source files of a project module; a package stands for all its .py files."""
+    """The source files of a module of this project (or, failing that, of any imported module);
+    a package stands for all its .py files."""
     base = ROOT.joinpath(*module.split("."))
+    if not base.is_dir() and not base.with_suffix(".py").is_file():
+        mod = sys.modules.get(module)
+        if mod is None or not getattr(mod, "__file__", None):
+            raise ValueError(f"cannot find the source of {module} ({base}.py)")
+        f = Path(mod.__file__)
+        base = f.parent if f.name == "__init__.py" else f.with_suffix("")
     if base.is_dir():
         return sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts)
-    if base.with_suffix(".py").is_file():
-        return [base.with_suffix(".py")]
-    raise ValueError(f"{module} is not a module of this project ({base}.py)")
+    return [base.with_suffix(".py")]
 
 
 def source_digest(modules) -> str:

@@ -299,22 +299,23 @@ def merge_into_report(report_path: Path, data: dict) -> None:
 # -- command ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    from sdparity.cli import _csv, _latent
+    from sdparity.cli import (_latent, add_model_args, backend_list, existing_file, out_file, positive_int,
+                              seed_arg, stage_list)
 
     p = sub.add_parser("bench", help="time builds and runs per stage and backend against PyTorch",
                        description="Per stage and backend: build time, run time (median of N), peak "
                        "memory (RSS; GPU memory for GPU backends) and the ratio to the stage's "
                        "PyTorch reference, run side by side in this process. Prints a table and "
                        "writes JSON atomically.")
-    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
-    p.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
-    p.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated (default: llvm)")
-    p.add_argument("--repeat", "-n", type=int, default=3, help="timed rounds per case (default 3)")
+    add_model_args(p)
+    p.add_argument("--stages", type=stage_list, default=None, help="comma-separated stages (default: all)")
+    p.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated (default: llvm)")
+    p.add_argument("--repeat", "-n", type=positive_int, default=3, help="timed rounds per case (default 3)")
     p.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--rebuild", action="store_true", help="ignore cached builds (measures build time)")
-    p.add_argument("--json", type=Path, default=Path(DEFAULT_JSON), help=f"output (default {DEFAULT_JSON})")
-    p.add_argument("--merge", type=Path, default=None, metavar="REPORT",
+    p.add_argument("--json", type=out_file, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")
+    p.add_argument("--merge", type=existing_file, default=None, metavar="REPORT",
                    help="also store the results under 'performance' in this sdparity report")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.set_defaults(handler=cmd_bench)
@@ -325,21 +326,18 @@ def cmd_bench(args) -> int:
 
     from sdparity.backends import get_backend
     from sdparity.cache import BuildCache
+    from sdparity.cli import check_model_arg
     from sdparity.registry import all_stages
     from sdparity.files import write_atomic
     from sdparity.runner import Progress
 
-    if args.repeat < 1:
-        raise SdparityError("--repeat must be at least 1")
-    log = Progress(quiet=args.quiet)
+    log = Progress(quiet=args.quiet)  # stages, backends, --repeat, --seed: checked while parsing
+    check_model_arg(args.model, args.allow_pickle)
     stages = all_stages()
     names = args.stages or list(stages)
-    unknown = [n for n in names if n not in stages]
-    if unknown:
-        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
     backends = [get_backend(b) for b in args.backends]
     try:
-        model = load_model(args.model, log=log)
+        model = load_model(args.model, log=log, allow_pickle=args.allow_pickle)
     except ModelError as e:
         raise SdparityError(str(e)) from None
     selected = [stages[n] for n in names]

@@ -100,9 +100,11 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
                        description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
                        "tokenizer and the scheduler constants, then serve the Stable Diffusion web app.")
-    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default tiny)")
-    p.add_argument("--latent", default=None, help="latent HxW (default: the model's sample_size)")
-    p.add_argument("--port", type=int, default=8000, help="port on 127.0.0.1 (default 8000)")
+    from sdparity.cli import _latent, add_model_args, port_arg
+
+    add_model_args(p)
+    p.add_argument("--latent", type=_latent, default=None, help="latent HxW (default: the model's sample_size)")
+    p.add_argument("--port", type=port_arg, default=8000, help="port on 127.0.0.1 (default 8000)")
     p.set_defaults(handler=cmd_serve)
 
 
@@ -110,12 +112,14 @@ def cmd_serve(args) -> int:
     from reference.models import ModelError, load_model
 
     from sdparity.cache import BuildCache
+    from sdparity.cli import check_model_arg
 
+    check_model_arg(args.model, args.allow_pickle)
     try:
-        model = load_model(args.model)
+        model = load_model(args.model, allow_pickle=args.allow_pickle)
     except ModelError as e:
         raise SdparityError(str(e)) from None
-    latent = tuple(int(x) for x in args.latent.split("x")) if args.latent else model.default_latent_hw
+    latent = tuple(args.latent) if args.latent else model.default_latent_hw
     cache = BuildCache()
     data = build_app(model, latent, cache)
     try:

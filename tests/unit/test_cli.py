@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,6 +50,11 @@ def test_check_passes_writes_report_and_second_run_is_cached(tmp_path):
     data = json.loads(report.read_text())
     assert data["schema"] == "sdparity.report/1" and data["summary"]["fail"] == 0
     assert data["versions"]["apache-tvm"] == "0.27.0.post1" and data["versions"]["torch"].startswith("2.13.0")
+    from sdparity.identity import tvm_identity  # the TVM used, by content (sdparity.identity)
+
+    tvm = data["versions"]["tvm"]
+    assert tvm["version"] == "0.27.0.post1" and tvm["libs_sha256"] == tvm_identity()["libs_sha256"]
+    assert tvm["path"] == tvm_identity()["path"] and tvm["commit"]
     assert {r["stage"] for r in data["results"]} == {"image_to_rgba", "concat_embeddings", "clip"}
     assert "PASS" in r.stdout
     r2 = sdparity(*args)
@@ -78,3 +85,93 @@ def test_corrupt_cache_is_a_clear_error(tmp_path):
     r = subprocess.run(base, env=env, capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 2 and "corrupt" in r.stderr
     assert not (tmp_path / "r.json").exists()  # nothing half-written
+
+
+# ---- bad input fails before any work: one line, exit 2, well under a second (issue 10 item 7) ----
+
+def _timed_sdparity(*args):
+    """(result, child CPU seconds). CPU time, not wall: the machine is shared, and what matters
+    is that nothing was built or imported (torch alone takes over 1 s of CPU)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = sdparity(*args)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def _tiny_with_pickled_unet(tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from reference.models import builtin_model_path, ensure_builtin
+
+    ensure_builtin("tiny", log=lambda *a: None)
+    folder = tmp_path / "pickled"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    st = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(st), st.with_suffix(".bin"))
+    st.unlink()
+    return folder
+
+
+BAD_INPUT = [
+    (("check", "--seed", "-1"), "argument --seed: -1 is outside 0..4294967295"),
+    (("check", "--seed", "4294967296"), "is outside 0..4294967295"),
+    (("check", "--latent", "0x16"), "latent sizes must be positive"),
+    (("check", "--latent", "16"), "expected HxW"),
+    (("check", "--latent", "axb"), "expected HxW"),
+    (("check", "--stages", "nope"), "unknown stage(s) nope"),
+    (("check", "--stages", ","), "no stage given"),
+    (("check", "--backends", "metal"), "unknown backend(s) metal"),
+    (("check", "--report", "/proc/sdparity-test/r.json"), "cannot write /proc/sdparity-test/r.json"),
+    (("check", "--report", "{file}/r.json"), "is not a folder"),
+    (("check", "--report", "{tmp}"), "is a folder, not a file path"),
+    (("check", "--stages", "clip", "--inject-fault", "unet:x"), "stage 'unet' is not selected"),
+    (("check", "--stages", "unet", "--inject-fault", "unet:nope"), "has no fault 'nope'"),
+    (("check", "--model", "{tmp}/nope"), "does not exist"),
+    (("check", "--model", "{pickled}"), "has only pickle weights"),
+    (("bench", "--repeat", "0"), "argument --repeat/-n: 0 is outside 1.."),
+    (("bench", "--seed", "-5"), "argument --seed"),
+    (("bench", "--stages", "nope"), "unknown stage(s) nope"),
+    (("bench", "--json", "{file}/b.json"), "is not a folder"),
+    (("bench", "--merge", "{tmp}/none.json"), "is not an existing file"),
+    (("bench", "--model", "{pickled}"), "has only pickle weights"),
+    (("serve", "--port", "70000"), "argument --port: 70000 is outside 1..65535"),
+    (("serve", "--latent", "8y8"), "expected HxW"),
+    (("serve", "--model", "{pickled}"), "has only pickle weights"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_paths(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("badinput")
+    (tmp / "file").write_text("x")
+    return {"tmp": str(tmp), "file": str(tmp / "file"), "pickled": str(_tiny_with_pickled_unet(tmp))}
+
+
+@pytest.mark.parametrize("args,needle", BAD_INPUT, ids=[" ".join(a) for a, _ in BAD_INPUT])
+def test_bad_input_fails_fast_with_one_line(args, needle, bad_input_paths, tmp_path):
+    args = [a.format(**bad_input_paths) for a in args]
+    if "--report" not in args and args[0] == "check":
+        args += ["--report", str(tmp_path / "r.json")]
+    r, cpu = _timed_sdparity(*args)
+    line = _last_line_error(r)
+    assert needle in line and r.stderr.strip() == line, r.stderr
+    assert cpu < 1.0, f"{cpu:.2f} s of CPU before failing: something was built or imported"
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_undeclared_tolerance_is_an_error_record(monkeypatch, run_check, llvm):
+    from sdparity import tolerances
+    from sdparity.registry import get_stage
+
+    key = ("concat_embeddings", "embeddings", "*", "*")
+    monkeypatch.delitem(tolerances.TABLE, key)
+    recs = run_check(get_stage("concat_embeddings"), llvm)
+    assert recs and all(r["verdict"] == "error" for r in recs)
+    assert all("no tolerance declared for stage 'concat_embeddings' output 'embeddings'" in r["message"]
+               for r in recs)
+    assert all(r["output"] == "embeddings" and r["case"] for r in recs)

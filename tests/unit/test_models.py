@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -118,3 +119,66 @@ def test_any_size_beyond_tiny_is_full(tiny, part, key, value):
     assert architecture_scope(te, unet, vae) == "tiny"
     {"te": te, "unet": unet, "vae": vae}[part][key] = value
     assert architecture_scope(te, unet, vae) == "full"
+
+
+# ---- a model folder is untrusted input: safetensors only, pickle on request (issue 10 item 7) ----
+
+def _pickle_unet(folder):
+    """The unet's weights as a pickle (.bin) instead of safetensors, same tensors."""
+    import torch
+    from safetensors.torch import load_file
+
+    st = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    torch.save(load_file(st), folder / "unet" / "diffusion_pytorch_model.bin")
+    st.unlink()
+
+
+def test_pickle_weights_are_refused_before_loading(tiny, tmp_path):
+    import time
+
+    folder = tmp_path / "m"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    _pickle_unet(folder)
+    t0 = time.perf_counter()
+    with pytest.raises(ModelError, match=r"unet/ has only pickle weights \(diffusion_pytorch_model.bin\).*"
+                       "--allow-pickle") as e:
+        load_model(folder, log=lambda *a: None)
+    assert time.perf_counter() - t0 < 1.0 and "\n" not in str(e.value)
+
+
+def test_allow_pickle_loads_the_same_weights(tiny, tmp_path):
+    import torch
+
+    folder = tmp_path / "m"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    _pickle_unet(folder)
+    m = load_model(folder, log=lambda *a: None, allow_pickle=True)
+    ref = tiny.unet.state_dict()
+    got = m.unet.state_dict()
+    assert got.keys() == ref.keys() and all(torch.equal(got[k], ref[k]) for k in ref)
+
+
+class _Trap:
+    """Unpickling this creates a file: the proof that a pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_pickle_beside_safetensors_is_never_opened(tiny, tmp_path):
+    import pickle
+
+    folder = tmp_path / "m"
+    shutil.copytree(builtin_model_path("tiny"), folder)
+    marker = tmp_path / "pickle-was-executed"
+    for sub, name in (("unet", "diffusion_pytorch_model.bin"), ("text_encoder", "pytorch_model.bin"),
+                      ("vae", "diffusion_pytorch_model.bin")):
+        (folder / sub / name).write_bytes(pickle.dumps(_Trap(marker)))
+    pickle.loads((folder / "unet" / "diffusion_pytorch_model.bin").read_bytes())  # the trap works
+    assert marker.exists()
+    marker.unlink()
+    m = load_model(folder, log=lambda *a: None)
+    assert not marker.exists() and m.scope == "tiny"
