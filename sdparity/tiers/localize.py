@@ -17,12 +17,21 @@ What it can and cannot see: it finds errors made at or below TIR (scheduling, TI
 LLVM/GPU code generation, a damaged library). When every kernel agrees, the error is in the
 Relax IR itself (frontend import, a Relax pass before legalization, or the stage definition)
 and the record says so.
+
+Op replay (``sdparity.tiers.opreplay``, issue 11) covers that blind spot from the PyTorch
+side: every aten op of the stage's torch.export program is built alone through the stage's
+own path and compared with torch; the first op over its floor-relative budget is named, with
+a standalone repro. ``localize_check`` (called by the runner on a failing model check) runs
+both and keeps both in one record: kernel replay's fields at the top level, op replay's
+under ``"op"``.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -183,8 +192,8 @@ def replay(vm, trusted, function: str, args: list, device) -> dict:
     return rec
 
 
-def localize_check(stage, backend, artifact, model, variant: dict, case, log=None) -> dict:
-    """Localization record of one failing case of ``stage`` built by ``backend`` into ``artifact``."""
+def kernel_replay_check(stage, backend, artifact, model, variant, case, log=None) -> dict:
+    """Kernel replay of one failing case (native backends): the record described above."""
     try:
         from sdparity.backends.native import LIB, PARAMS, load_params, tvm_tensor
 
@@ -208,4 +217,45 @@ def localize_check(stage, backend, artifact, model, variant: dict, case, log=Non
             log(f"[{backend.name}] {stage.name} {case.label}: {rec['summary']}")
         return rec
     except Exception as e:  # localization is a diagnosis: it never turns a failure into a crash
-        return {"status": "error", "summary": f"localization failed: {_one_line(e)}"}
+        return {"status": "error", "summary": f"kernel replay failed: {_one_line(e)}"}
+
+
+def op_replay_check(stage, backend, artifact, model, variant, case, log=None, out_dir=None) -> dict:
+    """Op replay of one failing case (sdparity.tiers.opreplay): the first aten op whose TVM build
+    diverges alone, with a repro in ``out_dir`` (default opreplay.default_out_dir). Per-op builds
+    go into the build cache that holds ``artifact``, so a test's temporary cache stays apart."""
+    try:
+        from sdparity.cache import BuildCache
+        from sdparity.stages._torch import TorchStage
+        from sdparity.tiers import opreplay
+
+        if not isinstance(stage, TorchStage):
+            return {"status": "unsupported", "summary": f"op replay needs a torch.export stage; {stage.name} is not one"}
+        if log:
+            log(f"[{backend.name}] {stage.name} {case.label}: localizing (op replay)")
+        out = out_dir or opreplay.default_out_dir(stage.name, backend.name, case.label)
+        with backend.session() as runner:
+            rec = opreplay.localize_ops(stage, model, variant, case, backend, runner,
+                                        BuildCache(Path(artifact).parent), out, artifact=artifact, log=log)
+        if log:
+            log(f"[{backend.name}] {stage.name} {case.label}: {rec['summary']}")
+        return rec
+    except Exception as e:  # noqa: BLE001
+        return {"status": "error", "summary": f"op replay failed: {_one_line(e)}"}
+
+
+def localize_check(stage, backend, artifact, model, variant, case, log=None) -> dict:
+    """Localization record of one failing case of ``stage`` built by ``backend`` into ``artifact``:
+    kernel replay (native backends; its fields at the top level, as before) and op replay
+    (``record["op"]``, every backend). ``status`` is "diverged" when either names a culprit.
+    $SDPARITY_LOCALIZE ("kernel,op" by default) selects the methods."""
+    methods = set(os.environ.get("SDPARITY_LOCALIZE", "kernel,op").split(","))
+    skipped = {"status": "skipped", "summary": "not selected ($SDPARITY_LOCALIZE)"}
+    rec = kernel_replay_check(stage, backend, artifact, model, variant, case, log) if "kernel" in methods else dict(skipped)
+    op = op_replay_check(stage, backend, artifact, model, variant, case, log) if "op" in methods else dict(skipped)
+    rec["op"] = op
+    parts = [f"kernel replay: {rec['summary']}", f"op replay: {op['summary']}"]
+    if rec["status"] != "diverged" and op.get("status") == "diverged":
+        rec["status"] = "diverged"
+    rec["summary"] = "; ".join(parts)
+    return rec

@@ -92,9 +92,11 @@ def test_divergence_rule():
     assert localize.op_name("fused_matmul3_add4") == "matmul_add"
 
 
-def test_failing_stage_is_localized_to_the_broken_kernel(tiny, tmp_path):
+def test_failing_stage_is_localized_to_the_broken_kernel(tiny, tmp_path, monkeypatch):
     """End to end: the tiny CLIP stage built with one kernel (the MLP activation) scaled by
-    1.001 fails its check, and the report record names that kernel."""
+    1.001 fails its check, and the report record names that kernel. (Kernel replay only: op
+    replay on a failing check is tested in test_opreplay.py.)"""
+    monkeypatch.setenv("SDPARITY_LOCALIZE", "kernel")
     import tvm
 
     from sdparity.backends.native import LIB, PARAMS, NativeBackend, save_params
@@ -126,3 +128,4 @@ def test_failing_stage_is_localized_to_the_broken_kernel(tiny, tmp_path):
     assert loc["first"]["kernel"] == GELU and {d["kernel"] for d in loc["diverged"]} <= {GELU}
     assert "sigmoid" in loc["first"]["op"] and not loc["unchecked"]
     assert sum("localization" in r for r in report.results) == 1  # the first failing case only
+    assert loc["op"]["status"] == "skipped"

@@ -1,0 +1,190 @@
+"""Op replay (sdparity.tiers.opreplay): the aten op whose TVM build diverges is named, with a
+standalone repro; when every op agrees alone, the Relax pipeline is bisected."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+
+from sdparity.tiers import opreplay
+from sdparity.tolerances import op_budget
+
+#: the perturbation of negative test (a), as source: run in this process, and handed to the
+#: written repro through its documented REPRO_PRELUDE hook so that the subprocess has the same
+#: (broken) TVM. sigmoid is imported as its own Relax op (R.sigmoid), checked below.
+PERTURB_SIGMOID = '''
+import tvm
+from tvm import topi
+
+
+def _sigmoid_off(bb, call):  # sigmoid 0.1% too large: ~8000 ulp
+    return bb.call_te(lambda x: topi.sigmoid(x) * 1.001, call.args[0], primfunc_name_hint="sigmoid")
+
+
+tvm.ir.register_op_attr("relax.sigmoid", "FLegalize", _sigmoid_off, level=11)
+'''
+
+
+@contextlib.contextmanager
+def perturbed(source: str, op_name: str):
+    """Run ``source`` (which overrides ``op_name``'s FLegalize) and restore the stock one after."""
+    import tvm
+
+    op = tvm.ir.Op.get(op_name)
+    stock = op.get_attr("FLegalize")
+    exec(compile(source, "<perturbation>", "exec"), {})
+    try:
+        yield
+    finally:
+        op.reset_attr("FLegalize")
+        op.set_attr("FLegalize", stock, 10)
+
+
+def test_judge_rule():
+    b = op_budget("llvm")
+    one = np.float32(1.0)
+    r32, r64 = [np.array([1.0, 2.0], np.float32)], [np.array([1.0, 2.0 + 1e-7])]
+    assert opreplay.judge([r32[0]], r32, r64, b)["ok"]  # torch's own float32 result passes
+    bad = opreplay.judge([r32[0] * (one + np.float32(1e-4))], r32, r64, b)
+    assert not bad["ok"] and bad["ratio"] > 100
+    # float32 overflow: the float64 result rounded to float32 is inf, so inf is right
+    inf = [np.array([np.inf], np.float32)]
+    assert opreplay.judge(inf, inf, [np.array([4e38])], b)["ok"]
+    assert not opreplay.judge([np.array([np.nan], np.float32)], inf, [np.array([4e38])], b)["ok"]
+    ints = [np.array([1, 2], np.int64)]
+    assert opreplay.judge(ints, ints, ints, b)["ok"]
+    assert opreplay.judge([np.array([1, 3], np.int64)], ints, ints, b)["mismatches"] == 1
+    # within budget: the floor times the ratio, plus a few ulp of the largest value
+    allowed = b.allowed(1e-7, 2.0)
+    assert allowed == pytest.approx(b.floor_ratio * 1e-7 + b.ulps * 2.0 ** -22)
+
+
+def test_trace_is_the_program(tiny):
+    """The fx replay of the decomposed CLIP program gives the program's own output, and every
+    call carries its module path and a float64 result."""
+    import torch
+
+    from sdparity.registry import get_stage
+
+    stage = get_stage("clip")
+    case = stage.cases(tiny, {}, 0)[0]
+    ep = opreplay.export_program(stage, tiny, {})
+    calls = []
+    out = opreplay.trace(ep, case.inputs, lambda c: calls.append(c) and False)
+    with torch.no_grad():
+        expect = ep.module()(torch.from_numpy(case.inputs[0]))
+    np.testing.assert_array_equal(out[0].numpy(), expect.numpy())
+    assert [c.position for c in calls] == list(range(len(calls)))
+    ln = [c for c in calls if c.op == "aten.native_layer_norm.default"]
+    assert ln and all(c.module.startswith("text_encoder.") and c.module_type == "LayerNorm" for c in ln)
+    assert ln[0].attributes()["eps"] == "1e-05" and ln[0].weights == [False, True, True]
+    assert all(len(c.out64) == len(c.out32) for c in calls)
+    assert ln[0].outputs == (0,)  # only the normalized value is used, not mean/rstd
+
+
+def test_clean_clip_replays_clean(tiny, llvm, cache):
+    """Every aten call of the tiny CLIP agrees with torch alone on llvm (the pinned TVM)."""
+    from sdparity.registry import get_stage
+
+    stage = get_stage("clip")
+    case = stage.cases(tiny, {}, 0)[0]
+    with llvm.session() as runner:
+        rec = opreplay.replay(opreplay.export_program(stage, tiny, {}), case.inputs, llvm, runner, cache,
+                              stop_at_first=False)
+    assert rec["status"] == "clean" and not rec["errors"], rec["summary"]
+    assert rec["calls"] > 100 and 30 < rec["signatures"] < rec["calls"]
+
+
+def test_perturbed_lowering_is_localized_to_its_aten_op(tiny, llvm, tmp_path, monkeypatch):
+    """Negative test (a): relax.sigmoid's lowering made 0.1% wrong through TVM's op-attribute
+    registry. The tiny CLIP check fails; kernel replay cannot see it (its trusted build uses
+    the same lowering); op replay names aten.sigmoid (CLIP's quick_gelu) and writes a repro
+    that, run alone with the same perturbation, fails, and without it passes."""
+    from sdparity.cache import BuildCache
+    from sdparity.registry import get_stage
+    from sdparity.reports.report import Report
+    from sdparity.runner import Progress, run_checks
+
+    stage = get_stage("clip")
+    assert "R.sigmoid(" in stage.build_ir(tiny, {}).mod.script()  # not decomposed away before import
+    monkeypatch.setenv("SDPARITY_LOCALIZE_OUT", str(tmp_path / "loc"))
+    report = Report(tiny)
+    with perturbed(PERTURB_SIGMOID, "relax.sigmoid"):
+        run_checks([stage], [llvm], tiny, report, BuildCache(tmp_path / "cache"), log=Progress(quiet=True),
+                   localize=True)
+    failed = [r for r in report.results if r["verdict"] == "fail"]
+    assert failed, [r["message"] for r in report.results]
+    loc = failed[0]["localization"]
+    assert loc["first"] is None and "upstream" in loc["summary"]  # kernel replay: all kernels agree
+    op = loc["op"]
+    assert op["status"] == "diverged", op["summary"]
+    first = op["first"]
+    assert first["op"] == "aten.sigmoid.default" and ".mlp" in first["module"]
+    assert first["ratio"] > 100 and any("sigmoid" in k for k in first["kernels"])
+    assert first["repro_reproduces"] is False  # alone, without the perturbation: within budget
+    prelude = tmp_path / "perturb.py"
+    prelude.write_text(PERTURB_SIGMOID)
+    run = opreplay.run_repro(first["repro"], env={"REPRO_PRELUDE": str(prelude)})
+    assert run["returncode"] == 1 and "DIVERGES" in run["output"], run["output"]
+
+
+def test_repro_script_is_standalone(tiny, tmp_path):
+    """A written repro imports no sdparity module and runs from its own folder."""
+    from sdparity.registry import get_stage
+
+    stage = get_stage("clip")
+    ep = opreplay.export_program(stage, tiny, {})
+    calls = []
+    opreplay.trace(ep, stage.cases(tiny, {}, 0)[0].inputs,
+                   lambda c: c.op == "aten.native_layer_norm.default" and not calls.append(c))
+    call = calls[0]
+    fake = {"max_abs": 0.0, "floor": 0.0, "ratio": 0.0, "allowed": 0.0}
+    path = opreplay.write_repro(call, fake, op_budget("llvm"), tmp_path / "r", "llvm")
+    assert "sdparity" not in path.read_text().replace("sdparity localize", "")
+    run = opreplay.run_repro(path)
+    assert run["returncode"] == 0 and "within budget" in run["output"], run["output"]
+
+
+def test_all_ops_agree_then_the_pipeline_is_bisected(tiny, llvm, cache, tmp_path):
+    """CLIP built without its last layer (stage fault): every op agrees alone, so the pipeline is
+    bisected, and the failure is already there before fusion and schedules: the graph itself."""
+    from sdparity.registry import get_stage
+
+    stage = get_stage("clip").with_fault("truncate_layers")
+    case = stage.cases(tiny, {}, 0)[0]
+    art, _, _ = llvm.build_cached(lambda: stage.build_ir(tiny, {}), stage.build_key(tiny, {}), cache,
+                                  log=lambda *a: None)
+    with llvm.session() as runner:
+        rec = opreplay.localize_ops(stage, tiny, {}, case, llvm, runner, cache, tmp_path, artifact=art)
+    assert rec["status"] == "clean" and rec["first"] is None
+    assert rec["pipeline"]["culprit"] == "legalized", rec["pipeline"]
+    assert "graph" in rec["pipeline"]["verdict"] and "every aten call" not in rec["pipeline"]["verdict"]
+
+
+def test_pipeline_bisect_names_the_schedule_step(tiny, llvm, tmp_path):
+    """A build whose scheduled kernel is wrong (one kernel scaled after fusion) passes unfused and
+    fused-unscheduled: the bisect names the backend's own build step."""
+    from sdparity.backends.native import LIB, PARAMS, save_params
+    from sdparity.registry import get_stage
+    from tests.unit.test_localize import GELU, build_broken
+
+    stage = get_stage("clip")
+    ir = stage.build_ir(tiny, {})
+    build_broken(ir.mod, GELU).export_library(str(tmp_path / LIB))
+    save_params(ir.params, tmp_path / PARAMS)
+    case = stage.cases(tiny, {}, 0)[0]
+    with llvm.session() as runner:
+        rec = opreplay.bisect_pipeline(stage, tiny, {}, case, llvm, tmp_path, runner)
+    assert [s["step"] for s in rec["steps"]] == ["legalized", "fused", "backend"]
+    assert rec["culprit"] == "backend" and rec["steps"][0]["passed"] and rec["steps"][1]["passed"]
+
+
+def test_cli_localize(tiny, cache, tmp_path, capsys):
+    from sdparity.cli import main
+
+    rc = main(["localize", "clip", "--no-bisect", "--out", str(tmp_path), "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "agree with torch in isolation" in out
+    assert (tmp_path / "clip-llvm-cat" / "localize.json").is_file()
