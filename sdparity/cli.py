@@ -182,6 +182,7 @@ COMMAND_MODULES = (
     "sdparity.tiers.serve",
     "sdparity.tiers.calibrate",
     "sdparity.tiers.opreplay",
+    "sdparity.tiers.opreplay",
 )
 
 
