@@ -123,3 +123,33 @@ def lookup(stage: str, output: str, backend: str, model_scope: str) -> Tolerance
 
 def model_scope(model_name: str) -> str:
     return "tiny" if model_name == "tiny" else "full"
+
+
+# ---- op replay and op-statistics fuzzing (sdparity.tiers.opreplay, tests/opstats.py; issue 11) ----
+@dataclass(frozen=True)
+class OpBudget:
+    """Budget of one aten op built alone: max |TVM - torch float64| may be at most
+    ``floor_ratio`` x the op's float32 floor (max |torch float32 - float64| on the same inputs)
+    plus ``ulps`` units in the last place of the output's largest magnitude."""
+
+    floor_ratio: float
+    ulps: float
+    reason: str = ""
+
+    def allowed(self, floor: float, scale: float, dtype="float32") -> float:
+        import numpy as np
+
+        return self.floor_ratio * floor + self.ulps * float(np.spacing(np.asarray(scale, dtype=dtype)))
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+OP_REPLAY: dict[str, OpBudget] = {
+    "*": OpBudget(8.0, 4.0, reason="PLACEHOLDER"),
+    "webgpu": OpBudget(32.0, 64.0, reason="PLACEHOLDER"),
+}
+
+
+def op_budget(backend: str) -> OpBudget:
+    return OP_REPLAY.get(backend, OP_REPLAY["*"])
