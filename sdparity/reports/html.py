@@ -135,8 +135,29 @@ def _localization_html(data: dict) -> str:
         out.append(f"<h3>{escape(r['stage'])} / {escape(r['backend'])} / {escape(str(r['case']))}</h3>"
                    f"<p><b>{escape(loc.get('status', ''))}</b>: {escape(loc.get('summary', ''))}</p>"
                    f"<p class='small'>{escape(loc.get('method', ''))}; {loc.get('calls', 0)} kernel calls, "
-                   f"{loc.get('seconds', 0)}s</p>{table}")
+                   f"{loc.get('seconds', 0)}s</p>{table}{_op_replay_html(loc)}")
     return "".join(out) or "<p>No failing check was localized.</p>"
+
+
+def _op_replay_html(loc: dict) -> str:
+    """The op replay part of a localization (sdparity.tiers.opreplay): the first aten op over its
+    budget, where it is in the program, its error against its float32 floor, and the repro."""
+    op = loc.get("op") or {}
+    if not op:
+        return ""
+    head = f"<p><b>op replay: {escape(op.get('status', ''))}</b>: {escape(op.get('summary', ''))}</p>"
+    f = op.get("first")
+    if not f:
+        return head
+    row = "<tr>" + "".join([
+        _cell(f["op"] + (f" (from {f['decomposed_from']})" if f.get("decomposed_from") else "")),
+        _cell(f"{f['position']} of {op.get('calls', '?')} ({f.get('node', '')})"), _cell(f.get("module") or "-"),
+        _cell(f.get("shapes")), _cell(_num(f.get("max_abs")), num=True), _cell(_num(f.get("floor")), num=True),
+        _cell(_num(f.get("ratio")), num=True), _cell(", ".join(f.get("kernels") or [])),
+        _cell(f"{f.get('repro', '-')}" + ("" if "repro_reproduces" not in f else
+                                          f" (reproduces alone: {'yes' if f['repro_reproduces'] else 'no'})"))]) + "</tr>"
+    return head + _table(["aten op", "position", "module", "input shapes", "max |err|", "float32 floor", "err/floor",
+                          "kernels", "repro"], [row])
 
 
 def _checks_html(data: dict) -> str:
