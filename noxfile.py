@@ -6,7 +6,7 @@
   full         full-size SD 1.5 (random weights) parity on LLVM (slow; see README for times)
   bench        `sdparity bench`: build/run time, memory, ratio to PyTorch (tiny, llvm)
   full_bench   the same on full-size SD 1.5, merged into the `full` report
-  gate         `nox -s gate -- A B`: llvm checks under TVM A and TVM B (one venv each), gate B vs A
+  gate         `nox -s gate -- A B`: llvm checks under TVM A and TVM B (releases or folders), gate B vs A
   gpu_prepare  build what the lent GPU machine runs (CUDA tier, WebGPU on Dawn): docs/performance.md
 
 Extra arguments after `--` go to pytest (unit, browser_e2e) or to `sdparity check` (check, full).
@@ -76,12 +76,15 @@ def full(session):
 def gate(session):
     """TVM upgrade gate: `nox -s gate -- <tvm-A> <tvm-B> [sdparity check args]` (docs/gate.md).
 
-    Builds .cache/venvs/tvm-<version> per version (cached), runs `sdparity check --backends llvm`
-    in each, then `sdparity gate` B against A. Exit 1 on a regression."""
+    Each side is a release number (.cache/venvs/tvm-<version>, cached) or a folder holding a TVM
+    you built (its tvm package and libraries; run in the pinned release's venv with that tvm
+    first on PYTHONPATH). Runs `sdparity check --backends llvm` for each, then `sdparity gate`
+    B against A. Exit 1 on a regression."""
     import sys
 
     if len(session.posargs) < 2:
-        session.error("usage: nox -s gate -- <tvm-version-A> <tvm-version-B> [sdparity check args]")
+        session.error("usage: nox -s gate -- <tvm-A> <tvm-B> [sdparity check args]; "
+                      "each a release number (0.26.0) or a TVM folder")
     a, b, *rest = session.posargs
     session.run(sys.executable, "-m", "sdparity", "gate-versions", a, b, *(["--", *rest] if rest else []),
                 env={**ENV, "PYTHONPATH": str(ROOT)}, external=True)

@@ -47,6 +47,8 @@ def tvm_dirs(folder: str | os.PathLike | None = None) -> tuple[Path, Path | None
             raise SdparityError("TVM is not installed in this environment (no 'tvm' package)")
         return tvm_dir, _spec_dir("tvm_ffi")
     folder = Path(folder).expanduser().resolve()
+    if not folder.is_dir():
+        raise SdparityError(f"TVM folder {folder} does not exist or is not a folder")
     for cand in (folder / "tvm", folder):
         if (cand / "__init__.py").is_file() and (cand / "libinfo.py").is_file():
             ffi = cand.parent / "tvm_ffi"
@@ -127,8 +129,7 @@ def _git_commit(tvm_dir: Path) -> str | None:
 
 
 @functools.cache
-def _identity(folder: str | None) -> dict:
-    tvm_dir, ffi_dir = tvm_dirs(folder)
+def _identity(tvm_dir: Path, ffi_dir: Path | None) -> dict:
     t0 = time.perf_counter()
     files = tvm_files(tvm_dir, ffi_dir)
     libs = files_digest(files, tvm_dir.parent)
@@ -142,7 +143,7 @@ def _identity(folder: str | None) -> dict:
 def tvm_identity(folder: str | os.PathLike | None = None) -> dict:
     """Version, path, library hash and commit of this environment's TVM or of ``folder``'s.
     Read from files only (the same whether or not TVM is imported yet): a cache key."""
-    return dict(_identity(None if folder is None else str(Path(folder).expanduser().resolve())))
+    return dict(_identity(*tvm_dirs(folder)))
 
 
 def loaded_tvm_identity() -> dict:
@@ -150,8 +151,9 @@ def loaded_tvm_identity() -> dict:
     (``tvm.__version__``; ``libinfo()``'s GIT_COMMIT_HASH where the build recorded one): for
     reports."""
     import tvm
+    import tvm_ffi
 
-    out = tvm_identity(Path(tvm.__file__).parent)
+    out = dict(_identity(Path(tvm.__file__).resolve().parent, Path(tvm_ffi.__file__).resolve().parent))
     out["version"] = tvm.__version__
     commit = str(tvm.support.libinfo().get("GIT_COMMIT_HASH", "") or "")
     if commit and commit != "NOT-FOUND":

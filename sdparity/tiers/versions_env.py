@@ -7,8 +7,18 @@ A finished environment carries ``sdparity-env.json`` (what was installed); an en
 without it, or with different contents, is rebuilt from scratch. The stamp is written last,
 so an interrupted install is never reused.
 
-``gate_versions(a, b)`` runs ``sdparity check --backends llvm`` in both environments and
-gates b against a (sdparity.reports.gate). A candidate whose check cannot run at all still gives a
+A side of the gate is either a release number or **a TVM you built**, given by path
+(``Side``/``parse_side``): a folder holding the ``tvm`` Python package with its libraries (a
+``pip install --target DIR`` folder, TVM's ``python/`` folder of a source build) or the
+``tvm`` package folder itself. That side runs in the environment of the project's pinned
+release with the folder's ``tvm`` (and its ``tvm_ffi``, when the folder has one) first on
+``PYTHONPATH`` (through a folder of links to just those packages, so the folder's other
+packages, e.g. its numpy, do not replace the environment's), the way TVM's own docs run a
+source build. Its report records the TVM it imported (``versions.tvm``: path, version, commit,
+library hash) and the gate checks that it is the folder's.
+
+``gate_versions(a, b)`` runs ``sdparity check --backends llvm`` for both sides and gates b
+against a (sdparity.reports.gate). A candidate whose check cannot run at all still gives a
 report (``error`` field, no results), so the gate lists every check as lost instead of
 crashing.
 """
@@ -21,6 +31,7 @@ import re
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from sdparity.errors import SdparityError
@@ -53,6 +64,66 @@ def requirements(version: str) -> list[str]:
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     return [f"apache-tvm=={version}", *(d for d in deps if _name(d) != "apache-tvm"),
             *COMPANIONS.get(version, {})]
+
+
+def pinned_version() -> str:
+    """The apache-tvm release pyproject.toml pins: the environment a TVM folder runs in."""
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    return next(d.split("==", 1)[1].strip() for d in deps if _name(d) == "apache-tvm")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of the gate: a release (``version``) or a TVM folder (``path``: the tvm package)."""
+
+    spec: str
+    kind: str  # "release" | "path"
+    version: str | None = None
+    path: Path | None = None
+    ffi: Path | None = None  # the folder's own tvm_ffi package, when it has one
+
+    @property
+    def label(self) -> str:
+        """Names the side's output folder: the release, or the folder's version and a hash of its path."""
+        if self.kind == "release":
+            return self.version
+        from sdparity.identity import tvm_identity
+        from sdparity.ir import digest
+
+        return f"{tvm_identity(self.path)['version'] or 'unknown'}-path-{digest(str(self.path))[:8]}"
+
+    def describe(self) -> dict:
+        return {"spec": self.spec, "kind": self.kind, "version": self.version,
+                "path": str(self.path) if self.path else None}
+
+
+def parse_side(spec: str) -> Side:
+    """A release number (``0.26.0``) or a folder holding a TVM build; anything else is an error."""
+    from sdparity.identity import tvm_dirs
+
+    looks_like_path = os.sep in spec or spec.startswith((".", "~")) or Path(spec).exists()
+    if _VERSION.match(spec) and not looks_like_path:
+        return Side(spec, "release", version=spec)
+    if not looks_like_path:
+        raise SdparityError(f"{spec!r} is neither a TVM release number (e.g. 0.27.0.post1) nor a "
+                            "folder holding a TVM build")
+    tvm_dir, ffi_dir = tvm_dirs(spec)  # raises a one-line error when the folder holds no TVM
+    return Side(spec, "path", path=tvm_dir, ffi=ffi_dir)
+
+
+def shim_dir(side: Side) -> Path:
+    """A folder of links to the side's tvm (and tvm_ffi) packages and their dist-info, for PYTHONPATH."""
+    shim = VENVS / f"path-{side.label}"
+    shutil.rmtree(shim, ignore_errors=True)
+    shim.mkdir(parents=True)
+    links = [side.path] + ([side.ffi] if side.ffi else [])
+    for pkg in list(links):
+        links += sorted(pkg.parent.glob(f"apache_{pkg.name}-*.dist-info"))  # the versions it reports
+    for target in links:
+        (shim / target.name).symlink_to(target, target_is_directory=True)
+    return shim
 
 
 def env_dir(version: str) -> Path:
@@ -104,8 +175,9 @@ def ensure(version: str, log=print) -> Path:
     return python_of(env)
 
 
-def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> Path:
-    """``sdparity check`` in this version's environment; always returns a report path."""
+def run_check(side: Side, out_dir: Path, check_args: list[str], log=print, python: Path | None = None) -> Path:
+    """``sdparity check`` with this side's TVM; always returns a report path. ``python``: the
+    interpreter to use instead of the side's environment (tests)."""
     from sdparity.files import write_atomic
     from sdparity.reports.report import SCHEMA
 
@@ -116,30 +188,48 @@ def run_check(version: str, out_dir: Path, check_args: list[str], log=print) -> 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "SDPARITY_CACHE": os.environ.get("SDPARITY_CACHE", str(ROOT / ".cache" / "sdparity"))}
     env.pop("PYTHONPATH", None)  # the environment's own editable install, not the caller's path
-    py = ensure(version, log)
+    env.pop("TVM_LIBRARY_PATH", None)
+    if side.kind == "path":
+        env["PYTHONPATH"] = str(shim_dir(side))
+    py = python or ensure(side.version if side.kind == "release" else pinned_version(), log)
     cmd = [str(py), "-m", "sdparity", "check", "--backends", "llvm", "--report", str(report), *check_args]
-    log(f"[gate] TVM {version}: {' '.join(cmd[1:])} (log: {logfile})")
+    log(f"[gate] TVM {side.spec}: {' '.join(cmd[1:])} (log: {logfile})")
     with open(logfile, "w") as f:
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, cwd=ROOT).returncode
     if rc in (0, 1) and report.exists():
+        used = (json.loads(report.read_text()).get("versions") or {}).get("tvm") or {}
+        if side.kind == "path" and used.get("path") != str(side.path):
+            raise SdparityError(f"the check for {side.spec} imported TVM from {used.get('path')}, not "
+                                f"from {side.path} (log: {logfile})")
         return report
     lines = [l for l in logfile.read_text().splitlines() if l.strip()]
     why = lines[-1].strip() if lines else f"exit {rc}"
-    log(f"[gate] TVM {version}: sdparity check did not produce a report: {why}")
-    write_atomic(report, json.dumps({"schema": SCHEMA, "versions": {"apache-tvm": version},
+    log(f"[gate] TVM {side.spec}: sdparity check did not produce a report: {why}")
+    write_atomic(report, json.dumps({"schema": SCHEMA, "versions": {"apache-tvm": side.version,
+                                                                    "tvm": side.describe()},
                                      "model": None, "backends": {}, "results": [],
                                      "error": f"sdparity check could not run (exit {rc}): {why}"}, indent=1))
     return report
 
 
-def gate_versions(a: str, b: str, out: Path = OUT, check_args: list[str] | None = None,
+def gate_versions(a: str | Side, b: str | Side, out: Path = OUT, check_args: list[str] | None = None,
                   show_all: bool = False, log=print) -> int:
+    """Gate b against a; each a release number or a TVM folder (``parse_side``)."""
     from sdparity.reports import gate
 
+    sides = [s if isinstance(s, Side) else parse_side(s) for s in (a, b)]
     check_args = list(check_args or [])
-    reports = [run_check(v, out / f"tvm-{v}", check_args, log) for v in (a, b)]
+    reports = [run_check(s, out / f"tvm-{s.label}", check_args, log) for s in sides]
     result = gate.gate_files(*reports)
-    gate.write_json(result, out / f"gate-{a}-vs-{b}.json")
+    # which TVM each side was: the spec, and what its check imported (path, version, commit, libs)
+    result["sides"] = {k: {**s.describe(), "tvm": (json.loads(r.read_text()).get("versions") or {}).get("tvm")}
+                       for k, s, r in zip(("baseline", "candidate"), sides, reports)}
+    path = out / f"gate-{sides[0].label}-vs-{sides[1].label}.json"
+    gate.write_json(result, path)
     gate.print_gate(result, show_all=show_all)
-    log(f"[gate] reports: {reports[0]}, {reports[1]} (HTML beside each); gate: {out / f'gate-{a}-vs-{b}.json'}")
+    for k, side in result["sides"].items():
+        t = side["tvm"] or {}
+        log(f"[gate] {k}: {side['spec']} -> TVM {t.get('version')} at {t.get('path')} "
+            f"(commit {t.get('commit')}, libs sha256 {t.get('libs_sha256')})")
+    log(f"[gate] reports: {reports[0]}, {reports[1]} (HTML beside each); gate: {path}")
     return 1 if result["regressions"] else 0
