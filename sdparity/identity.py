@@ -62,14 +62,15 @@ def tvm_files(tvm_dir: Path, ffi_dir: Path | None) -> list[Path]:
     sources, plus libtvm* in the library folders a source build loads from (tvm.libinfo)."""
     files = []
     for d in (tvm_dir, ffi_dir):
-        if d is not None:
-            files += [p for p in d.rglob("*") if p.suffix in LIB_SUFFIXES and "__pycache__" not in p.parts]
+        for top, dirs, names in os.walk(d) if d is not None else ():
+            dirs[:] = [n for n in dirs if n != "__pycache__"]
+            files += [Path(top, n) for n in names if n.endswith(LIB_SUFFIXES)]
     lib_dirs = [tvm_dir.parent.parent / "build" / "lib", tvm_dir.parent.parent / "build", tvm_dir.parent.parent / "lib"]
     if os.environ.get("TVM_LIBRARY_PATH"):
         lib_dirs.insert(0, Path(os.environ["TVM_LIBRARY_PATH"]))
     for d in lib_dirs:
         files += d.glob("libtvm*") if d.is_dir() else []
-    return sorted({p.resolve() for p in files if p.is_file()})
+    return sorted({p for p in files if p.is_file()})
 
 
 def _memo_dir() -> Path:
