@@ -8,6 +8,12 @@ class SdparityError(Exception):
     """
 
 
+def one_line(e: BaseException) -> str:
+    """An exception as one line: its type and the last line of its message."""
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[-1] if text else ''}"
+
+
 def one_line_main(prog: str, main, argv=None) -> int:
     """Run a module's main(); expected failures (bad folder, missing tool, model error) end as
     one line on stderr and exit status 2 instead of a traceback."""

@@ -87,8 +87,9 @@ class Stage:
     # -- shared ----------------------------------------------------------------------
     def source_modules(self) -> list[str]:
         """The modules that define this stage's build_ir: its class and its base classes below
-        ``Stage`` (e.g. stages/_torch.py). Their source is part of the cache key."""
-        return [c.__module__ for c in type(self).__mro__ if c.__module__.startswith("sdparity.stages")]
+        ``Stage`` (e.g. stages/_torch.py), wherever they are defined (a stage may live outside
+        sdparity/stages/, docs/extending.md). Their source is part of the cache key."""
+        return [c.__module__ for c in type(self).__mro__ if c not in (Stage, object)]
 
     def build_key(self, model, variant: dict) -> dict:
         """Everything that changes the built module (the backend adds target, TVM and its own
@@ -110,6 +111,11 @@ def register(cls):
         raise ValueError(f"stage name {inst.name!r} is empty or registered twice")
     _STAGES[inst.name] = inst
     return cls
+
+
+def unregister(name: str) -> None:
+    """Remove a stage (for stages defined outside sdparity/stages/, e.g. in a test)."""
+    _STAGES.pop(name, None)
 
 
 def all_stages() -> dict[str, Stage]:
