@@ -31,6 +31,10 @@ ENV = {
 }
 
 
+# pytest-playwright: keep a trace and a screenshot of every browser test that fails
+PLAYWRIGHT_ARGS = ["--tracing", "retain-on-failure", "--screenshot", "only-on-failure", "--output", "out/playwright"]
+
+
 def _install(session, web: bool = True) -> None:
     session.install("-e", ".[test,web]" if web else ".[test]")
     # Only the CLIP BPE vocabulary file inside this wheel is used; its dependencies are not.
@@ -46,7 +50,7 @@ def _setup_webgpu(session) -> None:
 def unit(session):
     _install(session)
     _setup_webgpu(session)
-    session.run("python", "-m", "pytest", "tests/unit", "-ra", *session.posargs, env=ENV)
+    session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *session.posargs, env=ENV)
 
 
 @nox.session
@@ -61,7 +65,7 @@ def check(session):
 def browser_e2e(session):
     _install(session)
     _setup_webgpu(session)
-    session.run("python", "-m", "pytest", "tests/e2e", "-ra", *session.posargs, env=ENV)
+    session.run("python", "-m", "pytest", "tests/e2e", "-ra", *PLAYWRIGHT_ARGS, *session.posargs, env=ENV)
 
 
 @nox.session

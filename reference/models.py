@@ -31,7 +31,7 @@ BUILTIN_MODELS = ("tiny", "sd15-random")
 # Bump when a factory below changes what it writes: it is part of the cache folder name.
 FACTORY_VERSION = 1
 
-# The scheduler configuration the whole project pins (see numerics notes, pitfall 1).
+# The scheduler configuration the whole project pins (docs/numerics.md, pitfall 1).
 PINNED_SCHEDULER = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,

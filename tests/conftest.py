@@ -1,5 +1,6 @@
 """The one conftest: paths, the hypothesis profile, and the fixtures every test folder shares
-(the tiny model, the build cache, backends, a one-stage check runner, the web app, Chromium)."""
+(the tiny model, the build cache, backends, a one-stage check runner, the web app, and
+pytest-playwright's browser fixtures on the system Chromium)."""
 
 import os
 import sys
@@ -66,14 +67,24 @@ def app(tiny, cache):
     server.stop()
 
 
+# -- pytest-playwright: its browser/context/page fixtures (tracing and screenshots on failure,
+#    see noxfile.py), driving the system Chromium through the process's one sync Playwright.
 @pytest.fixture(scope="session")
-def browser():
-    from sdparity.backends.webgpu import launch_chromium, shared_playwright
+def playwright():
+    """Replaces pytest-playwright's: a second sync Playwright in this thread would fail, and the
+    WebGPU backend's sessions (unit tests) take the shared one too."""
+    from sdparity.backends.webgpu import shared_playwright
 
     with shared_playwright() as p:
-        b = launch_chromium(p)
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    from sdparity.backends.webgpu.backend import chromium_args, default_chromium
+
+    return {**browser_type_launch_args, "executable_path": default_chromium(), "args": chromium_args(),
+            "timeout": 60_000}
 
 
 @pytest.fixture(scope="session")

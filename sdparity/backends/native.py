@@ -49,7 +49,7 @@ def tvm_tensor(a: np.ndarray, dev):
     from sdparity.compile.compat import tensor
 
     a = np.asarray(a)
-    if a.ndim == 0:  # np.ascontiguousarray would make it 1-d (toolchain notes)
+    if a.ndim == 0:  # np.ascontiguousarray would make it 1-d (docs/numerics.md)
         return tensor(a, dev)
     return tensor(np.ascontiguousarray(a), dev)
 

@@ -34,6 +34,18 @@ def tensor_type(shape, dtype: str):
     return cls(shape, dtype)
 
 
+def type_info(expr):
+    """The type annotation of a Relax expression: ``.ty`` (0.27+) or ``.struct_info`` (before)."""
+    return expr.ty if hasattr(expr, "ty") else expr.struct_info
+
+
+def const_value(const):
+    """A Relax constant's value as numpy, or None: ``.value`` on 0.27's GenericConst, ``.data``
+    on the Constant of earlier versions."""
+    data = const.value if hasattr(const, "value") else getattr(const, "data", None)
+    return data.numpy() if hasattr(data, "numpy") else None
+
+
 def sym_var(name: str):
     """A symbolic int64 dimension."""
     return tir().Var(name, "int64")

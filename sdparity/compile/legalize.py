@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from sdparity.compile.compat import type_info
+
 
 def _static_shape(x):
-    dims = x.ty.shape if hasattr(x, "ty") else x.struct_info.shape  # TVM 0.27 renamed it
+    dims = type_info(x).shape
     if not all(type(d).__name__ == "IntImm" for d in dims):
         return None  # symbolic: TVM's legalization
     return [int(d) for d in dims]
@@ -42,7 +44,7 @@ def _group_norm(stats_dtype: str):
         x, gamma, beta = call.args
         a = call.attrs
         shape = _static_shape(x)
-        info = x.ty if hasattr(x, "ty") else x.struct_info
+        info = type_info(x)
         simple = (shape is not None and len(shape) >= 3 and int(a.channel_axis) == 1
                   and str(info.dtype) == "float32" and [int(i) for i in a.axes] == list(range(2, len(shape))))
         if not simple:

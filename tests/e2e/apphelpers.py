@@ -9,8 +9,8 @@ PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
 TIMEOUT_MS = 600_000
 
 
-def open_app(browser, app, query: str = ""):
-    page = browser.new_page()
+def open_app(page, app, query: str = ""):
+    """Open the app in ``page`` (pytest-playwright's: traced, screenshot kept on failure)."""
     problems: list[str] = []
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))

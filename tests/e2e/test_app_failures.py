@@ -12,11 +12,13 @@ from tests.e2e.apphelpers import open_app
 
 
 @pytest.fixture(scope="module")
-def page(browser, app):
-    page, problems = open_app(browser, app)
+def app_page(browser, app):
+    """One page for the many hypothesis examples (pytest-playwright's ``page`` is per test)."""
+    context = browser.new_context()
+    page, problems = open_app(context.new_page(), app)
     assert page.evaluate("() => window.sdparityApp.state.ready"), problems
     yield page
-    page.close()
+    context.close()
 
 
 PROMPTS = st.one_of(
@@ -29,16 +31,16 @@ PROMPTS = st.one_of(
 
 @settings(max_examples=40)
 @given(prompt=PROMPTS)
-def test_browser_tokenizer_matches_cliptokenizer(page, tiny, prompt):
+def test_browser_tokenizer_matches_cliptokenizer(app_page, tiny, prompt):
     tok = tiny.tokenizer
     expect = tok(prompt, padding="max_length", max_length=77, truncation=True).input_ids
-    got = page.evaluate("(p) => window.sdparityApp.tokenize(p)", prompt)
+    got = app_page.evaluate("(p) => window.sdparityApp.tokenize(p)", prompt)
     assert got == expect
 
 
-def test_over_long_prompt_keeps_end_token(page, tiny):
+def test_over_long_prompt_keeps_end_token(app_page, tiny):
     prompt = "a lighthouse on a cliff at dusk " * 40
-    got = page.evaluate("(p) => window.sdparityApp.tokenize(p)", prompt)
+    got = app_page.evaluate("(p) => window.sdparityApp.tokenize(p)", prompt)
     assert len(got) == 77 and got[0] == 49406 and got[-1] == 49407
     assert got == tiny.tokenizer(prompt, padding="max_length", max_length=77, truncation=True).input_ids
 
@@ -61,13 +63,12 @@ def test_no_webgpu_adapter_shows_a_clear_message(app):
             b.close()
 
 
-def test_missing_artifact_is_a_clear_error(browser, app, tmp_path):
+def test_missing_artifact_is_a_clear_error(page, app, tmp_path):
     cfg = json.loads((app.mounts["data"] / "config.json").read_text())
     cfg["artifact"] = "/art/no-such-build/"
     app.mounts["broken"] = tmp_path
     (tmp_path / "config.json").write_text(json.dumps(cfg))
-    page, _ = open_app(browser, app, "?config=/broken/config.json")
+    page, _ = open_app(page, app, "?config=/broken/config.json")
     text = page.inner_text("#status")
     assert "sdparity.json" in text and "404" in text
     assert page.is_disabled("#generate")
-    page.close()

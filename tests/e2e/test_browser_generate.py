@@ -29,11 +29,11 @@ def _as_arrays(res, ref):
     return pos, neg, lat, rgba
 
 
-def test_generation_matches_diffusers(browser, app, reference, artifacts, tiny):
+def test_generation_matches_diffusers(page, app, reference, artifacts, tiny):
     from sdparity.reports.images import diff_heatmap, write_png
 
     lat0, ref = reference
-    page, problems = open_app(browser, app)
+    page, problems = open_app(page, app)
     res = run_generation(page, lat0)
     page.screenshot(path=str(artifacts / "app_after_generation.png"), full_page=True)
     assert not res["errors"] and not problems, res["errors"] + problems
@@ -78,16 +78,15 @@ generation {res['lastMs'] / 1000:.1f} s in the browser.</p>{imgs}
 {rows}</table><p><img src="app_after_generation.png" width="640"></p>""")
 
 
-def test_tutorial_constants_are_caught_at_the_last_step(browser, app, reference, tiny):
+def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, tiny):
     """Negative: the tutorial-era DPM table with today's default config must fail, at step 20."""
     from reference.dpm import tutorial_constants
 
     lat0, ref = reference
-    page, problems = open_app(browser, app)
+    page, problems = open_app(page, app)
     table = tutorial_constants(dict(tiny.pipe.scheduler.config), STEPS)
     res = run_generation(page, lat0, schedule=table)
     assert not res["errors"] and not problems
     _, _, lat, _ = _as_arrays(res, ref)
     k, m = first_divergence(lat, ref["latents"], lookup("pipeline", "latents", "webgpu", "tiny"))
     assert k == STEPS - 1, f"expected divergence at the last step, got {k}"
-    page.close()

@@ -183,7 +183,7 @@ def test_stage_cases_pass(tvm_dpm):
 
 def test_tutorial_last_step_fails_under_todays_default(tvm_dpm):
     """The tutorial-era table under diffusers' default final_sigmas_type="zero": the last
-    step is wrong, by ~2 on i.i.d. N(0,1) latents (numerics notes, pitfall 1)."""
+    step is wrong, by ~2 on i.i.d. N(0,1) latents (docs/numerics.md, pitfall 1)."""
     tut = dpm.tutorial_constants(PINNED_SCHEDULER, 20)
     recs = iid_chain(PINNED_SCHEDULER, 20, (1, 4, 64, 64), seed=0)
     metrics = [compare(tvm_dpm("dpm_step", [r.sample, r.x0, r.last_x0, *dpm.step_inputs(tut, r.index)]),

@@ -12,7 +12,7 @@ from reference.models import ModelError, builtin_model_path, load_model
 
 
 def test_tokenizer_matches_known_sd1_ids(tiny):
-    # External test vectors of the SD 1.x CLIP tokenizer (see shared toolchain notes).
+    # External test vectors of the SD 1.x CLIP tokenizer (docs/numerics.md, pitfall 8).
     tok = tiny.tokenizer
     assert tok("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
     ids = tok("an astronaut riding a horse on mars", padding="max_length", max_length=77).input_ids

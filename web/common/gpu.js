@@ -80,10 +80,13 @@ const directFetch = {
   hasAllKeys: async () => true,
 };
 
-// Load an sdparity WebGPU artifact folder. Returns {inst, device, vm, meta}.
-// Checks the largest weight against the adapter's binding limit first, so a model that
-// cannot fit fails with a clear message instead of silently computing garbage.
+// Load an sdparity WebGPU artifact folder. Returns {inst, device, vm, meta, ms}; ms: how long
+// each part took. One device per artifact: tvmjs's Instance.dispose() destroys the device it
+// was given. Checks the largest weight against the adapter's binding limit first, so a model
+// that cannot fit fails with a clear message instead of silently computing garbage.
 export async function loadArtifact(base, adapter, label, onError) {
+  const t0 = performance.now();
+  const ms = {};
   const meta = await (await fetchOk(base + "sdparity.json")).json();
   if (meta.num_params > 0) {
     const cache = await (await fetchOk(base + meta.params_dir + "/tensor-cache.json")).json();
@@ -101,11 +104,24 @@ export async function loadArtifact(base, adapter, label, onError) {
   const device = await requestDevice(adapter, label, onError);
   inst.initWebGPU(device);
   inst.beginScope(); // lives as long as the artifact
-  const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
-  await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
-  if (meta.num_params > 0) {
-    const url = new URL(base + meta.params_dir + "/", globalThis.location?.href).href; // Node: base is absolute
-    await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
+  ms.wasm = performance.now() - t0;
+  try {
+    const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
+    await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
+    ms.pipelines = performance.now() - t0 - ms.wasm;
+    if (meta.num_params > 0) {
+      const url = new URL(base + meta.params_dir + "/", globalThis.location?.href).href; // Node: base is absolute
+      await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
+    }
+    ms.weights = performance.now() - t0 - ms.wasm - ms.pipelines;
+    ms.total = performance.now() - t0;
+    return { inst, device, vm, meta, ms };
+  } catch (err) {
+    // let the device report what went wrong first (e.g. the WGSL compile error), then free it
+    await device.queue.onSubmittedWorkDone();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    device.sdparityExpectLoss = true;
+    inst.dispose();
+    throw err;
   }
-  return { inst, device, vm, meta };
 }

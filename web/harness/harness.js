@@ -7,7 +7,7 @@
 // Adapter, device and error watching are shared with the app (../common/gpu.js).
 
 import {
-  describeAdapter, fetchOk, requestAdapter, requestDevice, watchDevice, withTimeout,
+  describeAdapter, fetchOk, loadArtifact, requestAdapter, watchDevice, withTimeout,
 } from "../common/gpu.js";
 
 const tvmjs = globalThis.tvmjs;
@@ -19,53 +19,17 @@ function report(msg) {
 
 window.addEventListener("unhandledrejection", (ev) => report(`unhandled promise rejection: ${ev.reason}`));
 
-// A tvmjs artifact cache that reads straight from our server (no browser-side caching).
-const directFetch = {
-  fetchWithCache: async (url, type) => {
-    const r = await fetchOk(url);
-    return type === "json" ? r.json() : r.arrayBuffer();
-  },
-  addToCache: async () => {},
-  hasAllKeys: async () => true,
-};
-
 async function describe() {
   return describeAdapter(await requestAdapter());
 }
 
-// Load a build folder. One device per model: tvmjs's Instance.dispose() destroys the device
-// it was given. Returns how long each part took (ms), for the report.
+// Load a build folder (../common/gpu.js loadArtifact, as the app does). Returns how long each
+// part took (ms), for the report.
 async function load(key, base) {
   if (models.has(key)) return {};
-  const t0 = performance.now();
-  const ms = {};
-  const meta = await (await fetchOk(base + "sdparity.json")).json();
-  const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
-  const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
-  const device = await requestDevice(await requestAdapter(), key, report);
-  inst.initWebGPU(device);
-  inst.beginScope(); // lives as long as the model
-  ms.wasm = performance.now() - t0;
-  try {
-    const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
-    await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
-    ms.pipelines = performance.now() - t0 - ms.wasm;
-    if (meta.num_params > 0) {
-      const url = new URL(base + meta.params_dir + "/", location.href).href;
-      await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
-    }
-    ms.weights = performance.now() - t0 - ms.wasm - ms.pipelines;
-    models.set(key, { inst, device, vm, meta, funcs: new Map() });
-  } catch (err) {
-    // let the device report what went wrong first (e.g. the WGSL compile error), then free it
-    await device.queue.onSubmittedWorkDone();
-    await new Promise((resolve) => setTimeout(resolve, 0));
-    device.sdparityExpectLoss = true;
-    inst.dispose();
-    throw err;
-  }
-  ms.total = performance.now() - t0;
-  return ms;
+  const m = await loadArtifact(base, await requestAdapter(), key, report);
+  models.set(key, { ...m, funcs: new Map() });
+  return m.ms;
 }
 
 function unload(key) {

@@ -25,6 +25,8 @@ def legalize_for_webgpu(mod):
     import tvm
     from tvm import relax
 
+    from sdparity.compile.compat import const_value, type_info
+
     astype = tvm.ir.Op.get("relax.astype")
 
     @relax.expr_functor.mutator
@@ -33,14 +35,12 @@ def legalize_for_webgpu(mod):
             call = self.visit_expr_post_order(call)
             if call.op.same_as(astype) and str(call.attrs.dtype) in _NARROW_INTS:
                 src = call.args[0]
-                info = src.ty if hasattr(src, "ty") else src.struct_info  # TVM 0.27 renamed it
-                if getattr(info, "dtype", None) == "bool":
+                if getattr(type_info(src), "dtype", None) == "bool":
                     return relax.op.astype(src, "float32")
             return call
 
         def visit_generic_const_(self, const):  # TVM 0.27: relax constants are GenericConst
-            data = const.value if hasattr(const, "value") else getattr(const, "data", None)
-            value = data.numpy() if hasattr(data, "numpy") else None
+            value = const_value(const)
             if value is not None and value.dtype == np.float32 and np.isinf(value).any():
                 return relax.const(np.nan_to_num(value, nan=np.nan, posinf=3e38, neginf=-3e38), "float32")
             return const
