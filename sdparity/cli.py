@@ -180,8 +180,8 @@ COMMAND_MODULES = (
     "sdparity.reports.html",
     "sdparity.tiers.bench",
     "sdparity.tiers.serve",
+    "sdparity.tiers.versions_env",
     "sdparity.tiers.calibrate",
-    "sdparity.tiers.opreplay",
     "sdparity.tiers.opreplay",
 )
 

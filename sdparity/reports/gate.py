@@ -252,26 +252,6 @@ def cmd_gate(args) -> int:
     return 1 if result["regressions"] else 0
 
 
-def cmd_gate_versions(args) -> int:
-    from sdparity.tiers.versions_env import OUT, gate_versions
-
-    return gate_versions(args.version_a, args.version_b, out=args.out or OUT, check_args=args.check_args,
-                         show_all=args.all)
-
-
-def _side_arg(spec: str):
-    """A release number or a TVM folder (versions_env.parse_side), checked while parsing."""
-    import argparse
-
-    from sdparity.errors import SdparityError
-    from sdparity.tiers.versions_env import parse_side
-
-    try:
-        return parse_side(spec)
-    except SdparityError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
 def add_parser(sub) -> None:
     budget_help = "; ".join(f"{k}={v:g}" for k, (v, _) in BUDGETS.items())
     g = sub.add_parser("gate", help="fail when a candidate report loses parity against a baseline report",
@@ -283,17 +263,3 @@ def add_parser(sub) -> None:
     g.add_argument("--json", type=Path, default=None, help="also write the gate result as JSON (atomically)")
     g.add_argument("--all", action="store_true", help="list unchanged checks too")
     g.set_defaults(handler=cmd_gate)
-
-    v = sub.add_parser("gate-versions", help="run the llvm checks under two TVMs (releases or folders) and "
-                       "gate B against A",
-                       description="Each of A and B is a release number (0.26.0: .cache/venvs/tvm-0.26.0, the "
-                       "project's pins with apache-tvm replaced) or a folder holding a TVM you built (its tvm "
-                       "Python package with its libraries, e.g. a 'pip install --target' folder or TVM's python/ "
-                       "folder; run in the pinned release's environment with that tvm first on PYTHONPATH). Runs "
-                       "'sdparity check --backends llvm' for each, gates B against A (docs/gate.md).")
-    v.add_argument("version_a", type=_side_arg, metavar="A", help="baseline: release number or TVM folder")
-    v.add_argument("version_b", type=_side_arg, metavar="B", help="candidate: release number or TVM folder")
-    v.add_argument("--out", type=Path, default=None, help="reports folder (default out/gate)")
-    v.add_argument("--all", action="store_true", help="list unchanged checks too")
-    v.add_argument("check_args", nargs="*", help="extra 'sdparity check' arguments, after --")
-    v.set_defaults(handler=cmd_gate_versions)

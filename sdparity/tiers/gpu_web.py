@@ -50,7 +50,14 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 WEB = ROOT / "web"
-COMPONENTS = ("text_encoder", "unet", "vae")
+
+
+def components() -> tuple[str, ...]:
+    """The pipeline parts whose weights the stages carry (text_encoder, unet, vae)."""
+    from sdparity.registry import all_stages
+
+    return tuple(dict.fromkeys(s.component for s in all_stages().values() if s.component))
+
 SCHEMA = "sdparity.webgpu_gpu/1"
 
 
@@ -64,7 +71,7 @@ def _state_bytes(parts: dict) -> dict[str, tuple[str, str]]:
     """sha256 of every tensor's bytes -> (component, state-dict key); equal bytes are
     interchangeable, so any holder will do."""
     found = {}
-    for comp in COMPONENTS:
+    for comp in components():
         for key, t in parts[comp].state_dict().items():
             a = np.ascontiguousarray(t.detach().float().numpy() if t.is_floating_point() else t.numpy())
             found.setdefault(_digest(a.tobytes()), (comp, key))
@@ -141,7 +148,7 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     for sub in ("tokenizer", "scheduler"):  # tokenizer.json is in data/ already: vocab + merges do
         shutil.copytree(model.path / sub, dest / sub, ignore=shutil.ignore_patterns("tokenizer.json"))
 
-    parts = {"text_encoder": model.text_encoder, "unet": model.unet, "vae": model.vae}
+    parts = {c: getattr(model, c) for c in components()}
     t0 = time.perf_counter()
     sources, sha = _weight_sources(art / meta["params_dir"], parts)
     log(f"weights: {len(sources)} records matched to the model's state dicts in {time.perf_counter() - t0:.1f}s")
@@ -183,7 +190,7 @@ def write_weights(folder: Path, parts: dict, log=print) -> bool:
     params = folder / "art" / spec["art"] / spec["params_dir"]
     cache_json = json.loads((params / "tensor-cache.json").read_text())
     src = {r["name"]: r for r in spec["records"]}
-    states = {c: parts[c].state_dict() for c in COMPONENTS}
+    states = {c: parts[c].state_dict() for c in components()}
     whole = hashlib.sha256()
     for shard in cache_json["records"]:
         buf = bytearray(shard["nbytes"])
@@ -275,8 +282,7 @@ def _diffusers_pipe(folder: Path, parts: dict, device: str):
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     pipe = StableDiffusionPipeline(
-        vae=parts["vae"], text_encoder=parts["text_encoder"], unet=parts["unet"],
-        tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
+        **parts, tokenizer=CLIPTokenizer.from_pretrained(str(folder / "tokenizer")),
         scheduler=DPMSolverMultistepScheduler.from_pretrained(str(folder / "scheduler")),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     return pipe.to(device)
