@@ -229,14 +229,14 @@ def test_gate_result_is_json_serializable():
     json.dumps(result)
 
 
-def test_a_version_whose_check_cannot_run_still_gives_a_report(tmp_path, monkeypatch):
+def test_a_version_whose_check_cannot_run_still_gives_a_report(tmp_path):
     from sdparity.tiers import versions_env
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ImportError: libtvm_runtime.so: undefined symbol'\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(versions_env, "ensure", lambda version, log=print: fake)
-    path = versions_env.run_check("9.9.9", tmp_path / "out", [], log=lambda *a: None)
+    path = versions_env.run_check(versions_env.parse_side("9.9.9"), tmp_path / "out", [], log=lambda *a: None,
+                                  python=fake)
     data = json.loads(path.read_text())
     assert data["results"] == [] and "undefined symbol" in data["error"]
     result = gate.gate(report(rec()), data)
@@ -247,4 +247,5 @@ def test_gate_versions_passes_check_arguments_after_double_dash():
     from sdparity.cli import build_parser
 
     args = build_parser().parse_args(["gate-versions", "0.26.0", "0.27.0.post1", "--", "--stages", "clip"])
-    assert (args.version_a, args.version_b, args.check_args) == ("0.26.0", "0.27.0.post1", ["--stages", "clip"])
+    assert (args.version_a.version, args.version_b.version, args.check_args) == ("0.26.0", "0.27.0.post1",
+                                                                               ["--stages", "clip"])
