@@ -10,6 +10,22 @@ from sdparity.registry import Case, Stage, StageIR
 _F64_CACHE: dict[tuple, object] = {}
 
 
+def torch_module(define):
+    """Decorator for a stage's torch wrapper: ``define(torch)`` returns a torch.nn.Module
+    subclass, made on first use (so importing the stage registry does not import torch); the
+    decorated name then constructs instances of it."""
+    import functools
+    import importlib
+
+    cls = functools.cache(lambda: define(importlib.import_module("torch")))
+
+    @functools.wraps(define)
+    def make(*args, **kwargs):
+        return cls()(*args, **kwargs)
+
+    return make
+
+
 def as_float64(module):
     """A float64 copy of a wrapper (for the float32 noise floor of the reference)."""
     import copy

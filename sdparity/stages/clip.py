@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from sdparity.registry import Output, register
-from sdparity.stages._torch import TorchStage
+from sdparity.stages._torch import TorchStage, torch_module
 
 PROMPTS = {
     "cat": "a photo of a cat",
@@ -23,17 +21,9 @@ def tokenize(tokenizer, prompt: str) -> np.ndarray:
     return np.array([ids], dtype=np.int32)
 
 
-def clip_text_encoder(text_encoder):
-    """int32 token ids (B, 77) -> last hidden state (B, 77, hidden).
-
-    The torch.nn.Module class is made on first call, so importing the stage registry
-    does not import torch."""
-    return _clip_text_encoder_class()(text_encoder)
-
-
-@functools.cache
-def _clip_text_encoder_class():
-    import torch
+@torch_module
+def ClipTextEncoder(torch):
+    """int32 token ids (B, 77) -> last hidden state (B, 77, hidden)."""
 
     class ClipTextEncoder(torch.nn.Module):
         def __init__(self, text_encoder):
@@ -64,7 +54,7 @@ class Clip(TorchStage):
             te = copy.deepcopy(te)
             body = getattr(te, "text_model", te)  # transformers 4 nests text_model; 5 does not
             body.encoder.layers = body.encoder.layers[:-1]
-        return clip_text_encoder(te)
+        return ClipTextEncoder(te)
 
     def example_inputs(self, model, variant):
         return [np.zeros((1, 77), dtype=np.int32)]

@@ -4,26 +4,16 @@ latents (B,4,h,w), timestep () int32, embeddings (2B,77,d) [uncond; cond], guida
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from sdparity.registry import Output, register
-from sdparity.stages._torch import TorchStage
+from sdparity.stages._torch import TorchStage, torch_module
 
 
-def unet_with_cfg(unet, fault: str | None = None):
+@torch_module
+def UNetWithCFG(torch):
     """latents (B,4,h,w), timestep () int32, embeddings (2B,77,d) [uncond; cond], guidance ()
-    -> guided noise prediction (B,4,h,w) = uncond + g * (cond - uncond), as diffusers' pipeline.
-
-    The torch.nn.Module class is made on first call, so importing the stage registry
-    does not import torch."""
-    return _unet_with_cfg_class()(unet, fault)
-
-
-@functools.cache
-def _unet_with_cfg_class():
-    import torch
+    -> guided noise prediction (B,4,h,w) = uncond + g * (cond - uncond), as diffusers' pipeline."""
 
     class UNetWithCFG(torch.nn.Module):
         def __init__(self, unet, fault: str | None = None):
@@ -62,7 +52,7 @@ class UNet(TorchStage):
     component = "unet"
 
     def wrap(self, unet, fault):
-        return unet_with_cfg(unet, fault)
+        return UNetWithCFG(unet, fault)
 
     def _shapes(self, model, variant):
         b, (h, w) = variant["batch"], variant["latent"]

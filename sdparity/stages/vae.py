@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 
 from sdparity.registry import Output, register
-from sdparity.stages._torch import TorchStage
+from sdparity.stages._torch import TorchStage, torch_module
 
 
-def vae_decode(vae, fault: str | None = None):
+@torch_module
+def VAEDecode(torch):
     """latents (B,4,h,w) -> (image_float NHWC in 0..255 before rounding, image rounded).
 
     latents / vae.config.scaling_factor -> post_quant_conv -> decoder -> (x/2+0.5).clamp(0,1)
-    -> NHWC * 255 -> round (ties to even, as torch.round and WGSL round).
-
-    The torch.nn.Module class is made on first call, so importing the stage registry
-    does not import torch."""
-    return _vae_decode_class()(vae, fault)
-
-
-@functools.cache
-def _vae_decode_class():
-    import torch
+    -> NHWC * 255 -> round (ties to even, as torch.round and WGSL round)."""
 
     class VAEDecode(torch.nn.Module):
         def __init__(self, vae, fault: str | None = None):
@@ -66,7 +56,7 @@ class VAE(TorchStage):
     component = "vae"
 
     def wrap(self, vae, fault):
-        return vae_decode(vae, fault)
+        return VAEDecode(vae, fault)
 
     def _shape(self, model, variant):
         return (variant["batch"], int(model.vae.config.latent_channels), *variant["latent"])

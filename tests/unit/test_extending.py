@@ -11,27 +11,28 @@ import numpy as np
 import pytest
 
 from sdparity.registry import Case, Output, get_stage, register, unregister
-from sdparity.stages._torch import TorchStage, run
+from sdparity.stages._torch import TorchStage, run, torch_module
 from sdparity.tolerances import TABLE, Tolerance
 
 NAME = "example_guidance"
 
 
-class _Guidance:
-    """Made lazily like the real stages' wrappers (torch is imported on first use)."""
+@torch_module
+def Guidance(torch):
+    """noise (2B,4,h,w) [uncond; cond], guidance () -> uncond + g * (cond - uncond)."""
 
-    @staticmethod
-    def module(fault):
-        import torch
+    class Guidance(torch.nn.Module):
+        def __init__(self, fault=None):
+            super().__init__()
+            self.fault = fault
 
-        class Guidance(torch.nn.Module):
-            def forward(self, noise, guidance):
-                uncond, cond = noise.chunk(2)
-                if fault == "halves_swapped":
-                    uncond, cond = cond, uncond
-                return uncond + guidance * (cond - uncond)
+        def forward(self, noise, guidance):
+            uncond, cond = noise.chunk(2)
+            if self.fault == "halves_swapped":
+                uncond, cond = cond, uncond
+            return uncond + guidance * (cond - uncond)
 
-        return Guidance()
+    return Guidance
 
 
 class ExampleGuidance(TorchStage):
@@ -44,7 +45,7 @@ class ExampleGuidance(TorchStage):
     faults = {"halves_swapped": "cond and uncond swapped"}
 
     def wrapper(self, model, fault):  # no model component: the module stands alone
-        return _Guidance.module(fault)
+        return Guidance(fault)
 
     def example_inputs(self, model, variant):
         return [np.zeros((2, 4, 8, 8), np.float32), np.array(7.5, np.float32)]
@@ -55,7 +56,7 @@ class ExampleGuidance(TorchStage):
         for g in (1.0, 7.5):
             inputs = [rng.standard_normal((2, 4, 8, 8)).astype(np.float32), np.array(g, np.float32)]
             out.append(Case(f"g{g}", NAME, inputs,
-                            lambda dtype, i=inputs: run(_Guidance.module(None), i, dtype),
+                            lambda dtype, i=inputs: run(Guidance(), i, dtype),
                             self.outputs, {"noise": [2, 4, 8, 8]}))
         return out
 
