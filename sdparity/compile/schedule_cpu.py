@@ -80,8 +80,16 @@ def build_target(scheduled_mod, target):
 def configure_threads() -> int:
     """Give the TVM runtime one thread per core (it defaults to half the cores, assuming SMT:
     1 thread on a 2-core machine). TVM_NUM_THREADS, when set, wins. Must run before the
-    first parallel kernel: the pool reads it once."""
+    first parallel kernel: the pool reads it once.
+
+    The pool also pins threads to cores unless TVM_BIND_THREADS=0: each worker to one core,
+    and with one thread the *main* thread to core 0. Everything the process starts later
+    inherits that mask: PyTorch's two OpenMP threads then shared one core, and with
+    TVM_NUM_THREADS=1 the tiny CLIP took 0.4-0.6 s in torch instead of about 1 ms (measured in
+    `sdparity bench`, docs/performance.md). On a shared machine a pinned worker also cannot
+    move off a busy core. So binding is off unless asked for."""
     os.environ.setdefault("TVM_NUM_THREADS", str(os.cpu_count() or 1))
+    os.environ.setdefault("TVM_BIND_THREADS", "0")
     return int(os.environ["TVM_NUM_THREADS"])
 
 

@@ -20,7 +20,8 @@ run (the PyTorch model is loaded already, so the reference's is activations only
 backends also record device memory in use (torch.cuda.mem_get_info, when available).
 
 JSON schema "sdparity.bench/1" (written atomically): schema, created, argv, model, versions,
-machine, threads, results[ {stage, backend, device_class, function, case, build_s,
+machine, threads (TVM's and torch's thread counts, TVM_BIND_THREADS, cpus_allowed), loadavg
+(1-minute load at start and end), results[ {stage, backend, device_class, function, case, build_s,
 build_cached, original_build_s, first_run_s, run_s (median), run_s_all, ref_s (median),
 ref_s_all, reference_kind, ref_device, ratio, rss_peak_mib, rss_delta_mib, run_rss_delta_mib,
 ref_rss_delta_mib,
@@ -202,6 +203,7 @@ def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, va
     data.pop("results", None)
     data["repeat"] = repeat
     data["threads"] = _threads()
+    data["loadavg"] = {"start": _loadavg()}
     data["results"] = []
     with contextlib.ExitStack() as stack:
         runners = {}
@@ -227,7 +229,16 @@ def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, va
                         data["results"].append({"stage": st.name, "backend": b.name,
                                                 "device_class": b.device_class,
                                                 "error": f"{type(e).__name__}: {e}"[:500]})
+    data["loadavg"]["end"] = _loadavg()
     return data
+
+
+def _loadavg() -> float | None:
+    """1-minute load average: on a shared machine it says how much the numbers can be trusted."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
 
 
 def _threads() -> dict:
@@ -237,13 +248,16 @@ def _threads() -> dict:
     from sdparity.compile.schedule_cpu import configure_threads
 
     configure_threads()
-    out = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS")}
+    out = {"TVM_NUM_THREADS": os.environ.get("TVM_NUM_THREADS"),
+           "TVM_BIND_THREADS": os.environ.get("TVM_BIND_THREADS")}
     try:
         import tvm
 
         out["tvm_runtime"] = int(tvm.runtime.num_threads())
     except Exception:
         pass
+    if hasattr(os, "sched_getaffinity"):  # cores this process may use after TVM's pool started
+        out["cpus_allowed"] = len(os.sched_getaffinity(0))
     try:
         import torch
 
@@ -292,7 +306,8 @@ def merge_into_report(report_path: Path, data: dict) -> None:
         by_class.setdefault(r.get("device_class") or "cpu", []).append(r)
     for dc, rows in by_class.items():
         perf[dc] = {"created": data["created"], "machine": data["machine"], "threads": data["threads"],
-                    "repeat": data["repeat"], "backends": data["backends"], "results": rows}
+                    "repeat": data["repeat"], "loadavg": data.get("loadavg"), "backends": data["backends"],
+                    "results": rows}
     write_atomic(report_path, json.dumps(rep, indent=1, default=str))
 
 

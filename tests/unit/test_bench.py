@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 POSITIVE = ("run_s", "ref_s", "ratio", "first_run_s", "build_s", "rss_peak_mib")
@@ -68,17 +71,49 @@ def test_bench_rejects_bad_input():
     assert r.returncode == 2 and "unknown stage" in r.stderr
 
 
-def test_bench_threads_are_set_before_tvm_starts_its_pool():
+@pytest.mark.parametrize("threads", ["1", None])
+def test_bench_threads_are_set_before_tvm_starts_its_pool(threads):
     """TVM's thread pool reads TVM_NUM_THREADS once, when first asked; the bench's record of
-    the thread count must not be what pins it at TVM's default (1 on a 2-core machine)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
+    the thread count must not be what pins it at TVM's default (1 on a 2-core machine). The
+    pool must not pin the process to one core either (TVM_BIND_THREADS): PyTorch's OpenMP
+    threads, started later, would inherit it and share that core."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
+    if threads:
+        env["TVM_NUM_THREADS"] = threads
+    code = ("import json, os; from sdparity.tiers.bench import _threads; t = _threads(); "
+            "t['cpus_after'] = len(os.sched_getaffinity(0)); print(json.dumps(t))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    t = json.loads(p.stdout.strip().splitlines()[-1])
+    want = int(threads) if threads else os.cpu_count()
+    assert t["tvm_runtime"] == want == int(t["TVM_NUM_THREADS"]), t
+    assert t["cpus_allowed"] == t["cpus_after"] == len(os.sched_getaffinity(0)), t
 
-    env = {k: v for k, v in os.environ.items() if k != "TVM_NUM_THREADS"}
-    code = "import json; from sdparity.bench import _threads; print(json.dumps(_threads()))"
-    p = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], env=env,
-                       capture_output=True, text=True, timeout=300)
-    threads = json.loads(p.stdout.strip().splitlines()[-1])
-    assert threads["tvm_runtime"] == os.cpu_count() == int(threads["TVM_NUM_THREADS"]), threads
+
+def _parallel_loops(mod) -> dict[str, int]:
+    """PrimFunc name -> number of parallel loops, after scheduling (read from TVMScript)."""
+    import tvm
+
+    return {gv.name_hint: f.script().count("T.parallel(") for gv, f in mod.functions.items()
+            if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_small_kernels_stay_serial(tiny):
+    """Waking TVM's pool costs more than a sub-millisecond kernel gains (docs/performance.md,
+    "Threads"): the scheduler, concat and RGBA stages (symbolic shapes) and small fixed-size
+    kernels get no parallel loop; large ones (every conv of the UNet at 16x16) do."""
+    from sdparity.compile.schedule_cpu import PARALLEL_MIN_WORK, host_target, schedule_llvm
+    from sdparity.registry import all_stages
+
+    stages = all_stages()
+    for name in ("scheduler_dpm", "concat_embeddings", "image_to_rgba"):
+        st = stages[name]
+        loops = _parallel_loops(schedule_llvm(st.build_ir(tiny, st.default_variant(tiny)).mod, host_target()))
+        assert loops and not any(loops.values()), (name, loops)
+    st = stages["unet"]
+    loops = _parallel_loops(schedule_llvm(st.build_ir(tiny, st.default_variant(tiny)).mod, host_target()))
+    convs = [n for n in loops if "conv2d" in n]
+    assert convs and all(loops[n] for n in convs), {n: loops[n] for n in convs}
+    assert not all(loops.values())  # and some of the UNet's kernels are below the threshold
+    assert PARALLEL_MIN_WORK > 1
