@@ -32,6 +32,25 @@ class Progress:
             print(msg, file=self.stream, flush=True)
 
 
+def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dict]:
+    """Start a session (a runner) for every backend that can run here, inside ``stack``.
+    Returns ({name: runner}, {name: ("skip", why) | ("error", why)}) for the others: a backend
+    that is unavailable here is a skip, one that fails to start is an error."""
+    sessions, problems = {}, {}
+    for b in backends:
+        reason = b.unavailable_reason()
+        if reason:
+            log(f"[{b.name}] skipped: {reason}")
+            problems[b.name] = ("skip", reason)
+            continue
+        try:
+            sessions[b.name] = stack.enter_context(b.session())
+        except SdparityError as e:
+            log(f"[{b.name}] cannot start: {e}")
+            problems[b.name] = ("error", str(e))
+    return sessions, problems
+
+
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
                log: Progress | None = None, variants: dict | None = None, localize: bool = False) -> Report:
     """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize)."""
@@ -39,25 +58,16 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
     scope = model.scope if model is not None else "tiny"  # from the architecture, not the name
     report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
     with contextlib.ExitStack() as stack:
-        sessions = {}
+        sessions, problems = open_sessions(backends, stack, log)
         for b in backends:
-            reason = b.unavailable_reason()
-            if reason:
-                log(f"[{b.name}] skipped: {reason}")
-                for st in stages:
-                    report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
-                               function=None, output=None, shapes=None, verdict="skip",
-                               message=reason, metrics=None, tolerance=None, timings=None)
-                continue
-            try:
-                sessions[b.name] = stack.enter_context(b.session())
+            if b.name in sessions:
                 report.data["backends"][b.name] = b.describe_session(sessions[b.name])
-            except SdparityError as e:
-                log(f"[{b.name}] cannot start: {e}")
-                for st in stages:
-                    report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
-                               function=None, output=None, shapes=None, verdict="error",
-                               message=str(e), metrics=None, tolerance=None, timings=None)
+                continue
+            verdict, message = problems[b.name]
+            for st in stages:
+                report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
+                           function=None, output=None, shapes=None, verdict=verdict,
+                           message=message, metrics=None, tolerance=None, timings=None)
         live = [b for b in backends if b.name in sessions]
         for st in stages:
             variant = (variants or {}).get(st.name) or st.default_variant(model)

@@ -197,6 +197,7 @@ def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, va
     import contextlib
 
     from sdparity.reports.report import Report
+    from sdparity.runner import open_sessions
 
     data = Report(model).data
     data["schema"] = SCHEMA
@@ -206,16 +207,15 @@ def run_bench(model, stages, backends, cache, repeat: int = 3, seed: int = 0, va
     data["loadavg"] = {"start": _loadavg()}
     data["results"] = []
     with contextlib.ExitStack() as stack:
-        runners = {}
+        runners, problems = open_sessions(backends, stack, log)
         for b in backends:
-            reason = b.unavailable_reason()
-            if reason:
-                log(f"[{b.name}] skipped: {reason}")
-                data["results"].append({"backend": b.name, "device_class": b.device_class,
-                                        "stage": None, "error": f"skipped: {reason}"})
-                continue
-            runners[b.name] = stack.enter_context(b.session())
-            data["backends"][b.name] = b.describe()
+            if b.name in runners:
+                data["backends"][b.name] = b.describe_session(runners[b.name])
+            else:
+                verdict, why = problems[b.name]
+                what = "skipped" if verdict == "skip" else "cannot start"
+                data["results"].append({"backend": b.name, "device_class": b.device_class, "stage": None,
+                                        "error": f"{what}: {why}"})
         data["threads"] = _threads()  # after the sessions configured the runtime
         for st in stages:
             variant = (variants or {}).get(st.name) or st.default_variant(model)
