@@ -6,7 +6,14 @@ Every result carries
   mismatches    elements that differ at all (integer outputs) or break the tolerance (floats)
   noise_floor   max |ref64 - ref32|: the float32 rounding noise of the reference itself
   floor_ratio   max_abs / noise_floor (None when the floor is 0, e.g. bit-exact stages)
-and a verdict against a declared Tolerance (sdparity.tolerances).
+  ref_scale     max |ref| over finite elements; floor_rel = noise_floor / ref_scale
+and a verdict against a declared Tolerance (sdparity.tolerances). Float outputs pass when
+both bounds hold:
+  abs    |cand - ref| <= atol + rtol*|ref| for every element
+  floor  floor_ratio <= tol.floor_budget (the calibrated err/floor budget), applied only when
+         the output has a budget and its floor is not negligible (floor_rel > NEGLIGIBLE_FLOOR)
+``failed_bound`` says which one failed: "abs", "floor", "abs+floor", "nonfinite", "shape",
+"int" (integer outputs: levels or mismatch share), or None.
 """
 
 from __future__ import annotations
@@ -18,6 +25,13 @@ import numpy as np
 from sdparity.tolerances import Tolerance
 
 SIGNIFICANT = 0.01  # elements with |ref| below 1% of max |ref| are left out of max_rel
+#: A floor at most half a float32 ulp of the output's scale (max |ref|) is "negligible": the
+#: float32 reference then differs from the float64 one by its final rounding alone, as for a
+#: short elementwise chain (some DPM scheduler cases: floor/scale down to 3.2e-8). err/floor
+#: there counts sub-ulp noise (one ulp of difference = "2+ floors"), so the absolute rule,
+#: written in ulp-scaled terms, decides alone. Model stages sit well above it (tiny CLIP
+#: 2.5e-7, UNet 5.5e-7, VAE 1.0e-6 at the least; `sdparity calibrate`, NOTES.md).
+NEGLIGIBLE_FLOOR = 2.0**-24
 
 
 @dataclass
@@ -31,6 +45,10 @@ class Metrics:
     mismatch_frac: float
     noise_floor: float | None
     floor_ratio: float | None
+    ref_scale: float | None
+    floor_rel: float | None
+    floor_budget: float | None  # the err/floor budget applied (None: the floor rule did not apply)
+    failed_bound: str | None
     nonfinite: int
     worst_index: list[int] | None
     passed: bool
@@ -55,7 +73,7 @@ def compare(
     ref = np.asarray(reference)
     if cand.shape != ref.shape:
         return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), float("inf"), float("inf"),
-                       int(ref.size), 1.0, None, None, 0, None, False,
+                       int(ref.size), 1.0, None, None, None, None, None, "shape", 0, None, False,
                        f"shape {list(cand.shape)} != reference shape {list(ref.shape)}")
     c = _as_float64(cand)
     r = _as_float64(ref)
@@ -82,29 +100,45 @@ def compare(
         fd = np.where(~np.isfinite(r64) & ~np.isfinite(r), 0.0, fd)
         floor = float(np.nan_to_num(fd, nan=np.inf).max()) if fd.size else 0.0
     ratio = (max_abs / floor) if floor not in (None, 0.0) and np.isfinite(max_abs) else None
+    scale = float(mag.max()) if mag.size else 0.0
+    floor_rel = (floor / scale) if floor is not None and scale > 0 else None
+    budget = None  # the floor rule applies to float outputs with a budget and a real floor
+    if not integer and tol.floor_budget is not None and floor_rel is not None and floor_rel > NEGLIGIBLE_FLOOR:
+        budget = tol.floor_budget
 
     if integer:
         bad = diff > 0
         mismatches = int(bad.sum())
         frac = mismatches / max(diff.size, 1)
+        failed = "int"
         if max_abs > tol.atol:
             passed, why = False, f"an element differs by {max_abs:g} > {tol.atol:g}"
         elif frac > tol.mismatch_frac:
             passed, why = False, f"{frac:.4%} of elements differ > budget {tol.mismatch_frac:.4%}"
         else:
-            passed, why = True, f"{mismatches} of {diff.size} elements differ (max {max_abs:g})"
+            passed, why, failed = True, f"{mismatches} of {diff.size} elements differ (max {max_abs:g})", None
     else:
         bound = tol.atol + tol.rtol * mag
         bad = diff > bound
         mismatches = int(bad.sum())
         frac = mismatches / max(diff.size, 1)
-        if mismatches:
-            passed = False
+        abs_ok = not mismatches
+        if abs_ok:
+            why = f"max abs {max_abs:.3g} within atol={tol.atol:g} rtol={tol.rtol:g}"
+        else:
             why = (f"{mismatches} elements outside atol={tol.atol:g} rtol={tol.rtol:g}; "
                    f"max abs {max_abs:.3g} at {worst}")
-        else:
-            passed, why = True, f"max abs {max_abs:.3g} within atol={tol.atol:g} rtol={tol.rtol:g}"
+        floor_ok = budget is None or (ratio is not None and ratio <= budget)
+        if budget is not None:
+            note = f" ({tol.floor_note})" if tol.floor_note else ""
+            if floor_ok:
+                why += f"; err/floor {ratio:.3g}x within budget {budget:.3g}x"
+            else:
+                why = (f"err/floor {ratio:.3g}x > budget {budget:.3g}x{note}, {ratio / budget:.2g}x over; "
+                       + why)
+        passed = abs_ok and floor_ok
+        failed = None if passed else ("abs+floor" if not (abs_ok or floor_ok) else "abs" if not abs_ok else "floor")
     if nonfinite:
-        passed, why = False, f"{nonfinite} non-finite values in the candidate; " + why
+        passed, failed, why = False, "nonfinite", f"{nonfinite} non-finite values in the candidate; " + why
     return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), max_abs, max_rel, mismatches,
-                   frac, floor, ratio, nonfinite, worst, passed, why)
+                   frac, floor, ratio, scale, floor_rel, budget, failed, nonfinite, worst, passed, why)

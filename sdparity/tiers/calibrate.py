@@ -1,0 +1,247 @@
+"""`sdparity calibrate`: measure err/floor of the clean suite over N seeds; the floor budgets
+of sdparity.tolerances come from what this writes.
+
+For every check group (stage, output, backend, model scope) it records the largest
+err/floor (max |cand - ref| / max |ref64 - ref32|) of each seed, with the TVM version,
+machine, date and command, into the one committed file ``sdparity/calibration.json``
+(written atomically; groups not measured in this run are kept). A group gets
+``rule: "floor"`` when its outputs are floats with a non-negligible floor
+(compare.NEGLIGIBLE_FLOOR), else ``rule: "absolute"`` with the reason.
+
+``--validate`` measures without writing: every check is judged with the committed budgets
+and each group's worst err/floor is printed against its budget (held-out seeds: any failure
+is a false alarm). Exit 1 when a check fails or errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+SCHEMA = "sdparity.calibration/1"
+
+
+def _seeds(s: str) -> list[int]:
+    """"5" -> 0..4; "5-9" -> 5..9; "1,3,7" -> those."""
+    try:
+        if "-" in s:
+            a, b = (int(x) for x in s.split("-"))
+            seeds = list(range(a, b + 1))
+        elif "," in s:
+            seeds = [int(x) for x in s.split(",") if x.strip()]
+        else:
+            seeds = list(range(int(s)))
+    except ValueError:
+        raise argparse.ArgumentTypeError("expected a count (5), a range (5-9) or a list (1,3,7)") from None
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError("seeds must be non-negative and at least one")
+    return seeds
+
+
+def group_records(results: list[dict]) -> dict[str, list[dict]]:
+    from sdparity.tolerances import group_key
+
+    groups: dict[str, list[dict]] = {}
+    for r in results:
+        if r.get("output") is None:
+            continue
+        key = group_key(r["stage"], r["output"], r["backend"], r.get("model_scope") or "tiny")
+        groups.setdefault(key, []).append(r)
+    return groups
+
+
+def summarize_group(recs_by_seed: dict[int, list[dict]]) -> dict:
+    """One calibration group from its records, per seed."""
+    from sdparity.compare import NEGLIGIBLE_FLOOR
+
+    first = next(iter(recs_by_seed.values()))[0]
+    out = {"stage": first["stage"], "output": first["output"], "backend": first["backend"],
+           "model_scope": first.get("model_scope") or "tiny", "seeds": sorted(recs_by_seed)}
+    metrics = [r.get("metrics") or {} for recs in recs_by_seed.values() for r in recs]
+    rels = [m.get("floor_rel") or 0.0 for m in metrics]
+    out["checks_per_seed"] = len(metrics) // len(recs_by_seed)
+    if first.get("integer"):
+        out.update(rule="absolute", why="integer output (pixels, packed RGBA): exact or mismatch-budget rule")
+        return out
+    real = {sd: [r for r in recs if ((r.get("metrics") or {}).get("floor_rel") or 0.0) > NEGLIGIBLE_FLOOR]
+            for sd, recs in recs_by_seed.items()}
+    if not any(real.values()):
+        nonzero = [x for x in rels if x]
+        out.update(rule="absolute", floor_rel_max=max(nonzero, default=None),
+                   why=("no float32 noise floor (bit-exact reference)" if not nonzero else
+                        f"negligible floor: noise floor / max|ref| at most {max(nonzero):.2g} <= "
+                        f"{NEGLIGIBLE_FLOOR:.2g} (half a float32 ulp): err/floor would count sub-ulp noise")
+                   + "; the absolute rule alone")
+        return out
+    per_seed = [max((r["metrics"]["floor_ratio"] or 0.0 for r in real[s]), default=0.0) for s in out["seeds"]]
+    kept = [r["metrics"]["floor_rel"] for recs in real.values() for r in recs]
+    out.update(rule="floor", per_seed_max=[round(x, 3) for x in per_seed], max=round(max(per_seed), 3),
+               min=round(min(per_seed), 3),
+               spread=round(max(per_seed) / min(per_seed), 3) if min(per_seed) > 0 else None,
+               negligible_floor_checks=sum(len(recs) - len(real[sd]) for sd, recs in recs_by_seed.items()),
+               floor_rel_min=min(kept), floor_rel_max=max(kept))
+    return out
+
+
+def calibrate(results_by_seed: dict[int, list[dict]], measured: dict) -> dict:
+    """{group key: group} from the records of every seed."""
+    per_group: dict[str, dict[int, list[dict]]] = {}
+    for seed, results in results_by_seed.items():
+        for key, recs in group_records(results).items():
+            per_group.setdefault(key, {})[seed] = recs
+    return {k: {**summarize_group(v), "measured": measured} for k, v in sorted(per_group.items())}
+
+
+def write_calibration(groups: dict, path: Path) -> dict:
+    """Merge ``groups`` into the calibration file at ``path`` (other groups kept); atomic."""
+    from sdparity.reports.report import write_atomic
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        data = {}
+    data["schema"] = SCHEMA
+    data["about"] = ("observed err/floor per check group; sdparity/tolerances.py derives the floor "
+                     "budgets from it. Regenerate with the command in each group's 'measured'.")
+    data.setdefault("groups", {}).update(groups)
+    data["groups"] = dict(sorted(data["groups"].items()))
+    write_atomic(Path(path), json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def run_seeds(args, log) -> dict[int, list[dict]]:
+    from reference.models import ModelError, load_model
+
+    from sdparity.backends import get_backend
+    from sdparity.cache import BuildCache
+    from sdparity.errors import SdparityError
+    from sdparity.registry import all_stages
+    from sdparity.reports.report import Report
+    from sdparity.runner import run_checks
+
+    stages = all_stages()
+    names = args.stages or list(stages)
+    unknown = [n for n in names if n not in stages]
+    if unknown:
+        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
+    backends = [get_backend(b) for b in args.backends]
+    try:
+        model = load_model(args.model, log=log)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+    cache = BuildCache()
+    out = {}
+    for seed in args.seeds:
+        t0 = time.time()
+        report = Report(model)
+        run_checks([stages[n] for n in names], backends, model, report, cache, seed=seed, log=log)
+        if args.report_dir:
+            report.write(Path(args.report_dir) / f"calibrate-seed{seed}.json")
+        s = report.summary()
+        print(f"seed {seed}: {s} ({time.time() - t0:.0f}s)", flush=True)
+        out[seed] = report.results
+    return out
+
+
+def from_reports(folder: Path) -> tuple[dict[int, list[dict]], dict]:
+    """The records of the ``calibrate-seed<N>.json`` reports a run wrote with --report-dir."""
+    from sdparity.reports.report import load
+
+    results, first = {}, None
+    for path in sorted(Path(folder).glob("calibrate-seed*.json")):
+        data = load(path)
+        first = first or data
+        results[int(path.stem.removeprefix("calibrate-seed"))] = data["results"]
+    if not results:
+        from sdparity.errors import SdparityError
+
+        raise SdparityError(f"no calibrate-seed*.json reports in {folder}")
+    return results, first
+
+
+def cmd_calibrate(args) -> int:
+    from sdparity.reports.report import machine, versions
+    from sdparity.runner import Progress
+
+    log = Progress(quiet=args.quiet)
+    if args.from_reports:
+        results, data = from_reports(args.from_reports)
+        v, mach, date = data.get("versions") or {}, data.get("machine"), str(data.get("created"))[:10]
+        argv = [str(a) for a in data.get("argv") or []]
+        args.argv_tail = argv[argv.index("calibrate") + 1:] if "calibrate" in argv else args.argv_tail
+    else:
+        results = run_seeds(args, log)
+        v, mach, date = versions(), machine(), time.strftime("%Y-%m-%d")
+    bad = [r for recs in results.values() for r in recs if r["verdict"] in ("fail", "error")]
+    if args.validate:
+        return _print_validation(results, bad)
+    measured = {"apache-tvm": v.get("apache-tvm"), "torch": v.get("torch"), "diffusers": v.get("diffusers"),
+                "machine": mach, "date": date, "model": args.model,
+                "command": "sdparity calibrate " + " ".join(args.argv_tail)}
+    groups = calibrate(results, measured)
+    broken = [r for r in bad if (r.get("metrics") or {}).get("failed_bound") not in ("floor",)]
+    if broken:  # a build outside its absolute tolerance is no clean suite: do not learn from it
+        for r in broken[:10]:
+            print(f"not clean: {r['stage']}/{r['backend']}/{r.get('case')}/{r.get('output')}: {r['message']}")
+        print(f"calibration NOT written: {len(broken)} checks fail their absolute tolerance or error")
+        return 1
+    write_calibration(groups, args.out)
+    for k, g in groups.items():
+        tail = (f"max {g['max']}x (per seed {g['per_seed_max']}, spread {g['spread']}x)" if g["rule"] == "floor"
+                else g["why"])
+        print(f"{k:<44} {g['rule']:<9} {tail}")
+    print(f"wrote {len(groups)} groups to {args.out}")
+    return 0
+
+
+def _print_validation(results: dict[int, list[dict]], bad: list[dict]) -> int:
+    from sdparity.tolerances import floor_budget
+
+    for key, recs in sorted(group_records([r for rs in results.values() for r in rs]).items()):
+        ratios = [(r.get("metrics") or {}).get("floor_ratio") for r in recs]
+        ratios = [x for x in ratios if x is not None]
+        st, out, be, scope = key.split("/")
+        budget, note, _ = floor_budget(st, out, be, scope)
+        worst = f"{max(ratios):.3g}x" if ratios else "-"
+        fails = sum(r["verdict"] != "pass" for r in recs)
+        print(f"{key:<44} worst err/floor {worst:>8}  budget {budget or '-'}{'x' if budget else ''}  "
+              f"{len(recs)} checks, {fails} not passed")
+    for r in bad:
+        print(f"NOT PASSED: {r['stage']}/{r['backend']}/{r.get('case')}/{r.get('output')}: {r['message']}")
+    n = sum(len(v) for v in results.values())
+    print(f"{n} checks over seeds {sorted(results)}: {len(bad)} failed or errored")
+    return 1 if bad else 0
+
+
+def add_parser(sub) -> None:
+    from sdparity.tolerances import CALIBRATION
+
+    def _csv(s):
+        return [x.strip() for x in s.split(",") if x.strip()]
+
+    c = sub.add_parser("calibrate", help="measure err/floor of the clean suite over seeds; write the "
+                       "calibration file the floor budgets come from",
+                       description=__doc__.split("\n\n")[1] + " " + __doc__.split("\n\n")[2])
+    c.add_argument("--seeds", type=_seeds, default=list(range(5)),
+                   help="count (5 = seeds 0..4, the default), range (5-9) or list (1,3,7)")
+    c.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated (default: llvm)")
+    c.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
+    c.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
+    c.add_argument("--out", type=Path, default=CALIBRATION, help=f"calibration file (default: {CALIBRATION})")
+    c.add_argument("--validate", action="store_true", help="judge with the committed budgets, write nothing "
+                   "(use held-out seeds, e.g. --seeds 5-9)")
+    c.add_argument("--report-dir", type=Path, default=None, help="also write each seed's report here")
+    c.add_argument("--from-reports", type=Path, default=None, metavar="DIR", help="summarize the reports an "
+                   "earlier run wrote with --report-dir instead of running the checks")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    c.set_defaults(handler=_with_argv)
+
+
+def _with_argv(args) -> int:
+    import sys
+
+    argv = sys.argv[1:]
+    args.argv_tail = argv[argv.index("calibrate") + 1:] if "calibrate" in argv else []
+    return cmd_calibrate(args)

@@ -1,0 +1,199 @@
+"""Negative tests that perturb TVM itself: one Relax op's legalization is replaced through
+TVM's op-attribute registry by a subtly wrong computation (the kind of change a lowering or
+fast-math regression makes). Each perturbation is chosen so that the absolute tolerance still
+passes it, and the calibrated err/floor budget (sdparity/calibration.json) must fail it, on
+the stage that uses the op; the clean build of the same stage and shapes must pass both.
+
+The registry change is undone after each test (``perturbed``: the previous FLegalize is put
+back), and perturbed builds go to a temporary build cache, never the shared one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import te, tirx, topi  # noqa: E402
+
+from sdparity.cache import BuildCache  # noqa: E402
+from sdparity.reports.report import Report  # noqa: E402
+from sdparity.runner import Progress, run_checks  # noqa: E402
+
+LOG2E = 1.0 / math.log(2.0)
+
+
+@contextlib.contextmanager
+def perturbed(op_name: str, fn):
+    """Replace ``op_name``'s FLegalize by ``fn`` for the duration; restore the previous one."""
+    op = tvm.ir.Op.get(op_name)
+    prev = op.get_attr("FLegalize")
+    tvm.ir.register_op_attr(op_name, "FLegalize", fn, level=11)
+    try:
+        yield
+    finally:
+        op.reset_attr("FLegalize")
+        if prev is not None:
+            tvm.ir.register_op_attr(op_name, "FLegalize", prev, level=10)
+
+
+def _exp_poly(x, degree: int, round_k: bool = True):
+    """A fast-math exp: exp(x) = 2^k * p(r), r = x - k ln2, p the Taylor polynomial of
+    ``degree``. k = round(x / ln2) puts r in [-ln2/2, ln2/2] (relative error up to
+    |r|^(d+1)/(d+1)!: 4.2e-5 for degree 4); the bug ``round_k=False`` takes k = floor(x / ln2),
+    r in [0, ln2): the same polynomial over twice the interval (1.5e-5 for degree 6)."""
+    f32 = "float32"
+    x = tirx.max(x, tirx.const(-87.0, f32))  # exp(-87) is ~0 in float32 already
+    k = tirx.floor(x * tirx.const(LOG2E, f32) + tirx.const(0.5 if round_k else 0.0, f32))
+    r = x - k * tirx.const(math.log(2.0), f32)
+    p = tirx.const(1.0 / math.factorial(degree), f32)
+    for i in range(degree - 1, -1, -1):
+        p = p * r + tirx.const(1.0 / math.factorial(i), f32)
+    return p * tirx.ldexp(tirx.const(1.0, f32), k.astype("int32"))
+
+
+# ---- the perturbations: fn(bb, call) -> the lowered call ----------------------------------
+def sigmoid_poly_exp(degree: int):
+    """sigmoid(x) = 1 / (1 + exp(-x)) with a fast-math polynomial exp."""
+    def legalize(bb, call):
+        one = tirx.const(1.0, "float32")
+        return bb.call_te(lambda x: te.compute(x.shape, lambda *i: one / (one + _exp_poly(-x(*i), degree))),
+                          call.args[0], primfunc_name_hint="sigmoid")
+    return legalize
+
+
+def softmax_poly_exp(degree: int, round_k: bool = True):
+    """softmax with max-subtraction and a fast-math polynomial exp."""
+    def legalize(bb, call):
+        axis = int(call.attrs.axis)
+
+        def f(x):
+            ax = axis % len(x.shape)
+            m = topi.max(x, axis=ax, keepdims=True)
+            e = te.compute(x.shape, lambda *i: _exp_poly(x(*i) - m(*[0 if d == ax else j for d, j in enumerate(i)]),
+                                                         degree, round_k))
+            return e / topi.sum(e, axis=ax, keepdims=True)
+        return bb.call_te(f, call.args[0], primfunc_name_hint="softmax")
+    return legalize
+
+
+def softmax_floor_exp(degree: int):
+    """softmax whose polynomial exp reduces its range with floor instead of round."""
+    return softmax_poly_exp(degree, round_k=False)
+
+
+def _rsqrt_newton(v, steps: int):
+    """1/sqrt(v): the bit-trick estimate refined by ``steps`` Newton steps (3 reach float32)."""
+    i = tirx.reinterpret("int32", v)
+    y = tirx.reinterpret("float32", tirx.const(0x5F3759DF, "int32") - (i >> 1))
+    for _ in range(steps):
+        y = y * (tirx.const(1.5, "float32") - tirx.const(0.5, "float32") * v * y * y)
+    return y
+
+
+def layer_norm_rsqrt(steps: int):
+    """LayerNorm over the last axis, two-pass statistics, 1/sqrt by ``steps`` Newton steps."""
+    def legalize(bb, call):
+        eps = float(call.attrs.epsilon)
+        axes = [int(a) for a in call.attrs.axes]
+
+        def f(x, gamma, beta):
+            nd = len(x.shape)
+            assert [a % nd for a in axes] == [nd - 1], axes
+            n = x.shape[-1]
+            mean = topi.sum(x, axis=nd - 1, keepdims=True) / tirx.const(float(int(n)), "float32")
+            d = x - mean
+            var = topi.sum(d * d, axis=nd - 1, keepdims=True) / tirx.const(float(int(n)), "float32")
+            r = te.compute(var.shape, lambda *i: _rsqrt_newton(var(*i) + tirx.const(eps, "float32"), steps))
+            return d * r * gamma + beta
+        return bb.call_te(f, *call.args[:3], primfunc_name_hint="layer_norm")
+    return legalize
+
+
+def gelu_tanh(_unused: int = 0):
+    """GELU lowered to its tanh approximation (|difference| up to ~2e-4 per element)."""
+    def legalize(bb, call):
+        c = math.sqrt(2.0 / math.pi)
+        return bb.call_te(lambda x: tirx.const(0.5, "float32") * x * (tirx.const(1.0, "float32") + topi.tanh(
+            tirx.const(c, "float32") * (x + tirx.const(0.044715, "float32") * x * x * x))),
+            call.args[0], primfunc_name_hint="gelu")
+    return legalize
+
+
+# ---- running a stage, clean and perturbed ---------------------------------------------------
+def check_stage(stage, backend, model, cache, variant=None, seed=0) -> list[dict]:
+    report = Report(model)
+    run_checks([stage], [backend], model, report, cache, seed=seed, log=Progress(quiet=True),
+               variants={stage.name: variant} if variant else None)
+    return report.results
+
+
+# (stage, latent side or None, op, perturbation, ratio measured on TVM 0.27 llvm vs its budget)
+PERTURBATIONS = [
+    ("clip", None, "relax.sigmoid", sigmoid_poly_exp(4), "quick_gelu's sigmoid: 8.3-11x vs 4x"),
+    ("clip", None, "relax.nn.softmax", softmax_floor_exp(6), "attention softmax: 4.7-9.0x vs 4x"),
+    ("clip", None, "relax.nn.layer_norm", layer_norm_rsqrt(2), "LayerNorm: 11.7-19.5x vs 4x"),
+    ("unet", 8, "relax.nn.gelu", gelu_tanh(), "GEGLU's GELU: 9.6-46x vs 7.9x"),
+    ("vae", 8, "relax.sigmoid", sigmoid_poly_exp(4), "SiLU's sigmoid: 6.2-8.2x vs 5.3x"),
+]
+
+
+def _counting(fn, calls: list):
+    def legalize(bb, call):
+        calls.append(call)
+        return fn(bb, call)
+    return legalize
+
+
+@pytest.mark.parametrize("stage_name,latent,op,fn,measured", PERTURBATIONS,
+                         ids=[f"{p[0]}-{p[2].split('.')[-1]}" for p in PERTURBATIONS])
+def test_perturbed_lowering_passes_atol_but_fails_floor_budget(stage_name, latent, op, fn, measured, tiny, llvm,
+                                                                cache, tmp_path):
+    from sdparity.registry import all_stages
+
+    stage = all_stages()[stage_name]
+    variant = {**stage.default_variant(tiny), "latent": [latent, latent]} if latent else None
+    clean = [r for r in check_stage(stage, llvm, tiny, cache, variant) if not r.get("integer")]
+    assert clean and all(r["verdict"] == "pass" for r in clean), [r["message"] for r in clean]
+    assert all(r["tolerance"]["floor_budget"] for r in clean), "no calibrated floor budget for this stage"
+
+    calls: list = []
+    with perturbed(op, _counting(fn, calls)):
+        bad = [r for r in check_stage(stage, llvm, tiny, BuildCache(root=tmp_path), variant)
+               if not r.get("integer")]
+    assert calls, f"{op} never reached legalization: the stage's module has no such op"
+    assert all(r["verdict"] != "error" for r in bad), [r["message"] for r in bad]
+    for r in bad:  # the old absolute rule alone passes every element ...
+        assert r["metrics"]["mismatches"] == 0 and r["metrics"]["nonfinite"] == 0, r["message"]
+    failing = [r for r in bad if r["verdict"] == "fail"]
+    assert failing, f"no check failed; err/floor {[r['metrics']['floor_ratio'] for r in bad]} ({measured})"
+    for r in failing:  # ... and the floor budget fails it, saying so
+        assert r["failed_bound"] == "floor"
+        assert re.search(r"err/floor [\d.]+x > budget [\d.]+x \(calibrated max [\d.]+x over \d+ seeds", r["message"])
+        assert r["metrics"]["floor_ratio"] > r["metrics"]["floor_budget"] == r["tolerance"]["floor_budget"]
+
+
+def test_perturbation_is_undone(tmp_path):
+    """After ``perturbed`` the op lowers exactly as before, and the perturbed build went to the
+    temporary cache only."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    @tvm.script.ir_module
+    class Mod:
+        @R.function
+        def main(x: R.Tensor((2, 8), "float32")):
+            return R.nn.softmax(x, axis=-1)
+
+    def lowered():
+        return relax.transform.LegalizeOps()(Mod).script()
+
+    op = tvm.ir.Op.get("relax.nn.softmax")
+    stock, before = op.get_attr("FLegalize"), lowered()
+    with perturbed("relax.nn.softmax", softmax_floor_exp(6)):
+        during = lowered()
+    assert during != before and "ldexp" in during
+    assert lowered() == before and op.get_attr("FLegalize").same_as(stock)
