@@ -194,22 +194,20 @@ def _extensions(sub) -> None:
         importlib.import_module(modname).add_parser(sub)
 
 
-def cmd_check(args) -> int:
+def load_selection(args, log):
+    """What check, bench and calibrate share: the --model (validated before anything is
+    loaded), the --stages (with --inject-fault applied), the --backends and the --latent
+    variants. Returns (model, stages, backends, variants)."""
     from reference.models import ModelError, load_model
 
     from sdparity.backends import get_backend
-    from sdparity.cache import BuildCache
     from sdparity.registry import all_stages
-    from sdparity.reports.report import Report
-    from sdparity.runner import Progress, run_checks
-    from sdparity.reports.table import print_table
 
-    log = Progress(quiet=args.quiet)
     check_model_arg(args.model, args.allow_pickle)
     stages = all_stages()
     names = args.stages or list(stages)  # names were checked while parsing (stage_list)
     selected = [stages[n] for n in names]
-    for spec in args.inject_fault:
+    for spec in getattr(args, "inject_fault", None) or []:
         stage_name, _, fault = spec.partition(":")
         if stage_name not in names:
             raise SdparityError(f"--inject-fault {spec}: stage {stage_name!r} is not selected")
@@ -224,9 +222,20 @@ def cmd_check(args) -> int:
     except ModelError as e:
         raise SdparityError(str(e)) from None
     variants = None
-    if args.latent:
+    if getattr(args, "latent", None):
         variants = {s.name: {**s.default_variant(model), "latent": args.latent}
                     for s in selected if "latent" in s.default_variant(model)}
+    return model, selected, backends, variants
+
+
+def cmd_check(args) -> int:
+    from sdparity.cache import BuildCache
+    from sdparity.reports.report import Report
+    from sdparity.reports.table import print_table
+    from sdparity.runner import Progress, run_checks
+
+    log = Progress(quiet=args.quiet)
+    model, selected, backends, variants = load_selection(args, log)
     report = Report(model)
     report.data["faults"] = args.inject_fault
     run_checks(selected, backends, model, report, BuildCache(rebuild=args.rebuild), seed=args.seed,

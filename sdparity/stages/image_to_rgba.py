@@ -46,7 +46,6 @@ class ImageToRGBA(Stage):
         return pack
     description = "(1,H,W,3) float -> (H,W) uint32 RGBA, bit-exact, defined for NaN/Inf/out of range"
     uses_model = False
-    version = 2  # NaN/Inf decided from the bits
     outputs = (Output("rgba", integer=True, image=True),)
     functions = ("image_to_rgba",)
     faults = {"round_half_away": "rounds .5 ties away from zero", "no_clamp": "casts without clamping"}

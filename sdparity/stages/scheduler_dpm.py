@@ -36,7 +36,6 @@ class SchedulerDPM(Stage):
     name = "scheduler_dpm"
     description = "DPM-Solver++ 2M: convert_model_output and step, vs diffusers DPMSolverMultistepScheduler"
     uses_model = False
-    version = 1
     outputs = (Output("model_output"), Output("prev_sample"))
     functions = ("dpm_convert_model_output", "dpm_step")
     faults = {

@@ -337,29 +337,13 @@ def add_parser(sub) -> None:
 
 
 def cmd_bench(args) -> int:
-    from reference.models import ModelError, load_model
-
-    from sdparity.backends import get_backend
     from sdparity.cache import BuildCache
-    from sdparity.cli import check_model_arg
-    from sdparity.registry import all_stages
+    from sdparity.cli import load_selection
     from sdparity.files import write_atomic
     from sdparity.runner import Progress
 
     log = Progress(quiet=args.quiet)  # stages, backends, --repeat, --seed: checked while parsing
-    check_model_arg(args.model, args.allow_pickle)
-    stages = all_stages()
-    names = args.stages or list(stages)
-    backends = [get_backend(b) for b in args.backends]
-    try:
-        model = load_model(args.model, log=log, allow_pickle=args.allow_pickle)
-    except ModelError as e:
-        raise SdparityError(str(e)) from None
-    selected = [stages[n] for n in names]
-    variants = None
-    if args.latent:
-        variants = {s.name: {**s.default_variant(model), "latent": args.latent}
-                    for s in selected if "latent" in s.default_variant(model)}
+    model, selected, backends, variants = load_selection(args, log)
     data = run_bench(model, selected, backends, BuildCache(rebuild=args.rebuild), args.repeat,
                      args.seed, variants, log)
     import json
