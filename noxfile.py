@@ -50,7 +50,10 @@ def _setup_webgpu(session) -> None:
 def unit(session):
     _install(session)
     _setup_webgpu(session)
-    session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *session.posargs, env=ENV)
+    # default: leave out `slow` tests (a second TVM release installed with pip --target, full-size
+    # models); `nox -s unit -- -m slow` runs them, any other arguments replace this filter
+    args = session.posargs or ["-m", "not slow"]
+    session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
 
 
 @nox.session
@@ -113,13 +116,44 @@ def full_bench(session):
     session.run("sdparity", "bench", *args, env=ENV)
 
 
+#: Python packages the GPU machine lacks (or holds at another version) that the device runs
+#: need: carried as wheels at this venv's exact versions (docs/performance.md, "GPU machine")
+DEVICE_WHEELS = ("apache-tvm-ffi", "diffusers", "transformers")
+#: the device's Python and the manylinux tags its pip accepts (/work/.library/device/README.md)
+DEVICE_PYTHON = ["--python-version", "3.12", "--implementation", "cp"] + [
+    f"--platform={p}" for p in ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64",
+                                "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64")]
+#: Debian packages Dawn needs there: the Vulkan loader, and libglvnd for the NVIDIA ICD
+DEVICE_DEBS = ("libvulkan1", "libegl1", "libglvnd0", "libopengl0", "libgl1", "libglx0", "libgles2")
+
+
 @nox.session
 def gpu_prepare(session):
-    """Everything the lent GPU machine needs, built here (no GPU): out/gpu (CUDA tier:
-    every stage built for sm_90, kernels compiled with nvcc) and out/webgpu-gpu (the web
-    app for WebGPU on Dawn). docs/performance.md has the commands to run there."""
+    """Everything the lent GPU machine needs, built here (no GPU): out/gpu (CUDA tier: every
+    stage built for sm_90, kernels compiled with nvcc, the runtime-only TVM), out/webgpu-gpu
+    (the web app for WebGPU on Dawn), .whl (DEVICE_WHEELS at this venv's versions, for the
+    device's Python 3.12) and .gl (the Vulkan loader .debs). docs/performance.md has the
+    `run` calls: what each one carries and runs. `nox -s gpu_prepare -- tiny` for the tiny model."""
+    import shutil
+
     _install(session)
     _setup_webgpu(session)
     model = session.posargs[0] if session.posargs else "sd15-random"
     session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
     session.run("python", "-m", "sdparity.tiers.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)
+
+    pins = session.run("python", "-c", "from importlib.metadata import version as v; "
+                       f"print(' '.join(p + '==' + v(p) for p in {DEVICE_WHEELS!r}))", silent=True).split()
+    shutil.rmtree(ROOT / ".whl", ignore_errors=True)
+    session.run("python", "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", *DEVICE_PYTHON,
+                "-d", str(ROOT / ".whl"), *pins)
+    (ROOT / ".whl" / "versions.txt").write_text("\n".join(pins) + "\n")
+
+    shutil.rmtree(ROOT / ".gl", ignore_errors=True)
+    (ROOT / ".gl").mkdir()
+    apt = "apt-get -qq -oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/sdparity-apt"
+    session.run("bash", "-c", f"mkdir -p /tmp/sdparity-apt/partial && {apt} update && cd .gl && "
+                f"{apt} download {' '.join(DEVICE_DEBS)}", external=True)
+    for folder in ("out/gpu", "out/webgpu-gpu", ".whl", ".gl"):
+        mib = sum(f.stat().st_size for f in (ROOT / folder).rglob("*") if f.is_file()) / 2**20
+        session.log(f"{folder}: {mib:.1f} MiB")
