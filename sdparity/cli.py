@@ -32,7 +32,7 @@ def _csv(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
-def _latent(s: str) -> list[int]:
+def latent_hw(s: str) -> list[int]:
     try:
         h, w = (int(x) for x in s.lower().split("x"))
     except ValueError:
@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--report", type=out_file, default=DEFAULT_REPORT, help=f"JSON report path "
                    f"(default: {DEFAULT_REPORT}); written atomically")
     c.add_argument("--seed", type=seed_arg, default=0, help="seed of generated inputs, 0..2^32-1 (default 0)")
-    c.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae "
+    c.add_argument("--latent", type=latent_hw, default=None, help="latent HxW for unet/vae "
                    "(default: the model's sample_size)")
     c.add_argument("--rebuild", action="store_true", help="ignore cached builds")
     c.add_argument("--inject-fault", action="append", default=[], metavar="STAGE:FAULT",

@@ -314,7 +314,7 @@ def merge_into_report(report_path: Path, data: dict) -> None:
 # -- command ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    from sdparity.cli import (_latent, add_model_args, backend_list, existing_file, out_file, positive_int,
+    from sdparity.cli import (latent_hw, add_model_args, backend_list, existing_file, out_file, positive_int,
                               seed_arg, stage_list)
 
     p = sub.add_parser("bench", help="time builds and runs per stage and backend against PyTorch",
@@ -326,7 +326,7 @@ def add_parser(sub) -> None:
     p.add_argument("--stages", type=stage_list, default=None, help="comma-separated stages (default: all)")
     p.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated (default: llvm)")
     p.add_argument("--repeat", "-n", type=positive_int, default=3, help="timed rounds per case (default 3)")
-    p.add_argument("--latent", type=_latent, default=None, help="latent HxW for unet/vae")
+    p.add_argument("--latent", type=latent_hw, default=None, help="latent HxW for unet/vae")
     p.add_argument("--seed", type=seed_arg, default=0)
     p.add_argument("--rebuild", action="store_true", help="ignore cached builds (measures build time)")
     p.add_argument("--json", type=out_file, default=DEFAULT_JSON, help=f"output (default {DEFAULT_JSON})")

@@ -308,6 +308,9 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     card = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)"
     rep = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "job": job, "card": card,
            "device_class": "gpu" if cuda else "cpu", "versions_device": versions(), "errors": []}
+    # at the top like a CPU report's: what ran here, plus the TVM that built the WGSL (prepare)
+    rep["versions"] = {**job.get("versions_prepare", {}),
+                       **{k: v for k, v in rep["versions_device"].items() if v is not None}}
 
     def save():
         write_atomic(out / "webgpu-gpu.json", json.dumps(rep, indent=1, default=str))
@@ -391,12 +394,14 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
 
 def main(argv=None) -> int:
+    from sdparity.cli import latent_hw
+
     p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_web", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build the app and everything the GPU machine needs (here)")
     a.add_argument("--model", default="sd15-random")
     a.add_argument("--dir", type=Path, required=True)
-    a.add_argument("--latent", default=None, help="latent HxW (default: the model's)")
+    a.add_argument("--latent", type=latent_hw, default=None, help="latent HxW (default: the model's)")
     a.add_argument("--prompt", default="a photo of an astronaut riding a horse")
     a.add_argument("--negative", default="blurry")
     a.add_argument("--steps", type=int, default=20)
@@ -410,7 +415,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
-        latent = tuple(int(x) for x in args.latent.split("x")) if args.latent else None
+        latent = tuple(args.latent) if args.latent else None
         job = {"prompt": args.prompt, "negative": args.negative, "steps": args.steps,
                "guidance": args.guidance, "seed": args.seed}
         prepare(args.model, args.dir, latent, job, log)

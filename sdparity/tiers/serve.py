@@ -100,10 +100,10 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
                        description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
                        "tokenizer and the scheduler constants, then serve the Stable Diffusion web app.")
-    from sdparity.cli import _latent, add_model_args, port_arg
+    from sdparity.cli import latent_hw, add_model_args, port_arg
 
     add_model_args(p)
-    p.add_argument("--latent", type=_latent, default=None, help="latent HxW (default: the model's sample_size)")
+    p.add_argument("--latent", type=latent_hw, default=None, help="latent HxW (default: the model's sample_size)")
     p.add_argument("--port", type=port_arg, default=8000, help="port on 127.0.0.1 (default 8000)")
     p.set_defaults(handler=cmd_serve)
 

@@ -101,10 +101,6 @@ def runtime_objects(tc: Path | None = None) -> list[Path]:
     return [tc / f"{u}.o" for u in RUNTIME_UNITS]
 
 
-def is_built() -> bool:
-    return emcc() is not None and all(p.is_file() for p in runtime_objects())
-
-
 def _layout(tree: Path) -> None:
     """Copy the wheel's sources into the tree layout TVM's web Makefile expects."""
     ignore = shutil.ignore_patterns("__pycache__", "*.py", "*.pyc")
