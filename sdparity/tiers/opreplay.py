@@ -204,7 +204,9 @@ def _fill(v, tensors):
 
 
 def _as64(t):
-    return t.double() if t.is_floating_point() else t
+    import torch
+
+    return t.to(torch.float64, memory_format=torch.contiguous_format) if t.is_floating_point() else t
 
 
 def _numpy_outputs(out, outputs) -> list:
@@ -255,6 +257,7 @@ def trace(ep, user_inputs: list, on_call) -> list:
     (or None when stopped)."""
     import torch
     from torch.fx import Interpreter
+    from torch.utils._pytree import tree_map_only
 
     graph_module = ep.graph_module
     position = [0]
@@ -262,6 +265,12 @@ def trace(ep, user_inputs: list, on_call) -> list:
     derived = {s.arg.name for s in ep.graph_signature.input_specs if s.kind.name != "USER_INPUT"}
 
     class Recorder(Interpreter):
+        def call_function(self, target, args, kwargs):
+            # strides are not part of the decomposed program's meaning, but some kernels insist
+            # (native_group_norm after attention: eager group_norm made it contiguous first)
+            args, kwargs = tree_map_only(torch.Tensor, lambda t: t.contiguous(), (args, kwargs))
+            return super().call_function(target, args, kwargs)
+
         def run_node(self, n):
             out = super().run_node(n)
             if n.op == "call_function" and n.all_input_nodes and all(m.name in derived for m in n.all_input_nodes):
@@ -280,7 +289,7 @@ def trace(ep, user_inputs: list, on_call) -> list:
             path, mtype = (list(stack.values())[-1] if stack else ("", ""))
             original = n.meta.get("original_aten")
             call = OpCall(position=position[0], node=n.name, op=name, target=n.target, args=a, kwargs=k,
-                          tensors=[t.detach().clone() for t in tensors], outputs=outputs, module=path,
+                          tensors=[t.detach().contiguous().clone() for t in tensors], outputs=outputs, module=path,
                           weights=[getattr(m, "name", None) in derived for m in sources],
                           module_type=str(mtype).rsplit(".", 1)[-1],
                           original="" if original is None or str(original) == name else str(original))
