@@ -27,6 +27,7 @@ floor is negligible (compare.NEGLIGIBLE_FLOOR) keep the absolute rule alone.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -165,7 +166,7 @@ def floor_budget(stage: str, output: str, backend: str, model_scope: str) -> tup
         note = f"reasoned budget, {g['source']}"
         return b, note, f"err/floor <= {b:g}x: {g['source']}"
     worst, n = float(g["max"]), len(g["seeds"])
-    b = round(max(MIN_FLOOR_BUDGET, FLOOR_MARGIN * worst), 1)
+    b = math.ceil(max(MIN_FLOOR_BUDGET, FLOOR_MARGIN * worst) * 10) / 10  # one decimal, never below
     note = f"calibrated max {worst:.3g}x over {n} seeds, margin {FLOOR_MARGIN:g}x"
     if worst == 0:  # bit-exact in calibration (the DPM scheduler on llvm)
         note = f"bit-exact over {n} calibration seeds: the minimum budget"

@@ -11,8 +11,14 @@ Both reports are "sdparity.report/1" files of the same model. Every check is key
   error        now errors (cannot build,    still-fails / still-errors: known, not worse
                cannot run, run crashed)     new        only in the candidate
   missing      the check is gone            skipped    skipped in the baseline
-  now-skipped  passed, now skipped
-  changed      different inputs (shapes)
+  now-skipped  passed, now skipped          still-known  a known upstream issue, before and now
+  changed      different inputs (shapes)    fixed-upstream?  known -> pass: the issue no longer
+  now-known    passed -> fails, explained                reproduces here (run its repro; narrow
+               by a known upstream issue                 or retire the entry)
+
+Verdict "known" (sdparity.known_issues) is a failure that a registered upstream issue
+explains. A known issue all of whose baseline checks pass in the candidate is listed as
+"fixed upstream?" in ``known_issues`` of the result.
 
 The budgets below are the only knobs; docs/gate.md explains them with measurements.
 """
@@ -56,7 +62,7 @@ BUDGETS = {
     "frac_slack": (FRAC_SLACK, FRAC_REASON),
     "int_levels": (INT_LEVELS, INT_LEVELS_REASON),
 }
-REGRESSIONS = ("regressed", "now-fails", "error", "missing", "now-skipped", "changed")
+REGRESSIONS = ("regressed", "now-fails", "now-known", "error", "missing", "now-skipped", "changed")
 GATE_SCHEMA = "sdparity.gate/1"
 
 
@@ -82,7 +88,8 @@ def _facts(r: dict | None) -> dict | None:
         return None
     m = r.get("metrics") or {}
     return {"verdict": r["verdict"], "max_abs": m.get("max_abs"), "noise_floor": m.get("noise_floor"),
-            "floor_ratio": m.get("floor_ratio"), "mismatch_frac": m.get("mismatch_frac"),
+            "floor_ratio": m.get("floor_ratio"), "floor_budget": m.get("floor_budget"),
+            "known_issue": r.get("known_issue"), "mismatch_frac": m.get("mismatch_frac"),
             "nonfinite": m.get("nonfinite"), "message": r.get("message")}
 
 
@@ -133,6 +140,13 @@ def _judge(base: dict | None, cand: dict | None, cand_stage: dict | None) -> tup
         return "now-skipped", None, cand.get("message") or ""
     if cv == "error":
         return ("still-errors" if bv == "error" else "error"), None, cand.get("message") or ""
+    if cv == "known":  # explained, but a pass that became one is still lost parity
+        return ("now-known" if bv == "pass" else "still-known"), None, cand.get("message") or ""
+    if bv == "known":
+        if cv == "pass":
+            return "fixed-upstream?", None, (f"known issue {base.get('known_issue')} no longer reproduces "
+                                             f"here: the check passes")
+        return "still-fails", None, cand.get("message") or ""  # the entry no longer covers it
     if bv == "error":  # nothing to lose: the baseline had no result
         return ("fixed" if cv == "pass" else "still-fails"), None, cand.get("message") or ""
     if (base.get("shapes") or None) != (cand.get("shapes") or None):
@@ -181,7 +195,25 @@ def gate(base: dict, cand: dict) -> dict:
             "candidate": {"versions": cand.get("versions"), "faults": cand.get("faults") or [],
                           "error": run_error},
             "budgets": {k: v for k, (v, _) in BUDGETS.items()},
-            "rows": rows, "counts": counts, "regressions": sum(r["regression"] for r in rows)}
+            "rows": rows, "counts": counts, "regressions": sum(r["regression"] for r in rows),
+            "known_issues": known_issue_status(b_recs, rows)}
+
+
+def known_issue_status(b_recs: dict, rows: list[dict]) -> dict:
+    """Per known issue of the baseline: how many of its checks pass in the candidate, and
+    "fixed upstream?" when all of them do."""
+    out: dict[str, dict] = {}
+    for row in rows:
+        b = b_recs.get((row["stage"], row["backend"], row["case"], row["output"]))
+        if not b or b["verdict"] != "known":
+            continue
+        e = out.setdefault(b.get("known_issue") or "?", {"checks": 0, "now_pass": 0})
+        e["checks"] += 1
+        e["now_pass"] += row["status"] == "fixed-upstream?"
+    for e in out.values():
+        e["status"] = ("fixed upstream?" if e["now_pass"] == e["checks"] else
+                       "partly passes" if e["now_pass"] else "still reproduces")
+    return out
 
 
 def gate_files(baseline: Path, candidate: Path) -> dict:
@@ -239,6 +271,8 @@ def print_gate(result: dict, show_all: bool = False) -> None:
         loc = w.get("localization") or {}
         if loc.get("summary"):
             print(f"{'':<12} localization: {loc['summary']}")
+    for iid, e in (result.get("known_issues") or {}).items():
+        print(f"known issue {iid}: {e['now_pass']} of its {e['checks']} baseline checks pass now: {e['status']}")
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     verdict = f"FAIL: {result['regressions']} regression(s)" if result["regressions"] else "PASS: no regression"
     print(f"{len(result['rows'])} checks: {counts}. {verdict}")

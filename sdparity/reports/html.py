@@ -15,18 +15,20 @@ from html import escape
 from pathlib import Path
 
 from sdparity.errors import SdparityError
+from sdparity.reports.table import ratio_text, ratio_wins, summary_line
 
 CSS = """
 body{font:14px/1.4 system-ui,sans-serif;margin:1.5em;color:#222}
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;vertical-align:top}
 th{background:#f3f3f3;text-align:left}td.n{text-align:right;font-family:monospace}
 .pass{background:#dff3df}.fail{background:#f8d4d4}.error{background:#f3c0a0}.skip{background:#eee;color:#666}
+.known{background:#e4dcf5}
 .v{font-weight:bold}.small{font-size:12px;color:#555}
 figure{display:inline-block;margin:0 8px 8px 0}figcaption{font-size:12px}
 img.px{image-rendering:pixelated;min-width:160px;border:1px solid #999}
 code{background:#f6f6f6;padding:0 2px}
 """
-RANK = {"pass": 0, "skip": 1, "fail": 2, "error": 3}
+RANK = {"pass": 0, "skip": 1, "known": 2, "fail": 3, "error": 4}  # "known": sdparity.known_issues
 
 
 def _num(x, fmt=".3g") -> str:
@@ -49,17 +51,19 @@ def matrix(data: dict) -> tuple[list[str], list[str], dict]:
         s, b = r["stage"], r["backend"]
         stages += [s] if s not in stages else []
         backends += [b] if b not in backends else []
-        a = agg.setdefault((s, b), {"verdict": "pass", "checks": 0, "pass": 0, "max_abs": None,
-                                    "ratio": None, "build": None, "run_s": 0.0, "message": ""})
+        a = agg.setdefault((s, b), {"verdict": "pass", "checks": 0, "pass": 0, "known": 0, "max_abs": None,
+                                    "ratio": None, "budget": None, "build": None, "run_s": 0.0, "message": ""})
         a["checks"] += 1
         a["pass"] += r["verdict"] == "pass"
+        a["known"] += r["verdict"] == "known"
         if RANK[r["verdict"]] > RANK[a["verdict"]]:
             a["verdict"], a["message"] = r["verdict"], r.get("message") or ""
         m = r.get("metrics") or {}
         if m.get("max_abs") is not None:
             a["max_abs"] = max(a["max_abs"] or 0.0, m["max_abs"])
-        if m.get("floor_ratio") is not None:
-            a["ratio"] = max(a["ratio"] or 0.0, m["floor_ratio"])
+        if m.get("floor_ratio") is not None and ratio_wins(m["floor_ratio"], m.get("floor_budget"),
+                                                             {"worst_ratio": a["ratio"], "budget": a["budget"]}):
+            a["ratio"], a["budget"] = m["floor_ratio"], m.get("floor_budget")
         t = r.get("timings") or {}
         if "build_cached" in t:
             a["build"] = f"cached ({t.get('original_build_s')}s)" if t["build_cached"] else f"{t['build_s']:.1f}s"
@@ -77,8 +81,9 @@ def _matrix_html(data: dict) -> str:
             if a is None:
                 cells.append("<td class='skip'>not run</td>")
                 continue
-            detail = (f"{a['pass']}/{a['checks']} pass<br>max |err| {_num(a['max_abs'])}<br>"
-                      f"err/floor {_num(a['ratio'], '.3g')}{'x' if a['ratio'] is not None else ''}<br>build {escape(a['build'] or '-')}<br>"
+            known = f", {a['known']} known" if a["known"] else ""
+            detail = (f"{a['pass']}/{a['checks']} pass{known}<br>max |err| {_num(a['max_abs'])}<br>"
+                      f"err/floor/budget {ratio_text(a['ratio'], a['budget'])}<br>build {escape(a['build'] or '-')}<br>"
                       f"run {a['run_s']:.3f}s")
             why = f"<br><span class='small'>{escape(a['message'][:200])}</span>" if a["verdict"] != "pass" else ""
             cells.append(f"<td class='{a['verdict']}'><span class='v'>{a['verdict'].upper()}</span><br>"
@@ -170,10 +175,11 @@ def _checks_html(data: dict) -> str:
             _cell(r["stage"]), _cell(r["backend"]), _cell(r.get("case") or "-"), _cell(r.get("output") or "-"),
             _cell(r["verdict"].upper()), _cell(_num(m.get("max_abs")), num=True),
             _cell(_num(m.get("noise_floor"), ".2g"), num=True), _cell(_num(m.get("floor_ratio"), ".3g"), num=True),
+            _cell(_num(m.get("floor_budget"), "g"), num=True), _cell(r.get("failed_bound") or "-"),
             _cell(_num(m.get("mismatch_frac"), ".4%") if m else "-", num=True), _cell(tol_s),
             _cell(_num(t.get("run_s"), ".4f"), num=True), _cell(r.get("message") or "")]) + "</tr>")
     return _table(["stage", "backend", "case", "output", "verdict", "max |err|", "noise floor", "err/floor",
-                   "mismatch", "tolerance", "run s", "message"], rows)
+                   "floor budget", "failed bound", "mismatch", "tolerance", "run s", "message"], rows)
 
 
 def _tolerances_html(data: dict) -> str:
@@ -183,9 +189,32 @@ def _tolerances_html(data: dict) -> str:
         key = (r["stage"], r.get("output"), r["backend"])
         if tol and key not in seen:
             seen.add(key)
+            budget = "-" if tol.get("floor_budget") is None else f"{tol['floor_budget']:g}x"
             rows.append("<tr>" + "".join(_cell(x) for x in (*key, tol["atol"], tol["rtol"], tol["mismatch_frac"],
-                                                             tol.get("reason", ""))) + "</tr>")
-    return _table(["stage", "output", "backend", "atol", "rtol", "mismatch", "reason"], rows)
+                                                             tol.get("reason", ""), budget,
+                                                             tol.get("floor_reason", ""))) + "</tr>")
+    return _table(["stage", "output", "backend", "atol", "rtol", "mismatch", "reason", "err/floor budget",
+                   "budget reason"], rows)
+
+
+def _known_html(data: dict) -> str:
+    """Checks whose failure is a known upstream issue (sdparity.known_issues), by issue."""
+    from sdparity.known_issues import all_issues
+
+    by_id: dict[str, list[dict]] = {}
+    for r in data.get("results", []):
+        if r["verdict"] == "known":
+            by_id.setdefault(r.get("known_issue") or "?", []).append(r)
+    out = []
+    for iid, recs in by_id.items():
+        issue = all_issues().get(iid)
+        about = (f"<p><b>{escape(issue.title)}</b> (seen on TVM {escape(', '.join(issue.tvm_versions))}; repro "
+                 f"<code>python {escape(issue.to_json()['repro'])}</code>)</p><p class='small'>"
+                 f"{escape(issue.description)}</p>") if issue else "<p>(not in this sdparity's registry)</p>"
+        checks = ", ".join(f"{r['stage']}/{r['backend']}/{r.get('case')}/{r.get('output')} (was {r.get('known_was')})"
+                           for r in recs)
+        out.append(f"<h3 class='known'>{escape(iid)}: {len(recs)} checks</h3>{about}<p class='small'>{escape(checks)}</p>")
+    return "".join(out) or "<p>None.</p>"
 
 
 def _facts_html(d: dict | None) -> str:
@@ -205,8 +234,7 @@ def render(data: dict, report_dir: Path) -> str:
     head = (f"<p>Created {escape(str(data.get('created', '-')))}; model <b>{escape(str(model.get('name', '-')))}</b> "
             f"(digest {escape(str(model.get('digest', '-')))}); TVM {escape(str((data.get('versions') or {}).get('apache-tvm')))}; "
             f"schema {escape(str(data.get('schema')))}</p>"
-            f"<p>{s.get('pass', 0)} passed, {s.get('fail', 0)} failed, {s.get('error', 0)} errors, "
-            f"{s.get('skip', 0)} skipped.</p><p class='small'>argv: <code>{escape(' '.join(map(str, data.get('argv') or [])))}</code></p>")
+            f"<p>{escape(summary_line(s))}.</p><p class='small'>argv: <code>{escape(' '.join(map(str, data.get('argv') or [])))}</code></p>")
     if data.get("faults"):
         head += f"<p class='fail'>Injected faults: {escape(', '.join(data['faults']))}</p>"
     if data.get("error"):
@@ -215,7 +243,10 @@ def render(data: dict, report_dir: Path) -> str:
             f"<style>{CSS}</style></head><body><h1>sdparity parity report</h1>{head}"
             f"<h2>Stage &times; backend</h2>{_matrix_html(data)}"
             "<p class='small'>err/floor: max |candidate - reference| divided by the float32 noise floor of the "
-            "reference (max |float64 - float32 reference|).</p>"
+            "reference (max |float64 - float32 reference|), against its calibrated budget (sdparity/calibration.json; "
+            "the check nearest to or furthest over it). <span class='known'>known</span>: fails because of a "
+            "registered upstream issue; never counted as a pass.</p>"
+            f"<h2>Known upstream issues</h2>{_known_html(data)}"
             f"<h2>Skipped and errored</h2>{_table(['stage', 'backend', 'case', 'verdict', 'reason'], skip_rows) if skips else '<p>None.</p>'}"
             f"<h2>Localization</h2>{_localization_html(data)}"
             f"<h2>Images</h2>{_images_html(data, report_dir)}"

@@ -66,3 +66,62 @@ def test_every_stage_output_has_a_justified_tolerance():
                 for scope in ("tiny", "full"):
                     tol = lookup(st.name, o.name, backend, scope)
                     assert len(tol.reason) > 20, (st.name, o.name)
+
+
+def _floored(err: float, floor: float, budget: float | None, n: int = 64):
+    """A float output of scale ~1 whose reference has the given float32 floor, and a candidate
+    off by ``err`` on one element."""
+    ref32 = np.linspace(-1.0, 1.0, n).astype(np.float32)
+    ref64 = ref32.astype(np.float64)
+    ref64[3] += floor
+    cand = ref32.astype(np.float64)
+    cand[5] += err
+    return compare(cand, ref32, Tolerance(1e-4, 1e-4, floor_budget=budget,
+                                          floor_note="calibrated max 2x over 5 seeds, margin 3x"), ref64)
+
+
+def test_floor_budget_fails_what_the_absolute_rule_passes():
+    m = _floored(err=6e-5, floor=1e-6, budget=6.0)  # 60 floors, inside atol 1e-4
+    assert not m.passed and m.failed_bound == "floor" and m.mismatches == 0
+    assert m.floor_budget == 6.0 and abs(m.floor_ratio - 60) < 0.5
+    assert m.why.startswith("err/floor 60x > budget 6x (calibrated max 2x over 5 seeds, margin 3x), 10x over; "
+                            "max abs 6e-05 within atol")
+    ok = _floored(err=5e-6, floor=1e-6, budget=6.0)
+    assert ok.passed and ok.failed_bound is None and "err/floor 5x within budget 6x" in ok.why
+    both = _floored(err=1e-3, floor=1e-6, budget=6.0)
+    assert not both.passed and both.failed_bound == "abs+floor" and "outside atol" in both.why
+    only_abs = _floored(err=1e-3, floor=1e-3, budget=6.0)
+    assert not only_abs.passed and only_abs.failed_bound == "abs"
+
+
+def test_floor_rule_needs_a_budget_a_real_floor_and_a_float_output():
+    from sdparity.compare import NEGLIGIBLE_FLOOR
+
+    assert _floored(err=6e-5, floor=1e-6, budget=None).passed  # no budget: the absolute rule alone
+    tiny = _floored(err=6e-5, floor=NEGLIGIBLE_FLOOR * 0.9, budget=6.0)  # scale is 1.0
+    assert tiny.passed and tiny.floor_budget is None and tiny.floor_ratio > 100
+    real = _floored(err=6e-5, floor=NEGLIGIBLE_FLOOR * 1.1, budget=6.0)
+    assert not real.passed and real.failed_bound == "floor"
+    ref = np.arange(16, dtype=np.float32)
+    cand = ref.copy()
+    cand[0] += 1  # integer output: mismatch rule, never the floor budget
+    m = compare(cand, ref, Tolerance(1.0, 0.0, 0.1, floor_budget=1.0), ref.astype(np.float64) + 1e-3, integer=True)
+    assert m.passed and m.floor_budget is None
+    assert compare(cand, ref, Tolerance(1.0, 0.0, floor_budget=1.0)).floor_budget is None  # no reference64
+
+
+def test_lookup_gives_calibrated_budgets_with_reasons():
+    from sdparity.tolerances import calibration
+
+    groups = calibration()["groups"]
+    for key, g in groups.items():
+        stage, output, backend, scope = key.split("/")
+        tol = lookup(stage, output, backend, scope)
+        if g["rule"] == "floor":
+            assert tol.floor_budget >= 3 * g["max"] and tol.floor_budget >= 4, key
+            assert "over seeds [" in tol.floor_reason or "reasoned" in tol.floor_note, key
+        else:
+            assert tol.floor_budget is None and g["why"] in tol.floor_reason, key
+    assert groups["unet/noise_pred/llvm/tiny"]["rule"] == "floor"
+    assert lookup("unet", "noise_pred", "cuda", "tiny").floor_budget is None  # not calibrated
+    assert "not calibrated" in lookup("unet", "noise_pred", "llvm", "full").floor_reason

@@ -249,3 +249,45 @@ def test_gate_versions_passes_check_arguments_after_double_dash():
     args = build_parser().parse_args(["gate-versions", "0.26.0", "0.27.0.post1", "--", "--stages", "clip"])
     assert (args.version_a.version, args.version_b.version, args.check_args) == ("0.26.0", "0.27.0.post1",
                                                                                ["--stages", "clip"])
+
+
+def known(r, issue="tvm-xyz"):
+    """A failing record as the registry's ``apply`` turns it into verdict known."""
+    return {**r, "verdict": "known", "known_issue": issue, "known_was": r["verdict"]}
+
+
+def test_known_issues_in_the_gate():
+    failing = rec(verdict="fail", max_abs=1e-3)
+    # known -> pass: an improvement, and the issue is reported as possibly fixed upstream
+    result = gate.gate(report(known(failing)), report(rec(max_abs=1e-6), tvm="0.28.0"))
+    assert [r["status"] for r in result["rows"]] == ["fixed-upstream?"] and result["regressions"] == 0
+    assert result["known_issues"] == {"tvm-xyz": {"checks": 1, "now_pass": 1, "status": "fixed upstream?"}}
+    # pass -> known: a lost check even when explained
+    assert one(rec(), known(failing)) == ("now-known", 1)
+    assert one(known(failing), known(failing)) == ("still-known", 0)
+    assert one(failing, known(failing)) == ("still-known", 0)
+    assert one(known(rec(verdict="error")), known(rec(verdict="error"))) == ("still-known", 0)
+    # known -> fail (the entry no longer covers it): still failing, not a new loss
+    assert one(known(failing), failing)[0] == "still-fails"
+    # an issue only some of whose checks pass now is not "fixed"
+    base = report(known(failing), known({**failing, "case": "t1"}))
+    cand = report(rec(max_abs=1e-6), known({**failing, "case": "t1"}), tvm="0.28.0")
+    assert gate.gate(base, cand)["known_issues"]["tvm-xyz"]["status"] == "partly passes"
+
+
+def test_table_and_html_show_known_and_ratio_against_budget(tmp_path, capsys):
+    from sdparity.reports.html import render
+    from sdparity.reports.table import print_table
+
+    budgeted = rec(max_abs=2e-5, floor=1e-5)
+    budgeted["metrics"]["floor_budget"] = 7.9
+    data = report(budgeted, rec(case="t1"), known(rec(stage="vae", case="l0", output="image_float", verdict="fail")))
+    data["summary"] = {"pass": 2, "known": 1}
+    print_table(data)
+    out = capsys.readouterr().out
+    assert re.search(r"unet\s+llvm\s+2/2\s+-\s+2e-05\s+2\.0x/7\.9x", out)
+    assert re.search(r"vae\s+llvm\s+0/1\s+1\s+.*KNOWN", out)
+    assert "2 passed, 0 failed, 1 known issues" in out
+    html = render(data, tmp_path)
+    assert "<td class='known'><span class='v'>KNOWN</span>" in html and "2.0x/7.9x" in html
+    assert "tvm-xyz: 1 checks" in html and ".known{" in html
