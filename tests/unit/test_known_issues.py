@@ -106,7 +106,7 @@ REGISTERED = sorted(all_issues())
 def test_registered_entry_is_complete_and_its_repro_reproduces(issue_id):
     """The repro runs standalone (torch + TVM only) and exits non-zero on the pinned TVM."""
     issue = all_issues()[issue_id]
-    assert re.fullmatch(r"[a-z0-9][a-z0-9-]+", issue.id) and issue.title and issue.tvm_versions
+    assert re.fullmatch(r"[a-z0-9][a-z0-9_-]+", issue.id) and issue.title and issue.tvm_versions
     assert len(issue.description) > 100, "one paragraph, with the root cause"
     src = issue.repro.read_text()
     assert not re.search(r"^\s*(import|from)\s+sdparity", src, re.M), "a repro must not import sdparity"
