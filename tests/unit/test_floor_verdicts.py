@@ -197,3 +197,66 @@ def test_perturbation_is_undone(tmp_path):
         during = lowered()
     assert during != before and "ldexp" in during
     assert lowered() == before and op.get_attr("FLegalize").same_as(stock)
+
+
+# ---- the calibration file and its budgets ---------------------------------------------------
+def _rec(stage, output, ratio, floor_rel, case="c", integer=False, backend="llvm"):
+    return {"stage": stage, "output": output, "backend": backend, "case": case, "model_scope": "tiny",
+            "integer": integer, "verdict": "pass", "message": "",
+            "metrics": {"floor_ratio": ratio, "floor_rel": floor_rel}}
+
+
+def test_calibrate_groups_rules_and_merge(tmp_path):
+    import json
+
+    from sdparity.compare import NEGLIGIBLE_FLOOR
+    from sdparity.tiers.calibrate import calibrate, write_calibration
+
+    seeds = {s: [_rec("unet", "noise_pred", 2.0 + s / 4, 1e-6, "a"), _rec("unet", "noise_pred", 1.0, 1e-6, "b"),
+                 _rec("scheduler_dpm", "prev_sample", 0.0, 1e-7, "a"),
+                 _rec("scheduler_dpm", "prev_sample", 9.0, NEGLIGIBLE_FLOOR / 2, "b"),  # sub-ulp floor: left out
+                 _rec("scheduler_dpm", "model_output", 3.0, NEGLIGIBLE_FLOOR / 2),
+                 _rec("vae", "image", None, 0.0, integer=True)] for s in range(3)}
+    groups = calibrate(seeds, {"apache-tvm": "x"})
+    unet = groups["unet/noise_pred/llvm/tiny"]
+    assert unet["rule"] == "floor" and unet["per_seed_max"] == [2.0, 2.25, 2.5] and unet["max"] == 2.5
+    assert unet["spread"] == 1.25 and unet["seeds"] == [0, 1, 2] and unet["measured"] == {"apache-tvm": "x"}
+    dpm = groups["scheduler_dpm/prev_sample/llvm/tiny"]
+    assert dpm["rule"] == "floor" and dpm["max"] == 0.0 and dpm["negligible_floor_checks"] == 3
+    assert groups["scheduler_dpm/model_output/llvm/tiny"]["rule"] == "absolute"
+    assert "negligible floor" in groups["scheduler_dpm/model_output/llvm/tiny"]["why"]
+    assert groups["vae/image/llvm/tiny"]["rule"] == "absolute"
+
+    path = tmp_path / "cal.json"
+    path.write_text(json.dumps({"groups": {"clip/hidden/webgpu/tiny": {"rule": "floor", "max": 1.5}}}))
+    data = write_calibration(groups, path)
+    assert set(data["groups"]) == {"clip/hidden/webgpu/tiny", *groups}  # other groups are kept
+    assert json.loads(path.read_text()) == data and not list(tmp_path.glob(".cal.json.*"))
+
+
+def test_calibrate_from_reports_cli(tmp_path, capsys):
+    import json
+
+    from sdparity.cli import main
+
+    for seed, ratio in ((0, 2.0), (1, 3.0)):
+        (tmp_path / f"calibrate-seed{seed}.json").write_text(json.dumps({
+            "schema": "sdparity.report/1", "created": "2026-11-29T00:00:00", "versions": {"apache-tvm": "0.27"},
+            "machine": {"cpus": 2}, "argv": ["sdparity", "calibrate", "--seeds", "2"],
+            "results": [_rec("unet", "noise_pred", ratio, 1e-6)]}))
+    out = tmp_path / "cal.json"
+    assert main(["calibrate", "--from-reports", str(tmp_path), "--out", str(out)]) == 0
+    g = json.loads(out.read_text())["groups"]["unet/noise_pred/llvm/tiny"]
+    assert g["max"] == 3.0 and g["measured"]["command"] == "sdparity calibrate --seeds 2"
+    assert g["measured"]["apache-tvm"] == "0.27" and g["measured"]["date"] == "2026-11-29"
+
+
+def test_calibrate_seed_arguments():
+    import argparse
+
+    from sdparity.tiers.calibrate import _seeds
+
+    assert _seeds("3") == [0, 1, 2] and _seeds("5-9") == [5, 6, 7, 8, 9] and _seeds("1,3,7") == [1, 3, 7]
+    for bad in ("-1", "x", "0"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _seeds(bad)
