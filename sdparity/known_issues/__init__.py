@@ -89,3 +89,24 @@ def apply(record: dict) -> dict:
 # ---- entries ----------------------------------------------------------------------------
 # register(KnownIssue(id="...", title="...", description="...", covers=lambda r: ...,
 #                     tvm_versions=("0.27.0.post1",)))
+
+
+def _localized_op(r: dict) -> str | None:
+    """The aten op that op replay (sdparity.tiers.opreplay) named for a failing check, if any."""
+    return (((r.get("localization") or {}).get("op") or {}).get("first") or {}).get("op")
+
+
+register(KnownIssue(
+    id="tvm_webgpu_sin_cos_unreduced",
+    title="WebGPU sin/cos of large arguments: WGSL builtins applied without range reduction",
+    description="WGSL specifies sin/cos only on [-pi, pi] (absolute error <= 2^-11); TVM 0.27's WebGPU "
+    "code generation emits sin(x)/cos(x) on the raw argument, so large arguments get the "
+    "implementation's own reduction. SD's UNet time projection takes sin/cos of timestep * "
+    "frequency (up to ~999): on WebGPU (Chromium, SwiftShader) aten.sin/aten.cos of the tiny UNet "
+    "are 1.9e-4 off torch float64 where torch float32 is 6e-8 off (~3000x the floor); llvm is "
+    "within 1x. Found by op replay and op-statistics fuzzing (issue 11). The repro checks the "
+    "generated WGSL (no browser); the numbers come from tests/unit/test_opstats.py (webgpu).",
+    covers=lambda r: r["backend"] == "webgpu" and _localized_op(r) in ("aten.sin.default", "aten.cos.default"),
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))
