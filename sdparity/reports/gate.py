@@ -29,6 +29,7 @@ import json
 from pathlib import Path
 
 from sdparity.errors import SdparityError
+from sdparity.reports import speed
 
 # ---- budgets ----------------------------------------------------------------------------
 # Float outputs: the candidate's max |err| may grow to
@@ -196,6 +197,7 @@ def gate(base: dict, cand: dict) -> dict:
                           "error": run_error},
             "budgets": {k: v for k, (v, _) in BUDGETS.items()},
             "rows": rows, "counts": counts, "regressions": sum(r["regression"] for r in rows),
+            "speed": speed.compare(base, cand),  # tvm/torch ratios, apart from the numbers
             "known_issues": known_issue_status(b_recs, rows)}
 
 
@@ -276,6 +278,8 @@ def print_gate(result: dict, show_all: bool = False) -> None:
     counts = ", ".join(f"{n} {s}" for s, n in sorted(result["counts"].items()))
     verdict = f"FAIL: {result['regressions']} regression(s)" if result["regressions"] else "PASS: no regression"
     print(f"{len(result['rows'])} checks: {counts}. {verdict}")
+    if "speed" in result:
+        speed.print_speed(result["speed"])
 
 
 def cmd_gate(args) -> int:
@@ -283,7 +287,7 @@ def cmd_gate(args) -> int:
     if args.json:
         write_json(result, args.json)
     print_gate(result, show_all=args.all)
-    return 1 if result["regressions"] else 0
+    return 1 if result["regressions"] or result["speed"]["regressions"] else 0
 
 
 def add_parser(sub) -> None:

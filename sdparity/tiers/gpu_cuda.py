@@ -195,6 +195,9 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                             f"(they do not travel); use one of {', '.join(BUILTIN_MODELS)}")
     dest.mkdir(parents=True, exist_ok=True)
     log(f"slim TVM package -> {slim_tvm_package(dest)}")
+    from sdparity.reports.report import versions  # the TVM that builds the kernels: the device report's
+
+    (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
     model = load_model(model_name, log=log)
     backend = _cuda_backend()
     for name in stage_names or list(stages):
@@ -307,6 +310,11 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     dev = tvm.cuda(0)
     card = torch.cuda.get_device_name(0)
     report = Report(None)
+    # The device has no apache-tvm distribution (only the carried runtime): the version that
+    # built every kernel comes from prepare, at the top like a CPU report's.
+    built = json.loads((folder / "versions.json").read_text()) if (folder / "versions.json").is_file() else {}
+    report.data["versions"].update({k: v for k, v in built.items() if report.data["versions"].get(k) is None})
+    report.data["versions_prepare"] = built
     report.data["backends"]["cuda"] = {"name": "cuda", "device_class": "gpu", "arch": ARCH,
                                        "device_name": str(dev.device_name), "torch_device": card,
                                        "torch": torch.__version__, "tvm_runtime": tvm.__version__}
