@@ -13,17 +13,20 @@ from sdparity.tolerances import op_budget
 
 #: the perturbation of negative test (a), as source: run in this process, and handed to the
 #: written repro through its documented REPRO_PRELUDE hook so that the subprocess has the same
-#: (broken) TVM. sigmoid is imported as its own Relax op (R.sigmoid), checked below.
-PERTURB_SIGMOID = '''
+#: (broken) TVM. LayerNorm is imported as its own Relax op (R.nn.layer_norm), checked below, and
+#: comes early in CLIP (few per-op builds before it in the test's empty cache).
+PERTURB_LAYER_NORM = '''
 import tvm
 from tvm import topi
 
 
-def _sigmoid_off(bb, call):  # sigmoid 0.1% too large: ~8000 ulp
-    return bb.call_te(lambda x: topi.sigmoid(x) * 1.001, call.args[0], primfunc_name_hint="sigmoid")
+def _layer_norm_off(bb, call):  # TVM's own lowering, 0.1% too large: ~8000 ulp
+    a = call.attrs
+    return bb.call_te(lambda x, g, b: topi.nn.layer_norm(x, g, b, axis=a.axes, epsilon=a.epsilon) * 1.001,
+                      *call.args, primfunc_name_hint="layer_norm")
 
 
-tvm.ir.register_op_attr("relax.sigmoid", "FLegalize", _sigmoid_off, level=11)
+tvm.ir.register_op_attr("relax.nn.layer_norm", "FLegalize", _layer_norm_off, level=11)
 '''
 
 
@@ -84,34 +87,22 @@ def test_trace_is_the_program(tiny):
     assert ln[0].outputs == (0,)  # only the normalized value is used, not mean/rstd
 
 
-def test_clean_clip_replays_clean(tiny, llvm, cache):
-    """Every aten call of the tiny CLIP agrees with torch alone on llvm (the pinned TVM)."""
-    from sdparity.registry import get_stage
-
-    stage = get_stage("clip")
-    case = stage.cases(tiny, {}, 0)[0]
-    with llvm.session() as runner:
-        rec = opreplay.replay(opreplay.export_program(stage, tiny, {}), case.inputs, llvm, runner, cache,
-                              stop_at_first=False)
-    assert rec["status"] == "clean" and not rec["errors"], rec["summary"]
-    assert rec["calls"] > 100 and 30 < rec["signatures"] < rec["calls"]
-
-
 def test_perturbed_lowering_is_localized_to_its_aten_op(tiny, llvm, tmp_path, monkeypatch):
-    """Negative test (a): relax.sigmoid's lowering made 0.1% wrong through TVM's op-attribute
-    registry. The tiny CLIP check fails; kernel replay cannot see it (its trusted build uses
-    the same lowering); op replay names aten.sigmoid (CLIP's quick_gelu) and writes a repro
-    that, run alone with the same perturbation, fails, and without it passes."""
+    """Negative test (a): relax.nn.layer_norm's lowering made 0.1% wrong through TVM's
+    op-attribute registry. The tiny CLIP check fails; kernel replay cannot see it (its trusted
+    build uses the same lowering); op replay names aten.native_layer_norm of the first encoder
+    layer (ops before it agree) and writes a repro that, run alone with the same perturbation,
+    fails, and without it passes."""
     from sdparity.cache import BuildCache
     from sdparity.registry import get_stage
     from sdparity.reports.report import Report
     from sdparity.runner import Progress, run_checks
 
     stage = get_stage("clip")
-    assert "R.sigmoid(" in stage.build_ir(tiny, {}).mod.script()  # not decomposed away before import
+    assert "R.nn.layer_norm(" in stage.build_ir(tiny, {}).mod.script()  # not decomposed away before import
     monkeypatch.setenv("SDPARITY_LOCALIZE_OUT", str(tmp_path / "loc"))
     report = Report(tiny)
-    with perturbed(PERTURB_SIGMOID, "relax.sigmoid"):
+    with perturbed(PERTURB_LAYER_NORM, "relax.nn.layer_norm"):
         run_checks([stage], [llvm], tiny, report, BuildCache(tmp_path / "cache"), log=Progress(quiet=True),
                    localize=True)
     failed = [r for r in report.results if r["verdict"] == "fail"]
@@ -121,11 +112,12 @@ def test_perturbed_lowering_is_localized_to_its_aten_op(tiny, llvm, tmp_path, mo
     op = loc["op"]
     assert op["status"] == "diverged", op["summary"]
     first = op["first"]
-    assert first["op"] == "aten.sigmoid.default" and ".mlp" in first["module"]
-    assert first["ratio"] > 100 and any("sigmoid" in k for k in first["kernels"])
+    assert first["op"] == "aten.native_layer_norm.default" and first["module_type"] == "LayerNorm"
+    assert first["module"].endswith("layers.0.layer_norm1"), first["module"]
+    assert first["ratio"] > 100 and any("layer_norm" in k for k in first["kernels"])
     assert first["repro_reproduces"] is False  # alone, without the perturbation: within budget
     prelude = tmp_path / "perturb.py"
-    prelude.write_text(PERTURB_SIGMOID)
+    prelude.write_text(PERTURB_LAYER_NORM)
     run = opreplay.run_repro(first["repro"], env={"REPRO_PRELUDE": str(prelude)})
     assert run["returncode"] == 1 and "DIVERGES" in run["output"], run["output"]
 
@@ -181,10 +173,15 @@ def test_pipeline_bisect_names_the_schedule_step(tiny, llvm, tmp_path):
     assert rec["culprit"] == "backend" and rec["steps"][0]["passed"] and rec["steps"][1]["passed"]
 
 
-def test_cli_localize(tiny, cache, tmp_path, capsys):
+def test_cli_localize_clean_clip(tiny, cache, tmp_path, capsys):
+    """`sdparity localize clip`: every aten call of the tiny CLIP agrees with torch alone on llvm
+    (the pinned TVM); exit 0, the record beside."""
+    import json
+
     from sdparity.cli import main
 
     rc = main(["localize", "clip", "--no-bisect", "--out", str(tmp_path), "-q"])
-    out = capsys.readouterr().out
-    assert rc == 0 and "agree with torch in isolation" in out
-    assert (tmp_path / "clip-llvm-cat" / "localize.json").is_file()
+    assert rc == 0 and "agree with torch in isolation" in capsys.readouterr().out
+    rec = json.loads((tmp_path / "clip-llvm-cat" / "localize.json").read_text())
+    assert rec["status"] == "clean" and not rec["errors"] and rec["first"] is None
+    assert rec["calls"] > 100 and 30 < rec["signatures"] < rec["calls"]
