@@ -38,10 +38,11 @@ CALIBRATION = Path(__file__).with_name("calibration.json")
 FLOOR_MARGIN = 3.0
 FLOOR_MARGIN_REASON = (
     "err/floor of a correct build is set by float32 accumulation order and varies with the inputs: "
-    "over 5 llvm calibration seeds the per-seed worst of a group spread by at most 1.32x (UNet; VAE "
-    "1.17x; CLIP's prompts do not depend on the seed, its 4 prompts spread 1.55x); 3x the calibrated "
-    "max gives a new seed room to exceed the worst seen by more than the whole observed range, twice "
-    "over, and still fails lowering errors that the absolute tolerance lets through "
+    "over the 5 calibration seeds a group's per-seed worst spread by at most 1.32x (llvm UNet; VAE "
+    "1.17x; WebGPU UNet 1.15x; CLIP's prompts do not depend on the seed), but held-out seeds 5-9 "
+    "took the llvm VAE to 2.52x, 1.43x its calibrated max of 1.76x: a new seed can exceed the worst "
+    "of 5 by more than their spread, so the margin must be well above it. 3x covers that case twice "
+    "over and still fails lowering errors that the absolute tolerance lets through "
     "(tests/unit/test_floor_verdicts.py)")
 #: never below this: a bit-exact build (DPM scheduler on llvm) may legally take an FMA or a
 #: reciprocal elsewhere: the scheduler's FMA / FMA+reciprocal variants sit at 1.1 / 2.1 floors
@@ -161,10 +162,6 @@ def floor_budget(stage: str, output: str, backend: str, model_scope: str) -> tup
         why = (g or {}).get("why") or (f"{backend}/{model_scope} was not calibrated "
                                        f"(sdparity/calibration.json): the absolute rule alone")
         return None, "", why
-    if g.get("budget_override"):  # a budget set by reasoning, not measured here: says why
-        b = float(g["budget_override"])
-        note = f"reasoned budget, {g['source']}"
-        return b, note, f"err/floor <= {b:g}x: {g['source']}"
     worst, n = float(g["max"]), len(g["seeds"])
     b = math.ceil(max(MIN_FLOOR_BUDGET, FLOOR_MARGIN * worst) * 10) / 10  # one decimal, never below
     note = f"calibrated max {worst:.3g}x over {n} seeds, margin {FLOOR_MARGIN:g}x"
