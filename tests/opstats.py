@@ -61,18 +61,20 @@ class InputStats:
     def apply(self, x: np.ndarray, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng(seed)
         x = np.array(x, np.float64, order="C")
-        sd = float(x.std()) if x.size > 1 else 0.0
-        z = (x - x.mean()) / sd if sd > 0 else rng.standard_normal(x.shape)
-        y = self.mean + self.scale * z
-        flat = y.reshape(-1)
-        if self.outliers and flat.size:
-            idx = rng.choice(flat.size, size=max(1, flat.size // 100), replace=False)
+        data = np.isfinite(x) & (np.abs(x) < 1e30)  # masks (-inf, float32 min) stay as they are
+        v = x[data]
+        sd = float(v.std()) if v.size > 1 else 0.0
+        z = (x - v.mean()) / sd if sd > 0 else rng.standard_normal(x.shape)
+        y = np.where(data, self.mean + self.scale * z, x)
+        flat, where = y.reshape(-1), np.flatnonzero(data)
+        if self.outliers and where.size:
+            idx = rng.choice(where, size=max(1, where.size // 100), replace=False)
             flat[idx] = self.mean + rng.choice([-1.0, 1.0], idx.size) * self.outliers * self.scale
-        if self.near_exp and flat.size:
-            idx = rng.choice(flat.size, size=max(1, flat.size // 4), replace=False)
+        if self.near_exp and where.size:
+            idx = rng.choice(where, size=max(1, where.size // 4), replace=False)
             flat[idx] = rng.choice([-1.0, 1.0], idx.size) * rng.uniform(*EXP_EDGE, idx.size)
         if self.ties:
-            y = np.round(2 * y) / 2
+            y = np.where(data, np.round(2 * y) / 2, y)
         return np.ascontiguousarray(y, dtype=np.float32).reshape(x.shape)  # 0-d stays an array
 
 
