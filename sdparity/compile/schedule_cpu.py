@@ -12,8 +12,8 @@ pipeline) and then gives every PrimFunc a schedule:
   the elementwise epilogue (bias, residual add) is folded into the tile's write-back;
 * every other block is parallelized over its leading spatial loops and, where the innermost
   extent allows, vectorized;
-* only blocks with enough work (``PARALLEL_MIN_WORK``) run in parallel: small kernels stay
-  serial and never wake TVM's thread pool.
+* only blocks with enough work (``PARALLEL_MIN_WORK``, ``PARALLEL_MIN_MACS``) run in
+  parallel: small kernels stay serial and never wake TVM's thread pool.
 
 Nothing here reassociates a sum, so numerics stay those of the unscheduled kernels up to the
 fused multiply-adds LLVM may form for the host's CPU (``mcpu``).
@@ -28,14 +28,17 @@ from sdparity.compile.legalize import precise_legalize_map
 #: bump when a schedule below changes the generated code: it is part of the build cache key
 VERSION = 7
 
-#: a block runs in parallel only when its loop nest has at least this many iterations
-#: (reductions included) and all of its extents are known at build time. Waking TVM's thread
-#: pool costs tens of microseconds on idle cores and milliseconds when the other core is busy
-#: (2 shared cores: another process, or PyTorch's spinning OpenMP threads in a side-by-side
-#: bench); below this size a serial loop is faster (docs/performance.md, "Threads"). Kernels
-#: with symbolic extents (the scheduler, concat and RGBA stages, built once for any shape)
-#: stay serial: at SD sizes they are sub-millisecond.
-PARALLEL_MIN_WORK = int(os.environ.get("SDPARITY_CPU_PARALLEL_MIN", 1 << 18))
+#: A block runs in parallel only when it has at least this much work and all of its extents are
+#: known at build time: iterations of its loop nest (reductions included), or multiply-adds
+#: for a contraction (vectorized, each costs ~1/16 of an elementwise iteration). Both are about
+#: a millisecond of single-thread work here. Below that a parallel loop gains microseconds on an
+#: idle core and loses up to a scheduling slice (milliseconds) when the other core is taken:
+#: with every block over 2^18 iterations parallel, the tiny UNet took 3.3x and the VAE 2.0x as
+#: long with 2 threads as with 1 at load 7-8 (docs/performance.md, "Threads"). Kernels with
+#: symbolic extents (the scheduler, concat and RGBA stages, built once for any shape) stay
+#: serial: at SD sizes they are sub-millisecond.
+PARALLEL_MIN_WORK = 1 << 22
+PARALLEL_MIN_MACS = 1 << 26
 
 #: register tile: at most this many rows and accumulator registers (AVX-512 has 32 vector
 #: registers: the rest hold operands)
@@ -207,9 +210,9 @@ def _work(b) -> int | None:
     return n
 
 
-def _worth_parallel(b) -> bool:
+def _worth_parallel(b, minimum: int = PARALLEL_MIN_WORK) -> bool:
     work = _work(b)
-    return work is not None and work >= PARALLEL_MIN_WORK
+    return work is not None and work >= minimum
 
 
 def _is_contraction(sch, block) -> bool:
@@ -262,7 +265,7 @@ def _largest_divisor(extent: int, limit: int) -> int:
 def _schedule_contraction(sch, block) -> set[str]:
     """Register-tiled micro-kernel; returns the names of the blocks it scheduled."""
     b = sch.get(block)
-    parallel = _worth_parallel(b)
+    parallel = _worth_parallel(b, PARALLEL_MIN_MACS)
     iters = list(b.iter_vars)
     loops = sch.get_loops(block)
     ext = [_const(iv.dom.extent) for iv in iters]

@@ -99,11 +99,30 @@ def _parallel_loops(mod) -> dict[str, int]:
             if isinstance(f, tvm.tirx.PrimFunc)}
 
 
+def _matmul_and_add(m: int, k: int, n: int):
+    """A Relax module with one matmul (m*k*n multiply-adds) and one exp (m*k elements)."""
+    from tvm import relax
+
+    from sdparity.compile.compat import tensor_type
+
+    bb = relax.BlockBuilder()
+    a, w = relax.Var("a", tensor_type((m, k), "float32")), relax.Var("w", tensor_type((k, n), "float32"))
+    x = relax.Var("x", tensor_type((m, k), "float32"))
+    with bb.function("main", [a, w, x]):
+        with bb.dataflow():
+            mm = bb.emit(relax.op.matmul(a, w))
+            ew = bb.emit(relax.op.exp(x))  # elementwise, m*k iterations
+            out = bb.emit_output(relax.Tuple([mm, ew]))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
 def test_small_kernels_stay_serial(tiny):
-    """Waking TVM's pool costs more than a sub-millisecond kernel gains (docs/performance.md,
-    "Threads"): the scheduler, concat and RGBA stages (symbolic shapes) and small fixed-size
-    kernels get no parallel loop; large ones (every conv of the UNet at 16x16) do."""
-    from sdparity.compile.schedule_cpu import PARALLEL_MIN_WORK, host_target, schedule_llvm
+    """Waking TVM's pool costs more than a small kernel gains (docs/performance.md, "Threads"):
+    the scheduler, concat and RGBA stages (symbolic shapes) and small fixed-size kernels get no
+    parallel loop; a contraction of 2^26 multiply-adds or more and an elementwise block of
+    2^22 elements or more do."""
+    from sdparity.compile.schedule_cpu import PARALLEL_MIN_MACS, PARALLEL_MIN_WORK, host_target, schedule_llvm
     from sdparity.registry import all_stages
 
     stages = all_stages()
@@ -111,9 +130,11 @@ def test_small_kernels_stay_serial(tiny):
         st = stages[name]
         loops = _parallel_loops(schedule_llvm(st.build_ir(tiny, st.default_variant(tiny)).mod, host_target()))
         assert loops and not any(loops.values()), (name, loops)
-    st = stages["unet"]
-    loops = _parallel_loops(schedule_llvm(st.build_ir(tiny, st.default_variant(tiny)).mod, host_target()))
-    convs = [n for n in loops if "conv2d" in n]
-    assert convs and all(loops[n] for n in convs), {n: loops[n] for n in convs}
-    assert not all(loops.values())  # and some of the UNet's kernels are below the threshold
-    assert PARALLEL_MIN_WORK > 1
+    assert PARALLEL_MIN_MACS == 1 << 26 and PARALLEL_MIN_WORK == 1 << 22
+    big = _parallel_loops(schedule_llvm(_matmul_and_add(4096, 128, 128), host_target()))  # 2^26 MACs, 2^19 exps
+    assert sorted(big.values()) == [0, 1], big  # the matmul parallel, the exp not
+    assert big[next(n for n in big if "matmul" in n)] == 1, big
+    small = _parallel_loops(schedule_llvm(_matmul_and_add(4096, 64, 128), host_target()))  # 2^25 MACs
+    assert not any(small.values()), small
+    wide = _parallel_loops(schedule_llvm(_matmul_and_add(1 << 15, 128, 8), host_target()))  # 2^22 exps
+    assert wide[next(n for n in wide if "exp" in n)] == 1, wide
