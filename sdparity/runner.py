@@ -11,6 +11,7 @@ import traceback
 
 import numpy as np
 
+from sdparity import known_issues
 from sdparity.cache import BuildCache
 from sdparity.compare import compare
 from sdparity.errors import SdparityError
@@ -187,4 +188,5 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             loc = localize_check(st, b, art, model, variant, case, log)
             for rec in failed:
                 rec["localization"] = loc
+                known_issues.apply(rec)  # entries may cover a check by what localization found
             localize = False  # once per stage and backend: the first failing case

@@ -113,3 +113,24 @@ def test_registered_entry_is_complete_and_its_repro_reproduces(issue_id):
     proc = subprocess.run([sys.executable, str(issue.repro)], capture_output=True, text=True, timeout=600,
                           cwd=issue.repro.parent)
     assert proc.returncode != 0, f"{issue.id} no longer reproduces (fixed upstream?):\n{proc.stdout[-2000:]}"
+
+
+def test_an_entry_may_cover_a_check_by_its_localization(tiny, llvm, cache):
+    """Localization is attached after the record was made: the registry is applied again then."""
+    from sdparity.registry import all_stages
+    from sdparity.reports.report import Report
+    from sdparity.runner import Progress, run_checks
+
+    issue = register(KnownIssue(
+        id="test-local-localized", title="covers localized checks only (test-local entry)",
+        description="Matches a record only once localization found something for it.",
+        covers=lambda r: r["stage"] == "concat_embeddings" and bool(r.get("localization")),
+        tvm_versions=("0.27.0.post1",)))
+    try:
+        report = Report(tiny)
+        run_checks([all_stages()["concat_embeddings"].with_fault("positive_first")], [llvm], tiny, report, cache,
+                   log=Progress(quiet=True), localize=True)
+    finally:
+        unregister(issue.id)
+    localized = [r for r in report.results if r.get("localization")]
+    assert localized and all(r["verdict"] == "known" and r["known_issue"] == issue.id for r in localized)
