@@ -112,31 +112,18 @@ def write_calibration(groups: dict, path: Path) -> dict:
 
 
 def run_seeds(args, log) -> dict[int, list[dict]]:
-    from reference.models import ModelError, load_model
-
-    from sdparity.backends import get_backend
     from sdparity.cache import BuildCache
-    from sdparity.errors import SdparityError
-    from sdparity.registry import all_stages
+    from sdparity.cli import load_selection
     from sdparity.reports.report import Report
     from sdparity.runner import run_checks
 
-    stages = all_stages()
-    names = args.stages or list(stages)
-    unknown = [n for n in names if n not in stages]
-    if unknown:
-        raise SdparityError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(stages)}")
-    backends = [get_backend(b) for b in args.backends]
-    try:
-        model = load_model(args.model, log=log)
-    except ModelError as e:
-        raise SdparityError(str(e)) from None
+    model, stages, backends, _ = load_selection(args, log)
     cache = BuildCache()
     out = {}
     for seed in args.seeds:
         t0 = time.time()
         report = Report(model)
-        run_checks([stages[n] for n in names], backends, model, report, cache, seed=seed, log=log)
+        run_checks(stages, backends, model, report, cache, seed=seed, log=log)
         if args.report_dir:
             report.write(Path(args.report_dir) / f"calibrate-seed{seed}.json")
         s = report.summary()
@@ -189,7 +176,8 @@ def cmd_calibrate(args) -> int:
         return 1
     write_calibration(groups, args.out)
     for k, g in groups.items():
-        tail = (f"max {g['max']}x (per seed {g['per_seed_max']}, spread {g['spread']}x)" if g["rule"] == "floor"
+        spread = "-" if g.get("spread") is None else f"{g['spread']}x"
+        tail = (f"max {g['max']}x (per seed {g['per_seed_max']}, spread {spread})" if g["rule"] == "floor"
                 else g["why"])
         print(f"{k:<44} {g['rule']:<9} {tail}")
     print(f"wrote {len(groups)} groups to {args.out}")
@@ -216,20 +204,18 @@ def _print_validation(results: dict[int, list[dict]], bad: list[dict]) -> int:
 
 
 def add_parser(sub) -> None:
+    from sdparity.cli import add_model_args, backend_list, out_file, stage_list
     from sdparity.tolerances import CALIBRATION
-
-    def _csv(s):
-        return [x.strip() for x in s.split(",") if x.strip()]
 
     c = sub.add_parser("calibrate", help="measure err/floor of the clean suite over seeds; write the "
                        "calibration file the floor budgets come from",
                        description=__doc__.split("\n\n")[1] + " " + __doc__.split("\n\n")[2])
     c.add_argument("--seeds", type=_seeds, default=list(range(5)),
                    help="count (5 = seeds 0..4, the default), range (5-9) or list (1,3,7)")
-    c.add_argument("--backends", type=_csv, default=["llvm"], help="comma-separated (default: llvm)")
-    c.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
-    c.add_argument("--stages", type=_csv, default=None, help="comma-separated stages (default: all)")
-    c.add_argument("--out", type=Path, default=CALIBRATION, help=f"calibration file (default: {CALIBRATION})")
+    c.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated (default: llvm)")
+    add_model_args(c)
+    c.add_argument("--stages", type=stage_list, default=None, help="comma-separated stages (default: all)")
+    c.add_argument("--out", type=out_file, default=CALIBRATION, help=f"calibration file (default: {CALIBRATION})")
     c.add_argument("--validate", action="store_true", help="judge with the committed budgets, write nothing "
                    "(use held-out seeds, e.g. --seeds 5-9)")
     c.add_argument("--report-dir", type=Path, default=None, help="also write each seed's report here")
