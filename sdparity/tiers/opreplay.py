@@ -70,7 +70,10 @@ def export_program(stage, model, variant: dict):
     import torch
 
     args = tuple(torch.from_numpy(np.array(a)) for a in stage.example_inputs(model, variant))
-    module = stage.wrapper(model, stage.fault).eval()
+    # the module the stage exports (with its fault); fixed shapes: a symbolic-shape build runs
+    # the same ops, and the replay needs the case's concrete ones
+    export_module = getattr(stage, "export_module", None)
+    module = (export_module(model, variant) if export_module else stage.wrapper(model, stage.fault)).eval()
     with torch.no_grad():
         return torch.export.export(module, args).run_decompositions()
 

@@ -28,6 +28,7 @@ OUT = Path(os.environ.get("SDPARITY_OPSTATS_OUT", Path(__file__).resolve().paren
 KNOWN: dict[tuple[str, str], tuple[str, set[str]]] = {
     ("webgpu", "aten.sin.default"): ("tvm_webgpu_sin_cos_unreduced", {"*"}),
     ("webgpu", "aten.cos.default"): ("tvm_webgpu_sin_cos_unreduced", {"*"}),
+    ("webgpu", "aten.gelu.default"): ("tvm_webgpu_gelu_erf_constants", {"mean offset"}),
 }
 
 #: ops whose WGSL lowering differs from native (transcendentals, reductions, normalizations)
