@@ -157,7 +157,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         failed = []
         for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
             try:
-                tol = lookup(st.name, spec.name, b.name, scope)
+                tol = lookup(st.name, spec.name, b.name, scope, case.label)
             except KeyError as e:  # an undeclared tolerance: this check cannot be judged
                 report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
                            function=case.function, output=spec.name, shapes=case.shapes, verdict="error",

@@ -18,6 +18,7 @@ real checkpoint folder).
 Floor budgets. Beside atol/rtol, a float output whose (stage, output, backend, model scope)
 group was measured by ``sdparity calibrate`` gets a budget on err/floor:
     floor_budget = max(MIN_FLOOR_BUDGET, FLOOR_MARGIN * calibrated max err/floor)
+(the max of the check's own case label when the calibration has it, else of the group),
 read from the committed ``sdparity/calibration.json``; ``lookup`` returns it on the Tolerance
 together with its reason. A check fails when either bound fails (sdparity.compare). Groups
 the file does not have (cuda, vulkan, the full-size model, the pipeline) and outputs whose
@@ -155,26 +156,32 @@ def calibration() -> dict:
         return {"groups": {}}
 
 
-def floor_budget(stage: str, output: str, backend: str, model_scope: str) -> tuple[float | None, str, str]:
-    """(budget, short note, reason) for one check group; budget None when it has none."""
+def floor_budget(stage: str, output: str, backend: str, model_scope: str,
+                 case: str | None = None) -> tuple[float | None, str, str]:
+    """(budget, short note, reason) for one check; budget None when it has none. A case label
+    calibrated on its own (e.g. the UNet at guidance 1 vs 7.5: CFG amplifies the floor) uses
+    its own worst, any other case the group's."""
     g = calibration().get("groups", {}).get(group_key(stage, output, backend, model_scope))
     if not g or g.get("rule") != "floor":
         why = (g or {}).get("why") or (f"{backend}/{model_scope} was not calibrated "
                                        f"(sdparity/calibration.json): the absolute rule alone")
         return None, "", why
-    worst, n = float(g["max"]), len(g["seeds"])
+    n, m = len(g["seeds"]), g.get("measured", {})
+    if case is not None and str(case) in g.get("cases", {}):
+        worst, what = float(g["cases"][str(case)]), f"case {case}"
+    else:
+        worst, what = float(g["max"]), "any case"
     b = math.ceil(max(MIN_FLOOR_BUDGET, FLOOR_MARGIN * worst) * 10) / 10  # one decimal, never below
     note = f"calibrated max {worst:.3g}x over {n} seeds, margin {FLOOR_MARGIN:g}x"
     if worst == 0:  # bit-exact in calibration (the DPM scheduler on llvm)
         note = f"bit-exact over {n} calibration seeds: the minimum budget"
-    m = g.get("measured", {})
     reason = (f"err/floor <= {b:g}x = max({MIN_FLOOR_BUDGET:g}, {FLOOR_MARGIN:g} x {worst:.3g}), the largest "
-              f"err/floor over seeds {g['seeds']} (TVM {m.get('apache-tvm')}, {m.get('date')}); "
+              f"err/floor of {what} over seeds {g['seeds']} (TVM {m.get('apache-tvm')}, {m.get('date')}); "
               f"margin: {FLOOR_MARGIN_REASON}")
     return b, note, reason
 
 
-def lookup(stage: str, output: str, backend: str, model_scope: str) -> Tolerance:
+def lookup(stage: str, output: str, backend: str, model_scope: str, case: str | None = None) -> Tolerance:
     for key in (
         (stage, output, backend, model_scope),
         (stage, output, backend, "*"),
@@ -182,7 +189,7 @@ def lookup(stage: str, output: str, backend: str, model_scope: str) -> Tolerance
         (stage, output, "*", "*"),
     ):
         if key in TABLE:
-            budget, note, why = floor_budget(stage, output, backend, model_scope)
+            budget, note, why = floor_budget(stage, output, backend, model_scope, case)
             return replace(TABLE[key], floor_budget=budget, floor_note=note, floor_reason=why)
     raise KeyError(f"no tolerance declared for stage {stage!r} output {output!r} backend {backend!r}")
 

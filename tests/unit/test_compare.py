@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from sdparity.compare import compare
@@ -122,6 +124,11 @@ def test_lookup_gives_calibrated_budgets_with_reasons():
             assert "over seeds [" in tol.floor_reason, key
         else:
             assert tol.floor_budget is None and g["why"] in tol.floor_reason, key
-    assert groups["unet/noise_pred/llvm/tiny"]["rule"] == "floor"
+    unet = groups["unet/noise_pred/llvm/tiny"]
+    assert unet["rule"] == "floor" and unet["cases"]
+    for case, worst in unet["cases"].items():  # a calibrated case uses its own worst, others the group's
+        assert lookup("unet", "noise_pred", "llvm", "tiny", case).floor_budget == max(4, math.ceil(30 * worst) / 10)
+    assert lookup("unet", "noise_pred", "llvm", "tiny", "not-a-case").floor_budget == \
+        max(4, math.ceil(30 * unet["max"]) / 10)
     assert lookup("unet", "noise_pred", "cuda", "tiny").floor_budget is None  # not calibrated
     assert "not calibrated" in lookup("unet", "noise_pred", "llvm", "full").floor_reason
