@@ -261,3 +261,15 @@ def test_calibrate_seed_arguments():
     for bad in ("-1", "x", "0"):
         with pytest.raises(argparse.ArgumentTypeError):
             _seeds(bad)
+
+
+def test_known_issue_checks_are_not_learned_nor_false_alarms():
+    from sdparity.tiers.calibrate import calibrate, judge
+
+    clean = _rec("unet", "noise_pred", 2.0, 1e-6, "a")
+    known = {**_rec("unet", "noise_pred", 900.0, 1e-6, "a"), "verdict": "known", "known_issue": "x"}
+    assert calibrate({0: [clean, known]}, {})["unet/noise_pred/llvm/tiny"]["max"] == 2.0
+    assert judge(known) is None
+    over = _rec("unet", "noise_pred", 900.0, 1e-6, "a")  # recorded as a pass, re-judged: over budget
+    assert judge(over) == "floor" and judge(clean) is None
+    assert judge({**over, "metrics": {**over["metrics"], "failed_bound": "abs"}}) == "abs+floor"
