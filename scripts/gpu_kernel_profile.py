@@ -1,0 +1,93 @@
+"""Every kernel of the UNet and VAE on CUDA, timed, and summed by kind (docs/performance.md).
+
+Runs on the GPU machine with the CUDA tier's folder (``python -m sdparity.tiers.gpu_cuda
+prepare``) and the same set-up as its ``device`` command. TVM 0.27's runtime VM has no
+profiler any more (``VirtualMachine(..., profile=True)`` is gone), so this uses its
+instrument hook, as ``gpu_cuda --profile`` does, but keeps every kernel: the device is
+synchronized before and after each call, so the sum is a little above a plain call (which is
+timed too, median of 10).
+
+    python3 scripts/gpu_kernel_profile.py out/gpu $OUT     # writes $OUT/kernel-profile.json
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+KINDS = [  # first match wins
+    ("vm builtins (alloc, reshape, null)", r"^vm\.builtin"),
+    ("conv2d (+ fused epilogue)", r"conv2d"),
+    ("matmul (+ fused epilogue)", r"matmul"),
+    ("attention mask (fused_equal_..._max)", r"equal.*max"),
+    ("softmax", r"softmax"),
+    ("group norm", r"group_norm|mean|variance"),
+    ("layer norm", r"layer_norm"),
+    ("transpose / reshape copies", r"transpose|reshape"),
+    ("other", r""),
+]
+
+
+def kind(kernel: str) -> str:
+    return next(k for k, pattern in KINDS if re.search(pattern, kernel))
+
+
+def main(folder: Path, out: Path) -> None:
+    from sdparity.registry import get_stage
+    from sdparity.tiers import gpu_cuda
+
+    tvm = gpu_cuda._load_tvm_runtime()
+    from tvm.runtime.vm import VirtualMachine
+    from reference.models import random_components
+
+    gpu_cuda.KERNEL_DIRS.extend(p for p in folder.iterdir() if p.is_dir())
+    dev = tvm.cuda(0)
+    parts = random_components(json.loads((folder / "unet" / "meta.json").read_text())["model"])
+    result = {"card": str(dev.device_name), "method": "VM instrument, device synchronized around every call"}
+    for name in ("unet", "vae"):
+        meta = json.loads((folder / name / "meta.json").read_text())
+        z = dict(np.load(folder / name / "cases.npz"))
+        case = meta["cases"][0]
+        module = get_stage(name).wrap(parts[meta["component"]], None).eval()
+        state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+        weights = [tvm.runtime.tensor(state[w].detach().numpy(), dev) for w in meta["weights"]]
+        args = [tvm.runtime.tensor(np.ascontiguousarray(a) if a.ndim else a, dev)
+                for a in (z[f"0/in/{k}"] for k in range(case["n_inputs"]))]
+        vm = VirtualMachine(tvm.runtime.load_module(str(folder / name / "lib.so")), dev)
+        fn = case["function"]
+        vm[fn](*args, *weights)
+        dev.sync()
+        times = []
+        for _ in range(10):
+            t0 = time.perf_counter()
+            vm[fn](*args, *weights)
+            dev.sync()
+            times.append(time.perf_counter() - t0)
+        kernels = gpu_cuda._kernel_profile(vm, dev, fn, args, weights, top=100000)
+        total = sum(k["s"] for k in kernels)
+        by_kind: dict[str, list] = {}
+        for k in kernels:
+            acc = by_kind.setdefault(kind(k["kernel"]), [0, 0.0])
+            acc[0] += k["calls"]
+            acc[1] += k["s"]
+        result[name] = {
+            "case": case["label"], "call_ms_median": round(sorted(times)[len(times) // 2] * 1e3, 2),
+            "synced_sum_ms": round(total * 1e3, 2),
+            "by_kind": [{"kind": k, "calls": n, "ms": round(s * 1e3, 2), "share": round(s / total, 3)}
+                        for k, (n, s) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])],
+            "kernels": kernels}
+        print(f"{name}: call {result[name]['call_ms_median']} ms, synced sum {total * 1e3:.1f} ms", flush=True)
+        for row in result[name]["by_kind"]:
+            print(f"  {row['kind']:<40} {row['calls']:5d} calls {row['ms']:8.2f} ms {row['share']:6.1%}", flush=True)
+        del vm, weights, args
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernel-profile.json").write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
