@@ -232,9 +232,11 @@ OP_REPLAY: dict[str, OpBudget] = {
     "webgpu": OpBudget(32.0, 64.0, reason=(
         "one op alone via WGSL: the llvm budget's reduction-order room, doubled, plus WGSL's "
         "allowance for transcendentals (exp 3+2|x| ulp, i.e. up to ~180 ulp near overflow; '/' 2.5 "
-        "ulp; reassociation allowed): measured on SwiftShader, exp used 45% of it (~29 ulp); every other op "
-        "of the tiny model's transcendental/reduction/normalization set stayed below 6% of this "
-        "budget, except sin/cos of large arguments (known issue tvm_webgpu_sin_cos_unreduced)")),
+        "ulp; reassociation allowed): measured on SwiftShader over the tiny model's transcendental/"
+        "reduction/normalization ops and the fuzzed statistics, exp used 45% of it (~29 ulp), "
+        "GroupNorm over 16K values (shifted two-pass float32) 13% (12x the floor), the rest less; "
+        "sin/cos of large arguments and GELU of large negative inputs break it (known issues "
+        "tvm_webgpu_sin_cos_unreduced, tvm_webgpu_gelu_erf_constants)")),
 }
 
 
