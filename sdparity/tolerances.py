@@ -234,7 +234,7 @@ OP_REPLAY: dict[str, OpBudget] = {
         "allowance for transcendentals (exp 3+2|x| ulp, i.e. up to ~180 ulp near overflow; '/' 2.5 "
         "ulp; reassociation allowed): measured on SwiftShader over the tiny model's transcendental/"
         "reduction/normalization ops and the fuzzed statistics, exp used 45% of it (~29 ulp), "
-        "GroupNorm over 16K values (shifted two-pass float32) 13% (12x the floor), the rest less; "
+        "GroupNorm over 32K values a group (shifted two-pass float32) 13% (12x the floor), the rest less; "
         "sin/cos of large arguments and GELU of large negative inputs break it (known issues "
         "tvm_webgpu_sin_cos_unreduced, tvm_webgpu_gelu_erf_constants)")),
 }
