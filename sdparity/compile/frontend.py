@@ -14,7 +14,11 @@ from sdparity.errors import SdparityError
 from sdparity.ir import StageIR
 
 
-def export_to_relax(module, example_args: tuple, function: str) -> StageIR:
+def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=None,
+                    patch_upsample: bool = True) -> StageIR:
+    """``dynamic_shapes`` (torch.export's argument) makes a symbolic-shape build; its nearest
+    upsamplings then go through ``_symbolic_upsample_nearest`` unless ``patch_upsample`` is
+    False (known issue tvm_symbolic_upsample: TVM's own conversion cannot take a symbolic size)."""
     import torch
     import tvm
     from tvm import relax
@@ -27,11 +31,13 @@ def export_to_relax(module, example_args: tuple, function: str) -> StageIR:
     module = module.eval()
     with torch.no_grad():
         try:
-            ep = torch.export.export(module, example_args)
+            ep = torch.export.export(module, example_args, dynamic_shapes=dynamic_shapes)
         except Exception as e:
             raise SdparityError(f"torch.export of {function} failed: {str(e).splitlines()[0]}") from e
     try:
-        mod = from_exported_program(ep, keep_params_as_input=True)
+        patch = dynamic_shapes is not None and patch_upsample
+        convert = {"upsample_nearest2d.vec": _symbolic_upsample_nearest} if patch else None
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert)
     except Exception as e:
         raise SdparityError(f"TVM {tvm.__version__} could not import {function}: "
                             f"{str(e).strip().splitlines()[-1]}") from e
@@ -40,6 +46,24 @@ def export_to_relax(module, example_args: tuple, function: str) -> StageIR:
     new = tvm.IRModule({function: main})
     weights = [np.asarray(p.numpy()) for p in params.get("main", [])]
     return StageIR(new, {function: weights})
+
+
+def _symbolic_upsample_nearest(node, importer):
+    """aten.upsample_nearest2d.vec with a symbolic size, converted by TVM's own
+    ``_upsample_impl`` (so its nearest semantics stay TVM's: known issue
+    tvm_nearest_resize_half_pixel shows in symbolic builds as in fixed ones); only the output
+    size is computed here: input size * integral scale, or the size nodes' Relax values."""
+    x = importer.env[node.args[0]]
+    size = node.args[1] if len(node.args) > 1 else None
+    scale = node.args[2] if len(node.args) > 2 else None
+    if size is not None:
+        size = [importer.env[s] if hasattr(s, "op") else s for s in size]  # torch.fx Nodes: symbolic
+    elif scale is not None and all(float(f).is_integer() for f in scale):
+        shape = importer.shape_of(x)
+        size = [shape[2 + i] * int(f) for i, f in enumerate(scale)]
+    else:
+        return importer._upsample_nearest2d(node)
+    return importer._upsample_impl(x, size=size, scale_factor=None, method="nearest_neighbor", align_corners=False)
 
 
 def merge(irs: list[StageIR]) -> StageIR:

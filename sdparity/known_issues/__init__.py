@@ -91,6 +91,47 @@ def apply(record: dict) -> dict:
 #                     tvm_versions=("0.27.0.post1",)))
 
 
+def _unet_side_not_doubled(r: dict) -> bool:
+    """The UNet check's latent sides include one that is not a multiple of its up factor
+    (2 on the tiny model, 8 on SD 1.x), where diffusers upsamples to a given size."""
+    f = 2 if r["model_scope"] == "tiny" else 8
+    return any(side % f for side in r["shapes"]["latents"][2:])
+
+
+register(KnownIssue(
+    id="tvm_nearest_resize_half_pixel",
+    title="PyTorch nearest upsampling to a size imported as half-pixel rounding",
+    description="torch's F.interpolate(mode='nearest', size=...) reads source index "
+    "floor(dst * in / out); TVM's relax.frontend.torch (_upsample_impl) lowers it to "
+    "relax.op.image.resize2d with coordinate_transformation_mode='half_pixel' and the default "
+    "rounding_method='round', i.e. round((dst + 0.5) * in / out - 0.5). The two agree for an "
+    "exact 2x (SD's usual case) and differ otherwise (3 -> 5: torch rows 0,0,1,1,2, TVM 0,0,1,2,2). "
+    "diffusers' UNet2DConditionModel upsamples to the skip connection's size whenever a latent "
+    "side is not a multiple of 2**upsamplers, so the UNet diverges there (tiny UNet: odd sides "
+    ">= 5, max abs 0.3-1.0 on noise_pred; found by shape fuzzing). The VAE only doubles.",
+    covers=lambda r: r["stage"] == "unet" and r["metrics"] is not None and _unet_side_not_doubled(r),
+    tvm_versions=("0.27.0.post1",),
+    upstream="related: https://github.com/apache/tvm/issues/19570 (ONNX Resize, half_pixel, "
+    "non-integer scales)",
+))
+
+register(KnownIssue(
+    id="tvm_symbolic_upsample",
+    title="PyTorch nearest upsampling of a symbolic size cannot be imported",
+    description="relax.frontend.torch assumes constant sizes in upsample_nearest2d: with a scale "
+    "factor it computes int(shape[i].value * scale) and a symbolic dimension (tirx.Var) has no "
+    ".value (AttributeError); with an output size it passes the torch.fx Nodes of the symbolic "
+    "sizes to relax.ShapeExpr unconverted (TypeError: Mismatched type ... relax.ShapeExpr). So "
+    "neither the SD VAE decoder nor the UNet can be built once for every latent size (torch.export "
+    "with torch.export.Dim). sdparity's symbolic-shape builds (shape fuzzing) convert that one op "
+    "themselves (compile/frontend.py, keeping TVM's own resize semantics); the variant "
+    "patch_upsample=False builds with TVM's conversion and reports this error.",
+    covers=lambda r: r["stage"] in ("unet", "vae") and r["verdict"] == "error"
+    and ("has no attribute 'value'" in r["message"] or "relax.ShapeExpr" in r["message"]),
+    tvm_versions=("0.27.0.post1",),
+))
+
+
 def _localized_op(r: dict) -> str | None:
     """The aten op that op replay (sdparity.tiers.opreplay) named for a failing check, if any."""
     return (((r.get("localization") or {}).get("op") or {}).get("first") or {}).get("op")

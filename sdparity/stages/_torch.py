@@ -74,8 +74,35 @@ class TorchStage(Stage):
     def build_ir(self, model, variant: dict) -> StageIR:
         import torch
 
+        variant = self._build_variant(model, variant)
         args = tuple(torch.from_numpy(np.array(a)) for a in self.example_inputs(model, variant))
-        return export_to_relax(self.wrapper(model, self.fault), args, self.function)
+        return export_to_relax(self.export_module(model, variant), args, self.function,
+                               self.dynamic_shapes(model, variant), variant.get("patch_upsample", True))
+
+    # -- symbolic-shape builds: a variant with "symbolic": True (shape fuzzing) -----------------
+    # "patch_upsample": False builds them with TVM's own upsample conversion, which fails
+    # (known issue tvm_symbolic_upsample): the unpatched result, reported as such.
+    def build_variant(self, model, variant: dict) -> dict:
+        """The variant the build depends on: a symbolic-shape build serves every concrete
+        variant of its class, so its build key (and cache entry) holds the class only."""
+        return variant
+
+    def _build_variant(self, model, variant: dict) -> dict:
+        built = self.build_variant(model, variant)
+        if built.get("symbolic") and "patch_upsample" in variant:
+            built = {**built, "patch_upsample": variant["patch_upsample"]}
+        return built
+
+    def build_key(self, model, variant: dict) -> dict:
+        return super().build_key(model, self._build_variant(model, variant))
+
+    def dynamic_shapes(self, model, variant: dict):
+        """torch.export's dynamic_shapes for a build variant (None: fixed shapes)."""
+        return None
+
+    def export_module(self, model, variant: dict):
+        """The module exported for a build variant (the stage's wrapper, with the fault)."""
+        return self.wrapper(model, self.fault)
 
     def reference(self, model):
         """inputs, dtype -> outputs of the clean wrapper at float32 or float64."""

@@ -62,7 +62,21 @@ class VAE(TorchStage):
         return (variant["batch"], int(model.vae.config.latent_channels), *variant["latent"])
 
     def example_inputs(self, model, variant):
+        if variant.get("symbolic"):  # a size-1 example would be specialized by torch.export
+            return [np.zeros((2, int(model.vae.config.latent_channels), 8, 8), np.float32)]
         return [np.zeros(self._shape(model, variant), np.float32)]
+
+    # symbolic: one build for every batch and latent size (measured on the tiny VAE, 1..24 per
+    # side: torch.export adds no guard; the decoder only upsamples by 2, never to a given size)
+    def build_variant(self, model, variant):
+        return {"symbolic": True} if variant.get("symbolic") else variant
+
+    def dynamic_shapes(self, model, variant):
+        if not variant.get("symbolic"):
+            return None
+        from torch.export import Dim
+
+        return {"latents": {0: Dim("b", min=1, max=8), 2: Dim("h", min=1), 3: Dim("w", min=1)}}
 
     def cases(self, model, variant, seed):
         shape = self._shape(model, variant)

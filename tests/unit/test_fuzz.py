@@ -1,29 +1,36 @@
-"""Hypothesis fuzzing of shapes and values on the native backend.
+"""Hypothesis fuzzing of shapes, values and prompts on the native backend.
 
-Stages built once with symbolic dimensions (image_to_rgba, concat_embeddings) are built one
-time and called on every generated shape; model stages are fixed-shape builds, so they get
-a few latent sizes (each is a cached build)."""
+image_to_rgba and concat_embeddings are built once with symbolic dimensions and called on
+every generated shape. The UNet and VAE are fuzzed over latent sizes 1..24 per side (odd,
+even, non-square) and batch 1..2 through the checks' own runner, on symbolic-shape builds
+(variant "symbolic": one VAE build, one UNet build per batch and side parity; sides 1-2 of the
+UNet get fixed-shape builds). A failure shrinks to the smallest failing shape; the message names
+it and every failing check's metrics. CLIP is fuzzed over prompts against diffusers' own prompt
+encoding. Examples: tests/strategies.py (profiles "ci" and "dev")."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from tests import strategies as S
 from sdparity.compare import compare
 from sdparity.registry import get_stage
+from sdparity.stages.clip import tokenize
 from sdparity.stages.image_to_rgba import pack_reference
 from sdparity.tolerances import lookup
+
+BOS, EOS = 49406, 49407  # SD 1.x CLIP tokenizer: start, end (also the padding)
 
 
 @pytest.fixture(scope="module")
 def built(llvm, cache, tiny):
-    """stage name -> (runner, artifact) for the symbolic-shape stages."""
+    """stage name -> (runner, artifact) for the symbolic-shape stages and CLIP."""
     out = {}
     with llvm.session() as runner:
-        for name in ("image_to_rgba", "concat_embeddings"):
+        for name in ("image_to_rgba", "concat_embeddings", "clip"):
             stage = get_stage(name)
             art, _, _ = llvm.build_cached(lambda s=stage: s.build_ir(tiny, {}), stage.build_key(tiny, {}), cache,
                                           log=lambda *a: None)
@@ -63,20 +70,82 @@ def test_concat_any_shape(built, shape, seed):
     np.testing.assert_array_equal(out, np.concatenate([neg, pos], 0))
 
 
-@settings(max_examples=2)
-@given(latent=S.latent_sizes_tiny)
-def test_vae_latent_sizes(latent, llvm, run_check):
-    results = run_check(get_stage("vae"), llvm, variant={"latent": list(latent), "batch": 1})
-    assert results and all(r["verdict"] == "pass" for r in results), [r["message"] for r in results]
-    assert results[0]["metrics"]["shape"][1:3] == [8 * latent[0], 8 * latent[1]]
+def _shape_problems(stage_name, shape, results) -> str:
+    """'' when every check passed or is a known upstream issue; else what failed, with metrics."""
+    bad = [r for r in results if r["verdict"] not in ("pass", "known")]
+    if results and not bad:
+        return ""
+    b, h, w = shape
+    lines = [f"{stage_name} at latents batch={b} h={h} w={w}: {len(bad)} of {len(results)} checks not passing"]
+    for r in bad:
+        m, tol = r["metrics"] or {}, r["tolerance"] or {}
+        lines.append(f"  {r['case']} {r['output']}: {r['verdict']} max_abs={m.get('max_abs')} "
+                     f"err/floor={m.get('floor_ratio')} (budget {m.get('floor_budget')}) floor={m.get('noise_floor')} "
+                     f"atol={tol.get('atol')} rtol={tol.get('rtol')}: {r['message']}")
+    return "\n".join(lines)
 
 
-@settings(max_examples=2)
-@given(latent=S.latent_sizes_tiny, batch=st.integers(1, 2))
-def test_unet_latent_sizes_and_batch(latent, batch, llvm, run_check):
-    results = run_check(get_stage("unet"), llvm, variant={"latent": list(latent), "batch": batch})
-    assert results and all(r["verdict"] == "pass" for r in results), [r["message"] for r in results]
-    assert results[0]["metrics"]["shape"] == [batch, 4, *latent]
+@settings(max_examples=S.VAE_EXAMPLES)
+@given(shape=S.model_latents)
+def test_vae_any_latent_shape(shape, llvm, run_check):
+    b, h, w = shape
+    results = run_check(get_stage("vae"), llvm, variant={"latent": [h, w], "batch": b, "symbolic": True})
+    assert not _shape_problems("vae", shape, results), _shape_problems("vae", shape, results)
+    assert all(r["metrics"]["shape"] == [b, 8 * h, 8 * w, 3] for r in results)
+
+
+@settings(max_examples=S.UNET_EXAMPLES)
+@given(shape=S.model_latents)
+def test_unet_any_latent_shape(shape, tiny, llvm, run_check):
+    b, h, w = shape
+    variant = {"latent": [h, w], "batch": b, "symbolic": True}
+    event(f"build {get_stage('unet').build_variant(tiny, variant)}")  # --hypothesis-show-statistics
+    results = run_check(get_stage("unet"), llvm, variant=variant)
+    assert not _shape_problems("unet", shape, results), _shape_problems("unet", shape, results)
+    assert all(r["metrics"]["shape"] == [b, 4, h, w] for r in results)
+    # the only known issue at these shapes, and only where the UNet upsamples to a given size
+    assert all(r["known_issue"] == "tvm_nearest_resize_half_pixel" and (h % 2 or w % 2)
+               for r in results if r["verdict"] == "known")
+
+
+def test_unet_odd_latent_side_is_the_known_nearest_issue(llvm, run_check):
+    """The plain fixed-shape build (what `sdparity check --latent 5x4` runs) at an odd side:
+    TVM's nearest resize to size 5 reads other rows than torch's. Fails once TVM fixes it."""
+    results = run_check(get_stage("unet"), llvm, variant={"latent": [5, 4], "batch": 1})
+    assert len(results) == 4
+    for r in results:
+        assert (r["verdict"], r["known_was"], r["known_issue"]) == ("known", "fail", "tvm_nearest_resize_half_pixel")
+        assert r["metrics"]["max_abs"] > 0.1, r["metrics"]  # whole rows wrong, not rounding noise
+
+
+def test_symbolic_build_without_the_upsample_patch_is_the_known_import_issue(llvm, run_check):
+    """The unpatched symbolic build (TVM's own upsample conversion) is still reported."""
+    results = run_check(get_stage("vae"), llvm,
+                        variant={"latent": [3, 5], "batch": 1, "symbolic": True, "patch_upsample": False})
+    assert [(r["verdict"], r["known_was"], r["known_issue"]) for r in results] == \
+        [("known", "error", "tvm_symbolic_upsample")]
+    assert "has no attribute 'value'" in results[0]["message"]
+
+
+@given(prompt=S.prompts)
+def test_clip_any_prompt(built, tiny, prompt):
+    """The CLIP stage's tokenize and its TVM build against diffusers' own prompt encoding
+    (StableDiffusionPipeline.encode_prompt) for any text: empty, unicode, over-long."""
+    import torch
+
+    ids = tokenize(tiny.tokenizer, prompt)
+    row = ids[0].tolist()
+    assert ids.shape == (1, 77) and ids.dtype == np.int32 and row[0] == BOS and EOS in row
+    end = row.index(EOS)
+    assert all(t == EOS for t in row[end:]), f"{prompt!r}: SD1 pads with EOS after the text: {row}"
+    runner, art = built["clip"]
+    (out,) = runner.run(art, "clip", [ids])
+    with torch.no_grad():
+        ref = tiny.pipe.encode_prompt(prompt, "cpu", 1, False)[0][0].numpy()
+    ref64 = get_stage("clip").reference(tiny)([ids], "float64")[0][0]
+    m = compare(out[0], ref, lookup("clip", "hidden", "llvm", tiny.scope), ref64)
+    assert m.passed, f"prompt {prompt!r} ({end - 1} text tokens): max_abs={m.max_abs:.3g} " \
+                     f"err/floor={m.floor_ratio}: {m.why}"
 
 
 @given(x=st.lists(st.floats(-1e3, 1e3, width=32), min_size=1, max_size=64))
