@@ -250,8 +250,9 @@ def cmd_check(args) -> int:
 
 def cmd_stages(args) -> int:
     from sdparity.registry import all_stages
-    from sdparity.tolerances import TABLE
+    from sdparity.tolerances import TABLE, calibration, floor_budget
 
+    groups = calibration().get("groups", {})
     for s in all_stages().values():
         print(f"{s.name}: {s.description}")
         for o in s.outputs:
@@ -259,6 +260,12 @@ def cmd_stages(args) -> int:
                 if st == s.name and out == o.name:
                     print(f"    {o.name} [{be}, {scope}] atol={tol.atol:g} rtol={tol.rtol:g}"
                           + (f" mismatch<={tol.mismatch_frac:g}" if o.integer else "") + f": {tol.reason}")
+            for key in groups:  # calibrated err/floor budgets (sdparity/calibration.json)
+                st, out, be, scope = key.split("/")
+                budget, note, _ = floor_budget(st, out, be, scope) if (st, out) == (s.name, o.name) else (None,) * 3
+                if budget is not None:
+                    print(f"    {o.name} [{be}, {scope}] err/floor <= {budget:g}x ({note}; per-case budgets "
+                          f"may be tighter)")
         for f, what in s.faults.items():
             print(f"    fault {s.name}:{f}: {what}")
     return 0
