@@ -185,3 +185,21 @@ def test_cli_localize_clean_clip(tiny, cache, tmp_path, capsys):
     rec = json.loads((tmp_path / "clip-llvm-cat" / "localize.json").read_text())
     assert rec["status"] == "clean" and not rec["errors"] and rec["first"] is None
     assert rec["calls"] > 100 and 30 < rec["signatures"] < rec["calls"]
+
+
+def test_html_shows_the_op_localization(tmp_path):
+    """The report page shows op replay's answer for a localized failing check."""
+    from sdparity.reports.html import render
+
+    first = {"op": "aten.native_layer_norm.default", "position": 9, "node": "native_layer_norm",
+             "module": "text_encoder.encoder.layers.0.layer_norm1", "shapes": [[1, 77, 32], [32], [32]],
+             "max_abs": 3.1e-3, "floor": 2.4e-7, "ratio": 12900.0, "kernels": ["layer_norm"],
+             "repro": "/x/repro_native_layer_norm_default_9.py", "repro_reproduces": True}
+    loc = {"status": "clean", "summary": "all kernel calls agree", "first": None, "diverged": [],
+           "op": {"status": "diverged", "summary": "first diverging op ...", "calls": 159, "first": first}}
+    rec = {"stage": "clip", "backend": "llvm", "case": "cat", "output": "hidden", "verdict": "fail",
+           "localization": loc}
+    page = render({"schema": "sdparity.report/1", "results": [rec]}, tmp_path)
+    for text in ("aten.native_layer_norm.default", "9 of 159", "layers.0.layer_norm1", "1.29e+04",
+                 "repro_native_layer_norm_default_9.py", "reproduces alone: yes"):
+        assert text in page, text
