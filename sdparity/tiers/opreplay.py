@@ -447,9 +447,15 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
     eng = OpReplay(backend, runner, cache, log)
     state = {"calls": 0, "signatures": set(), "diverged": [], "n_diverged": 0, "errors": {}, "first": None}
 
+    last = [time.perf_counter()]
+
     def on_call(call: OpCall) -> bool:
         state["calls"] += 1
         state["signatures"].add(call.key())
+        if log and time.perf_counter() - last[0] > 30:  # full-size replays take minutes
+            last[0] = time.perf_counter()
+            log(f"  op replay: {state['calls']} calls, {len(state['signatures'])} distinct, {eng.built} built, "
+                f"{eng.cached} cached, {state['n_diverged']} diverged ({call.op} at {call.module or '-'})")
         v = eng.check(call)
         if v["ok"] is None:
             state["errors"].setdefault(call.op, v["error"])
