@@ -1,4 +1,7 @@
-"""One exception type for everything a user can get wrong; the CLI prints it as one line."""
+"""What a user sees of a run: one exception type for everything a user can get wrong (the CLI
+prints it as one line), and progress lines."""
+
+import sys
 
 
 class SdparityError(Exception):
@@ -27,3 +30,14 @@ def one_line_main(prog: str, main, argv=None) -> int:
         print(f"{prog}: error: {str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}",
               file=sys.stderr)
         return 2
+
+
+class Progress:
+    """Progress lines on stderr (one per build, case and check); quiet=True silences them."""
+
+    def __init__(self, stream=None, quiet: bool = False):
+        self.stream, self.quiet = stream or sys.stderr, quiet
+
+    def __call__(self, msg: str) -> None:
+        if not self.quiet:
+            print(msg, file=self.stream, flush=True)

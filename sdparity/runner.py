@@ -14,23 +14,13 @@ import numpy as np
 from sdparity import known_issues
 from sdparity.cache import BuildCache
 from sdparity.compare import compare
-from sdparity.errors import SdparityError
+from sdparity.errors import Progress, SdparityError, one_line  # noqa: F401  (Progress re-exported)
 from sdparity.reports.report import Report
 from sdparity.tolerances import lookup
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
-class Progress:
-    def __init__(self, stream=sys.stderr, quiet: bool = False):
-        self.stream, self.quiet = stream, quiet
-
-    def __call__(self, msg: str) -> None:
-        if not self.quiet:
-            print(msg, file=self.stream, flush=True)
 
 
 def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dict]:
@@ -80,7 +70,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
                 raise
             except Exception as e:
                 for b in live:
-                    _error(report, st, b, None, f"could not make inputs: {_one_line(e)}")
+                    _error(report, st, b, None, f"could not make inputs: {one_line(e)}")
                 continue
             refs: dict[str, tuple] = {}
             for b in live:
@@ -119,10 +109,10 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         _error(report, st, b, None, f"build failed: {e}")
         return
     except Exception as e:
-        log(f"{tag}: build failed: {_one_line(e)}")
+        log(f"{tag}: build failed: {one_line(e)}")
         if log and not log.quiet:
             traceback.print_exc(limit=3)
-        _error(report, st, b, None, f"build failed: {_one_line(e)}")
+        _error(report, st, b, None, f"build failed: {one_line(e)}")
         return
     build_s = time.perf_counter() - t0
     log(f"{tag}: {'cached build reused' if cached else 'built'} in {build_s:.1f}s"
@@ -147,8 +137,8 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             log(f"{tag} {case.label}: ERROR {e}")
             continue
         except Exception as e:
-            _error(report, st, b, case, f"run failed: {_one_line(e)}", timings)
-            log(f"{tag} {case.label}: ERROR {_one_line(e)}")
+            _error(report, st, b, case, f"run failed: {one_line(e)}", timings)
+            log(f"{tag} {case.label}: ERROR {one_line(e)}")
             continue
         if len(outs) != len(case.outputs):
             _error(report, st, b, case, f"backend returned {len(outs)} outputs, expected {len(case.outputs)}",

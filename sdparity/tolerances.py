@@ -195,10 +195,6 @@ def lookup(stage: str, output: str, backend: str, model_scope: str, case: str | 
     raise KeyError(f"no tolerance declared for stage {stage!r} output {output!r} backend {backend!r}")
 
 
-def model_scope(model_name: str) -> str:
-    return "tiny" if model_name == "tiny" else "full"
-
-
 # ---- op replay and op-statistics fuzzing (sdparity.tiers.opreplay, tests/opstats.py; issue 11) ----
 @dataclass(frozen=True)
 class OpBudget:

@@ -10,6 +10,10 @@ DefaultGPUSchedule covers what no rule matches.
 
 from __future__ import annotations
 
+#: The trusted build that localization compares against: kernels legalized and fused as the
+#: backends do, left unscheduled, compiled for plain LLVM at opt-level 0 (naive loops).
+TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
+
 
 def schedule_for(mod, target):
     from tvm import relax

@@ -340,7 +340,7 @@ def cmd_bench(args) -> int:
     from sdparity.cache import BuildCache
     from sdparity.cli import load_selection
     from sdparity.files import write_atomic
-    from sdparity.runner import Progress
+    from sdparity.errors import Progress
 
     log = Progress(quiet=args.quiet)  # stages, backends, --repeat, --seed: checked while parsing
     model, selected, backends, variants = load_selection(args, log)

@@ -158,7 +158,7 @@ def from_reports(folder: Path) -> tuple[dict[int, list[dict]], dict]:
 
 def cmd_calibrate(args) -> int:
     from sdparity.reports.report import machine, versions
-    from sdparity.runner import Progress
+    from sdparity.errors import Progress
 
     log = Progress(quiet=args.quiet)
     if args.from_reports:

@@ -35,6 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
+from sdparity.compile.schedule import TRUSTED_TARGET
+from sdparity.errors import one_line
+
 # A kernel call diverges when max |candidate - trusted| > KERNEL_RTOL * max |trusted| over
 # one of its arguments (integers: any difference).
 KERNEL_RTOL = 1e-5
@@ -42,13 +45,9 @@ KERNEL_RTOL_REASON = (
     "TVM's own cross-build kernel comparator (LibCompareVMInstrument) uses rtol = atol = 1e-5; "
     "two correct float32 builds of one kernel differ by reduction order or FMA contraction, a "
     "few ulp (1.2e-7) times the reduction depth: 1e-5 of the output's magnitude is ~80 ulp")
-TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
 MAX_LISTED = 10  # diverging calls listed in the record after the first (all are counted)
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1] if text else ''}"
 
 
 def op_name(kernel: str) -> str:
@@ -173,7 +172,7 @@ def replay(vm, trusted, function: str, args: list, device) -> dict:
     device.sync()
     rec = {"status": "diverged" if inst.diverged else "clean",
            "method": "kernel replay against a trusted build (llvm opt-level=0) on the candidate's inputs",
-           "trusted_target": TRUSTED_TARGET, "kernel_rtol": KERNEL_RTOL,
+           "trusted_target": TRUSTED_TARGET, "kernel_rtol": KERNEL_RTOL, "kernel_rtol_reason": KERNEL_RTOL_REASON,
            "calls": inst.calls, "kernels": len(inst.kernels),
            "unchecked": inst.unchecked, "first": inst.diverged[0] if inst.diverged else None,
            "diverged": inst.diverged[1:], "n_diverged": inst.n_diverged,
@@ -217,7 +216,7 @@ def kernel_replay_check(stage, backend, artifact, model, variant, case, log=None
             log(f"[{backend.name}] {stage.name} {case.label}: {rec['summary']}")
         return rec
     except Exception as e:  # localization is a diagnosis: it never turns a failure into a crash
-        return {"status": "error", "summary": f"kernel replay failed: {_one_line(e)}"}
+        return {"status": "error", "summary": f"kernel replay failed: {one_line(e)}"}
 
 
 def op_replay_check(stage, backend, artifact, model, variant, case, log=None, out_dir=None) -> dict:
@@ -241,7 +240,7 @@ def op_replay_check(stage, backend, artifact, model, variant, case, log=None, ou
             log(f"[{backend.name}] {stage.name} {case.label}: {rec['summary']}")
         return rec
     except Exception as e:  # noqa: BLE001
-        return {"status": "error", "summary": f"op replay failed: {_one_line(e)}"}
+        return {"status": "error", "summary": f"op replay failed: {one_line(e)}"}
 
 
 def localize_check(stage, backend, artifact, model, variant, case, log=None) -> dict:

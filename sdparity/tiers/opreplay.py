@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sdparity.errors import one_line
+
 from sdparity.errors import SdparityError
 
 VERSION = 1  # part of every per-op build key: bump when the one-op module or its export changes
@@ -58,9 +60,6 @@ DATA_MOVEMENT = {
 }
 
 
-def _one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[-1][:300] if text else ''}"
 
 
 # ---- the program and its trace -------------------------------------------------------------
@@ -409,7 +408,7 @@ class OpReplay:
                 self.built += not cached
                 self.artifacts[k] = (art, None)
             except Exception as e:  # noqa: BLE001  (an op TVM cannot import or build alone)
-                self.artifacts[k] = (None, _one_line(e))
+                self.artifacts[k] = (None, one_line(e))
             self.build_s += time.perf_counter() - t0
         return self.artifacts[k]
 
@@ -426,7 +425,7 @@ class OpReplay:
         try:
             cands = self.run(call)
         except Exception as e:  # noqa: BLE001
-            return {"ok": None, "error": _one_line(e)}
+            return {"ok": None, "error": one_line(e)}
         return judge(cands, call.out32, call.out64, self.budget)
 
 
@@ -609,7 +608,7 @@ def _build_step(step: str, ir_mod):
     from tvm import relax
 
     from sdparity.compile import legalize
-    from sdparity.tiers.localize import TRUSTED_TARGET
+    from sdparity.compile.schedule import TRUSTED_TARGET
 
     target = tvm.target.Target(TRUSTED_TARGET)
     mod = legalize.apply(ir_mod, target)
@@ -627,12 +626,12 @@ def bisect_pipeline(stage, model, variant: dict, case, backend, artifact, runner
 
     from sdparity.backends.native import tvm_tensor, to_numpy_list
     from sdparity.compare import compare
-    from sdparity.tolerances import lookup, model_scope
+    from sdparity.tolerances import lookup
 
     t0 = time.perf_counter()
     ir = stage.build_ir(model, variant)
     r32, r64 = case.reference("float32"), case.reference("float64")
-    scope = model_scope(model.name)
+    scope = model.scope  # from the architecture, not the name
     steps = []
     for step, what in PIPELINE_STEPS:
         try:
@@ -644,7 +643,7 @@ def bisect_pipeline(stage, model, variant: dict, case, backend, artifact, runner
                 args = [tvm_tensor(a, dev) for a in list(case.inputs) + ir.params.get(case.function, [])]
                 outs = to_numpy_list(vm[case.function](*args))
         except Exception as e:  # noqa: BLE001
-            steps.append({"step": step, "what": what, "error": _one_line(e)})
+            steps.append({"step": step, "what": what, "error": one_line(e)})
             continue
         worst = None
         judged_as = backend.name if step == "backend" else "llvm"  # the other steps are llvm builds
@@ -684,7 +683,7 @@ def localize_ops(stage, model, variant: dict, case, backend, runner, cache, out_
         try:
             rec["first"]["kernels"] = kernel_names(call, backend)
         except Exception as e:  # noqa: BLE001
-            rec["first"]["kernels_error"] = _one_line(e)
+            rec["first"]["kernels_error"] = one_line(e)
         if out_dir is not None:
             from sdparity.tolerances import op_budget
 
@@ -717,7 +716,7 @@ def cmd_localize(args) -> int:
     from sdparity.backends import get_backend
     from sdparity.cache import BuildCache
     from sdparity.registry import get_stage
-    from sdparity.runner import Progress
+    from sdparity.errors import Progress
     from sdparity.stages._torch import TorchStage
 
     log = Progress(quiet=args.quiet)
