@@ -61,28 +61,26 @@ positive_int = _int_in(1, 2**31 - 1)
 port_arg = _int_in(1, 65535)
 
 
+def _names(s: str, what: str, known) -> list[str]:
+    names = _csv(s)
+    if not names:
+        raise argparse.ArgumentTypeError(f"no {what} given")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown {what}(s) {', '.join(unknown)}; {what}s are: {', '.join(known)}")
+    return names
+
+
 def stage_list(s: str) -> list[str]:
     from sdparity.registry import all_stages
 
-    names, known = _csv(s), all_stages()
-    if not names:
-        raise argparse.ArgumentTypeError("no stage given")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown stage(s) {', '.join(unknown)}; stages are: {', '.join(known)}")
-    return names
+    return _names(s, "stage", list(all_stages()))
 
 
 def backend_list(s: str) -> list[str]:
     from sdparity.backends import names as backend_names
 
-    names, known = _csv(s), backend_names()
-    if not names:
-        raise argparse.ArgumentTypeError("no backend given")
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown backend(s) {', '.join(unknown)}; backends are: {', '.join(known)}")
-    return names
+    return _names(s, "backend", backend_names())
 
 
 def out_file(s: str) -> Path:

@@ -33,10 +33,3 @@ def run_generation(page, latents, schedule=None):
                            timeout=TIMEOUT_MS)
     return page.evaluate("() => window.sdparityApp.result()")
 
-
-def first_divergence(latents, ref_latents, tol):
-    for k, (a, b) in enumerate(zip(latents, ref_latents)):
-        m = compare(a, b, tol)
-        if not m.passed:
-            return k, m
-    return None, None

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
-from tests.e2e.apphelpers import LATENT, NEGATIVE, PROMPT, STEPS, GUIDANCE, first_divergence, open_app, run_generation
-from sdparity.compare import compare
+from tests.e2e.apphelpers import GUIDANCE, LATENT, NEGATIVE, PROMPT, STEPS, open_app, run_generation
+from sdparity.compare import compare, first_divergence
 from sdparity.tolerances import lookup
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
-from sdparity.compare import compare
+from sdparity.compare import compare, first_divergence
 from sdparity.tiers.pipeline import build_stages, generate, rgba_to_u8
 from sdparity.tolerances import lookup
 
@@ -28,13 +28,6 @@ def native(tiny, llvm, cache, ref):
         yield lambda **kw: generate(r, arts, tiny, **{"prompt": "a photo of a cat", "negative_prompt": "blurry",
                                                       "steps": 20, "guidance": 7.5, "latents": lat, **kw})
 
-
-def first_divergence(trace, ref_trace, tol):
-    for k, (a, b) in enumerate(zip(trace, ref_trace)):
-        m = compare(a, b, tol)
-        if not m.passed:
-            return k, m
-    return None, None
 
 
 def test_native_pipeline_matches_diffusers(native, ref):
