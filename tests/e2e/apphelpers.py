@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sdparity.compare import compare
 
 LATENT = (16, 16)
 PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
