@@ -98,7 +98,7 @@ class OpCall:
     weights: list  # per tensor: computed from the stage's weights/constants alone (no user input)
     outputs: tuple | None  # indices of a multi-output op's results that the program uses
     out32: list = field(default_factory=list)  # numpy
-    out64: list = field(default_factory=list)  # numpy, float64 op on upcast inputs
+    out64: list = field(default_factory=list)  # numpy: the op in float64 on upcast inputs, rounded to out32's dtype
     module: str = ""  # nn.Module path, e.g. "unet.down_blocks.0.resnets.0.norm1"
     module_type: str = ""
     original: str = ""  # the op before decomposition (e.g. aten.silu.default), if different
@@ -218,7 +218,13 @@ def _numpy_outputs(out, outputs) -> list:
         out = [out]
     else:
         out = [out[i] for i in outputs]
-    return [o.detach().numpy().copy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out]
+    return [o.detach().numpy() if isinstance(o, torch.Tensor) else np.asarray(o) for o in out]
+
+
+def _rounded(out64: list, like: list) -> list:
+    """float64 results rounded to the float32 outputs' dtypes (what judge compares with anyway)."""
+    with np.errstate(over="ignore"):  # beyond float32's range: inf, as float32 would give
+        return [a.astype(b.dtype) if b.dtype.kind == "f" else a for a, b in zip(out64, like)]
 
 
 def run_op(call: OpCall, tensors: list, dtype: str = "float32") -> list:
@@ -291,13 +297,13 @@ def trace(ep, user_inputs: list, on_call) -> list:
             path, mtype = (list(stack.values())[-1] if stack else ("", ""))
             original = n.meta.get("original_aten")
             call = OpCall(position=position[0], node=n.name, op=name, target=n.target, args=a, kwargs=k,
-                          tensors=[t.detach().contiguous().clone() for t in tensors], outputs=outputs, module=path,
+                          tensors=[t.detach().contiguous() for t in tensors], outputs=outputs, module=path,
                           weights=[getattr(m, "name", None) in derived for m in sources],
                           module_type=str(mtype).rsplit(".", 1)[-1],
                           original="" if original is None or str(original) == name else str(original))
             position[0] += 1
             call.out32 = _numpy_outputs(out, outputs)
-            call.out64 = run_op(call, call.tensors, "float64")
+            call.out64 = _rounded(run_op(call, call.tensors, "float64"), call.out32)
             if on_call(call):
                 raise _Stop
             return out
@@ -357,11 +363,8 @@ def judge(cands: list, out32: list, out64: list, budget) -> dict:
                         "why": f"{bad} of {r32.size} elements differ (exact op)"}
             continue
         with np.errstate(over="ignore"):  # beyond float32's range: the reference is inf
-            ref = r64.astype(r32.dtype).astype(np.float64)
-        err = _max_diff(c.astype(np.float64), ref)
-        floor = _max_diff(r32.astype(np.float64), ref)
-        finite = np.abs(ref[np.isfinite(ref)])
-        scale = float(finite.max()) if finite.size else 0.0
+            ref = r64.astype(r32.dtype, copy=False)
+        err, floor, scale = _max_diff(c, ref), _max_diff(r32, ref), _max_finite_abs(ref)
         allowed = budget.allowed(floor, scale, r32.dtype)
         ratio = err / floor if floor > 0 else (0.0 if err == 0 else float("inf"))
         item = {"max_abs": err, "floor": floor, "allowed": allowed, "ratio": ratio, "scale": scale, "output": i}
@@ -373,13 +376,28 @@ def judge(cands: list, out32: list, out64: list, budget) -> dict:
     return worst
 
 
+CHUNK = 1 << 22  # elements compared at a time: full-size attention scores are 1 GiB in float32
+
+
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    if a.size == 0:
-        return 0.0
-    with np.errstate(invalid="ignore"):
-        d = np.abs(a - b)
-    d = np.where((a == b) | (np.isnan(a) & np.isnan(b)), 0.0, d)  # equal infinities, both NaN agree
-    return float(np.where(np.isnan(d), np.inf, d).max())
+    """max |a - b| in float64; equal infinities and NaN against NaN agree, NaN against a number is inf."""
+    a, b, top = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1), 0.0
+    for i in range(0, a.size, CHUNK):
+        x, y = a[i:i + CHUNK].astype(np.float64), b[i:i + CHUNK].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            d = np.abs(x - y)
+        d = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, d)
+        top = max(top, float(np.where(np.isnan(d), np.inf, d).max()))
+    return top
+
+
+def _max_finite_abs(a: np.ndarray) -> float:
+    a, top = np.asarray(a).reshape(-1), 0.0
+    for i in range(0, a.size, CHUNK):
+        x = np.abs(a[i:i + CHUNK].astype(np.float64))
+        x = x[np.isfinite(x)]
+        top = max(top, float(x.max()) if x.size else 0.0)
+    return top
 
 
 # ---- the engine -------------------------------------------------------------------------------
