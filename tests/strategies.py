@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 
 import numpy as np
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis import strategies as st
 
 from sdparity.stages.image_to_rgba import EDGE_PIXELS  # the packer's defined edge cases
@@ -18,8 +18,8 @@ settings.register_profile(
     "ci", max_examples=8, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
-settings.register_profile(
-    "dev", max_examples=200, deadline=None,
+settings.register_profile(  # no explain phase: it re-runs a failing model-stage example ~5 times
+    "dev", max_examples=200, deadline=None, phases=[p for p in Phase if p != Phase.explain],
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -70,19 +70,36 @@ def test_concat_any_shape(built, shape, seed):
     np.testing.assert_array_equal(out, np.concatenate([neg, pos], 0))
 
 
-def _shape_problems(stage_name, shape, results) -> str:
-    """'' when every check passed or is a known upstream issue; else what failed, with metrics."""
-    bad = [r for r in results if r["verdict"] not in ("pass", "known")]
-    if results and not bad:
+def _problems(stage_name, shape, results, kind) -> str:
+    """The checks whose failure is of this ``kind`` ("error"; "abs": outside atol/rtol or
+    non-finite; "floor": only err/floor over its budget), with their metrics; '' if none."""
+    def kind_of(r):
+        if r["verdict"] == "error":
+            return "error"
+        if r["verdict"] == "fail":
+            return "floor" if r["metrics"]["failed_bound"] == "floor" else "abs"
+        return None  # pass, or known (an upstream issue in sdparity.known_issues)
+
+    bad = [r for r in results if kind_of(r) == kind]
+    if not bad:
         return ""
     b, h, w = shape
-    lines = [f"{stage_name} at latents batch={b} h={h} w={w}: {len(bad)} of {len(results)} checks not passing"]
+    lines = [f"{stage_name} at latents batch={b} h={h} w={w}: {len(bad)} of {len(results)} checks fail ({kind})"]
     for r in bad:
         m, tol = r["metrics"] or {}, r["tolerance"] or {}
         lines.append(f"  {r['case']} {r['output']}: {r['verdict']} max_abs={m.get('max_abs')} "
                      f"err/floor={m.get('floor_ratio')} (budget {m.get('floor_budget')}) floor={m.get('noise_floor')} "
-                     f"atol={tol.get('atol')} rtol={tol.get('rtol')}: {r['message']}")
+                     f"n={m.get('n')} atol={tol.get('atol')} rtol={tol.get('rtol')}: {r['message']}")
     return "\n".join(lines)
+
+
+def _check_shape(stage_name, shape, results) -> None:
+    """One assert per kind of failure: Hypothesis shrinks each (a distinct error) on its own, so
+    one bug's minimal shape is not reported with another's message."""
+    assert results, f"{stage_name} at {shape}: no results"
+    assert not _problems(stage_name, shape, results, "error"), _problems(stage_name, shape, results, "error")
+    assert not _problems(stage_name, shape, results, "abs"), _problems(stage_name, shape, results, "abs")
+    assert not _problems(stage_name, shape, results, "floor"), _problems(stage_name, shape, results, "floor")
 
 
 @settings(max_examples=S.VAE_EXAMPLES)
@@ -90,7 +107,7 @@ def _shape_problems(stage_name, shape, results) -> str:
 def test_vae_any_latent_shape(shape, llvm, run_check):
     b, h, w = shape
     results = run_check(get_stage("vae"), llvm, variant={"latent": [h, w], "batch": b, "symbolic": True})
-    assert not _shape_problems("vae", shape, results), _shape_problems("vae", shape, results)
+    _check_shape("vae", shape, results)
     assert all(r["metrics"]["shape"] == [b, 8 * h, 8 * w, 3] for r in results)
 
 
@@ -101,10 +118,10 @@ def test_unet_any_latent_shape(shape, tiny, llvm, run_check):
     variant = {"latent": [h, w], "batch": b, "symbolic": True}
     event(f"build {get_stage('unet').build_variant(tiny, variant)}")  # --hypothesis-show-statistics
     results = run_check(get_stage("unet"), llvm, variant=variant)
-    assert not _shape_problems("unet", shape, results), _shape_problems("unet", shape, results)
+    _check_shape("unet", shape, results)
     assert all(r["metrics"]["shape"] == [b, 4, h, w] for r in results)
-    # the only known issue at these shapes, and only where the UNet upsamples to a given size
-    assert all(r["known_issue"] == "tvm_nearest_resize_half_pixel" and (h % 2 or w % 2)
+    # the only known issue at these shapes, only at odd sides >= 5 (ceil(h/2) -> h resizes differ)
+    assert all(r["known_issue"] == "tvm_nearest_resize_half_pixel" and any(n % 2 and n >= 5 for n in (h, w))
                for r in results if r["verdict"] == "known")
 
 
