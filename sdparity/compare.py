@@ -133,6 +133,8 @@ def compare(
             note = f" ({tol.floor_note})" if tol.floor_note else ""
             if floor_ok:
                 why += f"; err/floor {ratio:.3g}x within budget {budget:.3g}x"
+            elif ratio is None:  # a non-finite error has no ratio: it is over any budget
+                why = f"err/floor unbounded (max abs {max_abs:g}) > budget {budget:.3g}x{note}; " + why
             else:
                 why = (f"err/floor {ratio:.3g}x > budget {budget:.3g}x{note}, {ratio / budget:.2g}x over; "
                        + why)

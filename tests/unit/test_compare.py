@@ -132,3 +132,18 @@ def test_lookup_gives_calibrated_budgets_with_reasons():
         max(4, math.ceil(30 * unet["max"]) / 10)
     assert lookup("unet", "noise_pred", "cuda", "tiny").floor_budget is None  # not calibrated
     assert "not calibrated" in lookup("unet", "noise_pred", "llvm", "full").floor_reason
+
+
+def test_nonfinite_candidate_under_a_floor_budget_fails_cleanly():
+    """A NaN in the candidate has no err/floor ratio: it fails (nonfinite), the message says so,
+    and nothing crashes formatting a missing ratio (found by the uninitialized-history fault)."""
+    import numpy as np
+
+    from sdparity.compare import compare
+    from sdparity.tolerances import Tolerance
+
+    ref = np.array([1.0, 2.0], np.float32)
+    ref64 = np.array([1.0 + 2e-7, 2.0], np.float64)  # a floor well above 2^-24 of the scale
+    m = compare(np.array([np.nan, 2.0], np.float32), ref, Tolerance(1e-3, 0.0, floor_budget=4.0), ref64)
+    assert not m.passed and m.failed_bound == "nonfinite" and m.floor_ratio is None
+    assert "non-finite" in m.why and "err/floor unbounded" in m.why

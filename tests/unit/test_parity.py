@@ -33,6 +33,13 @@ def test_injected_fault_is_caught(stage, fault, llvm, run_check):
     results = run_check(STAGES[stage].with_fault(fault), llvm)
     failed = [r for r in results if r["verdict"] == "fail"]
     assert failed, f"fault {stage}:{fault} was not detected: {[r['message'] for r in results]}"
-    # the failure names the stage, the metric and the numbers
-    r = failed[0]
-    assert r["stage"] == stage and r["metrics"]["max_abs"] > r["tolerance"]["atol"]
+    # the failure names the stage, the bound that failed and its numbers
+    for r in failed:
+        m, bound = r["metrics"], r["failed_bound"]
+        assert r["stage"] == stage and bound in ("abs", "floor", "abs+floor", "nonfinite", "int"), bound
+        if bound in ("abs", "abs+floor", "int"):
+            assert m["max_abs"] > r["tolerance"]["atol"]
+        if bound in ("floor", "abs+floor"):
+            assert m["floor_ratio"] > m["floor_budget"] and "err/floor" in r["message"]
+        if bound == "nonfinite":
+            assert m["nonfinite"] > 0
