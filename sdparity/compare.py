@@ -11,7 +11,8 @@ and a verdict against a declared Tolerance (sdparity.tolerances). Float outputs 
 both bounds hold:
   abs    |cand - ref| <= atol + rtol*|ref| for every element
   floor  floor_ratio <= tol.floor_budget (the calibrated err/floor budget), applied only when
-         the output has a budget and its floor is not negligible (floor_rel > NEGLIGIBLE_FLOOR)
+         the output has a budget, its floor is not negligible (floor_rel > NEGLIGIBLE_FLOOR)
+         and it has at least MIN_FLOOR_ELEMENTS elements
 ``failed_bound`` says which one failed: "abs", "floor", "abs+floor", "nonfinite", "shape",
 "int" (integer outputs: levels or mismatch share), or None.
 """
@@ -32,6 +33,12 @@ SIGNIFICANT = 0.01  # elements with |ref| below 1% of max |ref| are left out of 
 #: written in ulp-scaled terms, decides alone. Model stages sit well above it (tiny CLIP
 #: 2.5e-7, UNet 5.5e-7, VAE 1.0e-6 at the least; `sdparity calibrate`, NOTES.md).
 NEGLIGIBLE_FLOOR = 2.0**-24
+#: The floor is a maximum over the output's elements; over a handful of elements it
+#: underestimates the rounding noise that the calibration (>= 1024 elements a check) measured,
+#: and err/floor is biased upwards (shape fuzzing: a 1x1-latent UNet output, 4 elements, sat at
+#: 9.6 floors with an error of 3 float32 ulp). Below this many elements the absolute rule alone
+#: decides.
+MIN_FLOOR_ELEMENTS = 64
 
 
 @dataclass
@@ -103,7 +110,8 @@ def compare(
     scale = float(mag.max()) if mag.size else 0.0
     floor_rel = (floor / scale) if floor is not None and scale > 0 else None
     budget = None  # the floor rule applies to float outputs with a budget and a real floor
-    if not integer and tol.floor_budget is not None and floor_rel is not None and floor_rel > NEGLIGIBLE_FLOOR:
+    if (not integer and tol.floor_budget is not None and floor_rel is not None and floor_rel > NEGLIGIBLE_FLOOR
+            and cand.size >= MIN_FLOOR_ELEMENTS):
         budget = tol.floor_budget
 
     if integer:

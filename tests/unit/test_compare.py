@@ -142,8 +142,28 @@ def test_nonfinite_candidate_under_a_floor_budget_fails_cleanly():
     from sdparity.compare import compare
     from sdparity.tolerances import Tolerance
 
-    ref = np.array([1.0, 2.0], np.float32)
-    ref64 = np.array([1.0 + 2e-7, 2.0], np.float64)  # a floor well above 2^-24 of the scale
-    m = compare(np.array([np.nan, 2.0], np.float32), ref, Tolerance(1e-3, 0.0, floor_budget=4.0), ref64)
+    from sdparity.compare import MIN_FLOOR_ELEMENTS
+
+    ref = np.full(MIN_FLOOR_ELEMENTS, 2.0, np.float32)
+    ref64 = ref.astype(np.float64)
+    ref64[0] += 4e-7  # a floor well above 2^-24 of the scale
+    cand = ref.copy()
+    cand[1] = np.nan
+    m = compare(cand, ref, Tolerance(1e-3, 0.0, floor_budget=4.0), ref64)
     assert not m.passed and m.failed_bound == "nonfinite" and m.floor_ratio is None
     assert "non-finite" in m.why and "err/floor unbounded" in m.why
+
+
+def test_floor_rule_needs_enough_elements():
+    """Over a few elements the floor (a maximum) is biased low: the absolute rule decides alone."""
+    import numpy as np
+
+    from sdparity.compare import MIN_FLOOR_ELEMENTS, compare
+    from sdparity.tolerances import Tolerance
+
+    tol = Tolerance(1e-3, 0.0, floor_budget=4.0)
+    for n, applies in ((4, False), (MIN_FLOOR_ELEMENTS, True)):
+        ref = np.ones(n, np.float32)
+        ref64 = ref.astype(np.float64) + 1e-7  # floor 1e-7, above 2^-24 of the scale
+        m = compare(ref + np.float32(1e-6), ref, tol, ref64)  # 10 floors, well inside atol
+        assert (m.floor_budget is not None) == applies and m.passed == (not applies)
