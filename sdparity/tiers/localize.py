@@ -48,8 +48,6 @@ KERNEL_RTOL_REASON = (
 MAX_LISTED = 10  # diverging calls listed in the record after the first (all are counted)
 
 
-
-
 def op_name(kernel: str) -> str:
     """The Relax operations in a kernel's name: 'fused_matmul3_add2' -> 'matmul_add'."""
     return re.sub(r"(?<=[a-z])\d+(?=_|$)", "", kernel).removeprefix("fused_")

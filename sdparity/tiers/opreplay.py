@@ -39,9 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdparity.errors import one_line
-
-from sdparity.errors import SdparityError
+from sdparity.errors import SdparityError, one_line
 
 VERSION = 1  # part of every per-op build key: bump when the one-op module or its export changes
 FUNCTION = "op"  # the Relax function of a one-op build
@@ -59,8 +57,6 @@ DATA_MOVEMENT = {
     "aten.arange.start_step", "aten.arange.default", "aten.where.self", "aten.logical_not.default",
     "aten.any.dim", "aten.eq.Scalar", "aten.le.Tensor", "aten.argmax.default",
 }
-
-
 
 
 # ---- the program and its trace -------------------------------------------------------------
