@@ -164,7 +164,8 @@ def loaded_tvm_identity() -> dict:
 
 def module_files(module: str) -> list[Path]:
     """The source files of a module of this project (or, failing that, of any imported module);
-    a package stands for all its .py files."""
+    a package stands for all its .py files and the .json data beside them (e.g. the GPU tuning
+    database in sdparity/compile/tuned/)."""
     base = ROOT.joinpath(*module.split("."))
     if not base.is_dir() and not base.with_suffix(".py").is_file():
         mod = sys.modules.get(module)
@@ -173,7 +174,7 @@ def module_files(module: str) -> list[Path]:
         f = Path(mod.__file__)
         base = f.parent if f.name == "__init__.py" else f.with_suffix("")
     if base.is_dir():
-        return sorted(p for p in base.rglob("*.py") if "__pycache__" not in p.parts)
+        return sorted(p for p in base.rglob("*") if p.suffix in (".py", ".json") and "__pycache__" not in p.parts)
     return [base.with_suffix(".py")]
 
 

@@ -82,3 +82,14 @@ def tensor(array, device):
     if fn is None:
         fn = tvm.nd.array
     return fn(array, device)
+
+
+def structural_hash(obj) -> int:
+    """tvm_ffi.structural_hash (0.27+) or tvm.ir.structural_hash (before)."""
+    try:
+        from tvm_ffi import structural_hash as fn
+    except ImportError:
+        import tvm
+
+        fn = tvm.ir.structural_hash
+    return int(fn(obj))

@@ -5,7 +5,8 @@ backend's ``sdparity.backends.webgpu.wgsl.legalize_for_webgpu``), which calls th
 
 Unscheduled kernels are correct on the CPU (naive loops) but GPU targets (CUDA, Vulkan,
 WebGPU) need every loop nest bound to threads; dlight's GPU rules do that, and
-DefaultGPUSchedule covers what no rule matches.
+DefaultGPUSchedule covers what no rule matches. Matmuls and convolutions take their tile from
+the database of times measured on a GPU (``sdparity.compile.gpu_rules``, issue 13).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def schedule_for(mod, target):
         from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
         return schedule_llvm(mod, target)
     from sdparity.compile.compat import default_gpu_schedule, dlight
+    from sdparity.compile.gpu_rules import exact_row_reduction, tuned_matmul
 
     dl = dlight()
 
@@ -32,7 +34,8 @@ def schedule_for(mod, target):
     with target:
         mod = relax.get_pipeline("zero")(mod)
         mod = dl.ApplyDefaultSchedule(
-            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+            tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            exact_row_reduction(), dl.gpu.Fallback()
         )(mod)
         mod = default_gpu_schedule()(mod)
     return mod

@@ -187,3 +187,19 @@ register(KnownIssue(
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet; related: the WGSL float printing noted in NOTES.md (WebGPU)",
 ))
+
+register(KnownIssue(
+    id="tvm_webgpu_vectorized_matmul",
+    title="dlight's matmul with vector loads cannot be built for WebGPU",
+    description="dlight's GPU Matmul rule tiles contractions with vector loads for CUDA "
+    "(Config.vector_size 2); with any vector_size > 1 the same schedule fails to build for WebGPU "
+    "('Check failed: (me->coeff == 0 || info.factor() % me->coeff == 0)'), at every size tried, "
+    "while it builds for CUDA. dlight's WebGPU default uses vector_size 1 and never meets it; the "
+    "tiles sdparity tunes on CUDA (issue 13) all have vector loads, so WebGPU builds keep dlight's "
+    "default tile (compile/gpu_rules.py TUNED_KINDS). Found when the tuned tiles were first built "
+    "for WebGPU.",
+    covers=lambda r: r["backend"] == "webgpu" and r["verdict"] == "error"
+    and "me->coeff == 0 || info.factor() % me->coeff == 0" in (r.get("message") or ""),
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))

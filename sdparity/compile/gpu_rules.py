@@ -1,0 +1,207 @@
+"""GPU schedules for matmuls and convolutions: dlight's Matmul rule with a tile per kernel.
+
+dlight's ``Matmul`` rule turns every contraction it recognises (linear layers, attention's
+two products, and convolutions as implicit GEMMs: the im2col gather is inlined into the
+shared-memory loads) into ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` and tiles it with ONE
+config per target (CUDA: 8x16 threads of 4x4 outputs, a 32x64 tile). The tile that is fastest
+depends on the kernel's sizes, so this rule takes the config per kernel from a database of
+times measured on a real GPU (``sdparity.tiers.gpu_tune``: every candidate below timed on the
+card; ``tuned/<card>.json``). A kernel the database does not know keeps dlight's default.
+
+What a config changes: tiling, threads, vector widths, unrolling. What it does not change: the
+order in which each output adds its terms (the K loop stays one serial loop per output, split
+into ``micro_size_k`` chunks), so every candidate computes the same sums; the tuner checks
+that every candidate's output equals the default's on the card before its time counts.
+
+The database is keyed by the kernel's structure (``workload_key``: a hash of the PrimFunc
+without its name), so it applies to every build with the same shapes (the full-size model
+at 512x512) and to nothing else. The times are CUDA's, so only CUDA builds use them. WebGPU
+keeps dlight's WebGPU default: the CUDA tiles cannot simply be carried over (TVM 0.27 cannot
+build dlight's matmul with vector loads for WebGPU at all, known issue
+tvm_webgpu_vectorized_matmul; a 2x2-virtual-thread tile without them made SwiftShader lose
+its device after 160 s), and tuning on WebGPU needs per-kernel timing in Dawn (not built).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+TUNED_DIR = Path(__file__).with_name("tuned")
+#: the card whose measurements the GPU builds use (docs/performance.md: the lent H200)
+DEFAULT_DATABASE = TUNED_DIR / "nvidia-h200.json"
+
+#: the knobs of dlight's Matmul.Config that a candidate sets, in this order
+FIELDS = ("block_size_x", "block_size_y", "vthread_x", "vthread_y",
+          "micro_size_x", "micro_size_y", "micro_size_k", "vector_size")
+
+#: Candidate tiles (x = the I axis: rows of A, a convolution's output pixels; y = the J axis:
+#: columns of B, a convolution's output channels). The first is dlight's CUDA default; the
+#: rest span tiles of 32..128 on each side, 64..256 threads, 16..64 outputs per thread and
+#: K chunks of 8 and 16 (attention's head size 40 pads to 48 with 16, not with 8).
+CANDIDATES: tuple[tuple[int, ...], ...] = (
+    (8, 16, 1, 1, 4, 4, 16, 2),   # dlight's CUDA default: 32 x 64 tile, 128 threads
+    (16, 16, 1, 1, 4, 4, 16, 4),  # 64 x 64, 256 threads
+    (16, 16, 1, 1, 4, 4, 8, 4),   # 64 x 64, K chunk 8
+    (8, 16, 1, 1, 8, 4, 16, 4),   # 64 x 64, 128 threads, 32 outputs each
+    (16, 8, 1, 1, 4, 8, 16, 4),   # 64 x 64, 128 threads, 32 outputs each
+    (16, 16, 2, 1, 4, 4, 8, 4),   # 128 x 64
+    (16, 16, 1, 2, 4, 4, 8, 4),   # 64 x 128
+    (16, 16, 2, 2, 4, 4, 8, 4),   # 128 x 128, 64 outputs a thread
+    (16, 16, 1, 1, 8, 8, 8, 4),   # 128 x 128 without virtual threads
+    (8, 8, 2, 2, 4, 4, 16, 4),    # 64 x 64, 64 threads
+    (32, 8, 1, 1, 4, 4, 16, 4),   # 128 x 32
+    (8, 32, 1, 1, 4, 4, 16, 4),   # 32 x 128
+)
+
+#: the target kinds whose builds take tiles from the database (it holds CUDA times)
+TUNED_KINDS = ("cuda",)
+
+#: the limits a candidate must fit, per target kind: threads a block and bytes of shared memory
+LIMITS = {"cuda": (1024, 48 * 1024), "webgpu": (256, 16 * 1024)}
+
+
+def config_name(values) -> str:
+    return "x".join(str(v) for v in values)
+
+
+def shared_bytes(values) -> int:
+    """Shared memory of one block: the A and B tiles of one K chunk, rows padded by storage_align
+    (at most 8 floats a row)."""
+    c = dict(zip(FIELDS, values))
+    rows = (c["block_size_x"] * c["vthread_x"] * c["micro_size_x"]
+            + c["block_size_y"] * c["vthread_y"] * c["micro_size_y"])
+    return rows * (c["micro_size_k"] + 8) * 4
+
+
+def fits(values, kind: str) -> bool:
+    threads, shared = LIMITS.get(kind, LIMITS["webgpu"])
+    c = dict(zip(FIELDS, values))
+    return c["block_size_x"] * c["block_size_y"] <= threads and shared_bytes(values) <= shared
+
+
+def workload_key(func) -> str:
+    """The kernel's structure without its name: equal for the same computation and shapes."""
+    from sdparity.compile.compat import structural_hash
+
+    if func.attrs is not None and "global_symbol" in func.attrs:
+        func = func.without_attr("global_symbol")
+    return f"{structural_hash(func) & (2**64 - 1):016x}"
+
+
+@functools.lru_cache(maxsize=4)
+def _read(path: str, mtime: float) -> dict:
+    from sdparity.errors import SdparityError
+
+    try:
+        data = json.loads(Path(path).read_text())
+        return dict(data["workloads"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SdparityError(f"tuning database {path} is unreadable ({e}); "
+                            f"re-create it with `python -m sdparity.tiers.gpu_tune apply`") from None
+
+
+def load_database(path: Path | None = None) -> dict:
+    """{workload key: {"stage", "kernel", "times_ms": {config name: ms}, ...}} of ``path``
+    (default: DEFAULT_DATABASE, looked up at call time); {} when there is none."""
+    path = Path(path) if path is not None else DEFAULT_DATABASE
+    if not path.is_file():
+        return {}
+    return _read(str(path), path.stat().st_mtime)
+
+
+def choose(entry: dict, kind: str) -> tuple[int, ...] | None:
+    """The fastest measured candidate that fits the target, among those that agreed with the
+    default on the card (the tuner drops the others); None: keep dlight's default (always for
+    a target kind outside TUNED_KINDS)."""
+    if kind not in TUNED_KINDS:
+        return None
+    best = None
+    for name, ms in entry.get("times_ms", {}).items():
+        values = tuple(int(v) for v in name.split("x"))
+        if len(values) == len(FIELDS) and fits(values, kind) and (best is None or ms < best[0]):
+            best = (ms, values)
+    return None if best is None else best[1]
+
+
+def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = None):
+    """dlight's Matmul rule, with the config of each kernel from ``database`` (or ``force``d
+    for every kernel: the tuner's candidates)."""
+    from sdparity.compile.compat import dlight
+
+    from tvm.tirx import PrimFunc
+
+    base = dlight().gpu.Matmul
+    db = load_database() if database is None else database
+
+    class TunedMatmul(base):
+        def apply(self, func, target, tunable):
+            values = force
+            if values is None and db:
+                entry = db.get(workload_key(func)) if isinstance(func, PrimFunc) else None
+                values = choose(entry, target.kind.name) if entry else None
+            self._values = values
+            return super().apply(func, target, tunable)
+
+        def get_configs(self, target):
+            config = super().get_configs(target)
+            if self._values is not None:
+                config = dataclasses.replace(config, **dict(zip(FIELDS, self._values)),
+                                             unroll=256, use_shared=True, storage_align=True,
+                                             inner_x=False)
+            return config
+
+    return TunedMatmul()
+
+
+#: threads that share one row of an exact reduction
+ROW_THREADS = 256
+
+
+def exact_row_reduction():
+    """A rule for kernels that end in a max or min over their innermost axis after elementwise
+    work, e.g. the "is every score of this row -inf" test of PyTorch's safe softmax in every
+    attention (``max(int8(!(x == -inf)))``), which no dlight rule but Fallback takes: one
+    thread a row, 4096 strided reads each (UNet, 64x64 latents: 2.9 ms a call, 7.8% of the
+    CUDA UNet in docs/performance.md). Here one block takes a row and its threads read it
+    together (coalesced), combining with a cross-thread reduction. Only max and min: their
+    result does not depend on the order in which the values meet, so the kernel computes
+    exactly what the unscheduled one does."""
+    from tvm import s_tir, tirx
+
+    from sdparity.compile.compat import dlight
+
+    dl = dlight()
+
+    class ExactRowReduction(dl.gpu.Fallback.__mro__[1]):  # dlight's GPUScheduleRule
+        def apply(self, func, target, _):
+            if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+                return None
+            sch = s_tir.Schedule(func)
+            blocks = sch.get_child_blocks(dl.analysis.get_root_block(sch))
+            if not blocks:
+                return None
+            red = blocks[-1]
+            stmt = sch.get(red)
+            kinds = [iv.iter_type for iv in stmt.iter_vars]  # 0 data-parallel, 2 reduction
+            store = stmt.body
+            if (kinds.count(2) != 1 or kinds[-1] != 2 or not isinstance(store, tirx.BufferStore)
+                    or not isinstance(store.value, (tirx.Max, tirx.Min))):
+                return None
+            try:
+                for b in blocks[:-1]:
+                    sch.compute_inline(b)
+            except Exception:  # noqa: BLE001 - a producer that cannot be inlined: not this rule's kernel
+                return None
+            loops = sch.get_loops(red)
+            if len(loops) != len(kinds):
+                return None
+            bx = sch.fuse(*loops[:-1]) if len(loops) > 1 else sch.add_unit_loop(red)
+            _, tx = sch.split(loops[-1], [None, ROW_THREADS])
+            sch.bind(bx, "blockIdx.x")
+            sch.bind(tx, "threadIdx.x")
+            return sch
+
+    return ExactRowReduction()

@@ -1,0 +1,261 @@
+"""Tile tuning for the GPU matmul/convolution kernels: build candidates here, time them on the
+card, keep the fastest that computes what the default computes (issue 13).
+
+Three steps (docs/performance.md, "Tuning"):
+
+``prepare`` (here: TVM and nvcc, no GPU)
+    legalizes and fuses the model stages exactly as ``sdparity.compile.schedule`` does, and
+    for every distinct kernel dlight's Matmul rule takes (linear layers, attention products,
+    convolutions) schedules each candidate tile of ``gpu_rules.CANDIDATES`` that fits CUDA;
+    all of them go into one CUDA module (``tune.so`` + its fatbin) with ``manifest.json``.
+``device`` (on the GPU machine, runtime-only TVM as in ``gpu_cuda``)
+    per kernel: random inputs, every candidate run once and its outputs compared with the
+    default's (the same sums in the same order: they must agree to float32 rounding), then
+    timed (``time_evaluator``, median of 3 repeats of at least 10 ms each). Writes
+    ``tune-results.json``.
+``apply`` (here)
+    writes ``sdparity/compile/tuned/<card>.json`` from the results (atomically): per kernel
+    the time of every candidate that agreed; a candidate that disagreed is left out, and
+    the build never uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+#: how close a candidate's output must be to the default's: the same terms summed in the same
+#: order; only FMA contraction may round differently (relative to the output's magnitude)
+AGREE_RTOL = 1e-5
+
+
+def _kernels(mod, target):
+    """(name, PrimFunc) of the kernels of a legalized + fused module that Matmul takes."""
+    from sdparity.compile.gpu_rules import tuned_matmul
+
+    rule = tuned_matmul(database={})
+    from tvm import tirx
+
+    for gv, func in mod.functions_items():
+        if not isinstance(func, tirx.PrimFunc):
+            continue
+        try:
+            if rule.apply(func, target, False) is not None:
+                yield gv.name_hint, func
+        except Exception:  # noqa: BLE001 - a kernel the rule cannot take stays with the others
+            continue
+
+
+def prepare(model_name: str, dest: Path, stage_names: list[str], log=print) -> dict:
+    import tvm
+    from tvm import relax
+
+    from reference.models import load_model
+    from sdparity.compile import legalize
+    from sdparity.compile.gpu_rules import CANDIDATES, config_name, fits, tuned_matmul, workload_key
+    from sdparity.registry import all_stages
+    from sdparity.tiers import gpu_cuda
+
+    target = gpu_cuda._cuda_backend().target()
+    stages = all_stages()
+    model = load_model(model_name, log=log)
+    dest.mkdir(parents=True, exist_ok=True)
+    funcs, workloads, seen = {}, [], set()
+    for name in stage_names:
+        st = stages[name]
+        ir = st.build_ir(model, st.default_variant(model))
+        mod = legalize.apply(ir.mod, target)
+        with target:
+            mod = relax.get_pipeline("zero")(mod)
+        found = list(_kernels(mod, target))
+        log(f"{name}: {len(found)} matmul/conv kernels")
+        for kname, func in found:
+            key = workload_key(func)
+            if key in seen:
+                continue
+            seen.add(key)
+            args = []
+            for buf in func.params:  # Buffers (TVM 0.27 has no buffer_map)
+                shape = [int(d) for d in buf.shape]  # static shapes only (the full-size model)
+                args.append({"shape": shape, "dtype": str(buf.dtype)})
+            cands = []
+            for values in CANDIDATES:
+                if not fits(values, "cuda"):
+                    continue
+                try:
+                    sch = tuned_matmul(database={}, force=values).apply(func, target, False)
+                except Exception as e:  # noqa: BLE001 - recorded: the candidate cannot tile this kernel
+                    log(f"  {kname} {config_name(values)}: not schedulable ({type(e).__name__})")
+                    continue
+                fn = f"k{len(workloads)}_{config_name(values)}"
+                funcs[fn] = sch.mod["main"].with_attr("global_symbol", fn)
+                cands.append({"function": fn, "config": config_name(values)})
+            workloads.append({"key": key, "stage": name, "kernel": kname, "args": args, "candidates": cands})
+    log(f"{len(workloads)} kernels, {sum(len(w['candidates']) for w in workloads)} candidates; code generation")
+    stage_dir = Path(tempfile.mkdtemp(prefix="tune-", dir=dest))
+    try:
+        for i, w in enumerate(workloads):
+            # one module per kernel: the device compiles them with nvcc in parallel (unrolled
+            # tiles make ~150 kB of CUDA a candidate: one nvcc over all of them took >13 min here)
+            lib = tvm.compile(tvm.IRModule({c["function"]: funcs[c["function"]] for c in w["candidates"]}),
+                              target=target)
+            lib.export_library(str(stage_dir / f"w{i}.so"))
+            for src in gpu_cuda._cuda_sources(getattr(lib, "mod", lib)):
+                (stage_dir / f"kernels-{gpu_cuda._sha(src)}.cu").write_text(src)
+            w["module"] = f"w{i}.so"
+        from sdparity.reports.report import versions
+
+        manifest = {"model": model_name, "stages": stage_names, "arch": gpu_cuda.ARCH, "versions": versions(),
+                    "workloads": workloads}
+        (stage_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
+        with tarfile.open(dest / "tune.tgz.part", "w:gz") as tf:
+            for p in sorted(stage_dir.iterdir()):
+                tf.add(p, arcname=p.name)
+        os.replace(dest / "tune.tgz.part", dest / "tune.tgz")
+    finally:
+        shutil.rmtree(stage_dir, ignore_errors=True)
+    gpu_cuda.slim_tvm_package(dest)
+    log(f"{dest / 'tune.tgz'}: {(dest / 'tune.tgz').stat().st_size / 2**20:.1f} MiB")
+    return manifest
+
+
+def device(folder: Path, out: Path, log=print) -> int:
+    from sdparity.tiers import gpu_cuda
+
+    tvm = gpu_cuda._load_tvm_runtime()
+    from sdparity.compile.compat import tensor
+
+    work = Path(tempfile.mkdtemp(prefix="tune-"))
+    with tarfile.open(folder / "tune.tgz") as tf:
+        tf.extractall(work)
+    manifest = json.loads((work / "manifest.json").read_text())
+    _nvcc_all(sorted(work.glob("kernels-*.cu")), log)
+    gpu_cuda.KERNEL_DIRS.append(work)
+    dev = tvm.cuda(0)
+    rng = np.random.default_rng(0)
+    results = []
+    for w in manifest["workloads"]:
+        lib = tvm.runtime.load_module(str(work / w["module"]))
+        inputs = [rng.uniform(-1, 1, a["shape"]).astype(a["dtype"]) for a in w["args"]]
+        base, row = None, {"key": w["key"], "stage": w["stage"], "kernel": w["kernel"], "times_ms": {},
+                           "disagree": {}}
+        for c in w["candidates"]:
+            args = [tensor(x, dev) for x in inputs]
+            f = lib[c["function"]]
+            f(*args)
+            dev.sync()
+            outs = [a.numpy() for a in args]
+            if base is None:
+                base = outs
+            else:
+                scale = max(float(np.max(np.abs(b))) for b in base) or 1.0
+                diff = max(float(np.max(np.abs(o.astype(np.float64) - b))) for o, b in zip(outs, base))
+                if not diff <= AGREE_RTOL * scale:
+                    row["disagree"][c["config"]] = diff / scale
+                    log(f"{w['kernel']} {c['config']}: DISAGREES with the default ({diff / scale:.2e} relative)")
+                    continue
+            t = lib.time_evaluator(c["function"], dev, number=1, repeat=3, min_repeat_ms=10)(*args)
+            row["times_ms"][c["config"]] = round(float(np.median(t.results)) * 1e3, 5)
+        best = min(row["times_ms"].items(), key=lambda kv: kv[1]) if row["times_ms"] else None
+        default = row["times_ms"].get(w["candidates"][0]["config"]) if w["candidates"] else None
+        log(f"{w['stage']} {w['kernel']}: default {default} ms, best {best}")
+        results.append(row)
+    card = _card_name()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tune-results.json").write_text(json.dumps(
+        {"card": card, "arch": manifest["arch"], "model": manifest["model"], "versions": manifest["versions"],
+         "workloads": results}, indent=1))
+    return 0
+
+
+def _nvcc_all(sources: list[Path], log) -> None:
+    """nvcc every kernel source, in parallel (one process per core), beside it as the
+    kernels-<sha>.fatbin that gpu_cuda's compile callback looks up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from sdparity.tiers import gpu_cuda
+
+    t0 = time.perf_counter()
+
+    def one(src: Path):
+        gpu_cuda._nvcc(src.read_text(), src.with_suffix(".fatbin"))
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as ex:
+        list(ex.map(one, sources))
+    log(f"nvcc: {len(sources)} modules in {time.perf_counter() - t0:.0f}s")
+
+
+def _card_name() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                              capture_output=True, text=True, timeout=30).stdout.strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def apply(results_path: Path, dest: Path, log=print) -> Path:
+    from sdparity.errors import SdparityError
+    from sdparity.files import write_atomic
+
+    try:
+        res = json.loads(Path(results_path).read_text())
+        rows = res["workloads"]
+    except (OSError, ValueError, KeyError) as e:
+        raise SdparityError(f"{results_path}: not a tune-results.json ({e})") from None
+    db = {"card": res.get("card"), "arch": res.get("arch"), "model": res.get("model"),
+          "measured_with": res.get("versions", {}), "workloads": {}}
+    saved = 0.0
+    for r in rows:
+        if not r["times_ms"]:
+            continue
+        db["workloads"][r["key"]] = {"stage": r["stage"], "kernel": r["kernel"], "times_ms": r["times_ms"],
+                                     "disagree": r.get("disagree", {})}
+        times = list(r["times_ms"].values())
+        saved += times[0] - min(times)
+    write_atomic(dest, json.dumps(db, indent=1, sort_keys=True) + "\n")
+    log(f"{dest}: {len(db['workloads'])} kernels; the fastest candidates save {saved:.2f} ms over the "
+        f"default (one call of each kernel)")
+    return dest
+
+
+def main(argv=None) -> int:
+    from sdparity.compile.gpu_rules import DEFAULT_DATABASE
+
+    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_tune", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("prepare", help="build every candidate tile of every matmul/conv kernel for CUDA")
+    a.add_argument("--model", default="sd15-random")
+    a.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
+    a.add_argument("--stages", default="unet,vae,clip")
+    b = sub.add_parser("device", help="on the GPU machine: check and time every candidate")
+    b.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
+    b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-tune-result")))
+    c = sub.add_parser("apply", help="write the tuning database from tune-results.json")
+    c.add_argument("results", type=Path)
+    c.add_argument("--database", type=Path, default=DEFAULT_DATABASE)
+    args = p.parse_args(argv)
+    log = lambda m: print(m, flush=True)  # noqa: E731
+    if args.cmd == "prepare":
+        prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log)
+        return 0
+    if args.cmd == "device":
+        return device(args.dir, args.out, log)
+    apply(args.results, args.database, log)
+    return 0
+
+
+if __name__ == "__main__":
+    from sdparity.errors import one_line_main
+
+    sys.exit(one_line_main("python -m sdparity.tiers.gpu_tune", main))

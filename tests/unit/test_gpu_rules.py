@@ -1,0 +1,132 @@
+"""The GPU schedule rules of sdparity.compile.gpu_rules, without a GPU: which kernels each rule
+takes, which tile the tuning database gives each target, and that the database is part of the
+build's identity. That the tuned tiles compute the right numbers is checked on the card: by the
+tuner (every candidate's output against the default's) and by the CUDA tier's parity checks
+(docs/performance.md). The exact row reduction runs on WebGPU in CI: test_webgpu_backend.py's
+"masked" case (a row with every score -inf) goes through it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import tvm
+from tvm import te
+
+from sdparity.compile import gpu_rules
+from sdparity.compile.gpu_rules import (CANDIDATES, FIELDS, choose, config_name, exact_row_reduction,
+                                        fits, load_database, tuned_matmul, workload_key)
+
+CUDA = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host={"kind": "llvm"})
+WEBGPU = tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
+
+
+def _matmul(m=256, n=192, k=96):
+    a = te.placeholder((m, k), name="a")
+    b = te.placeholder((k, n), name="b")
+    r = te.reduce_axis((0, k), name="r")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="c")
+    return te.create_prim_func([a, b, c])
+
+
+def _row_reduction(reducer):
+    """torch's safe-softmax test (max over int8(!(x == -inf))) or the same shape with a sum."""
+    x = te.placeholder((8, 300), name="x")
+    keep = te.compute((8, 300), lambda i, j: (x[i, j] != tvm.tirx.const(float("-inf"), "float32")).astype("int8"))
+    r = te.reduce_axis((0, 300), name="r")
+    if reducer == "max":
+        y = te.compute((8, 1), lambda i, _: te.max(keep[i, r], axis=r), name="y")
+    else:
+        y = te.compute((8, 1), lambda i, _: te.sum(x[i, r], axis=r), name="y")
+    return te.create_prim_func([x, y])
+
+
+def _thread_extents(sch) -> dict:
+    """{thread tag: extent} of the loops bound to threads, read from the printed schedule."""
+    text = sch.mod["main"].script()
+    found = re.findall(r'T\.thread_binding\((?:T\.int64\()?(\d+)\)?,\s*thread="([\w.]+)"\)', text)
+    assert found, text[:2000]
+    return {tag: int(n) for n, tag in found}
+
+
+def test_exact_row_reduction_takes_max_not_sum():
+    """Max has one result whatever order the values meet in; a sum does not, so a rule that
+    splits rows across threads must never take one (it would change the numbers)."""
+    rule = exact_row_reduction()
+    sch = rule.apply(_row_reduction("max"), CUDA, False)
+    assert sch is not None
+    threads = _thread_extents(sch)
+    assert threads == {"blockIdx.x": 8, "threadIdx.x": gpu_rules.ROW_THREADS}, threads
+    assert rule.apply(_row_reduction("sum"), CUDA, False) is None
+    assert rule.apply(_matmul(), CUDA, False) is None
+
+
+def test_candidates_are_distinct_and_the_first_is_dlights_default():
+    assert len(set(CANDIDATES)) == len(CANDIDATES) and all(len(c) == len(FIELDS) for c in CANDIDATES)
+    from sdparity.compile.compat import dlight
+
+    default = dlight().gpu.Matmul().get_configs(CUDA)
+    assert tuple(getattr(default, f) for f in FIELDS) == CANDIDATES[0]
+
+
+def test_target_limits():
+    big = (16, 16, 2, 2, 4, 4, 16, 4)  # 256 threads; 128 x 128 tiles of K chunk 16: 24 KiB with padding
+    assert fits(big, "cuda") and not fits(big, "webgpu")
+    assert not fits((32, 16, 1, 1, 4, 4, 8, 4), "webgpu")  # 512 threads
+    assert fits((16, 16, 1, 1, 4, 4, 16, 4), "webgpu")
+    assert gpu_rules.shared_bytes((8, 16, 1, 1, 4, 4, 16, 2)) == (32 + 64) * 24 * 4
+
+
+def test_choose_takes_the_fastest_and_only_for_cuda():
+    fast, slow, huge = "16x16x2x2x4x4x16x4", "8x16x1x1x4x4x16x2", "32x64x1x1x4x4x16x4"
+    entry = {"times_ms": {slow: 3.0, fast: 1.0, huge: 0.5}}
+    assert config_name(choose(entry, "cuda")) == fast  # huge: 2048 threads, over CUDA's limit
+    assert choose(entry, "webgpu") is None  # CUDA times: WebGPU keeps dlight's default
+    assert choose({"times_ms": {}}, "cuda") is None
+
+
+def test_database_tile_is_applied_by_kernel_structure():
+    func = _matmul()
+    tile = (16, 8, 1, 1, 4, 8, 16, 4)
+    db = {workload_key(func): {"times_ms": {config_name(tile): 1.0, config_name(CANDIDATES[0]): 2.0}}}
+    tuned = _thread_extents(tuned_matmul(database=db).apply(func, CUDA, False))
+    default = _thread_extents(tuned_matmul(database={}).apply(func, CUDA, False))
+    assert (tuned["threadIdx.x"], tuned["threadIdx.y"]) == (16, 8)
+    assert (default["threadIdx.x"], default["threadIdx.y"]) == (8, 16)
+    # the key is the structure: the same computation with other sizes is another kernel
+    assert workload_key(_matmul(m=128)) != workload_key(func)
+    assert workload_key(_matmul()) == workload_key(func)
+    other = _thread_extents(tuned_matmul(database=db).apply(_matmul(m=128), CUDA, False))
+    assert (other["threadIdx.x"], other["threadIdx.y"]) == (8, 16)
+
+
+def test_committed_database_is_consistent():
+    """Every kernel of the committed database has times for the default and for what it picks,
+    and a candidate the card reported as disagreeing is never picked."""
+    db = load_database()
+    if not db:
+        pytest.fail(f"{gpu_rules.DEFAULT_DATABASE} is missing: the GPU builds would be untuned")
+    for key, entry in db.items():
+        assert config_name(CANDIDATES[0]) in entry["times_ms"], key
+        pick = choose(entry, "cuda")
+        assert pick is not None and config_name(pick) not in entry.get("disagree", {}), key
+        assert entry["times_ms"][config_name(pick)] <= entry["times_ms"][config_name(CANDIDATES[0])], key
+
+
+def test_unreadable_database_is_one_clear_error(tmp_path):
+    from sdparity.errors import SdparityError
+
+    bad = tmp_path / "db.json"
+    bad.write_text("{not json")
+    with pytest.raises(SdparityError, match="tuning database .* unreadable"):
+        load_database(bad)
+    assert load_database(tmp_path / "absent.json") == {}
+
+
+def test_database_is_part_of_the_build_identity():
+    from sdparity.identity import module_files
+
+    assert gpu_rules.DEFAULT_DATABASE in module_files("sdparity.compile")
+    data = json.loads(gpu_rules.DEFAULT_DATABASE.read_text())
+    assert data["workloads"] and data["card"]
