@@ -54,6 +54,24 @@ CANDIDATES: tuple[tuple[int, ...], ...] = (
     (8, 8, 2, 2, 4, 4, 16, 4),    # 64 x 64, 64 threads
     (32, 8, 1, 1, 4, 4, 16, 4),   # 128 x 32
     (8, 32, 1, 1, 4, 4, 16, 4),   # 32 x 128
+    # round 2 (after round 1 found dlight's 128-thread 4x4 tile best for most kernels and
+    # every larger tile slower): its neighbours, with 2-float vectors as in the default
+    (8, 16, 1, 1, 4, 4, 8, 2),    # K chunk 8
+    (8, 16, 1, 1, 4, 4, 32, 2),   # K chunk 32
+    (8, 16, 1, 1, 4, 4, 16, 4),   # 4-float vectors
+    (8, 16, 1, 1, 4, 4, 16, 1),   # no vectors
+    (8, 8, 2, 2, 4, 4, 16, 2),    # round 1's most frequent winner, 2-float vectors
+    (16, 8, 1, 1, 4, 8, 16, 2),
+    (8, 16, 2, 1, 4, 4, 16, 2),   # 64 x 64 through a virtual thread
+    (8, 16, 1, 2, 4, 4, 16, 2),   # 32 x 128
+    (16, 16, 1, 1, 4, 4, 16, 2),  # 256 threads, 2-float vectors
+    # round 3: round 2's winners (2-float vectors) with other K chunks and virtual threads
+    (8, 8, 2, 2, 4, 4, 32, 2),
+    (8, 8, 2, 2, 4, 4, 8, 2),
+    (16, 8, 1, 1, 4, 8, 32, 2),
+    (8, 16, 1, 2, 4, 4, 32, 2),
+    (16, 8, 2, 1, 4, 8, 16, 2),   # 128 x 64
+    (8, 8, 2, 4, 4, 4, 16, 2),    # 64 x 128 through virtual threads
 )
 
 #: the target kinds whose builds take tiles from the database (it holds CUDA times)

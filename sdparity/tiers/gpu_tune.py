@@ -55,7 +55,10 @@ def _kernels(mod, target):
             continue
 
 
-def prepare(model_name: str, dest: Path, stage_names: list[str], log=print) -> dict:
+def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, database: dict | None = None,
+            min_ms: float = 0.0) -> dict:
+    """``database``: skip candidates it already has times for (the default is always timed
+    again, as the reference of this run) and kernels whose default took less than ``min_ms``."""
     import tvm
     from tvm import relax
 
@@ -83,13 +86,16 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print) -> d
             if key in seen:
                 continue
             seen.add(key)
+            known = (database or {}).get(key, {}).get("times_ms", {})
+            if known and known.get(config_name(CANDIDATES[0]), 0.0) < min_ms:
+                continue
             args = []
             for buf in func.params:  # Buffers (TVM 0.27 has no buffer_map)
                 shape = [int(d) for d in buf.shape]  # static shapes only (the full-size model)
                 args.append({"shape": shape, "dtype": str(buf.dtype)})
             cands = []
             for values in CANDIDATES:
-                if not fits(values, "cuda"):
+                if not fits(values, "cuda") or (values != CANDIDATES[0] and config_name(values) in known):
                     continue
                 try:
                     sch = tuned_matmul(database={}, force=values).apply(func, target, False)
@@ -213,16 +219,28 @@ def apply(results_path: Path, dest: Path, log=print) -> Path:
         rows = res["workloads"]
     except (OSError, ValueError, KeyError) as e:
         raise SdparityError(f"{results_path}: not a tune-results.json ({e})") from None
+    from sdparity.compile.gpu_rules import CANDIDATES, config_name, load_database
+
+    old = load_database(dest) if dest.is_file() else {}
+    tvm_version = (res.get("versions") or {}).get("apache-tvm")
     db = {"card": res.get("card"), "arch": res.get("arch"), "model": res.get("model"),
-          "measured_with": res.get("versions", {}), "workloads": {}}
-    saved = 0.0
+          "apache-tvm": tvm_version, "workloads": dict(old)}
+    default, saved = config_name(CANDIDATES[0]), 0.0
     for r in rows:
         if not r["times_ms"]:
             continue
-        db["workloads"][r["key"]] = {"stage": r["stage"], "kernel": r["kernel"], "times_ms": r["times_ms"],
-                                     "disagree": r.get("disagree", {})}
-        times = list(r["times_ms"].values())
-        saved += times[0] - min(times)
+        # merge with an earlier round: its times are scaled by the ratio of the default's times
+        # (timed in both), so one kernel's candidates compare as if timed in one run
+        prev = old.get(r["key"], {})
+        times, disagree = {}, dict(prev.get("disagree", {}))
+        if prev.get("times_ms", {}).get(default) and r["times_ms"].get(default):
+            scale = r["times_ms"][default] / prev["times_ms"][default]
+            times = {k: round(v * scale, 5) for k, v in prev["times_ms"].items()}
+        times.update(r["times_ms"])
+        disagree.update(r.get("disagree", {}))
+        db["workloads"][r["key"]] = {"stage": r["stage"], "kernel": r["kernel"], "times_ms": times,
+                                     "disagree": disagree}
+        saved += times[default] - min(times.values()) if default in times else 0.0
     write_atomic(dest, json.dumps(db, indent=1, sort_keys=True) + "\n")
     log(f"{dest}: {len(db['workloads'])} kernels; the fastest candidates save {saved:.2f} ms over the "
         f"default (one call of each kernel)")
@@ -238,6 +256,10 @@ def main(argv=None) -> int:
     a.add_argument("--model", default="sd15-random")
     a.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     a.add_argument("--stages", default="unet,vae,clip")
+    a.add_argument("--new-only", action="store_true",
+                   help="time only candidates the database has no times for (and the default)")
+    a.add_argument("--min-ms", type=float, default=0.0,
+                   help="with --new-only: skip kernels whose default took less (ms) in the database")
     b = sub.add_parser("device", help="on the GPU machine: check and time every candidate")
     b.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-tune-result")))
@@ -247,7 +269,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
-        prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log)
+        from sdparity.compile.gpu_rules import load_database
+
+        prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log,
+                database=load_database() if args.new_only else None, min_ms=args.min_ms)
         return 0
     if args.cmd == "device":
         return device(args.dir, args.out, log)
