@@ -64,12 +64,16 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
 
     from reference.models import load_model
     from sdparity.compile import legalize
+    from sdparity.errors import SdparityError
     from sdparity.compile.gpu_rules import CANDIDATES, config_name, fits, tuned_matmul, workload_key
     from sdparity.registry import all_stages
     from sdparity.tiers import gpu_cuda
 
     target = gpu_cuda._cuda_backend().target()
     stages = all_stages()
+    unknown = [n for n in stage_names if n not in stages]
+    if unknown or not stage_names:
+        raise SdparityError(f"unknown stage(s) {', '.join(unknown) or '(none given)'}; stages are: {', '.join(stages)}")
     model = load_model(model_name, log=log)
     dest.mkdir(parents=True, exist_ok=True)
     funcs, workloads, seen = {}, [], set()
@@ -135,8 +139,12 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
 
 
 def device(folder: Path, out: Path, log=print) -> int:
+    from sdparity.errors import SdparityError
     from sdparity.tiers import gpu_cuda
 
+    if not (folder / "tune.tgz").is_file():
+        raise SdparityError(f"{folder / 'tune.tgz'} not found: run `python -m sdparity.tiers.gpu_tune prepare` "
+                            f"here and carry the folder")
     tvm = gpu_cuda._load_tvm_runtime()
     from sdparity.compile.compat import tensor
 
