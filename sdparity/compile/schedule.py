@@ -24,7 +24,7 @@ def schedule_for(mod, target):
         from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
         return schedule_llvm(mod, target)
     from sdparity.compile.compat import default_gpu_schedule, dlight
-    from sdparity.compile.gpu_rules import exact_row_reduction, tuned_matmul
+    from sdparity.compile.gpu_rules import exact_row_reduction, group_norm_rows, tuned_matmul
 
     dl = dlight()
 
@@ -34,7 +34,7 @@ def schedule_for(mod, target):
     with target:
         mod = relax.get_pipeline("zero")(mod)
         mod = dl.ApplyDefaultSchedule(
-            tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+            group_norm_rows(), tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             exact_row_reduction(), dl.gpu.Fallback()
         )(mod)
         mod = default_gpu_schedule()(mod)

@@ -130,3 +130,43 @@ def test_database_is_part_of_the_build_identity():
     assert gpu_rules.DEFAULT_DATABASE in module_files("sdparity.compile")
     data = json.loads(gpu_rules.DEFAULT_DATABASE.read_text())
     assert data["workloads"] and data["card"]
+
+
+def _group_norm_kernel(target):
+    """sdparity's GroupNorm legalization for this target, fused with a SiLU as in the VAE."""
+    from tvm import relax
+    from tvm.script import relax as R
+
+    from sdparity.compile import legalize
+
+    @tvm.script.ir_module
+    class GN:
+        @R.function
+        def main(x: R.Tensor((1, 64, 16, 16), "float32"), g: R.Tensor((64,), "float32"),
+                 b: R.Tensor((64,), "float32")):
+            with R.dataflow():
+                y = R.nn.group_norm(x, g, b, num_groups=32, channel_axis=1, axes=[2, 3])
+                z = R.multiply(y, R.sigmoid(y))
+                R.output(z)
+            return z
+
+    mod = legalize.apply(GN, target)
+    with target:
+        mod = relax.get_pipeline("zero")(mod)
+    return [f for gv, f in mod.functions_items() if "group_norm" in gv.name_hint][0]
+
+
+def test_group_norm_rows_takes_only_the_float64_statistics():
+    """The float64 sums may be reordered (their rounding is far below the output's float32
+    rounding); the float32 WebGPU variant's may not, so the rule must leave it alone."""
+    rule = gpu_rules.group_norm_rows()
+    sch = rule.apply(_group_norm_kernel(CUDA), CUDA, False)
+    assert sch is not None
+    text = sch.mod["main"].script()
+    blocks = re.findall(r'T\.sblock\("(\w+)"', text)
+    assert blocks == ["root", "gn_row_sum", "gn_sum", "gn_row_sumsq", "gn_sumsq", blocks[-1]], blocks
+    threads = _thread_extents(sch)
+    assert threads["threadIdx.x"] in (64, 256)
+    lib = tvm.compile(tvm.IRModule({"k": sch.mod["main"].with_attr("global_symbol", "k")}), target=CUDA)
+    assert lib is not None  # lowers and generates CUDA (nvcc runs where the kernels are loaded)
+    assert rule.apply(_group_norm_kernel(WEBGPU), WEBGPU, False) is None
