@@ -181,6 +181,7 @@ COMMAND_MODULES = (
     "sdparity.tiers.versions_env",
     "sdparity.tiers.calibrate",
     "sdparity.tiers.opreplay",
+    "sdparity.tiers.f16",
 )
 
 

@@ -169,8 +169,11 @@ def _checks_html(data: dict) -> str:
     rows = []
     for r in data.get("results", []):
         m, t, tol = r.get("metrics") or {}, r.get("timings") or {}, r.get("tolerance") or {}
-        tol_s = f"atol {tol['atol']:g} rtol {tol['rtol']:g}" + (
-            f" frac {tol['mismatch_frac']:g}" if tol.get("mismatch_frac") else "") if tol else "-"
+        if "factor" in tol:  # the f16 rule (sdparity f16): a factor of PyTorch's own float16 error
+            tol_s = f"<= {tol['factor']:g}x PyTorch f16 error"
+        else:
+            tol_s = f"atol {tol['atol']:g} rtol {tol['rtol']:g}" + (
+                f" frac {tol['mismatch_frac']:g}" if tol.get("mismatch_frac") else "") if tol else "-"
         rows.append(f"<tr class='{r['verdict']}'>" + "".join([
             _cell(r["stage"]), _cell(r["backend"]), _cell(r.get("case") or "-"), _cell(r.get("output") or "-"),
             _cell(r["verdict"].upper()), _cell(_num(m.get("max_abs")), num=True),
@@ -190,7 +193,10 @@ def _tolerances_html(data: dict) -> str:
         if tol and key not in seen:
             seen.add(key)
             budget = "-" if tol.get("floor_budget") is None else f"{tol['floor_budget']:g}x"
-            rows.append("<tr>" + "".join(_cell(x) for x in (*key, tol["atol"], tol["rtol"], tol["mismatch_frac"],
+            if "factor" in tol:  # the f16 rule: a factor of PyTorch's own float16 error
+                budget = f"{tol['factor']:g}x PyTorch f16 error"
+            rows.append("<tr>" + "".join(_cell(x) for x in (*key, tol.get("atol", "-"), tol.get("rtol", "-"),
+                                                             tol.get("mismatch_frac", "-"),
                                                              tol.get("reason", ""), budget,
                                                              tol.get("floor_reason", ""))) + "</tr>")
     return _table(["stage", "output", "backend", "atol", "rtol", "mismatch", "reason", "err/floor budget",

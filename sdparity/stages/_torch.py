@@ -36,10 +36,10 @@ def as_float64(module):
 
 
 def run(module, inputs, dtype: str) -> list:
-    """Run a wrapper on numpy inputs at float32 or float64; float inputs follow dtype."""
+    """Run a wrapper on numpy inputs at float16, float32 or float64; float inputs follow dtype."""
     import torch
 
-    tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    tdtype = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype]
     args = []
     for a in inputs:
         t = torch.from_numpy(np.array(a))
@@ -105,7 +105,7 @@ class TorchStage(Stage):
         return self.wrapper(model, self.fault)
 
     def reference(self, model):
-        """inputs, dtype -> outputs of the clean wrapper at float32 or float64."""
+        """inputs, dtype -> outputs of the clean wrapper at float16, float32 or float64."""
         def ref(inputs, dtype):
             key = (self.name, id(model))
             if dtype == "float64":
@@ -113,6 +113,12 @@ class TorchStage(Stage):
                     _F64_CACHE.clear()  # one float64 copy at a time: full-size models are large
                     _F64_CACHE[key] = as_float64(self.wrapper(model, None))
                 return run(_F64_CACHE[key], inputs, dtype)
+            if dtype == "float16":  # PyTorch's own float16 (the f16 mode's yardstick, tiers/f16.py)
+                import copy
+
+                import torch
+
+                return run(copy.deepcopy(self.wrapper(model, None)).to(torch.float16), inputs, dtype)
             return run(self.wrapper(model, None), inputs, dtype)
 
         return ref

@@ -1,0 +1,175 @@
+"""f16 mode: the model stages built with float16 compute, judged by PyTorch's own float16 error.
+
+``sdparity f16`` builds CLIP, the UNet and the VAE (the stages with weights; the scheduler,
+concat and RGBA stages are exact definitions and stay float32) through TVM's mixed-precision
+pass (``relax.transform.ToMixedPrecision``: float16 compute, float32 accumulation in matmuls
+and convolutions) and runs the usual cases. A float16 result cannot meet float32 tolerances,
+and a tolerance picked for it would say nothing; instead every output is compared with the
+float64 reference twice, the TVM float16 build's error and PyTorch's own float16 error (the
+same wrapper in ``torch.float16`` on the same inputs), and passes when
+
+    err(TVM f16) <= F16.factor * err(PyTorch f16)     (integer 0..255 outputs: at least F16.min_levels)
+
+``sdparity.tolerances.F16`` gives the factor and how it was measured. The report holds both
+errors side by side (``metrics.max_abs``, ``metrics.torch_f16_max_abs``, ``metrics.ratio``).
+
+Backends: llvm here; cuda where TVM and a GPU are present (the same NativeBackend path); a
+backend that is not available is a ``skip`` with its reason. WebGPU needs the adapter's
+``shader-f16`` feature (Dawn on the lent NVIDIA cards does not offer it: docs/performance.md)
+and is reported as a skip.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from sdparity.errors import SdparityError, one_line
+
+PRECISION_KEY = {"precision": "f16-mixed (ToMixedPrecision, float32 accumulation)"}
+DEFAULT_REPORT = "sdparity-report-f16.json"
+
+
+def to_f16(ir):
+    """The stage's IR with float16 compute (TVM's own mixed-precision pass)."""
+    from tvm import relax
+
+    from sdparity.ir import StageIR
+
+    return StageIR(relax.transform.ToMixedPrecision(out_dtype="float32")(ir.mod), ir.params)
+
+
+def judge(cand: np.ndarray, ref64: np.ndarray, torch16: np.ndarray, integer: bool) -> dict:
+    """Both errors against float64 and the verdict (the F16 budget of sdparity.tolerances)."""
+    from sdparity.tolerances import F16
+
+    c, r, t = (np.asarray(x, np.float64) for x in (cand, ref64, torch16))
+    if c.shape != r.shape:
+        return {"passed": False, "why": f"shape {list(c.shape)} != reference {list(r.shape)}"}
+    if not np.isfinite(c).all():
+        return {"passed": False, "why": f"{int((~np.isfinite(c)).sum())} non-finite values in the float16 build"}
+    err, terr = float(np.abs(c - r).max()), float(np.abs(t - r).max())
+    bound = F16.factor * terr
+    if integer:
+        bound = max(bound, F16.min_levels)
+    passed = err <= bound
+    ratio = err / terr if terr > 0 else (0.0 if err == 0 else float("inf"))
+    why = (f"f16 error {err:.3g} is {ratio:.3g}x PyTorch float16's {terr:.3g} "
+           f"({'within' if passed else 'over'} the bound {bound:.3g} = {F16.factor:g}x"
+           + (f", at least {F16.min_levels:g} level" if integer else "") + ")")
+    return {"passed": passed, "why": why, "max_abs": err, "torch_f16_max_abs": terr, "ratio": ratio,
+            "bound": bound, "factor": F16.factor, "n": int(c.size), "shape": list(c.shape)}
+
+
+def run_f16(stages, backends, model, report, cache, seed: int = 0, log=print) -> None:
+    import contextlib
+
+    from sdparity.runner import open_sessions
+    from sdparity.tolerances import F16
+
+    model_stages = [s for s in stages if s.component]
+    with contextlib.ExitStack() as stack:
+        sessions, problems = open_sessions([b for b in backends if b.name != "webgpu"], stack, log)
+        if any(b.name == "webgpu" for b in backends):
+            problems["webgpu"] = ("skip", "float16 on WebGPU needs the adapter's shader-f16 feature and an f16 "
+                                  "build of the web runtime; not built in sdparity (Dawn on the lent NVIDIA "
+                                  "cards offers no shader-f16)")
+        for b in backends:
+            if b.name in problems:
+                verdict, reason = problems[b.name]
+                for st in model_stages:
+                    report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
+                               function=None, output=None, shapes=None, verdict=verdict, message=reason,
+                               metrics=None, tolerance=F16.to_json(), timings=None, precision="f16")
+                log(f"[{b.name}] f16: {verdict}: {reason}")
+        for st in model_stages:
+            variant = st.default_variant(model)
+            cases = st.cases(model, variant, seed=seed)
+            refs: dict = {}
+            for b in backends:
+                runner = sessions.get(b.name)
+                if runner is None:
+                    continue
+                _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log)
+
+
+def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log) -> None:
+    from sdparity.tolerances import F16
+
+    tag = f"[{b.name}] {st.name} f16"
+    t0 = time.perf_counter()
+    common = dict(stage=st.name, backend=b.name, device_class=b.device_class, tolerance=F16.to_json(),
+                  precision="f16")
+    try:
+        art, meta, cached = b.build_cached(lambda: to_f16(st.build_ir(model, variant)),
+                                           {**st.build_key(model, variant), **PRECISION_KEY}, cache, log=log,
+                                           label=f"{st.name}/{b.name}/f16")
+    except Exception as e:  # noqa: BLE001 - a failed build is this check's result
+        log(f"{tag}: build failed: {one_line(e)}")
+        report.add(**common, case=None, function=None, output=None, shapes=None, verdict="error",
+                   message=f"f16 build failed: {one_line(e)}", metrics=None, timings=None)
+        return
+    timings = {"build_s": round(time.perf_counter() - t0, 3), "build_cached": cached}
+    log(f"{tag}: {'cached build reused' if cached else 'built'} in {timings['build_s']:.1f}s")
+    for case in cases:
+        try:
+            outs = runner.run(art, case.function, case.inputs)
+            if case.label not in refs:
+                refs[case.label] = (case.reference("float64"), case.reference("float16"))
+            r64, r16 = refs[case.label]
+        except Exception as e:  # noqa: BLE001
+            report.add(**common, case=case.label, function=case.function, output=None, shapes=case.shapes,
+                       verdict="error", message=f"run failed: {one_line(e)}", metrics=None, timings=timings)
+            log(f"{tag} {case.label}: ERROR {one_line(e)}")
+            continue
+        for spec, cand, ref64, t16 in zip(case.outputs, outs, r64, r16):
+            m = judge(cand, ref64, t16, spec.integer)
+            verdict = "pass" if m.pop("passed") else "fail"
+            why = m.pop("why")
+            report.add(**common, case=case.label, function=case.function, output=spec.name, shapes=case.shapes,
+                       verdict=verdict, message=why, metrics=m or None, timings=timings, integer=spec.integer)
+            log(f"{tag} {case.label} {spec.name}: {verdict.upper()} {why}")
+
+
+def add_parser(sub) -> None:
+    from sdparity.cli import add_model_args, backend_list, out_file, stage_list
+
+    p = sub.add_parser("f16", help="build the model stages in float16; judge each output by PyTorch's own "
+                       "float16 error (docs/numerics.md, 'f16 mode')", description=__doc__.split("\n\n")[1])
+    add_model_args(p)
+    p.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated (default: llvm)")
+    p.add_argument("--stages", type=stage_list, default=None,
+                   help="comma-separated (default: the model stages clip, unet, vae)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--report", type=out_file, default=out_file(DEFAULT_REPORT),
+                   help=f"report path (default: {DEFAULT_REPORT}; the HTML page goes beside it)")
+    p.add_argument("--rebuild", action="store_true", help="ignore cached builds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(handler=cmd_f16)
+
+
+def cmd_f16(args) -> int:
+    from sdparity.cache import BuildCache
+    from sdparity.cli import load_selection
+    from sdparity.reports.report import Report
+    from sdparity.reports.table import print_table
+    from sdparity.runner import Progress
+
+    log = Progress(quiet=args.quiet)
+    model, selected, backends, _ = load_selection(args, log)
+    if not any(s.component for s in selected):
+        raise SdparityError("f16 mode covers the model stages (clip, unet, vae); none is selected")
+    report = Report(model)
+    report.data["precision"] = "f16"
+    from sdparity.tolerances import F16
+
+    report.data["f16_rule"] = F16.to_json()
+    run_f16(selected, backends, model, report, BuildCache(rebuild=args.rebuild), seed=args.seed, log=log)
+    report.write(args.report)
+    print_table(report.data)
+    print(f"report: {args.report}")
+    from sdparity.reports.html import write_html
+
+    print(f"html: {write_html(args.report)}")
+    return 0 if report.ok else 1

@@ -1,0 +1,84 @@
+"""The f16 mode (sdparity.tiers.f16): real float16 builds of the tiny model's CLIP, UNet and VAE
+on llvm, judged against PyTorch's own float16 error. A regression inside TVM's mixed-precision
+pass (float16 accumulation in matmuls and convolutions instead of float32) must fail it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sdparity.registry import get_stage
+from sdparity.tiers import f16
+from sdparity.tolerances import F16
+
+MODEL_STAGES = ("clip", "unet", "vae")
+
+
+def _run(tiny, llvm, cache):
+    from sdparity.reports.report import Report
+    from sdparity.runner import Progress
+
+    report = Report(tiny)
+    f16.run_f16([get_stage(n) for n in MODEL_STAGES], [llvm], tiny, report, cache, log=Progress(quiet=True))
+    return report.results
+
+
+def test_f16_builds_pass_with_both_errors_recorded(tiny, llvm, cache):
+    results = _run(tiny, llvm, cache)
+    assert {r["stage"] for r in results} == set(MODEL_STAGES)
+    assert all(r["verdict"] == "pass" for r in results), [r["message"] for r in results if r["verdict"] != "pass"]
+    for r in results:
+        m = r["metrics"]
+        assert m["max_abs"] <= m["bound"] and m["factor"] == F16.factor
+        if not r.get("integer"):
+            # a real float16 build: far from float32 (tiny CLIP's float32 error is ~1e-6) and of
+            # the order of PyTorch's own float16 error
+            assert m["max_abs"] > 1e-4 and m["torch_f16_max_abs"] > 1e-4, r
+            assert 0.25 < m["ratio"] <= F16.factor, r
+
+
+@pytest.fixture()
+def tmp_cache(tmp_path):
+    from sdparity.cache import BuildCache
+
+    return BuildCache(root=tmp_path / "cache")  # the perturbed builds must not reach the shared cache
+
+
+def test_float16_accumulation_in_tvm_fails(tiny, llvm, tmp_cache, monkeypatch):
+    """TVM's ToMixedPrecision perturbed to accumulate in float16 (a plausible regression of the
+    pass): measured 2.6-7.5x PyTorch's float16 error (tolerances.F16), so every check fails."""
+    from tvm import relax
+
+    real = relax.transform.ToMixedPrecision
+
+    def accumulate_in_f16(out_dtype="float32", fp16_input_names=None):
+        return real(out_dtype="float16", fp16_input_names=fp16_input_names)
+
+    monkeypatch.setattr(relax.transform, "ToMixedPrecision", accumulate_in_f16)
+    results = _run(tiny, llvm, tmp_cache)
+    float_checks = [r for r in results if not r.get("integer")]
+    assert {r["stage"] for r in float_checks} == set(MODEL_STAGES)
+    assert all(r["verdict"] == "fail" for r in float_checks), [(r["stage"], r["message"]) for r in float_checks]
+    assert min(r["metrics"]["ratio"] for r in float_checks) > F16.factor
+
+
+def test_judge_rules():
+    ref = np.linspace(-1, 1, 100)
+    torch16 = ref + 1e-3
+    assert f16.judge(ref + 1.5e-3, ref, torch16, integer=False)["passed"]
+    assert not f16.judge(ref + 3e-3, ref, torch16, integer=False)["passed"]
+    bad = ref.copy()
+    bad[3] = np.nan
+    m = f16.judge(bad, ref, torch16, integer=False)
+    assert not m["passed"] and "non-finite" in m["why"]
+    assert not f16.judge(ref[:50], ref, torch16, integer=False)["passed"]
+    img = np.arange(256.0)
+    assert f16.judge(img + 1, img, img, integer=True)["passed"]  # 1 level even where torch is exact
+    assert not f16.judge(img + 2, img, img, integer=True)["passed"]
+
+
+def test_cli_refuses_a_selection_without_model_stages(capsys):
+    from sdparity.cli import main
+
+    assert main(["f16", "--stages", "scheduler_dpm", "-q"]) == 2
+    assert "covers the model stages" in capsys.readouterr().err
