@@ -144,6 +144,10 @@ def choose(entry: dict, kind: str) -> tuple[int, ...] | None:
     return None if best is None else best[1]
 
 
+def _has_float16(func) -> bool:
+    return any(str(b.dtype) == "float16" for b in getattr(func, "params", []) if hasattr(b, "dtype"))
+
+
 def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = None):
     """dlight's Matmul rule, with the config of each kernel from ``database`` (or ``force``d
     for every kernel: the tuner's candidates)."""
@@ -161,6 +165,13 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
                 entry = db.get(workload_key(func)) if isinstance(func, PrimFunc) else None
                 values = choose(entry, target.kind.name) if entry else None
             self._values = values
+            if target.kind.name == "cuda" and _has_float16(func):
+                # known issue tvm_dlight_f16_tensorize_segfault: with an arch of sm_70+ dlight
+                # tensorizes float16 matmuls and TVM 0.27 segfaults; without one it tiles them
+                # like float32 (the schedule does not depend on the arch otherwise)
+                import tvm
+
+                target = tvm.target.Target({"kind": "cuda", "max_num_threads": 1024, "thread_warp_size": 32})
             return super().apply(func, target, tunable)
 
         def get_configs(self, target):

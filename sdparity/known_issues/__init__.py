@@ -203,3 +203,19 @@ register(KnownIssue(
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))
+
+register(KnownIssue(
+    id="tvm_dlight_f16_tensorize_segfault",
+    title="dlight's matmul rule segfaults on float16 matmuls for CUDA sm_70+ (tensor-core path)",
+    description="For float16 inputs and all sides above 64, dlight's GPU Matmul hands the kernel to "
+    "MatmulTensorization (wmma); on TVM 0.27.0.post1 that ends in a segmentation fault inside "
+    "tvm::s_tir::Tensorize, for a plain 256x256x256 matmul as for every float16 convolution of the "
+    "SD 1.5 UNet after relax.transform.ToMixedPrecision. A segfault cannot be caught, so the whole "
+    "build dies. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
+    "(compile/gpu_rules.py: the rule sees the target without its arch). Found building the f16 mode "
+    "for CUDA (issue 13).",
+    covers=lambda r: r["backend"] == "cuda" and r.get("precision") == "f16" and r["verdict"] == "error"
+    and "Tensorize" in (r.get("message") or ""),
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))

@@ -180,7 +180,7 @@ def slim_tvm_package(dest: Path) -> Path:
     return out
 
 
-def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print) -> None:
+def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32") -> None:
     from reference.models import BUILTIN_MODELS, load_model
 
     from sdparity.errors import SdparityError
@@ -209,7 +209,12 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         folder.mkdir()
         t0 = time.perf_counter()
         ir = st.build_ir(model, variant)
-        backend.build(ir, folder, log=log)
+        if precision == "f16" and st.component:
+            from sdparity.tiers.f16 import to_f16
+
+            backend.build(to_f16(ir), folder, log=log)  # weights stay float32: same names and order
+        else:
+            backend.build(ir, folder, log=log)
         build_s = time.perf_counter() - t0
         cases = st.cases(model, variant, seed=0)
         arrays, meta_cases = {}, []
@@ -225,6 +230,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                                "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
         np.savez(folder / "cases.npz", **arrays)
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
+                "precision": precision if st.component else "f32",
                 "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases}
         if st.component:
             meta["component"] = st.component
@@ -285,7 +291,7 @@ def _timed(fn, sync, repeat: int) -> list[float]:
 def _torch_run(module, inputs, dtype):
     import torch
 
-    tdt = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    tdt = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype]
     args = []
     for a in inputs:
         t = torch.from_numpy(np.array(a)).cuda()
@@ -430,19 +436,22 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
 
     # ---- PyTorch on CUDA: float32 (TF32 off) and float64 for the noise floor
     ref_times, ref_peak = {}, None
+    f16 = meta.get("precision") == "f16"
     if module is not None:
-        module.cuda()
+        ref_dtype = "float16" if f16 else "float32"  # f16 mode: timed and judged against PyTorch's float16
+        module.to(getattr(torch, ref_dtype)).cuda()
         torch.cuda.reset_peak_memory_stats()
-        refs32 = [_torch_run(module, ins, "float32")[0] for ins in inputs]
+        refs32 = [_torch_run(module, ins, ref_dtype)[0] for ins in inputs]
         for fn, ci in timed.items():
-            targs = _torch_run(module, inputs[ci], "float32")[1]
+            targs = _torch_run(module, inputs[ci], ref_dtype)[1]
             with torch.no_grad():
                 ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat)
         ref_peak = torch.cuda.max_memory_allocated() / 2**20
         module.to(torch.float64)
         refs64 = [_torch_run(module, ins, "float64")[0] for ins in inputs]
         module.to(torch.float32).cpu()
-        kind = "torch cuda, same wrapper, float32 with TF32 off"
+        kind = ("torch cuda, same wrapper, float16" if f16 else
+                "torch cuda, same wrapper, float32 with TF32 off")
     else:
         refs32 = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
         refs64 = [[z[f"{ci}/float64/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
@@ -455,6 +464,18 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     # ---- compare and record
     for ci, c in enumerate(cases):
         for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs32[ci], refs64[ci]):
+            if f16:  # the f16 rule: TVM's error against float64 within a factor of PyTorch float16's
+                from sdparity.tiers.f16 import judge
+                from sdparity.tolerances import F16
+
+                m16 = judge(cand, ref64, ref, spec["integer"])
+                ok, why = m16.pop("passed"), m16.pop("why")
+                report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
+                           function=c["function"], output=spec["name"], shapes=c["shapes"],
+                           verdict="pass" if ok else "fail", message=why, metrics=m16 or None,
+                           tolerance=F16.to_json(), timings=None, precision="f16", integer=spec["integer"])
+                log(f"[cuda f16] {name} {c['label']} {spec['name']}: {'PASS' if ok else 'FAIL'} {why}")
+                continue
             tol = lookup(name, spec["name"], "cuda", meta["scope"])
             m = compare(cand, ref, tol, ref64, integer=spec["integer"])
             report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
@@ -471,6 +492,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                      "weights_upload_s": round(load_s, 3), "run_s": round(run_s, 6),
                      "run_s_all": [round(x, 6) for x in tvm_times[fn]], "ref_s": round(ref_s, 6),
                      "ref_s_all": [round(x, 6) for x in ref_times[fn]], "reference_kind": kind,
+                     "precision": "f16" if f16 else "f32",
                      "ref_device": "cuda", "ratio": round(run_s / ref_s, 3) if ref_s > 0 else None,
                      "device_mem_peak_mib": None if mem.dev_peak is None else round(mem.dev_peak, 1),
                      "device_mem_delta_mib": None if mem.dev_peak is None else round(mem.dev_peak - before, 1),
@@ -487,6 +509,9 @@ def main(argv=None) -> int:
     a.add_argument("--model", default="sd15-random")
     a.add_argument("--dir", type=Path, default=Path("out/gpu"))
     a.add_argument("--stages", default=None)
+    a.add_argument("--precision", choices=("f32", "f16"), default="f32",
+                   help="f16: the model stages through TVM's mixed-precision pass, judged and timed against "
+                   "PyTorch float16 (sdparity.tiers.f16)")
     b = sub.add_parser("device", help="on the GPU machine: run, compare, time; write gpu-report.json")
     b.add_argument("--dir", type=Path, default=Path("out/gpu"))
     b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-result")))
@@ -497,7 +522,7 @@ def main(argv=None) -> int:
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
-        prepare(args.model, args.dir, stages, log)
+        prepare(args.model, args.dir, stages, log, precision=args.precision)
         built = [d.name for d in args.dir.iterdir() if (d / "meta.json").is_file()]
         from sdparity.registry import all_stages
 

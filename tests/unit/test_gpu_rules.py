@@ -170,3 +170,29 @@ def test_group_norm_rows_takes_only_the_float64_statistics():
     lib = tvm.compile(tvm.IRModule({"k": sch.mod["main"].with_attr("global_symbol", "k")}), target=CUDA)
     assert lib is not None  # lowers and generates CUDA (nvcc runs where the kernels are loaded)
     assert rule.apply(_group_norm_kernel(WEBGPU), WEBGPU, False) is None
+
+
+def test_float16_matmul_for_cuda_schedules_without_the_tensorize_crash():
+    """Known issue tvm_dlight_f16_tensorize_segfault: dlight's tensor-core path segfaults on
+    float16 for sm_90; the rule must keep float16 kernels off it. In a subprocess: a regression
+    here is a crash, not an exception."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = """
+import tvm
+from tvm import te
+from sdparity.compile.gpu_rules import tuned_matmul
+a = te.placeholder((256, 256), "float16", name="a")
+b = te.placeholder((256, 256), "float16", name="b")
+r = te.reduce_axis((0, 256), name="r")
+c = te.compute((256, 256), lambda i, j: te.sum(a[i, r].astype("float32") * b[r, j].astype("float32"), axis=r))
+target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
+sch = tuned_matmul(database={}).apply(te.create_prim_func([a, b, c]), target, False)
+tvm.compile(tvm.IRModule({"k": sch.mod["main"].with_attr("global_symbol", "k")}), target=target)
+print("built")
+"""
+    root = Path(__file__).resolve().parents[2]
+    p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and "built" in p.stdout, (p.returncode, p.stderr[-2000:])
