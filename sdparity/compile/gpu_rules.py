@@ -1,4 +1,10 @@
-"""GPU schedules for matmuls and convolutions: dlight's Matmul rule with a tile per kernel.
+"""GPU schedule rules of sdparity's own, used by ``schedule.schedule_for`` before dlight's:
+
+* ``tuned_matmul``: dlight's Matmul rule with a tile per kernel (below);
+* ``exact_row_reduction``: max/min over a row, one block of threads a row;
+* ``group_norm_rows``: the float64-statistics GroupNorm of ``compile/legalize.py`` (CUDA).
+
+Each was measured on the lent H200 (docs/performance.md, "GPU tuning").
 
 dlight's ``Matmul`` rule turns every contraction it recognises (linear layers, attention's
 two products, and convolutions as implicit GEMMs: the im2col gather is inlined into the
@@ -40,7 +46,7 @@ FIELDS = ("block_size_x", "block_size_y", "vthread_x", "vthread_y",
 #: Candidate tiles (x = the I axis: rows of A, a convolution's output pixels; y = the J axis:
 #: columns of B, a convolution's output channels). The first is dlight's CUDA default; the
 #: rest span tiles of 32..128 on each side, 64..256 threads, 16..64 outputs per thread and
-#: K chunks of 8 and 16 (attention's head size 40 pads to 48 with 16, not with 8).
+#: K chunks of 8, 16 and 32 (attention's head size 40 pads to 48 with 16, not with 8).
 CANDIDATES: tuple[tuple[int, ...], ...] = (
     (8, 16, 1, 1, 4, 4, 16, 2),   # dlight's CUDA default: 32 x 64 tile, 128 threads
     (16, 16, 1, 1, 4, 4, 16, 4),  # 64 x 64, 256 threads
