@@ -36,7 +36,7 @@ on the project's machine (docs/gate.md, "Speed"): 2 cores shared with other jobs
 GPU results (records with a ``card``; ``sdparity.tiers.gpu_cuda``) on the same card: a ratio
 that got worse is a regression only when TVM's own time got worse by the same factor too;
 otherwise the status is ``reference-moved``. Measured on the H200 (docs/results/cuda-h200 and
-cuda-h200-tiles, two machines, same card, same TVM CLIP build): PyTorch's CLIP ran a steady
+cuda-h200-tiles, two machines, same card): PyTorch's CLIP ran a steady
 4.3-5.0 ms in one session and a steady 6.7-8.3 ms in the other, while TVM's took 5.41-5.58 ms
 in both, so the ratio moved x1.72 with nothing changed in TVM (each run's own spread was
 below x1.25). On a GPU the TVM kernels' own times are steady (UNet 170.3-170.7 ms across 10
