@@ -16,9 +16,20 @@ from __future__ import annotations
 TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
 
 
-def schedule_for(mod, target):
+def fused_for_gpu(mod, target):
+    """The kernels a GPU build schedules: legalized (the precise GroupNorm first; the zero
+    pipeline legalizes the rest) and fused, not yet scheduled. The tuner
+    (sdparity.tiers.gpu_tune) takes its kernels from here too."""
     from tvm import relax
 
+    from sdparity.compile import legalize
+
+    mod = legalize.apply(mod, target)
+    with target:
+        return relax.get_pipeline("zero")(mod)
+
+
+def schedule_for(mod, target):
     kind = target.kind.name
     if kind == "llvm":
         from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
@@ -27,12 +38,8 @@ def schedule_for(mod, target):
     from sdparity.compile.gpu_rules import exact_row_reduction, group_norm_rows, tuned_matmul
 
     dl = dlight()
-
-    from sdparity.compile import legalize
-
-    mod = legalize.apply(mod, target)  # precise GroupNorm; the zero pipeline legalizes the rest
+    mod = fused_for_gpu(mod, target)
     with target:
-        mod = relax.get_pipeline("zero")(mod)
         mod = dl.ApplyDefaultSchedule(
             group_norm_rows(), tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
             exact_row_reduction(), dl.gpu.Fallback()

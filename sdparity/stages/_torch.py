@@ -7,7 +7,9 @@ import numpy as np
 from sdparity.compile.frontend import export_to_relax
 from sdparity.registry import Case, Stage, StageIR
 
-_F64_CACHE: dict[tuple, object] = {}
+#: dtype -> ((stage name, id(model)), the wrapper converted to it): one copy per dtype at a
+#: time (full-size models are large), reused across a stage's cases
+_COPIES: dict[str, tuple] = {}
 
 
 def torch_module(define):
@@ -26,13 +28,14 @@ def torch_module(define):
     return make
 
 
-def as_float64(module):
-    """A float64 copy of a wrapper (for the float32 noise floor of the reference)."""
+def as_dtype(module, dtype: str):
+    """A copy of a wrapper in another dtype: float64 (the float32 noise floor of the reference)
+    or float16 (PyTorch's own float16, the f16 mode's yardstick: tiers/f16.py)."""
     import copy
 
     import torch
 
-    return copy.deepcopy(module).to(torch.float64)
+    return copy.deepcopy(module).to(getattr(torch, dtype))
 
 
 def run(module, inputs, dtype: str) -> list:
@@ -107,19 +110,14 @@ class TorchStage(Stage):
     def reference(self, model):
         """inputs, dtype -> outputs of the clean wrapper at float16, float32 or float64."""
         def ref(inputs, dtype):
+            if dtype == "float32":
+                return run(self.wrapper(model, None), inputs, dtype)
             key = (self.name, id(model))
-            if dtype == "float64":
-                if key not in _F64_CACHE:
-                    _F64_CACHE.clear()  # one float64 copy at a time: full-size models are large
-                    _F64_CACHE[key] = as_float64(self.wrapper(model, None))
-                return run(_F64_CACHE[key], inputs, dtype)
-            if dtype == "float16":  # PyTorch's own float16 (the f16 mode's yardstick, tiers/f16.py)
-                import copy
-
-                import torch
-
-                return run(copy.deepcopy(self.wrapper(model, None)).to(torch.float16), inputs, dtype)
-            return run(self.wrapper(model, None), inputs, dtype)
+            held = _COPIES.get(dtype)
+            if held is None or held[0] != key:
+                _COPIES.pop(dtype, None)  # release the old copy before making the new one
+                _COPIES[dtype] = (key, as_dtype(self.wrapper(model, None), dtype))
+            return run(_COPIES[dtype][1], inputs, dtype)
 
         return ref
 

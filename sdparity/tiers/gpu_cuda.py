@@ -434,14 +434,14 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
             fn: _kernel_profile(vm, dev, fn, args[ci], weights) for fn, ci in timed.items()}
     del vm, weights, args
 
-    # ---- PyTorch on CUDA: float32 (TF32 off) and float64 for the noise floor
+    # ---- PyTorch on CUDA: float32 (TF32 off; f16 mode: float16) and float64 for the noise floor
     ref_times, ref_peak = {}, None
     f16 = meta.get("precision") == "f16"
     if module is not None:
         ref_dtype = "float16" if f16 else "float32"  # f16 mode: timed and judged against PyTorch's float16
         module.to(getattr(torch, ref_dtype)).cuda()
         torch.cuda.reset_peak_memory_stats()
-        refs32 = [_torch_run(module, ins, ref_dtype)[0] for ins in inputs]
+        refs = [_torch_run(module, ins, ref_dtype)[0] for ins in inputs]
         for fn, ci in timed.items():
             targs = _torch_run(module, inputs[ci], ref_dtype)[1]
             with torch.no_grad():
@@ -453,7 +453,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         kind = ("torch cuda, same wrapper, float16" if f16 else
                 "torch cuda, same wrapper, float32 with TF32 off")
     else:
-        refs32 = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
+        refs = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
         refs64 = [[z[f"{ci}/float64/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
         for fn, ci in timed.items():
             f = stage.torch_eager(fn)
@@ -462,12 +462,12 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
 
     # ---- compare and record
+    if f16:
+        from sdparity.tiers.f16 import judge
+        from sdparity.tolerances import F16
     for ci, c in enumerate(cases):
-        for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs32[ci], refs64[ci]):
+        for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs[ci], refs64[ci]):
             if f16:  # the f16 rule: TVM's error against float64 within a factor of PyTorch float16's
-                from sdparity.tiers.f16 import judge
-                from sdparity.tolerances import F16
-
                 m16 = judge(cand, ref64, ref, spec["integer"])
                 ok, why = m16.pop("passed"), m16.pop("why")
                 report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],

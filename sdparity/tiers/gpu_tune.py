@@ -4,10 +4,11 @@ card, keep the fastest that computes what the default computes (issue 13).
 Three steps (docs/performance.md, "Tuning"):
 
 ``prepare`` (here: TVM and nvcc, no GPU)
-    legalizes and fuses the model stages exactly as ``sdparity.compile.schedule`` does, and
-    for every distinct kernel dlight's Matmul rule takes (linear layers, attention products,
-    convolutions) schedules each candidate tile of ``gpu_rules.CANDIDATES`` that fits CUDA;
-    all of them go into one CUDA module (``tune.so`` + its fatbin) with ``manifest.json``.
+    legalizes and fuses the model stages with ``sdparity.compile.schedule.fused_for_gpu`` (as
+    every GPU build does), and for every distinct kernel dlight's Matmul rule takes (linear
+    layers, attention products, convolutions) schedules each candidate tile of
+    ``gpu_rules.CANDIDATES`` that fits CUDA; one module per kernel (``w<i>.so`` and its CUDA
+    source, nvcc'd on the device in parallel) and ``manifest.json`` go into ``tune.tgz``.
 ``device`` (on the GPU machine, runtime-only TVM as in ``gpu_cuda``)
     per kernel: random inputs, every candidate run once and its outputs compared with the
     default's (the same sums in the same order: they must agree to float32 rounding), then
@@ -60,12 +61,11 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
     """``database``: skip candidates it already has times for (the default is always timed
     again, as the reference of this run) and kernels whose default took less than ``min_ms``."""
     import tvm
-    from tvm import relax
 
     from reference.models import load_model
-    from sdparity.compile import legalize
-    from sdparity.errors import SdparityError
     from sdparity.compile.gpu_rules import CANDIDATES, config_name, fits, tuned_matmul, workload_key
+    from sdparity.compile.schedule import fused_for_gpu
+    from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
     from sdparity.tiers import gpu_cuda
 
@@ -79,10 +79,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
     funcs, workloads, seen = {}, [], set()
     for name in stage_names:
         st = stages[name]
-        ir = st.build_ir(model, st.default_variant(model))
-        mod = legalize.apply(ir.mod, target)
-        with target:
-            mod = relax.get_pipeline("zero")(mod)
+        mod = fused_for_gpu(st.build_ir(model, st.default_variant(model)).mod, target)
         found = list(_kernels(mod, target))
         log(f"{name}: {len(found)} matmul/conv kernels")
         for kname, func in found:

@@ -134,10 +134,9 @@ def test_database_is_part_of_the_build_identity():
 
 def _group_norm_kernel(target):
     """sdparity's GroupNorm legalization for this target, fused with a SiLU as in the VAE."""
-    from tvm import relax
     from tvm.script import relax as R
 
-    from sdparity.compile import legalize
+    from sdparity.compile.schedule import fused_for_gpu
 
     @tvm.script.ir_module
     class GN:
@@ -150,9 +149,7 @@ def _group_norm_kernel(target):
                 R.output(z)
             return z
 
-    mod = legalize.apply(GN, target)
-    with target:
-        mod = relax.get_pipeline("zero")(mod)
+    mod = fused_for_gpu(GN, target)
     return [f for gv, f in mod.functions_items() if "group_norm" in gv.name_hint][0]
 
 
