@@ -102,10 +102,18 @@ def _group_norm(stats_dtype: str):
     return legalize
 
 
-def precise_legalize_map(target_kind: str) -> dict:
-    """customize_legalize_map for relax.transform.LegalizeOps on this target kind."""
+def precise_legalize_map(target_kind: str, winograd: bool | None = None) -> dict:
+    """customize_legalize_map for relax.transform.LegalizeOps on this target kind.
+
+    ``winograd``: rewrite 3x3 convolutions as Winograd F(2x2, 3x3) (``compile/winograd.py``);
+    by default on the target kinds listed there."""
+    from sdparity.compile import winograd as wg
+
     stats = "float32" if target_kind == "webgpu" else "float64"
-    return {"relax.nn.group_norm": _group_norm(stats)}
+    out = {"relax.nn.group_norm": _group_norm(stats)}
+    if (target_kind in wg.KINDS) if winograd is None else winograd:
+        out["relax.nn.conv2d"] = wg.legalize
+    return out
 
 
 def apply(mod, target):

@@ -15,6 +15,23 @@ from __future__ import annotations
 #: backends do, left unscheduled, compiled for plain LLVM at opt-level 0 (naive loops).
 TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
 
+#: target kinds whose builds replay each static region of a call as one CUDA graph
+#: (relax.transform.RewriteCUDAGraph): ~2400 VM instructions and ~900 kernel launches a UNet
+#: call become a few graph launches (measured: docs/performance.md, "CUDA graphs"). A graph
+#: keeps the addresses it was captured with, so weights must stay in the same device arrays
+#: between calls (every runner here keeps them); the parity cases run each function with
+#: several different inputs after the first capture, so a region that wrongly took an input
+#: as static fails them.
+CUDA_GRAPH_KINDS = frozenset({"cuda"})
+
+
+def build_context(target):
+    """The PassContext every relax.build for this target runs in (one place)."""
+    import tvm
+
+    return tvm.transform.PassContext(
+        config={"relax.backend.use_cuda_graph": target.kind.name in CUDA_GRAPH_KINDS})
+
 
 def fused_for_gpu(mod, target):
     """The kernels a GPU build schedules: legalized (the precise GroupNorm first; the zero

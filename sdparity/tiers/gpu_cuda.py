@@ -67,11 +67,12 @@ def _cuda_backend():
             from tvm import relax
 
             from sdparity.backends.native import LIB
-            from sdparity.compile.schedule import schedule_for
+            from sdparity.compile.schedule import build_context, schedule_for
 
             target = self.target()
             # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            ex = relax.build(schedule_for(ir.mod, target), target=target)
+            with build_context(target):
+                ex = relax.build(schedule_for(ir.mod, target), target=target)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
             # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
@@ -357,6 +358,34 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     return 0 if report.ok else 1
 
 
+def load_vm(tvm, lib_path: Path, dev, graphs: bool = True):
+    """The library's VM. ``graphs=False`` runs every CUDA-graph region kernel by kernel, for
+    the per-kernel profile (a replayed graph reaches the instrument hook as one call): the
+    graph builtin is swapped for one that invokes the region directly while the VM resolves
+    its builtins (at creation), then restored."""
+    import tvm_ffi
+    from tvm.runtime.vm import VirtualMachine
+
+    lib = tvm.runtime.load_module(str(lib_path))
+    if graphs:
+        return VirtualMachine(lib, dev)
+    name = "vm.builtin.cuda_graph.run_or_capture"
+    original = tvm_ffi.get_global_func(name, allow_missing=True)
+    made = {}
+
+    def direct(_ctx, region, args, *_):
+        return made["vm"].invoke_closure(region, *args)
+
+    tvm_ffi.register_global_func(name, direct, override=True)
+    try:
+        made["vm"] = VirtualMachine(lib, dev)
+    finally:
+        if original is not None:
+            tvm_ffi.register_global_func(name, original, override=True)
+    made["direct"] = direct  # the VM holds the function; keep the Python side alive with it
+    return made["vm"]
+
+
 def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
     """Time of every kernel call in one run (the device synchronized around each call)."""
     total: dict[str, list] = {}
@@ -385,7 +414,6 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                   profile: bool = False):
     """One stage: TVM first (its device memory measured alone), then PyTorch, then compare."""
     import torch
-    from tvm.runtime.vm import VirtualMachine  # runtime-only: tvm.relax needs the compiler
 
     from sdparity.backends.native import to_numpy_list
     from sdparity.tiers.bench import PeakSampler, device_used_mib
@@ -409,7 +437,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     before = device_used_mib() or 0.0
     with PeakSampler(device=True) as mem:
         t0 = time.perf_counter()
-        vm = VirtualMachine(tvm.runtime.load_module(str(folder / "lib.so")), dev)
+        vm = load_vm(tvm, folder / "lib.so", dev)
         weights = []
         if module is not None:
             state = dict(module.named_parameters())
@@ -429,10 +457,13 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         dev.sync()
         tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *weights], dev.sync, repeat)
                      for fn, ci in timed.items()}
-    if profile:
+    del vm
+    if profile:  # kernel by kernel: a CUDA graph is one call to the instrument hook
+        vm = load_vm(tvm, folder / "lib.so", dev, graphs=False)
         report.data["performance"]["gpu"].setdefault("kernels", {})[name] = {
             fn: _kernel_profile(vm, dev, fn, args[ci], weights) for fn, ci in timed.items()}
-    del vm, weights, args
+        del vm
+    del weights, args
 
     # ---- PyTorch on CUDA: float32 (TF32 off; f16 mode: float16) and float64 for the noise floor
     ref_times, ref_peak = {}, None
