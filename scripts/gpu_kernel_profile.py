@@ -22,7 +22,9 @@ import numpy as np
 
 KINDS = [  # first match wins
     ("vm builtins (alloc, reshape, null)", r"^vm\.builtin"),
-    ("conv2d (+ fused epilogue)", r"conv2d"),
+    ("Winograd GEMMs (3x3 convolutions)", r"winograd_gemm"),
+    ("Winograd transforms (input, output + epilogue, weights)", r"winograd_(input|output|weight)"),
+    ("conv2d, direct (+ fused epilogue)", r"conv2d"),
     ("matmul (+ fused epilogue)", r"matmul"),
     ("attention mask (fused_equal_..._max)", r"equal.*max"),
     ("softmax", r"softmax"),
@@ -35,6 +37,17 @@ KINDS = [  # first match wins
 
 def kind(kernel: str) -> str:
     return next(k for k, pattern in KINDS if re.search(pattern, kernel))
+
+
+def by_kind(kernels: list[dict]) -> list[dict]:
+    total = sum(k["s"] for k in kernels) or 1.0
+    acc: dict[str, list] = {}
+    for k in kernels:
+        row = acc.setdefault(kind(k["kernel"]), [0, 0.0])
+        row[0] += k["calls"]
+        row[1] += k["s"]
+    return [{"kind": name, "calls": n, "ms": round(s * 1e3, 2), "share": round(s / total, 3)}
+            for name, (n, s) in sorted(acc.items(), key=lambda kv: -kv[1][1])]
 
 
 def main(folder: Path, out: Path) -> None:
@@ -67,22 +80,15 @@ def main(folder: Path, out: Path) -> None:
             vm[fn](*args, *weights)
             dev.sync()
             times.append(time.perf_counter() - t0)
-        del vm  # timed above with CUDA graphs; profiled kernel by kernel
+        del vm  # timed above as built (with CUDA graphs where the build has them); profiled kernel by kernel
         vm = gpu_cuda.load_vm(tvm, folder / name / "lib.so", dev, graphs=False)
         vm[fn](*args, *weights)
         dev.sync()
         kernels = gpu_cuda._kernel_profile(vm, dev, fn, args, weights, top=100000)
         total = sum(k["s"] for k in kernels)
-        by_kind: dict[str, list] = {}
-        for k in kernels:
-            acc = by_kind.setdefault(kind(k["kernel"]), [0, 0.0])
-            acc[0] += k["calls"]
-            acc[1] += k["s"]
         result[name] = {
             "case": case["label"], "call_ms_median": round(sorted(times)[len(times) // 2] * 1e3, 2),
-            "synced_sum_ms": round(total * 1e3, 2),
-            "by_kind": [{"kind": k, "calls": n, "ms": round(s * 1e3, 2), "share": round(s / total, 3)}
-                        for k, (n, s) in sorted(by_kind.items(), key=lambda kv: -kv[1][1])],
+            "synced_sum_ms": round(total * 1e3, 2), "by_kind": by_kind(kernels),
             "kernels": kernels}
         print(f"{name}: call {result[name]['call_ms_median']} ms, synced sum {total * 1e3:.1f} ms", flush=True)
         for row in result[name]["by_kind"]:
@@ -93,4 +99,11 @@ def main(folder: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1:2] == ["--regroup"]:  # re-sum a kernel-profile.json by today's KINDS
+        path = Path(sys.argv[2])
+        data = json.loads(path.read_text())
+        for name in ("unet", "vae"):
+            data[name]["by_kind"] = by_kind(data[name]["kernels"])
+        path.write_text(json.dumps(data, indent=1))
+    else:
+        main(Path(sys.argv[1]), Path(sys.argv[2]))

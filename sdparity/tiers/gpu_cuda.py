@@ -304,7 +304,7 @@ def _torch_run(module, inputs, dtype):
 
 
 def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, log=print,
-           profile: bool = False) -> int:
+           profile: bool = False, graphs: bool = True) -> int:
     import torch
 
     from sdparity.files import write_atomic
@@ -324,7 +324,8 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     report.data["versions_prepare"] = built
     report.data["backends"]["cuda"] = {"name": "cuda", "device_class": "gpu", "arch": ARCH,
                                        "device_name": str(dev.device_name), "torch_device": card,
-                                       "torch": torch.__version__, "tvm_runtime": tvm.__version__}
+                                       "torch": torch.__version__, "tvm_runtime": tvm.__version__,
+                                       "cuda_graphs": graphs}
     perf: list[dict] = []
     report.data["performance"] = {"gpu": {"card": card, "repeat": repeat, "results": perf}}
     out.mkdir(parents=True, exist_ok=True)
@@ -343,7 +344,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
                 parts = random_components(meta["model"])
                 report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
             _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
-                          profile=profile and bool(meta.get("component")))
+                          profile=profile and bool(meta.get("component")), graphs=graphs)
         except Exception as e:  # record and go on: a later stage may still work
             import traceback
 
@@ -411,7 +412,7 @@ def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
 
 
 def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
-                  profile: bool = False):
+                  profile: bool = False, graphs: bool = True):
     """One stage: TVM first (its device memory measured alone), then PyTorch, then compare."""
     import torch
 
@@ -437,7 +438,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     before = device_used_mib() or 0.0
     with PeakSampler(device=True) as mem:
         t0 = time.perf_counter()
-        vm = load_vm(tvm, folder / "lib.so", dev)
+        vm = load_vm(tvm, folder / "lib.so", dev, graphs=graphs)
         weights = []
         if module is not None:
             state = dict(module.named_parameters())
@@ -549,6 +550,8 @@ def main(argv=None) -> int:
     b.add_argument("--repeat", type=int, default=5)
     b.add_argument("--stages", default=None)
     b.add_argument("--profile", action="store_true", help="also time every kernel of the model stages")
+    b.add_argument("--no-graphs", action="store_true",
+                   help="run the CUDA-graph regions kernel by kernel (no capture, no replay)")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -559,7 +562,7 @@ def main(argv=None) -> int:
 
         (args.dir / "order.json").write_text(json.dumps([n for n in all_stages() if n in built]))
         return 0
-    return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile)
+    return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile, graphs=not args.no_graphs)
 
 
 if __name__ == "__main__":

@@ -135,10 +135,11 @@ def test_cuda_build_schedules_every_winograd_kernel():
 
 
 def test_cuda_graph_regions_compute_what_the_plain_build_computes(tiny, tmp_path):
-    """A CUDA build replays static regions as CUDA graphs (schedule.CUDA_GRAPH_KINDS). The same
-    rewrite on llvm, its regions run kernel by kernel (gpu_cuda.load_vm(graphs=False), the
-    profile's path), gives the plain build's UNet output bit for bit: RewriteCUDAGraph's
-    regions cover every kernel once and in order."""
+    """Builds for schedule.CUDA_GRAPH_KINDS replay static regions as CUDA graphs (none today:
+    the full-size UNet crashed on the H200 with them). The rewrite on llvm, its regions run
+    kernel by kernel (gpu_cuda.load_vm(graphs=False): the profile's and `--no-graphs`' path),
+    gives the plain build's UNet output bit for bit: RewriteCUDAGraph's regions cover every
+    kernel once and in order, so a crash with graphs is in the capture or the replay."""
     import tvm_ffi
 
     from sdparity.backends.native import to_numpy_list, tvm_tensor
@@ -146,9 +147,8 @@ def test_cuda_graph_regions_compute_what_the_plain_build_computes(tiny, tmp_path
     from sdparity.registry import get_stage
     from sdparity.tiers import gpu_cuda
 
-    assert build_context(CUDA).config["relax.backend.use_cuda_graph"]
-    assert not build_context(tvm.target.Target("llvm")).config["relax.backend.use_cuda_graph"]
-    assert CUDA_GRAPH_KINDS == {"cuda"}
+    for target in (CUDA, tvm.target.Target("llvm")):
+        assert build_context(target).config["relax.backend.use_cuda_graph"] == (target.kind.name in CUDA_GRAPH_KINDS)
     stage = get_stage("unet")
     variant = stage.default_variant(tiny)
     ir = stage.build_ir(tiny, variant)
