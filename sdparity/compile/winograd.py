@@ -36,7 +36,7 @@ from __future__ import annotations
 
 #: target kinds whose builds rewrite 3x3 convolutions (measured on the lent H200:
 #: docs/performance.md, "Winograd")
-KINDS = frozenset({"cuda"})
+KINDS = frozenset({"cuda", "webgpu"})
 
 #: fewer input channels than this keep the direct convolution (the VAE's and UNet's 3x3
 #: convolutions have 128..1280; conv_in has 4)
