@@ -156,12 +156,29 @@ def schedule_primfunc(func):
     return out.with_attr("sdparity.contraction", True) if contractions else out
 
 
+#: elementwise functions that cost far more than a load (glibc's scalar expf: ~10 ns here)
+_COSTLY = ("exp", "log", "tanh", "erf", "sigmoid", "pow")
+
+
+def _costly(block) -> bool:
+    """Whether the block's value calls one of _COSTLY (read from its printed TIR: the 0.27
+    Python API has no TIR expression visitor)."""
+    import re
+
+    return re.search(r"\bT\.(%s)\w*\(" % "|".join(_COSTLY), str(block.body)) is not None
+
+
 def _try_inline(sch, name: str) -> None:
-    """Inline an elementwise block into its consumers (softmax's exp, masks, casts, reshapes):
-    no full-size intermediate is written and read back. Blocks that write a function output
-    or are not plainly elementwise stay."""
+    """Inline an elementwise block into its consumers (masks, casts, reshapes): no full-size
+    intermediate is written and read back. Blocks that write a function output or are not
+    plainly elementwise stay, and so does a costly one (exp, ...) with more than one consumer:
+    softmax's exp(x - max) feeds both the row sum and the normalization, and inlined it was
+    evaluated twice per element (docs/performance.md, "Where the CPU time goes")."""
     block = sch.get_sblock(name)
-    if any(iv.iter_type != 0 for iv in sch.get(block).iter_vars) or not sch.get_consumers(block):
+    consumers = sch.get_consumers(block)
+    if any(iv.iter_type != 0 for iv in sch.get(block).iter_vars) or not consumers:
+        return
+    if len(consumers) > 1 and _costly(sch.get(block)):
         return
     try:
         sch.compute_inline(block)
