@@ -70,6 +70,16 @@ def _two_sided(mat, block):
              for b in range(rows)] for a in range(rows)]
 
 
+def _cell(e, cells):
+    """cells[e // 4][e % 4] of a 4x4 grid for a symbolic e: a 16-way choice, unrolled."""
+    from tvm import te
+
+    out = cells[3][3]
+    for idx in range(14, -1, -1):
+        out = te.if_then_else(e == idx, cells[idx // 4][idx % 4], out)
+    return out
+
+
 def applies(call) -> bool:
     """Whether this relax.nn.conv2d call is one Winograd F(2x2, 3x3) computes."""
     from sdparity.compile.compat import type_info
@@ -107,11 +117,7 @@ def legalize(bb, call):
 
     def weight_transform(w):
         def f(e, ko, ci):
-            cells = _two_sided(G, lambda r, s: w[ko, ci, r, s])
-            out = cells[3][3]
-            for idx in range(14, -1, -1):  # select the cell e (a 16-way choice, unrolled)
-                out = te.if_then_else(e == idx, cells[idx // 4][idx % 4], out)
-            return out
+            return _cell(e, _two_sided(G, lambda r, s: w[ko, ci, r, s]))
         return te.compute((16, k, c), f, name="winograd_weight")
 
     def input_transform(x):
@@ -122,11 +128,7 @@ def legalize(bb, call):
             return te.if_then_else(inside, x[ni, ci, yy, xx], tir().const(0.0, "float32"))
 
         def f(e, ci, p):
-            cells = _two_sided(B_T, lambda r, s: d(ci, p, r, s))
-            out = cells[3][3]
-            for idx in range(14, -1, -1):
-                out = te.if_then_else(e == idx, cells[idx // 4][idx % 4], out)
-            return out
+            return _cell(e, _two_sided(B_T, lambda r, s: d(ci, p, r, s)))
         return te.compute((16, c, tiles), f, name="winograd_input")
 
     def products(u, v):
