@@ -13,41 +13,13 @@ timed too, median of 10).
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-KINDS = [  # first match wins
-    ("vm builtins (alloc, reshape, null)", r"^vm\.builtin"),
-    ("Winograd GEMMs (3x3 convolutions)", r"winograd_gemm"),
-    ("Winograd transforms (input, output + epilogue, weights)", r"winograd_(input|output|weight)"),
-    ("conv2d, direct (+ fused epilogue)", r"conv2d"),
-    ("matmul (+ fused epilogue)", r"matmul"),
-    ("attention mask (fused_equal_..._max)", r"equal.*max"),
-    ("softmax", r"softmax"),
-    ("group norm", r"group_norm|mean|variance"),
-    ("layer norm", r"layer_norm"),
-    ("transpose / reshape copies", r"transpose|reshape"),
-    ("other", r""),
-]
-
-
-def kind(kernel: str) -> str:
-    return next(k for k, pattern in KINDS if re.search(pattern, kernel))
-
-
-def by_kind(kernels: list[dict]) -> list[dict]:
-    total = sum(k["s"] for k in kernels) or 1.0
-    acc: dict[str, list] = {}
-    for k in kernels:
-        row = acc.setdefault(kind(k["kernel"]), [0, 0.0])
-        row[0] += k["calls"]
-        row[1] += k["s"]
-    return [{"kind": name, "calls": n, "ms": round(s * 1e3, 2), "share": round(s / total, 3)}
-            for name, (n, s) in sorted(acc.items(), key=lambda kv: -kv[1][1])]
+from sdparity.reports.kernels import by_kind
 
 
 def main(folder: Path, out: Path) -> None:

@@ -249,7 +249,8 @@ def vulkan_env(software: bool = False) -> dict:
     return env
 
 
-def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False) -> dict:
+def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False,
+             profile: bool = False, submit_every: int | None = None) -> dict:
     node = _node_binary(folder)
     dawn = folder / "dawn" / "dist" / "linux-x64"
     _unxz(dawn / "dawn.node.xz", dawn / "dawn.node", 0o755)
@@ -258,7 +259,8 @@ def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software:
            "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
            "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),
            "--runs", str(runs), "--trace", "--dawn", str(folder / "dawn"), "--tvmjs", str(folder / "tvmjs"),
-           "--tokenizers", str(folder / "tokenizers")]
+           "--tokenizers", str(folder / "tokenizers")] + (["--profile"] if profile else []) \
+        + ([] if submit_every is None else ["--submitEvery", str(submit_every)])
     log("node: " + " ".join(cmd[1:3]) + " ...")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=job.get("timeout_s", 1800),
@@ -288,7 +290,32 @@ def _diffusers_pipe(folder: Path, parts: dict, device: str):
     return pipe.to(device)
 
 
-def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False) -> int:
+def webgpu_profile(res: dict) -> dict | None:
+    """generate.mjs's per-pass GPU times (``--profile``) for the report's performance.gpu:
+    per VM function, its kernels by time and summed by kind (sdparity.reports.kernels, the
+    grouping of the CUDA profile), and the step's wall time split into recording the work
+    (JavaScript, tvmjs, Dawn) and waiting for the GPU."""
+    prof = res.get("profile")
+    if not prof:
+        return None
+    from sdparity.reports.kernels import by_kind
+
+    fns = {}
+    for fn, f in prof["functions"].items():
+        kernels = [{"kernel": k["kernel"], "calls": k["calls"], "s": k["ms_per_call"] / 1e3} for k in f["kernels"]]
+        fns[fn] = {"calls": f["calls"], "passes_per_call": f["passes_per_call"],
+                   "gpu_busy_ms_per_call": round(f["gpu_busy_ms_per_call"], 3),
+                   "by_kind": by_kind(kernels), "kernels": f["kernels"][:40]}
+    t = prof["timings"]
+    step = {"wall_ms_median": float(np.median(t["stepMs"])), "record_ms_median": float(np.median(t["encodeMs"]))}
+    step["gpu_busy_ms"] = sum(fns[f]["gpu_busy_ms_per_call"] for f in ("unet", "dpm_convert_model_output", "dpm_step")
+                              if f in fns)
+    return {"method": prof["note"], "dawn_flags": prof["flags"], "timed_passes": prof["timed_passes"],
+            "untimed_passes": prof["untimed_passes"], "step": step, "functions": fns}
+
+
+def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False,
+           profile: bool = False) -> int:
     import torch
 
     folder, out = folder.resolve(), out.resolve()
@@ -326,9 +353,17 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
     node_out = Path("/tmp/sdparity-node-out")
     shutil.rmtree(node_out, ignore_errors=True)
-    res = run_node(folder, node_out, job, runs, log, software)
-    rep["webgpu"] = {k: res.get(k) for k in ("adapter", "loadMs", "runs", "timings", "errors", "returncode",
-                                             "wall_s", "node_version", "width", "height")}
+    res = run_node(folder, node_out, job, runs, log, software, profile)
+    rep["webgpu"] = {k: res.get(k) for k in ("adapter", "submitEvery", "loadMs", "runs", "timings", "errors",
+                                             "returncode", "wall_s", "node_version", "width", "height")}
+    prof = webgpu_profile(res)
+    if prof:
+        rep["performance"] = {"gpu": {"card": card, "webgpu_kernels": prof}}
+        st = prof["step"]
+        log(f"profile: step {st['wall_ms_median']:.1f} ms wall, {st['record_ms_median']:.1f} ms recording the work, "
+            f"{st['gpu_busy_ms']:.1f} ms GPU busy (timestamp queries)")
+        for row in prof["functions"].get("unet", {}).get("by_kind", []):
+            log(f"  unet {row['kind']:<55} {row['calls']:6.0f} passes {row['ms']:8.2f} ms {row['share']:6.1%}")
     if (node_out / "node.log").is_file():
         shutil.copyfile(node_out / "node.log", out / "node.log")
     if res.get("errors") or res.get("returncode"):
@@ -412,6 +447,9 @@ def main(argv=None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--runs", type=int, default=2, help="generations per side (first cold; default 2)")
     b.add_argument("--swiftshader", action="store_true", help="Dawn on chromium's SwiftShader (no GPU: tests)")
+    b.add_argument("--profile", action="store_true",
+                   help="one more generation with a timestamp query around every GPU pass: per-kernel times "
+                        "under performance.gpu.webgpu_kernels (needs the adapter's timestamp-query)")
     args = p.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
@@ -420,7 +458,7 @@ def main(argv=None) -> int:
                "guidance": args.guidance, "seed": args.seed}
         prepare(args.model, args.dir, latent, job, log)
         return 0
-    return device(args.dir, args.out, args.runs, log, software=args.swiftshader)
+    return device(args.dir, args.out, args.runs, log, software=args.swiftshader, profile=args.profile)
 
 
 if __name__ == "__main__":

@@ -60,14 +60,49 @@ const LIMITS = [
   "maxComputeWorkgroupsPerDimension",
 ];
 
-export async function requestDevice(adapter, label, onError) {
+// features: optional features to request besides shader-f16 (each only if the adapter has it)
+export async function requestDevice(adapter, label, onError, features = []) {
   const requiredLimits = {};
   for (const k of LIMITS) requiredLimits[k] = adapter.limits[k];
-  const requiredFeatures = ["shader-f16"].filter((f) => adapter.features.has(f));
+  const requiredFeatures = ["shader-f16", ...features].filter((f) => adapter.features.has(f));
   const device = await withTimeout(adapter.requestDevice({ requiredLimits, requiredFeatures }), 30000,
                                    "GPUAdapter.requestDevice()");
   watchDevice(device, label, onError);
   return device;
+}
+
+// tvmjs records every kernel launch into one command encoder and submits it only at its next
+// sync, readback or free, so the GPU waits while JavaScript records a whole UNet call (59-85 ms
+// of 1352 passes on the H200 in Dawn: docs/performance.md, "WebGPU profile"). This makes the
+// device's command encoders submit what they hold every `passes` compute passes and go on in a
+// fresh encoder, so the GPU starts while the rest is recorded. Same commands, same queue
+// order; tvmjs's uniform buffers stay one per launch until its own flush, so no launch sees
+// another's arguments. passes = 0: leave tvmjs's batching alone.
+export const SUBMIT_EVERY = 64;
+
+export function submitEvery(device, passes = SUBMIT_EVERY) {
+  if (!passes) return;
+  const create = device.createCommandEncoder.bind(device);
+  device.createCommandEncoder = (desc) => {
+    let enc = create(desc);
+    let n = 0;
+    const beginComputePass = (pd) => {
+      if (n >= passes) {
+        device.queue.submit([enc.finish()]);
+        enc = create(desc);
+        n = 0;
+      }
+      n += 1;
+      return enc.beginComputePass(pd);
+    };
+    return new Proxy({}, {
+      get(_, key) {
+        if (key === "beginComputePass") return beginComputePass;
+        const v = enc[key];
+        return typeof v === "function" ? v.bind(enc) : v;
+      },
+    });
+  };
 }
 
 // tvmjs artifact cache that reads straight from the server.
@@ -84,7 +119,10 @@ const directFetch = {
 // each part took. One device per artifact: tvmjs's Instance.dispose() destroys the device it
 // was given. Checks the largest weight against the adapter's binding limit first, so a model
 // that cannot fit fails with a clear message instead of silently computing garbage.
-export async function loadArtifact(base, adapter, label, onError) {
+// opts: {features (see requestDevice), onDevice(device): called before the pipelines are
+// made (the Node profiler instruments the device there), submitEvery (see submitEvery;
+// default SUBMIT_EVERY)}.
+export async function loadArtifact(base, adapter, label, onError, opts = {}) {
   const t0 = performance.now();
   const ms = {};
   const meta = await (await fetchOk(base + "sdparity.json")).json();
@@ -101,7 +139,9 @@ export async function loadArtifact(base, adapter, label, onError) {
   }
   const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
   const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
-  const device = await requestDevice(adapter, label, onError);
+  const device = await requestDevice(adapter, label, onError, opts.features);
+  opts.onDevice?.(device);
+  submitEvery(device, opts.submitEvery ?? SUBMIT_EVERY);
   inst.initWebGPU(device);
   inst.beginScope(); // lives as long as the artifact
   ms.wasm = performance.now() - t0;

@@ -41,8 +41,11 @@ export async function rawBytes(inst, tensor) {
 
 // model: {inst, vm, meta} from gpu.js loadArtifact; config: the app's config.json;
 // table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
-// latents (Float32Array or null), trace}; onStep(k, steps) after every step.
-// Returns {trace, rgba (RGBA bytes), width, height, timings (ms)}.
+// latents (Float32Array or null), trace, onCall (optional: called with the function's name
+// before each call; the profiler tags GPU work with it)}; onStep(k, steps) after every step.
+// Returns {trace, rgba (RGBA bytes), width, height, timings (ms), calls ({fn: count})};
+// timings.encodeMs: per step, the time until the step's last call returned (tvmjs records the GPU work then and
+// submits it at the sync), timings.stepMs: the same plus the wait for the GPU.
 export async function generate(model, config, tokenizer, table, opts, onStep = () => {}) {
   const { inst, vm, meta } = model;
   const gpu = inst.webgpu();
@@ -58,13 +61,18 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
     else out.push(v);
     return out;
   };
-  const callAll = (f, ...args) => flatten(fns[f](...args, ...params(f)));
+  const calls = {};
+  const callAll = (f, ...args) => {
+    opts.onCall?.(f);
+    calls[f] = (calls[f] || 0) + 1;
+    return flatten(fns[f](...args, ...params(f)));
+  };
   const call = (f, ...args) => callAll(f, ...args)[0];
   const tensor = (arr, shp, dtype) => inst.empty(shp, dtype, gpu).copyFrom(arr);
   const scalar = (v, dtype) => tensor(dtype === "int32" ? Int32Array.of(v) : Float32Array.of(v), [], dtype);
   const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
   const read = async (t) => new Float32Array((await rawBytes(inst, t)).buffer.slice(0));
-  const timings = { stepMs: [] };
+  const timings = { stepMs: [], encodeMs: [] };
   const tok = config.tokenizer;
 
   inst.beginScope();
@@ -88,6 +96,7 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
                       scalar(table.sigma[k], "float32"));
       x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
       hist = x0;
+      timings.encodeMs.push(performance.now() - ts);
       await gpu.sync();
       timings.stepMs.push(performance.now() - ts);
       if (opts.trace) trace.latents.push(await read(x));
@@ -100,7 +109,7 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
     timings.decodeMs = performance.now() - tv;
     timings.totalMs = performance.now() - t0;
     const [h, w] = rgba.shape;
-    return { trace, rgba: bytes, width: w, height: h, timings };
+    return { trace, rgba: bytes, width: w, height: h, timings, calls };
   } finally {
     inst.endScope();
   }

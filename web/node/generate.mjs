@@ -6,6 +6,7 @@
 //
 //   node web/node/generate.mjs --data DIR --art DIR --out DIR [--latents FILE.f32]
 //        [--prompt P] [--negative N] [--steps 20] [--guidance 7.5] [--seed 0] [--trace] [--runs 1]
+//        [--profile] [--submitEvery N (passes per submit; 0: tvmjs's own batching; default gpu.js's)]
 //        [--dawn DIR (the `webgpu` package)] [--tvmjs DIR] [--tokenizers DIR]
 //
 // --data holds the app's config.json, tokenizer.json and dpm_consts.json (sdparity serve's
@@ -13,6 +14,9 @@
 // served on 127.0.0.1 so tvmjs loads weights exactly as in the browser. Writes to --out:
 // result.json (adapter, timings, errors), rgba.bin (H*W*4 bytes), and with --trace
 // latents.f32 (every step's latents), embeddings.f32 (positive then negative).
+// --profile: after the timed runs, one more run with a timestamp query around every compute
+// pass (./profile.mjs); result.json gets "profile": GPU time per VM function and kernel, per
+// call. The timed runs stay uninstrumented.
 // Exit status: 0 done, 1 generation failed, 2 bad arguments / no adapter.
 
 import { createServer } from "node:http";
@@ -26,15 +30,16 @@ const WEB = resolve(HERE, "..");
 
 function parseArgs(argv) {
   const o = { runs: 1, steps: 20, guidance: 7.5, seed: 0, prompt: "a photo of a cat", negative: "", trace: false,
+              profile: false, submitEvery: null,
               dawn: join(WEB, "node_modules", "webgpu"), tvmjs: join(WEB, "node_modules", "@mlc-ai", "web-runtime", "lib"),
               tokenizers: join(WEB, "node_modules", "@mlc-ai", "web-tokenizers", "lib") };
   for (let i = 0; i < argv.length; ++i) {
     const k = argv[i].replace(/^--/, "");
-    if (k === "trace") { o.trace = true; continue; }
+    if (k === "trace" || k === "profile") { o[k] = true; continue; }
     if (!(k in o) && !["data", "art", "out", "latents"].includes(k)) throw new Error(`unknown option --${k}`);
     const v = argv[++i];
     if (v === undefined) throw new Error(`--${k} needs a value`);
-    o[k] = ["runs", "steps", "guidance", "seed"].includes(k) ? Number(v) : v;
+    o[k] = ["runs", "steps", "guidance", "seed", "submitEvery"].includes(k) ? Number(v) : v;
   }
   for (const k of ["data", "art", "out"]) if (!o[k]) throw new Error(`--${k} is required`);
   for (const k of ["data", "art", "out", "latents", "dawn", "tvmjs", "tokenizers"]) if (o[k]) o[k] = resolve(o[k]);
@@ -82,7 +87,9 @@ async function main() {
   }
   const { create, globals } = await import(pathToFileURL(dawnIndex).href);
   Object.assign(globalThis, globals);
-  Object.defineProperty(globalThis, "navigator", { value: { gpu: create([]), userAgent: `node ${process.version} dawn` },
+  // profile: exact timestamps (Dawn rounds them unless this toggle is off)
+  const flags = o.profile ? ["disable-dawn-features=timestamp_quantization"] : [];
+  Object.defineProperty(globalThis, "navigator", { value: { gpu: create(flags), userAgent: `node ${process.version} dawn` },
                                                     configurable: true });
   // tvmjs is a UMD script; web-tokenizers is the same in a "type": "module" package, whose
   // emscripten part looks for CommonJS require/__filename in Node: give it those.
@@ -93,8 +100,9 @@ async function main() {
   const server = await serve({ "/data/": resolve(o.data), "/art/": resolve(o.art) });
   const base = `http://127.0.0.1:${server.address().port}`;
   // no global `location`: its emscripten part would take it for its own file's URL
-  const { describeAdapter, fetchOk, loadArtifact, requestAdapter } = await import("../common/gpu.js");
+  const { describeAdapter, fetchOk, loadArtifact, requestAdapter, SUBMIT_EVERY } = await import("../common/gpu.js");
   const pipeline = await import("../common/pipeline.js");
+  const { instrument, summarize } = await import("./profile.mjs");
 
   const onError = (msg) => { result.errors.push(msg); console.error(msg); };
   try {
@@ -108,10 +116,19 @@ async function main() {
       return finish(2);
     }
     result.adapter = describeAdapter(adapter);
+    result.submitEvery = o.submitEvery ?? SUBMIT_EVERY;
     const tok = await (await fetchOk(base + config.tokenizer.url)).arrayBuffer();
     const tokenizer = await globalThis.tokenizers.Tokenizer.fromJSON(tok);
     const tables = (await (await fetchOk(base + config.scheduler_url)).json()).tables;
-    const model = await loadArtifact(base + config.artifact, adapter, "node", onError);
+    let profiler = null;
+    const model = await loadArtifact(base + config.artifact, adapter, "node", onError, {
+      submitEvery: o.submitEvery ?? undefined,
+      ...(o.profile && {
+        features: ["timestamp-query"],
+        onDevice: (device) => { if (device.features.has("timestamp-query")) profiler = instrument(device); },
+      }),
+    });
+    if (o.profile && !profiler) onError("--profile: the adapter has no timestamp-query feature");
     result.loadMs = performance.now() - t0;
     let latents = null;
     if (o.latents) {
@@ -130,6 +147,16 @@ async function main() {
       result.runs.push(r.timings);
     }
     result.timings = r.timings;
+    if (profiler) {
+      profiler.start();
+      const p = await pipeline.generate(model, config, tokenizer, tables[String(o.steps)],
+                                        { ...opts, trace: false, onCall: profiler.setTag },
+                                        (k, n) => console.log(`profiled run step ${k + 1}/${n}`));
+      const { passes, untimed } = await profiler.collect();
+      result.profile = { untimed_passes: untimed, timed_passes: passes.length, timings: p.timings,
+                         functions: summarize(passes, p.calls),
+                         flags, note: "GPU time per compute pass from timestamp queries; one run after the timed runs" };
+    }
     result.width = r.width;
     result.height = r.height;
     result.timesteps = r.trace.timesteps;
