@@ -6,6 +6,7 @@ compared with diffusers.StableDiffusionPipeline by gpu_web itself."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
@@ -65,3 +66,42 @@ def test_no_adapter_is_a_clear_error(prepared, tmp_path):
     res = json.loads((out / "result.json").read_text())
     assert proc.returncode == 2, proc.stderr
     assert any("WebGPU is not available" in e for e in res["errors"]), res["errors"]
+
+
+def _generate(prepared, out, *flags):
+    """generate.mjs on SwiftShader, one step, with the prepared latents; returns result.json."""
+    node = gpu_web._node_binary(prepared)
+    proc = subprocess.run([node, str(gpu_web.WEB / "node" / "generate.mjs"), "--data", str(prepared / "data"),
+                           "--art", str(prepared / "art"), "--out", str(out), "--latents", str(prepared / "latents.f32"),
+                           "--steps", "1", "--trace", *flags],
+                          env=gpu_web.vulkan_env(software=True), capture_output=True, text=True, timeout=600)
+    res = json.loads((out / "result.json").read_text())
+    assert proc.returncode == 0 and not res["errors"], (res["errors"], proc.stderr[-2000:])
+    return res
+
+
+def test_early_submits_change_nothing_and_the_profile_names_every_pass(prepared, tmp_path):
+    """gpu.js submitEvery: tvmjs's batch submitted after every single pass (the most splits)
+    must give the same bytes as tvmjs's own batching (0). The profile of that run (timestamp
+    queries) names a kernel of the build for every pass and times every pass."""
+    from reference.models import random_components
+
+    assert gpu_web.write_weights(prepared, random_components("tiny"), log=print)  # as device() does
+    a = _generate(prepared, tmp_path / "batched", "--submitEvery", "0")
+    b = _generate(prepared, tmp_path / "split", "--submitEvery", "1", "--profile")
+    assert (a["submitEvery"], b["submitEvery"]) == (0, 1)
+    for f in ("latents.f32", "embeddings.f32", "rgba.bin"):
+        assert (tmp_path / "batched" / f).read_bytes() == (tmp_path / "split" / f).read_bytes(), f
+    prof = b["profile"]
+    assert prof["untimed_passes"] == 0 and prof["timed_passes"] > 100
+    meta = json.loads(next((prepared / "art").glob("*/sdparity.json")).read_text())
+    fns = prof["functions"]
+    assert set(fns) == set(meta["params"]) | {"concat_embeddings", "dpm_convert_model_output", "dpm_step",
+                                             "image_to_rgba"}, set(fns)
+    for fn, f in fns.items():
+        assert f["gpu_busy_ms_per_call"] > 0, fn
+        assert all(re.fullmatch(r"\w+_kernel(_\d+)?", k["kernel"]) for k in f["kernels"]), fn
+        assert abs(sum(k["ms_per_call"] for k in f["kernels"]) - f["gpu_busy_ms_per_call"]) < 1e-6 * f["calls"] + 1e-9
+    assert fns["unet"]["passes_per_call"] > 50  # the tiny UNet: hundreds of kernels, not one
+    summary = gpu_web.webgpu_profile(b)
+    assert summary["step"]["gpu_busy_ms"] > 0 and summary["functions"]["unet"]["by_kind"]
