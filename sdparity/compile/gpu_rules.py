@@ -21,11 +21,15 @@ that every candidate's output equals the default's on the card before its time c
 
 The database is keyed by the kernel's structure (``workload_key``: a hash of the PrimFunc
 without its name), so it applies to every build with the same shapes (the full-size model
-at 512x512) and to nothing else. The times are CUDA's, so only CUDA builds use them. WebGPU
-keeps dlight's WebGPU default: the CUDA tiles cannot simply be carried over (TVM 0.27 cannot
-build dlight's matmul with vector loads for WebGPU at all, known issue
-tvm_webgpu_vectorized_matmul; a 2x2-virtual-thread tile without them made SwiftShader lose
-its device after 160 s), and tuning on WebGPU needs per-kernel timing in Dawn (not built).
+at 512x512) and to nothing else. There is one database per target kind (``DATABASES``), each
+timed where that kind runs: CUDA kernels by TVM's time_evaluator on the card, WebGPU kernels
+in Dawn on the same card with timestamp queries (``gpu_tune --kind webgpu``). The WebGPU
+candidates (``candidates("webgpu")``) have no vector loads (TVM 0.27 cannot build dlight's
+matmul with them for WebGPU, known issue tvm_webgpu_vectorized_matmul) and no virtual threads
+(a 2x2-virtual-thread tile made SwiftShader lose its device after 160 s), and fit WebGPU's
+default limits (256 invocations, 16 KiB of workgroup memory), so a tuned wasm runs on any
+adapter the untuned one runs on. The WebGPU database also times dlight's own WebGPU config
+(which forcing a config cannot reproduce: it has no storage alignment) under ``DEFAULT``.
 """
 
 from __future__ import annotations
@@ -36,8 +40,11 @@ import json
 from pathlib import Path
 
 TUNED_DIR = Path(__file__).with_name("tuned")
-#: the card whose measurements the GPU builds use (docs/performance.md: the lent H200)
-DEFAULT_DATABASE = TUNED_DIR / "nvidia-h200.json"
+#: per target kind, the times its builds take tiles from (docs/performance.md: the lent H200)
+DATABASES = {"cuda": TUNED_DIR / "nvidia-h200.json", "webgpu": TUNED_DIR / "nvidia-h200-webgpu.json"}
+DEFAULT_DATABASE = DATABASES["cuda"]
+#: the name of dlight's own config in a database where it cannot be written as a candidate
+DEFAULT = "default"
 
 #: the knobs of dlight's Matmul.Config that a candidate sets, in this order
 FIELDS = ("block_size_x", "block_size_y", "vthread_x", "vthread_y",
@@ -80,8 +87,18 @@ CANDIDATES: tuple[tuple[int, ...], ...] = (
     (8, 8, 2, 4, 4, 4, 16, 2),    # 64 x 128 through virtual threads
 )
 
-#: the target kinds whose builds take tiles from the database (it holds CUDA times)
-TUNED_KINDS = ("cuda",)
+#: the target kinds whose builds take tiles from a database
+TUNED_KINDS = tuple(DATABASES)
+
+#: WebGPU-only candidates (their neighbours with more work a thread; vector 1, no virtual threads)
+WEBGPU_EXTRA: tuple[tuple[int, ...], ...] = (
+    (8, 8, 1, 1, 4, 4, 16, 1),    # dlight's WebGPU tile, K chunk 16
+    (8, 8, 1, 1, 8, 8, 8, 1),     # 64 x 64, 64 threads, 64 outputs each
+    (16, 8, 1, 1, 8, 8, 8, 1),    # 128 x 64
+    (8, 16, 1, 1, 8, 8, 8, 1),    # 64 x 128
+    (8, 8, 1, 1, 8, 4, 16, 1),    # 64 x 32
+    (8, 8, 1, 1, 4, 8, 16, 1),    # 32 x 64
+)
 
 #: the limits a candidate must fit, per target kind: threads a block and bytes of shared memory
 LIMITS = {"cuda": (1024, 48 * 1024), "webgpu": (256, 16 * 1024)}
@@ -106,6 +123,28 @@ def fits(values, kind: str) -> bool:
     return c["block_size_x"] * c["block_size_y"] <= threads and shared_bytes(values) <= shared
 
 
+def candidates(kind: str) -> list:
+    """The tiles the tuner times for a target kind, the default first. CUDA: CANDIDATES that
+    fit (the first is dlight's CUDA default). WebGPU: None (dlight's own WebGPU config), then
+    every CANDIDATES tile without virtual threads and with vector loads off, and WEBGPU_EXTRA."""
+    if kind == "cuda":
+        return [v for v in CANDIDATES if fits(v, "cuda")]
+    out: list = [None]
+    for v in CANDIDATES + WEBGPU_EXTRA:
+        v = webgpu_variant(v)
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def webgpu_variant(values) -> tuple[int, ...] | None:
+    """A tile as WebGPU builds can take it (vector loads off), or None when it cannot (virtual
+    threads, or over WebGPU's limits)."""
+    c = dict(zip(FIELDS, values))
+    v = tuple(values[:-1]) + (1,)
+    return v if c["vthread_x"] == c["vthread_y"] == 1 and fits(v, "webgpu") else None
+
+
 def workload_key(func) -> str:
     """The kernel's structure without its name: equal for the same computation and shapes."""
     from sdparity.compile.compat import structural_hash
@@ -127,25 +166,34 @@ def _read(path: str, mtime: float) -> dict:
                             f"re-create it with `python -m sdparity.tiers.gpu_tune apply`") from None
 
 
-def load_database(path: Path | None = None) -> dict:
+def load_database(path: Path | None = None, kind: str = "cuda") -> dict:
     """{workload key: {"stage", "kernel", "times_ms": {config name: ms}, ...}} of ``path``
-    (default: DEFAULT_DATABASE, looked up at call time); {} when there is none."""
-    path = Path(path) if path is not None else DEFAULT_DATABASE
+    (default: the database of ``kind``, looked up at call time); {} when there is none."""
+    if path is None and kind not in DATABASES:
+        return {}
+    path = Path(path) if path is not None else DATABASES[kind]
     if not path.is_file():
         return {}
     return _read(str(path), path.stat().st_mtime)
 
 
 def choose(entry: dict, kind: str) -> tuple[int, ...] | None:
-    """The fastest measured candidate that fits the target, among those that agreed with the
-    default on the card (the tuner drops the others); None: keep dlight's default (always for
-    a target kind outside TUNED_KINDS)."""
+    """The fastest measured candidate that the target can take, among those that agreed with
+    the default on the card (the tuner drops the others); None: keep dlight's default (when it
+    was fastest, when nothing was timed, and for a target kind outside TUNED_KINDS). WebGPU
+    takes only ``webgpu_variant`` tiles as they are."""
     if kind not in TUNED_KINDS:
         return None
     best = None
     for name, ms in entry.get("times_ms", {}).items():
-        values = tuple(int(v) for v in name.split("x"))
-        if len(values) == len(FIELDS) and fits(values, kind) and (best is None or ms < best[0]):
+        if name == DEFAULT:
+            values = None
+        else:
+            values = tuple(int(v) for v in name.split("x"))
+            if len(values) != len(FIELDS) or not fits(values, kind) or (
+                    kind == "webgpu" and webgpu_variant(values) != values):
+                continue
+        if best is None or ms < best[0]:
             best = (ms, values)
     return None if best is None else best[1]
 
@@ -162,11 +210,11 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
     from tvm.tirx import PrimFunc
 
     base = dlight().gpu.Matmul
-    db = load_database() if database is None else database
 
     class TunedMatmul(base):
         def apply(self, func, target, tunable):
             values = force
+            db = load_database(kind=target.kind.name) if database is None else database
             if values is None and db:
                 entry = db.get(workload_key(func)) if isinstance(func, PrimFunc) else None
                 values = choose(entry, target.kind.name) if entry else None

@@ -1,7 +1,10 @@
 """Tile tuning for the GPU matmul/convolution kernels: build candidates here, time them on the
 card, keep the fastest that computes what the default computes (issue 13).
 
-Three steps (docs/performance.md, "Tuning"):
+Three steps (docs/performance.md, "Tuning"), for CUDA (``--kind cuda``, the default) or WebGPU
+(``--kind webgpu``: the candidates' WGSL goes into ``tune-webgpu.json.gz``; on the device
+``web/node/tune.mjs`` checks and times them in Dawn with timestamp queries, with the Node and
+Dawn of a ``gpu_web prepare`` folder; ``apply`` writes ``tuned/<card>-webgpu.json``):
 
 ``prepare`` (here: TVM and nvcc, no GPU)
     legalizes and fuses the model stages with ``sdparity.compile.schedule.fused_for_gpu`` (as
@@ -56,20 +59,67 @@ def _kernels(mod, target):
             continue
 
 
+def _target(kind: str):
+    if kind == "webgpu":
+        from sdparity.backends.webgpu.backend import WebGPUBackend
+
+        return WebGPUBackend().target()
+    from sdparity.tiers import gpu_cuda
+
+    return gpu_cuda._cuda_backend().target()
+
+
+def _fused(stage, model, target):
+    """The stage's kernels as a ``kind`` build legalizes and fuses them."""
+    from sdparity.compile.schedule import fused_for_gpu
+
+    mod = stage.build_ir(model, stage.default_variant(model)).mod
+    if target.kind.name == "webgpu":
+        from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
+
+        mod = legalize_for_webgpu(mod)
+    return fused_for_gpu(mod, target)
+
+
+def _wgsl_functions(source: str) -> dict[str, str]:
+    """TVM's WebGPU module source (every kernel's WGSL after a "// Function: <name>" header)
+    split into one standalone WGSL text per kernel."""
+    import re
+
+    marks = [(m.start(), m.group(1)) for m in re.finditer(r"^// Function: (\w+)$", source, re.M)]
+    out: dict[str, str] = {}
+    for i, (start, name) in enumerate(marks):
+        end = marks[i + 1][0] if i + 1 < len(marks) else len(source)
+        out[name] = out.get(name, "") + source[start:end]
+    return out
+
+
+def _grid(func) -> list[int]:
+    """[blockIdx.x, blockIdx.y] extents of a scheduled static-shape kernel."""
+    import re
+
+    pattern = r'T\.thread_binding\((?:T\.int(?:32|64)\()?(\d+)\)?, thread="(blockIdx\.[xyz])"\)'
+    ext = {t: int(n) for n, t in re.findall(pattern, func.script())}
+    if not ext:
+        raise ValueError("no blockIdx binding found")
+    if "blockIdx.z" in ext:
+        raise ValueError("blockIdx.z is reserved by tvmjs")
+    return [ext.get("blockIdx.x", 1), ext.get("blockIdx.y", 1)]
+
+
 def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, database: dict | None = None,
-            min_ms: float = 0.0) -> dict:
+            min_ms: float = 0.0, kind: str = "cuda") -> dict:
     """``database``: skip candidates it already has times for (the default is always timed
     again, as the reference of this run) and kernels whose default took less than ``min_ms``."""
     import tvm
 
     from reference.models import load_model
-    from sdparity.compile.gpu_rules import CANDIDATES, config_name, fits, tuned_matmul, workload_key
-    from sdparity.compile.schedule import fused_for_gpu
+    from sdparity.compile.gpu_rules import DEFAULT, candidates, config_name, tuned_matmul, workload_key
     from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
     from sdparity.tiers import gpu_cuda
 
-    target = gpu_cuda._cuda_backend().target()
+    target = _target(kind)
     stages = all_stages()
     unknown = [n for n in stage_names if n not in stages]
     if unknown or not stage_names:
@@ -77,9 +127,10 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
     model = load_model(model_name, log=log)
     dest.mkdir(parents=True, exist_ok=True)
     funcs, workloads, seen = {}, [], set()
+    tiles = candidates(kind)
+    name_of = lambda v: DEFAULT if v is None else config_name(v)  # noqa: E731
     for name in stage_names:
-        st = stages[name]
-        mod = fused_for_gpu(st.build_ir(model, st.default_variant(model)).mod, target)
+        mod = _fused(stages[name], model, target)
         found = list(_kernels(mod, target))
         log(f"{name}: {len(found)} matmul/conv kernels")
         for kname, func in found:
@@ -88,26 +139,30 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
                 continue
             seen.add(key)
             known = (database or {}).get(key, {}).get("times_ms", {})
-            if known and known.get(config_name(CANDIDATES[0]), 0.0) < min_ms:
+            if known and known.get(name_of(tiles[0]), 0.0) < min_ms:
                 continue
             args = []
             for buf in func.params:  # Buffers (TVM 0.27 has no buffer_map)
                 shape = [int(d) for d in buf.shape]  # static shapes only (the full-size model)
-                args.append({"shape": shape, "dtype": str(buf.dtype)})
+                args.append({"shape": shape, "dtype": str(buf.dtype), "name": str(buf.name)})
             cands = []
-            for values in CANDIDATES:
-                if not fits(values, "cuda") or (values != CANDIDATES[0] and config_name(values) in known):
+            for values in tiles:
+                if values != tiles[0] and name_of(values) in known:
                     continue
                 try:
                     sch = tuned_matmul(database={}, force=values).apply(func, target, False)
                 except Exception as e:  # noqa: BLE001 - recorded: the candidate cannot tile this kernel
-                    log(f"  {kname} {config_name(values)}: not schedulable ({type(e).__name__})")
+                    log(f"  {kname} {name_of(values)}: not schedulable ({type(e).__name__})")
                     continue
-                fn = f"k{len(workloads)}_{config_name(values)}"
+                fn = f"k{len(workloads)}_{name_of(values)}"
                 funcs[fn] = sch.mod["main"].with_attr("global_symbol", fn)
-                cands.append({"function": fn, "config": config_name(values)})
+                cands.append({"function": fn, "config": name_of(values)})
             workloads.append({"key": key, "stage": name, "kernel": kname, "args": args, "candidates": cands})
     log(f"{len(workloads)} kernels, {sum(len(w['candidates']) for w in workloads)} candidates; code generation")
+    from sdparity.reports.report import versions
+
+    if kind == "webgpu":
+        return _prepare_webgpu(model_name, dest, stage_names, workloads, funcs, target, versions(), log)
     stage_dir = Path(tempfile.mkdtemp(prefix="tune-", dir=dest))
     try:
         for i, w in enumerate(workloads):
@@ -119,8 +174,6 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
             for src in gpu_cuda._cuda_sources(getattr(lib, "mod", lib)):
                 (stage_dir / f"kernels-{gpu_cuda._sha(src)}.cu").write_text(src)
             w["module"] = f"w{i}.so"
-        from sdparity.reports.report import versions
-
         manifest = {"model": model_name, "stages": stage_names, "arch": gpu_cuda.ARCH, "versions": versions(),
                     "workloads": workloads}
         (stage_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
@@ -132,6 +185,38 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
         shutil.rmtree(stage_dir, ignore_errors=True)
     gpu_cuda.slim_tvm_package(dest)
     log(f"{dest / 'tune.tgz'}: {(dest / 'tune.tgz').stat().st_size / 2**20:.1f} MiB")
+    return manifest
+
+
+WEBGPU_MANIFEST = "tune-webgpu.json.gz"
+#: how long one kernel's candidates may take in Dawn (compiling ~17 pipelines, 11 runs each)
+KERNEL_TIMEOUT_S = 120
+
+
+def _prepare_webgpu(model_name, dest, stage_names, workloads, funcs, target, versions, log) -> dict:
+    """WGSL and launch grid of every candidate, for web/node/tune.mjs (one gzipped JSON)."""
+    import gzip
+
+    import tvm
+
+    from sdparity.files import write_atomic_bytes
+
+    for w in workloads:
+        if any(a["dtype"] != "float32" for a in w["args"]):
+            w["candidates"] = []  # tune.mjs fills float32 inputs only
+            continue
+        ex = tvm.compile(tvm.IRModule({c["function"]: funcs[c["function"]] for c in w["candidates"]}), target=target)
+        dev_mod = next(m for m in getattr(ex, "mod", ex).imports if m.kind == "webgpu")
+        wgsl = _wgsl_functions(dev_mod.inspect_source())
+        for c in w["candidates"]:
+            entry = f"{c['function']}_kernel"
+            if entry not in wgsl:  # a candidate that needs two kernels: not a tile tune.mjs can launch
+                raise RuntimeError(f"{w['kernel']} {c['config']}: no single WGSL kernel {entry}")
+            c.update(entry=entry, wgsl=wgsl[entry], grid=_grid(funcs[c["function"]]))
+    manifest = {"model": model_name, "stages": stage_names, "kind": "webgpu", "versions": versions,
+                "workloads": [w for w in workloads if w["candidates"]]}
+    write_atomic_bytes(dest / WEBGPU_MANIFEST, gzip.compress(json.dumps(manifest, default=str).encode(), 6))
+    log(f"{dest / WEBGPU_MANIFEST}: {(dest / WEBGPU_MANIFEST).stat().st_size / 2**20:.1f} MiB")
     return manifest
 
 
@@ -197,6 +282,62 @@ def device(folder: Path, out: Path, log=print, budget_s: float = 0.0) -> int:
     return 0
 
 
+def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budget_s: float = 0.0,
+                  software: bool = False) -> int:
+    """Time the WebGPU candidates in Dawn: web/node/tune.mjs with the Node and Dawn of a
+    ``gpu_web prepare`` folder (``web_dir``; None: this machine's node and web/node_modules)."""
+    import subprocess
+
+    from sdparity.errors import SdparityError
+    from sdparity.tiers import gpu_web
+
+    manifest = folder / WEBGPU_MANIFEST
+    if not manifest.is_file():
+        raise SdparityError(f"{manifest} not found: run `python -m sdparity.tiers.gpu_tune prepare --kind webgpu` "
+                            f"here and carry the folder")
+    node, dawn = "node", gpu_web.WEB / "node_modules" / "webgpu"
+    if web_dir is not None:
+        node, dawn = gpu_web._node_binary(web_dir), web_dir / "dawn"
+        lib = dawn / "dist" / "linux-x64"
+        gpu_web._unxz(lib / "dawn.node.xz", lib / "dawn.node", 0o755)
+    import gzip
+
+    from sdparity.files import write_atomic
+
+    n = len(json.loads(gzip.decompress(manifest.read_bytes()))["workloads"])
+    out.mkdir(parents=True, exist_ok=True)
+    results, part = None, out / "one-kernel.json"
+    started = time.perf_counter()
+    # one Node process a kernel: in one process Dawn for Node crashed (SIGSEGV/SIGABRT) after
+    # a few kernels, on SwiftShader and on the H200 alike, while each kernel alone ran through
+    for i in range(n):
+        if budget_s and time.perf_counter() - started > budget_s:
+            log(f"time budget of {budget_s:.0f} s spent: {n - i} kernels left untimed")
+            break
+        part.unlink(missing_ok=True)
+        try:
+            proc = subprocess.run([node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest),
+                                   "--out", str(part), "--dawn", str(dawn), "--only", str(i)],
+                                  env=gpu_web.vulkan_env(software), capture_output=True, text=True,
+                                  timeout=KERNEL_TIMEOUT_S)
+        except subprocess.TimeoutExpired as e:
+            proc = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), f"timed out after {KERNEL_TIMEOUT_S} s")
+        log((proc.stdout + proc.stderr).strip()[-400:] or f"kernel {i}: no output")
+        if proc.returncode == 2:
+            raise SdparityError((proc.stderr.strip().splitlines() or ["tune.mjs failed"])[-1])
+        got = json.loads(part.read_text()) if part.is_file() else None
+        if results is None and got is not None:
+            results = {**got, "workloads": []}
+        if got is not None and got["workloads"]:
+            results["workloads"] += got["workloads"]
+        elif results is not None:
+            results.setdefault("crashed", []).append({"index": i, "returncode": proc.returncode})
+        if results is not None:
+            write_atomic(out / "tune-results-webgpu.json", json.dumps(results, indent=1))
+    part.unlink(missing_ok=True)
+    return 0
+
+
 def _nvcc_all(sources: list[Path], log) -> None:
     """nvcc every kernel source, in parallel (one process per core), beside it as the
     kernels-<sha>.fatbin that gpu_cuda's compile callback looks up."""
@@ -224,7 +365,9 @@ def _card_name() -> str:
         return "unknown"
 
 
-def apply(results_path: Path, dest: Path, log=print) -> Path:
+def apply(results_path: Path, dest: Path | None = None, log=print) -> Path:
+    """Write the tuning database of the results' target kind (``dest``: default, that kind's
+    database in gpu_rules.DATABASES)."""
     from sdparity.errors import SdparityError
     from sdparity.files import write_atomic
 
@@ -233,13 +376,17 @@ def apply(results_path: Path, dest: Path, log=print) -> Path:
         rows = res["workloads"]
     except (OSError, ValueError, KeyError) as e:
         raise SdparityError(f"{results_path}: not a tune-results.json ({e})") from None
-    from sdparity.compile.gpu_rules import CANDIDATES, config_name, load_database
+    from sdparity.compile.gpu_rules import CANDIDATES, DATABASES, DEFAULT, config_name, load_database
 
+    kind = res.get("kind", "cuda")
+    dest = Path(dest) if dest is not None else DATABASES[kind]
     old = load_database(dest) if dest.is_file() else {}
     tvm_version = (res.get("versions") or {}).get("apache-tvm")
-    db = {"card": res.get("card"), "arch": res.get("arch"), "model": res.get("model"),
+    db = {"card": res.get("card"), "arch": res.get("arch"), "kind": kind, "model": res.get("model"),
           "apache-tvm": tvm_version, "workloads": dict(old)}
-    default, saved = config_name(CANDIDATES[0]), 0.0
+    if kind == "webgpu":
+        db["adapter"] = res.get("adapter")
+    default, saved = (DEFAULT if kind == "webgpu" else config_name(CANDIDATES[0])), 0.0
     for r in rows:
         if not r["times_ms"]:
             continue
@@ -262,11 +409,10 @@ def apply(results_path: Path, dest: Path, log=print) -> Path:
 
 
 def main(argv=None) -> int:
-    from sdparity.compile.gpu_rules import DEFAULT_DATABASE
-
     p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_tune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("prepare", help="build every candidate tile of every matmul/conv kernel for CUDA")
+    a = sub.add_parser("prepare", help="build every candidate tile of every matmul/conv kernel")
+    a.add_argument("--kind", choices=("cuda", "webgpu"), default="cuda")
     a.add_argument("--model", default="sd15-random")
     a.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     a.add_argument("--stages", default="unet,vae,clip")
@@ -275,22 +421,29 @@ def main(argv=None) -> int:
     a.add_argument("--min-ms", type=float, default=0.0,
                    help="with --new-only: skip kernels whose default took less (ms) in the database")
     b = sub.add_parser("device", help="on the GPU machine: check and time every candidate")
+    b.add_argument("--kind", choices=("cuda", "webgpu"), default="cuda")
     b.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-tune-result")))
     b.add_argument("--budget-s", type=float, default=0.0,
                    help="stop timing new kernels after this many seconds (0: no limit); results so far are kept")
-    c = sub.add_parser("apply", help="write the tuning database from tune-results.json")
+    b.add_argument("--web-dir", type=Path, default=None,
+                   help="webgpu: a `gpu_web prepare` folder whose Node and Dawn to use (default: this machine's)")
+    b.add_argument("--swiftshader", action="store_true", help="webgpu: Dawn on chromium's SwiftShader (tests)")
+    c = sub.add_parser("apply", help="write the tuning database from tune-results(-webgpu).json")
     c.add_argument("results", type=Path)
-    c.add_argument("--database", type=Path, default=DEFAULT_DATABASE)
+    c.add_argument("--database", type=Path, default=None, help="default: the results' kind's database")
     args = p.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
         from sdparity.compile.gpu_rules import load_database
 
         prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log,
-                database=load_database() if args.new_only else None, min_ms=args.min_ms)
+                database=load_database(kind=args.kind) if args.new_only else None, min_ms=args.min_ms,
+                kind=args.kind)
         return 0
     if args.cmd == "device":
+        if args.kind == "webgpu":
+            return device_webgpu(args.dir, args.out, args.web_dir, log, args.budget_s, args.swiftshader)
         return device(args.dir, args.out, log, args.budget_s)
     apply(args.results, args.database, log)
     return 0

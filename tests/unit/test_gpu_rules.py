@@ -78,11 +78,11 @@ def test_target_limits():
     assert gpu_rules.shared_bytes((8, 16, 1, 1, 4, 4, 16, 2)) == (32 + 64) * 24 * 4
 
 
-def test_choose_takes_the_fastest_and_only_for_cuda():
+def test_choose_takes_the_fastest_tile_the_target_can_take():
     fast, slow, huge = "16x16x2x2x4x4x16x4", "8x16x1x1x4x4x16x2", "32x64x1x1x4x4x16x4"
     entry = {"times_ms": {slow: 3.0, fast: 1.0, huge: 0.5}}
     assert config_name(choose(entry, "cuda")) == fast  # huge: 2048 threads, over CUDA's limit
-    assert choose(entry, "webgpu") is None  # CUDA times: WebGPU keeps dlight's default
+    assert choose(entry, "webgpu") is None  # vector loads / virtual threads: no WebGPU tile here
     assert choose({"times_ms": {}}, "cuda") is None
 
 
