@@ -314,14 +314,18 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
         if budget_s and time.perf_counter() - started > budget_s:
             log(f"time budget of {budget_s:.0f} s spent: {n - i} kernels left untimed")
             break
-        part.unlink(missing_ok=True)
-        try:
-            proc = subprocess.run([node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest),
-                                   "--out", str(part), "--dawn", str(dawn), "--only", str(i)],
-                                  env=gpu_web.vulkan_env(software), capture_output=True, text=True,
-                                  timeout=KERNEL_TIMEOUT_S)
-        except subprocess.TimeoutExpired as e:
-            proc = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""), f"timed out after {KERNEL_TIMEOUT_S} s")
+        for attempt in range(2):  # a kernel whose process crashed gets one more
+            part.unlink(missing_ok=True)
+            try:
+                proc = subprocess.run([node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest),
+                                       "--out", str(part), "--dawn", str(dawn), "--only", str(i)],
+                                      env=gpu_web.vulkan_env(software), capture_output=True, text=True,
+                                      timeout=KERNEL_TIMEOUT_S)
+            except subprocess.TimeoutExpired as e:
+                proc = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""),
+                                                   f"timed out after {KERNEL_TIMEOUT_S} s")
+            if proc.returncode >= 0 or proc.returncode == -9:  # done, or out of time: no retry
+                break
         log((proc.stdout + proc.stderr).strip()[-400:] or f"kernel {i}: no output")
         if proc.returncode == 2:
             raise SdparityError((proc.stderr.strip().splitlines() or ["tune.mjs failed"])[-1])

@@ -308,8 +308,8 @@ def webgpu_profile(res: dict) -> dict | None:
                    "by_kind": by_kind(kernels), "kernels": f["kernels"][:40]}
     t = prof["timings"]
     step = {"wall_ms_median": float(np.median(t["stepMs"])), "record_ms_median": float(np.median(t["encodeMs"]))}
-    step["gpu_busy_ms"] = sum(fns[f]["gpu_busy_ms_per_call"] for f in ("unet", "dpm_convert_model_output", "dpm_step")
-                              if f in fns)
+    steps = len(t["stepMs"])  # the functions of a denoising step are those called once a step
+    step["gpu_busy_ms"] = sum(f["gpu_busy_ms_per_call"] for f in fns.values() if f["calls"] == steps)
     return {"method": prof["note"], "dawn_flags": prof["flags"], "timed_passes": prof["timed_passes"],
             "untimed_passes": prof["untimed_passes"], "step": step, "functions": fns}
 
@@ -362,8 +362,9 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
         st = prof["step"]
         log(f"profile: step {st['wall_ms_median']:.1f} ms wall, {st['record_ms_median']:.1f} ms recording the work, "
             f"{st['gpu_busy_ms']:.1f} ms GPU busy (timestamp queries)")
-        for row in prof["functions"].get("unet", {}).get("by_kind", []):
-            log(f"  unet {row['kind']:<55} {row['calls']:6.0f} passes {row['ms']:8.2f} ms {row['share']:6.1%}")
+        top = max(prof["functions"], key=lambda f: prof["functions"][f]["gpu_busy_ms_per_call"])
+        for row in prof["functions"][top]["by_kind"]:
+            log(f"  {top} {row['kind']:<55} {row['calls']:6.0f} passes {row['ms']:8.2f} ms {row['share']:6.1%}")
     if (node_out / "node.log").is_file():
         shutil.copyfile(node_out / "node.log", out / "node.log")
     if res.get("errors") or res.get("returncode"):
