@@ -304,9 +304,10 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
 
     from sdparity.files import write_atomic
 
-    n = len(json.loads(gzip.decompress(manifest.read_bytes()))["workloads"])
+    kernels = [w["kernel"] for w in json.loads(gzip.decompress(manifest.read_bytes()))["workloads"]]
+    n = len(kernels)
     out.mkdir(parents=True, exist_ok=True)
-    results, part = None, out / "one-kernel.json"
+    results, crashed, part = None, [], out / "one-kernel.json"
     started = time.perf_counter()
     # one Node process a kernel: in one process Dawn for Node crashed (SIGSEGV/SIGABRT) after
     # a few kernels, on SwiftShader and on the H200 alike, while each kernel alone ran through
@@ -334,10 +335,10 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
             results = {**got, "workloads": []}
         if got is not None and got["workloads"]:
             results["workloads"] += got["workloads"]
-        elif results is not None:
-            results.setdefault("crashed", []).append({"index": i, "returncode": proc.returncode})
-        if results is not None:
-            write_atomic(out / "tune-results-webgpu.json", json.dumps(results, indent=1))
+        else:  # kept even before any kernel ran through (round 2's first kernel crashed twice)
+            crashed.append({"index": i, "kernel": kernels[i], "returncode": proc.returncode})
+        write_atomic(out / "tune-results-webgpu.json", json.dumps(
+            {**(results or {"kind": "webgpu", "workloads": []}), "crashed": crashed}, indent=1))
     part.unlink(missing_ok=True)
     return 0
 
