@@ -10,19 +10,11 @@ import re
 
 import pytest
 import tvm
-from tvm import te
 
 from sdparity.compile import gpu_rules
 from sdparity.compile.gpu_rules import DEFAULT, candidates, choose, config_name, tuned_matmul, workload_key
 from sdparity.tiers import gpu_tune
-
-
-def _matmul(m=256, n=192, k=40):
-    a = te.placeholder((m, k), name="a")
-    b = te.placeholder((n, k), name="b")
-    r = te.reduce_axis((0, k), name="r")
-    c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[j, r], axis=r), name="c")
-    return te.create_prim_func([a, b, c])
+from tests.unit.test_gpu_rules import _matmul  # 256 x 192, K 96
 
 
 def test_webgpu_candidates_fit_webgpu_without_vectors_or_virtual_threads():
