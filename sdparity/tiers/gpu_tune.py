@@ -108,9 +108,10 @@ def _grid(func) -> list[int]:
 
 
 def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, database: dict | None = None,
-            min_ms: float = 0.0, kind: str = "cuda") -> dict:
+            min_ms: float = 0.0, kind: str = "cuda", kernels: list[str] | None = None) -> dict:
     """``database``: skip candidates it already has times for (the default is always timed
-    again, as the reference of this run) and kernels whose default took less than ``min_ms``."""
+    again, as the reference of this run) and kernels whose default took less than ``min_ms``.
+    ``kernels``: only the kernels of these names (e.g. to re-time a few, or a test)."""
     import tvm
 
     from reference.models import load_model
@@ -135,7 +136,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
         log(f"{name}: {len(found)} matmul/conv kernels")
         for kname, func in found:
             key = workload_key(func)
-            if key in seen:
+            if key in seen or (kernels and kname not in kernels):
                 continue
             seen.add(key)
             known = (database or {}).get(key, {}).get("times_ms", {})
@@ -158,6 +159,9 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
                 funcs[fn] = sch.mod["main"].with_attr("global_symbol", fn)
                 cands.append({"function": fn, "config": name_of(values)})
             workloads.append({"key": key, "stage": name, "kernel": kname, "args": args, "candidates": cands})
+    # the stages in the order given, each one's largest outputs first: a device call that runs
+    # out of time has timed what matters most (a UNet kernel runs 20 times a generation)
+    workloads.sort(key=lambda w: (stage_names.index(w["stage"]), -int(np.prod(w["args"][-1]["shape"]))))
     log(f"{len(workloads)} kernels, {sum(len(w['candidates']) for w in workloads)} candidates; code generation")
     from sdparity.reports.report import versions
 
@@ -191,6 +195,8 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
 WEBGPU_MANIFEST = "tune-webgpu.json.gz"
 #: how long one kernel's candidates may take in Dawn (compiling ~17 pipelines, 11 runs each)
 KERNEL_TIMEOUT_S = 120
+#: Node processes a kernel may take: each one resumes after the tiles the crashed one timed
+ATTEMPTS = 3
 
 
 def _prepare_webgpu(model_name, dest, stage_names, workloads, funcs, target, versions, log) -> dict:
@@ -315,28 +321,32 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
         if budget_s and time.perf_counter() - started > budget_s:
             log(f"time budget of {budget_s:.0f} s spent: {n - i} kernels left untimed")
             break
-        for attempt in range(2):  # a kernel whose process crashed gets one more
-            part.unlink(missing_ok=True)
+        part.unlink(missing_ok=True)
+        got, row = None, None
+        for attempt in range(ATTEMPTS):  # a crashed process resumes where it stopped
+            cmd = [node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest), "--out", str(part),
+                   "--dawn", str(dawn), "--only", str(i)] + (["--resume", str(part)] if attempt else [])
             try:
-                proc = subprocess.run([node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest),
-                                       "--out", str(part), "--dawn", str(dawn), "--only", str(i)],
-                                      env=gpu_web.vulkan_env(software), capture_output=True, text=True,
+                proc = subprocess.run(cmd, env=gpu_web.vulkan_env(software), capture_output=True, text=True,
                                       timeout=KERNEL_TIMEOUT_S)
             except subprocess.TimeoutExpired as e:
                 proc = subprocess.CompletedProcess(e.cmd, -9, str(e.stdout or ""),
                                                    f"timed out after {KERNEL_TIMEOUT_S} s")
-            if proc.returncode >= 0 or proc.returncode == -9:  # done, or out of time: no retry
+            if proc.returncode == 2:
+                raise SdparityError((proc.stderr.strip().splitlines() or ["tune.mjs failed"])[-1])
+            got = json.loads(part.read_text()) if part.is_file() else got
+            row = got["workloads"][0] if got and got["workloads"] else row
+            # done, out of time, or crashed after its last candidate (Dawn aborts at exit now and then)
+            if proc.returncode >= 0 or proc.returncode == -9 or (row and row.get("complete")):
                 break
-        log((proc.stdout + proc.stderr).strip()[-400:] or f"kernel {i}: no output")
-        if proc.returncode == 2:
-            raise SdparityError((proc.stderr.strip().splitlines() or ["tune.mjs failed"])[-1])
-        got = json.loads(part.read_text()) if part.is_file() else None
+        log((proc.stdout + proc.stderr).strip()[-400:] or f"kernel {i}: no output (exit status {proc.returncode})")
         if results is None and got is not None:
             results = {**got, "workloads": []}
-        if got is not None and got["workloads"]:
-            results["workloads"] += got["workloads"]
-        else:  # kept even before any kernel ran through (round 2's first kernel crashed twice)
-            crashed.append({"index": i, "kernel": kernels[i], "returncode": proc.returncode})
+        if row is not None and row["times_ms"]:
+            results["workloads"].append(row)  # a partial row (complete: false) keeps the tiles it timed
+        if row is None or not row.get("complete"):  # kept even before any kernel ran through
+            crashed.append({"index": i, "kernel": kernels[i], "returncode": proc.returncode,
+                            "timed": len(row["times_ms"]) if row else 0})
         write_atomic(out / "tune-results-webgpu.json", json.dumps(
             {**(results or {"kind": "webgpu", "workloads": []}), "crashed": crashed}, indent=1))
     part.unlink(missing_ok=True)
@@ -421,6 +431,7 @@ def main(argv=None) -> int:
     a.add_argument("--model", default="sd15-random")
     a.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     a.add_argument("--stages", default="unet,vae,clip")
+    a.add_argument("--kernels", default="", help="comma-separated kernel names: only these (default: all)")
     a.add_argument("--new-only", action="store_true",
                    help="time only candidates the database has no times for (and the default)")
     a.add_argument("--min-ms", type=float, default=0.0,
@@ -444,7 +455,7 @@ def main(argv=None) -> int:
 
         prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log,
                 database=load_database(kind=args.kind) if args.new_only else None, min_ms=args.min_ms,
-                kind=args.kind)
+                kind=args.kind, kernels=[k for k in args.kernels.split(",") if k] or None)
         return 0
     if args.cmd == "device":
         if args.kind == "webgpu":

@@ -9,7 +9,7 @@ implementation inside Chromium) instead of a page.
 ``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.tiers.serve.build_app``)
 and writes DIR:
     data/            config.json, tokenizer.json, dpm_consts.json (as served to the browser)
-    art/<name>/      sdparity.json, the wasm, params/tensor-cache.json (the shards, i.e. the
+    art/<name>/      sdparity.json, the wasm (xz), params/tensor-cache.json (the shards, i.e. the
                      weights, are not carried: UNet alone is 3.4 GB)
     weights.json     for every weight record: which component's state-dict entry holds its
                      bytes (matched by content here), and a sha256 of all weight bytes
@@ -143,8 +143,10 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
         shutil.rmtree(dest / sub, ignore_errors=True)
     shutil.copytree(data, dest / "data")
     (dest / "art" / art_name / meta["params_dir"]).mkdir(parents=True)
-    for f in ("sdparity.json", meta["wasm"], f"{meta['params_dir']}/tensor-cache.json"):
+    for f in ("sdparity.json", f"{meta['params_dir']}/tensor-cache.json"):
         shutil.copyfile(art / f, dest / "art" / art_name / f)
+    # xz: the tuned tiles made the full-size wasm 16 MB (3 MB as xz), and a device call carries 64 MiB
+    _xz(art / meta["wasm"], dest / "art" / art_name / (meta["wasm"] + ".xz"))
     for sub in ("tokenizer", "scheduler"):  # tokenizer.json is in data/ already: vocab + merges do
         shutil.copytree(model.path / sub, dest / sub, ignore=shutil.ignore_patterns("tokenizer.json"))
 
@@ -255,6 +257,8 @@ def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software:
     dawn = folder / "dawn" / "dist" / "linux-x64"
     _unxz(dawn / "dawn.node.xz", dawn / "dawn.node", 0o755)
     art_root = folder / "art"
+    for packed in art_root.rglob("*.wasm.xz"):
+        _unxz(packed, packed.with_suffix(""))
     cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
            "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
            "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),

@@ -3,19 +3,26 @@
 // `webgpu`): the device half of `python -m sdparity.tiers.gpu_tune device --kind webgpu`.
 //
 //   node web/node/tune.mjs --manifest FILE.json.gz --out results.json [--dawn DIR] [--budget-s S]
-//        [--only I (just the manifest's I-th kernel)]
+//        [--only I (just the manifest's I-th kernel)] [--resume R (skip the tiles R's row timed)]
 //
 // The manifest (gpu_tune prepare --kind webgpu) lists per kernel its arguments and, per
-// candidate tile, the WGSL TVM generated and the workgroup grid; the output is the last argument. Per kernel: inputs are filled
-// once with seeded values in [-1, 1); per candidate: the output is zeroed, the kernel runs once
-// and its output is compared with the first candidate's (dlight's default; the same sums in the
-// same order, so they must agree to float32 rounding, else the candidate is recorded as
-// disagreeing and not timed), then it runs REPEAT times, each pass between two timestamp
-// queries, and the median pass time is kept. Launches follow tvmjs's convention (a uniform
-// with the grid's x size after the buffers; an x grid of 2^16 or more is spread over z). results.json is rewritten after every kernel, atomically.
+// candidate tile, the WGSL TVM generated and the workgroup grid; the output is the last
+// argument. Per kernel: inputs are filled once with seeded values in [-1, 1); per candidate: the
+// output is zeroed, the kernel runs once and its output is compared with the first candidate's
+// (dlight's default; the same sums in the same order, so they must agree to float32 rounding,
+// else the candidate is recorded as disagreeing and not timed), then it runs REPEAT times, each
+// pass between two timestamp queries, and the median pass time is kept. The comparison runs on
+// the GPU (CHECK_WGSL: the largest |a - b| by atomicMax on the float's bits, 4 bytes read
+// back): the VAE's outputs are 0.5-1 GiB, and reading them back and comparing them in
+// JavaScript took more than the 120 s a kernel may take. Launches follow tvmjs's convention (a
+// uniform with the grid's x size after the buffers; an x grid of 2^16 or more is spread over
+// z). Pipelines are compiled one at a time, synchronously, just before their candidate runs.
+// results.json is rewritten after every candidate, atomically, the kernel's row marked
+// `complete` after its last: Dawn for Node crashes now and then (NOTES.md), and a crashed
+// process keeps what it timed; `--resume` (the driver's retry) skips the tiles timed before.
 // Exit status: 0 done (or out of budget), 2 bad arguments / no adapter.
 
-import { readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { gunzipSync } from "node:zlib";
@@ -28,7 +35,7 @@ function parseArgs(argv) {
   const o = { dawn: join(HERE, "..", "node_modules", "webgpu"), budgetS: 0, only: -1 };
   for (let i = 0; i < argv.length; i += 2) {
     const k = argv[i].replace(/^--/, "").replace(/-(\w)/g, (_, c) => c.toUpperCase());
-    if (!["manifest", "out", "dawn", "budgetS", "only"].includes(k) || argv[i + 1] === undefined) {
+    if (!["manifest", "out", "dawn", "budgetS", "only", "resume"].includes(k) || argv[i + 1] === undefined) {
       throw new Error(`bad option ${argv[i]}`);
     }
     o[k] = ["budgetS", "only"].includes(k) ? Number(argv[i + 1]) : resolve(argv[i + 1]);
@@ -56,6 +63,25 @@ function bindings(wgsl) {
   return out;
 }
 
+// max |a[i] - b[i]| (mode 1) or max |a[i]| (mode 0) over p.x values, into r[0] as the float's
+// bits: for non-negative floats the bits order like the values, and NaN's bits (exponent all
+// ones, mantissa non-zero) exceed infinity's, so a NaN anywhere reads back as NaN
+const CHECK_WGSL = `
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> r: array<atomic<u32>>;
+@group(0) @binding(3) var<uniform> p: vec4<u32>;
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) g: vec3<u32>, @builtin(num_workgroups) n: vec3<u32>) {
+  var m = 0u;
+  for (var i = g.x; i < p.x; i = i + n.x * 256u) {
+    var v = a[i];
+    if (p.y == 1u) { v = v - b[i]; }
+    m = max(m, bitcast<u32>(v) & 0x7fffffffu);
+  }
+  atomicMax(&r[0], m);
+}`;
+
 function seeded(n, seed) {
   let s = seed >>> 0 || 1;
   const a = new Float32Array(n);
@@ -68,6 +94,7 @@ async function main() {
   try { o = parseArgs(process.argv.slice(2)); } catch (e) { console.error(`tune.mjs: ${e.message}`); return 2; }
   const raw = readFileSync(o.manifest);
   const manifest = JSON.parse((o.manifest.endsWith(".gz") ? gunzipSync(raw) : raw).toString());
+  const resumed = o.resume && existsSync(o.resume) ? JSON.parse(readFileSync(o.resume)).workloads : [];
   const { create, globals } = await import(pathToFileURL(join(o.dawn, "index.js")).href);
   Object.assign(globalThis, globals);
   const gpu = create(["disable-dawn-features=timestamp_quantization"]);
@@ -92,6 +119,32 @@ async function main() {
   const resolved = device.createBuffer({ size: 16 * REPEAT, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });
   const U = GPUBufferUsage;
 
+  // the GPU-side comparison: check(a, b) = max |a - b|, check(a) = max |a|
+  const checkPipe = device.createComputePipeline({ layout: "auto",
+    compute: { module: device.createShaderModule({ code: CHECK_WGSL }), entryPoint: "main" } });
+  const maxBits = device.createBuffer({ size: 4, usage: U.STORAGE | U.COPY_SRC | U.COPY_DST });
+  const maxRead = device.createBuffer({ size: 4, usage: U.MAP_READ | U.COPY_DST });
+  const checkArgs = device.createBuffer({ size: 16, usage: U.UNIFORM | U.COPY_DST });
+  async function check(a, b) {
+    device.queue.writeBuffer(checkArgs, 0, Uint32Array.of(a.size / 4, b ? 1 : 0, 0, 0));
+    const group = device.createBindGroup({ layout: checkPipe.getBindGroupLayout(0), entries: [
+      { binding: 0, resource: { buffer: a } }, { binding: 1, resource: { buffer: b || a } },
+      { binding: 2, resource: { buffer: maxBits } }, { binding: 3, resource: { buffer: checkArgs } }] });
+    const enc = device.createCommandEncoder();
+    enc.clearBuffer(maxBits);
+    const pass = enc.beginComputePass();
+    pass.setPipeline(checkPipe);
+    pass.setBindGroup(0, group);
+    pass.dispatchWorkgroups(Math.min(4096, Math.ceil(a.size / 4 / 256)));
+    pass.end();
+    enc.copyBufferToBuffer(maxBits, 0, maxRead, 0, 4);
+    device.queue.submit([enc.finish()]);
+    await maxRead.mapAsync(GPUMapMode.READ);
+    const v = new Float32Array(maxRead.getMappedRange().slice(0))[0];
+    maxRead.unmap();
+    return v;
+  }
+
   for (const [wi, w] of manifest.workloads.entries()) {
     if (o.only >= 0 && wi !== o.only) continue;
     if (o.budgetS && (performance.now() - started) / 1e3 > o.budgetS) {
@@ -110,65 +163,66 @@ async function main() {
       return b;
     });
     const out = bufs[bufs.length - 1];
-    const staging = device.createBuffer({ size: out.size, usage: U.MAP_READ | U.COPY_DST });
-    const row = { key: w.key, stage: w.stage, kernel: w.kernel, times_ms: {}, disagree: {}, failed: {} };
-    let base = null, scale = 1;
-    const pipes = [];
-    for (const c of w.candidates) pipes.push(await (async () => {
+    const base = device.createBuffer({ size: out.size, usage: U.STORAGE | U.COPY_DST });
+    const before = resumed.find((r) => r.key === w.key) || {};
+    const row = { key: w.key, stage: w.stage, kernel: w.kernel, times_ms: { ...before.times_ms },
+                  disagree: { ...before.disagree }, failed: { ...before.failed }, complete: false };
+    results.workloads.push(row);
+    let scale = 1;
+    for (const [ci, c] of w.candidates.entries()) {
+      // a resumed run skips what the crashed one timed, except the default (the reference)
+      if (ci > 0 && (c.config in row.times_ms || c.config in row.disagree || c.config in row.failed)) continue;
       const binds = bindings(c.wgsl);
       const argOf = binds.map((b) => (b.type === "uniform" ? -1 : w.args.findIndex((a) => `${a.name}_ptr` === b.name)));
       if (argOf.some((i, k) => i < 0 && binds[k].type !== "uniform")) {
-        return { error: `a binding of ${c.entry} matches no argument: ${binds.map((b) => b.name)}` };
+        row.failed[c.config] = `a binding of ${c.entry} matches no argument: ${binds.map((b) => b.name)}`;
+        continue;
       }
-      const entries = binds.map((b) => ({ binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: b.type } }));
-      const layout = device.createBindGroupLayout({ entries });
-      try {
-        const pipeline = await device.createComputePipelineAsync({
-          layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
-          compute: { module: device.createShaderModule({ code: c.wgsl }), entryPoint: c.entry } });
-        return { pipeline, layout, binds, argOf };
-      } catch (e) {
-        return { error: e.message };
+      const layout = device.createBindGroupLayout({ entries: binds.map((b) => (
+        { binding: b.binding, visibility: GPUShaderStage.COMPUTE, buffer: { type: b.type } })) });
+      device.pushErrorScope("validation");
+      device.pushErrorScope("internal");
+      const pipeline = device.createComputePipeline({
+        layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+        compute: { module: device.createShaderModule({ code: c.wgsl }), entryPoint: c.entry } });
+      const internal = await device.popErrorScope();
+      const bad = (await device.popErrorScope()) || internal;
+      if (bad) {
+        row.failed[c.config] = bad.message.split("\n")[0];
+        if (ci === 0) break; // no default, nothing to compare with
+        continue;
       }
-    })());
-    for (const [ci, c] of w.candidates.entries()) {
-      const p = pipes[ci];
-      if (p.error) { row.failed[c.config] = p.error.split("\n")[0]; continue; }
       const [x, y, z] = grid(c.grid[0], c.grid[1]);
       const pod = device.createBuffer({ size: 16, usage: U.UNIFORM | U.COPY_DST });
       device.queue.writeBuffer(pod, 0, Uint32Array.of(c.grid[0], 0, 0, 0));
-      const group = device.createBindGroup({ layout: p.layout, entries: p.binds.map((b, k) => (
-        { binding: b.binding, resource: { buffer: p.argOf[k] < 0 ? pod : bufs[p.argOf[k]] } })) });
+      const group = device.createBindGroup({ layout, entries: binds.map((b, k) => (
+        { binding: b.binding, resource: { buffer: argOf[k] < 0 ? pod : bufs[argOf[k]] } })) });
       const run = (enc, timestampWrites) => {
         const pass = enc.beginComputePass(timestampWrites ? { timestampWrites } : {});
-        pass.setPipeline(p.pipeline);
+        pass.setPipeline(pipeline);
         pass.setBindGroup(0, group);
         pass.dispatchWorkgroups(x, y, z);
         pass.end();
       };
-      // the check run: zeroed output, one launch, read back
+      // the check run: zeroed output, one launch, compared on the GPU
       let enc = device.createCommandEncoder();
       enc.clearBuffer(out);
       run(enc);
-      enc.copyBufferToBuffer(out, 0, staging, 0, out.size);
+      if (ci === 0) enc.copyBufferToBuffer(out, 0, base, 0, out.size);
       device.queue.submit([enc.finish()]);
-      await staging.mapAsync(GPUMapMode.READ);
-      const got = new Float32Array(staging.getMappedRange().slice(0));
-      staging.unmap();
-      if (base === null) {
-        base = got;
-        scale = 0;
-        for (let i = 0; i < base.length; ++i) if (Math.abs(base[i]) > scale) scale = Math.abs(base[i]);
-        scale = scale || 1;
-      } else {
-        let diff = 0;
-        for (let i = 0; i < got.length; ++i) {
-          const d = Math.abs(got[i] - base[i]);
-          if (!(d <= diff)) diff = d; // NaN sticks
+      if (ci === 0) {
+        scale = (await check(base)) || 1;
+        if (!Number.isFinite(scale)) {
+          row.failed[c.config] = "the default's output is not finite";
+          break;
         }
-        if (!(diff <= AGREE_RTOL * scale)) {
+      } else {
+        const diff = await check(out, base);
+        if (!(diff <= AGREE_RTOL * scale)) { // NaN disagrees
           row.disagree[c.config] = diff / scale;
           console.log(`${w.kernel} ${c.config}: DISAGREES with the default (${(diff / scale).toExponential(2)} relative)`);
+          pod.destroy();
+          save();
           continue;
         }
       }
@@ -186,12 +240,13 @@ async function main() {
       pod.destroy();
       const ms = Array.from({ length: REPEAT }, (_, r) => Number(t[2 * r + 1] - t[2 * r]) / 1e6).sort((a, b) => a - b);
       row.times_ms[c.config] = Number(ms[REPEAT >> 1].toFixed(5));
+      save();
     }
-    for (const b of [...bufs, staging]) b.destroy();
+    for (const b of [...bufs, base]) b.destroy();
     if (errors.length) row.errors = errors.splice(0);
+    row.complete = true;
     const best = Object.entries(row.times_ms).sort((a, b) => a[1] - b[1])[0];
     console.log(`${w.stage} ${w.kernel}: default ${row.times_ms[w.candidates[0].config]} ms, best ${best}`);
-    results.workloads.push(row);
     save();
   }
   save();
