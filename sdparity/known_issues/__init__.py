@@ -211,7 +211,10 @@ register(KnownIssue(
     "MatmulTensorization (wmma); on TVM 0.27.0.post1 that ends in a segmentation fault inside "
     "tvm::s_tir::Tensorize, for a plain 256x256x256 matmul as for every float16 convolution of the "
     "SD 1.5 UNet after relax.transform.ToMixedPrecision. A segfault cannot be caught, so the whole "
-    "build dies. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
+    "build dies. Localized (every Schedule primitive logged before it runs): the rule's steps up to "
+    "the unrolls go through, and the process dies in its first Schedule.tensorize, with the wmma "
+    "load intrinsic wmma_load_16x16x16_f16_a_shared_dyn; importing tvm.s_tir.tensor_intrin.cuda "
+    "alone is fine. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
     "(compile/gpu_rules.py: the rule sees the target without its arch). Found building the f16 mode "
     "for CUDA (issue 13).",
     covers=lambda r: r["backend"] == "cuda" and r.get("precision") == "f16" and r["verdict"] == "error"
