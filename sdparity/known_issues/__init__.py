@@ -214,7 +214,11 @@ register(KnownIssue(
     "build dies. Localized (every Schedule primitive logged before it runs): the rule's steps up to "
     "the unrolls go through, and the process dies in its first Schedule.tensorize, with the wmma "
     "load intrinsic wmma_load_16x16x16_f16_a_shared_dyn; importing tvm.s_tir.tensor_intrin.cuda "
-    "alone is fine. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
+    "alone is fine. The wmma intrinsics are the trigger, not dlight: MetaSchedule's "
+    "MultiLevelTilingTensorCore with the wmma intrinsic group dies the same way in its "
+    "RewriteTensorize postprocessor, while with the mma group (ldmatrix + mma.sync, "
+    "mma_f16f16f32) the same 256x256x256 design space tensorizes without error: a tensor-core "
+    "path for the f16 mode would go through those. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
     "(compile/gpu_rules.py: the rule sees the target without its arch). Found building the f16 mode "
     "for CUDA (issue 13).",
     covers=lambda r: r["backend"] == "cuda" and r.get("precision") == "f16" and r["verdict"] == "error"
