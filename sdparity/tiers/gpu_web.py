@@ -223,6 +223,13 @@ def _unxz(src: Path, dest: Path, mode: int = 0o644) -> None:
     tmp.replace(dest)
 
 
+def unpack_art(folder: Path) -> Path:
+    """The prepared folder's art/ with its wasm unpacked (prepare carries it as xz)."""
+    for packed in (folder / "art").rglob("*.wasm.xz"):
+        _unxz(packed, packed.with_suffix(""))
+    return folder / "art"
+
+
 def _node_binary(folder: Path) -> str:
     found = shutil.which("node")
     if found and (os.environ.get("SDPARITY_CARRIED_NODE") != "1" or not (folder / "node.xz").is_file()):
@@ -256,9 +263,7 @@ def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software:
     node = _node_binary(folder)
     dawn = folder / "dawn" / "dist" / "linux-x64"
     _unxz(dawn / "dawn.node.xz", dawn / "dawn.node", 0o755)
-    art_root = folder / "art"
-    for packed in art_root.rglob("*.wasm.xz"):
-        _unxz(packed, packed.with_suffix(""))
+    art_root = unpack_art(folder)
     cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
            "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
            "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),

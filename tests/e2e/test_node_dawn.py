@@ -72,7 +72,8 @@ def _generate(prepared, out, *flags):
     """generate.mjs on SwiftShader, one step, with the prepared latents; returns result.json."""
     node = gpu_web._node_binary(prepared)
     proc = subprocess.run([node, str(gpu_web.WEB / "node" / "generate.mjs"), "--data", str(prepared / "data"),
-                           "--art", str(prepared / "art"), "--out", str(out), "--latents", str(prepared / "latents.f32"),
+                           "--art", str(gpu_web.unpack_art(prepared)), "--out", str(out), "--latents",
+                           str(prepared / "latents.f32"),
                            "--steps", "1", "--trace", *flags],
                           env=gpu_web.vulkan_env(software=True), capture_output=True, text=True, timeout=600)
     res = json.loads((out / "result.json").read_text())
