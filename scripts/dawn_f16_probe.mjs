@@ -23,7 +23,8 @@ const EXPECTED = [0.199951171875, 3, 6.5, 60000]; // f16(0.1) = 0.0999755859375;
 
 for (const flags of [[], ["enable-dawn-features=vulkan_enable_f16_on_nvidia"]]) {
   const row = { flags };
-  const adapter = await create(flags).requestAdapter();
+  const gpu = create(flags); // kept referenced while its adapter is used
+  const adapter = await gpu.requestAdapter();
   row.adapter = adapter ? adapter.info.description || adapter.info.device : null;
   row.shader_f16 = Boolean(adapter && adapter.features.has("shader-f16"));
   if (row.shader_f16) {

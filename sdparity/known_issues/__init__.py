@@ -205,6 +205,23 @@ register(KnownIssue(
 ))
 
 register(KnownIssue(
+    id="tvm_webgpu_grid_guard_off_by_one",
+    title="WebGPU kernels with an x grid tvmjs folds into z run one workgroup too many",
+    description="tvmjs launches a kernel whose x grid X is 2^16 or more as (ceil(X/2^k), y, 2^k) "
+    "workgroups and passes X as the uniform packGridDimX; TVM's WGSL code generator guards every "
+    "kernel with `if (blockIdx.z * gridDim.x + blockIdx.x > podArgs.packGridDimX) { return; }`. "
+    "Linear workgroup indices of the grid are 0..X-1, so the guard needs `>=`: with `>` the "
+    "workgroup whose index is X runs too, one block past the grid, whenever the fold rounds up "
+    "(X not a multiple of 2^k). The repro launches a 65537 x 64-thread fill as tvmjs does (32769 x "
+    "2 workgroups) in Dawn and finds the 64 floats past the grid written; with `>=` they stay 0. "
+    "No sdparity check meets it: SD 1.5 at 512x512 folds only power-of-two grids (other image "
+    "sizes would not). Found reading the WGSL of the tuner's kernels (issue 13), confirmed in Dawn.",
+    covers=lambda r: False,  # no check of the suite runs such a grid; the repro is the evidence
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))
+
+register(KnownIssue(
     id="tvm_dlight_f16_tensorize_segfault",
     title="dlight's matmul rule segfaults on float16 matmuls for CUDA sm_70+ (tensor-core path)",
     description="For float16 inputs and all sides above 64, dlight's GPU Matmul hands the kernel to "
