@@ -303,9 +303,7 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
                             f"here and carry the folder")
     node, dawn = "node", gpu_web.WEB / "node_modules" / "webgpu"
     if web_dir is not None:
-        node, dawn = gpu_web._node_binary(web_dir), web_dir / "dawn"
-        lib = dawn / "dist" / "linux-x64"
-        gpu_web._unxz(lib / "dawn.node.xz", lib / "dawn.node", 0o755)
+        node, dawn = gpu_web._node_binary(web_dir), gpu_web.unpack_dawn(web_dir)
     import gzip
 
     from sdparity.files import write_atomic

@@ -223,6 +223,13 @@ def _unxz(src: Path, dest: Path, mode: int = 0o644) -> None:
     tmp.replace(dest)
 
 
+def unpack_dawn(folder: Path) -> Path:
+    """The prepared folder's Dawn for Node package (dawn/) with its native module unpacked."""
+    lib = folder / "dawn" / "dist" / "linux-x64"
+    _unxz(lib / "dawn.node.xz", lib / "dawn.node", 0o755)
+    return folder / "dawn"
+
+
 def unpack_art(folder: Path) -> Path:
     """The prepared folder's art/ with its wasm unpacked (prepare carries it as xz)."""
     for packed in (folder / "art").rglob("*.wasm.xz"):
@@ -261,13 +268,12 @@ def vulkan_env(software: bool = False) -> dict:
 def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False,
              profile: bool = False, submit_every: int | None = None) -> dict:
     node = _node_binary(folder)
-    dawn = folder / "dawn" / "dist" / "linux-x64"
-    _unxz(dawn / "dawn.node.xz", dawn / "dawn.node", 0o755)
+    dawn = unpack_dawn(folder)
     art_root = unpack_art(folder)
     cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
            "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
            "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),
-           "--runs", str(runs), "--trace", "--dawn", str(folder / "dawn"), "--tvmjs", str(folder / "tvmjs"),
+           "--runs", str(runs), "--trace", "--dawn", str(dawn), "--tvmjs", str(folder / "tvmjs"),
            "--tokenizers", str(folder / "tokenizers")] + (["--profile"] if profile else []) \
         + ([] if submit_every is None else ["--submitEvery", str(submit_every)])
     log("node: " + " ".join(cmd[1:3]) + " ...")

@@ -60,8 +60,7 @@ def test_tuner_times_agreeing_tiles_and_refuses_wrong_ones(folder, tmp_path):
 
 def test_resume_keeps_what_a_crashed_run_timed(folder, tmp_path):
     configs = _configs(folder)
-    before = {"workloads": [{"key": json.loads(gzip.decompress((folder / gpu_tune.WEBGPU_MANIFEST).read_bytes()))
-                             ["workloads"][0]["key"], "times_ms": {"default": 123.0, configs[1]: 123.0},
+    before = {"workloads": [{"key": _workload(folder)["key"], "times_ms": {"default": 123.0, configs[1]: 123.0},
                              "disagree": {"half-grid": 0.5}, "failed": {}}]}
     (tmp_path / "before.json").write_text(json.dumps(before))
     proc = subprocess.run(["node", str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest",
@@ -77,6 +76,10 @@ def test_resume_keeps_what_a_crashed_run_timed(folder, tmp_path):
     assert row["disagree"]["half-grid"] == 0.5 and "scaled-1e-4" in row["disagree"]
 
 
+def _workload(folder) -> dict:
+    """The one kernel of the test's manifest."""
+    return json.loads(gzip.decompress((folder / gpu_tune.WEBGPU_MANIFEST).read_bytes()))["workloads"][0]
+
+
 def _configs(folder) -> list[str]:
-    m = json.loads(gzip.decompress((folder / gpu_tune.WEBGPU_MANIFEST).read_bytes()))
-    return [c["config"] for c in m["workloads"][0]["candidates"]]
+    return [c["config"] for c in _workload(folder)["candidates"]]
