@@ -102,9 +102,7 @@ class NativeBackend(Backend):
 
     # -- build ------------------------------------------------------------------------
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
-        from tvm import relax
-
-        from sdparity.compile.schedule import build_context, schedule_for
+        from sdparity.compile.schedule import build_module, schedule_for
 
         mod = schedule_for(ir.mod, self.target())
         target = self.target()
@@ -113,8 +111,7 @@ class NativeBackend(Backend):
 
             target = build_target(mod, target)
         try:
-            with build_context(target):
-                ex = relax.build(mod, target=target)
+            ex = build_module(mod, target)
         except Exception as e:
             raise SdparityError(f"relax.build for {self.kind} failed: {str(e).strip().splitlines()[-1]}") from e
         ex.export_library(str(out_dir / LIB))

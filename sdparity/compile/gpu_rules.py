@@ -123,10 +123,17 @@ def fits(values, kind: str) -> bool:
     return c["block_size_x"] * c["block_size_y"] <= threads and shared_bytes(values) <= shared
 
 
-def candidates(kind: str) -> list:
-    """The tiles the tuner times for a target kind, the default first. CUDA: CANDIDATES that
+def candidates(kind: str, func=None) -> list:
+    """The tiles the tuner times for a target kind (and kernel), the default first. CUDA: a
+    float16 kernel with float32 accumulation (f16 mode) takes the tensor-core tiles of
+    ``compile/mma.py`` (``mma.CANDIDATES``, its default first); other kernels CANDIDATES that
     fit (the first is dlight's CUDA default). WebGPU: None (dlight's own WebGPU config), then
     every CANDIDATES tile without virtual threads and with vector loads off, and WEBGPU_EXTRA."""
+    if kind == "cuda" and func is not None:
+        from sdparity.compile import mma
+
+        if mma.is_f16_matmul(func):
+            return list(mma.CANDIDATES)
     if kind == "cuda":
         return [v for v in CANDIDATES if fits(v, "cuda")]
     out: list = [None]
@@ -184,10 +191,16 @@ def choose(entry: dict, kind: str) -> tuple[int, ...] | None:
     takes only ``webgpu_variant`` tiles as they are."""
     if kind not in TUNED_KINDS:
         return None
+    from sdparity.compile.mma import MmaConfig
+
     best = None
     for name, ms in entry.get("times_ms", {}).items():
         if name == DEFAULT:
             values = None
+        elif name.startswith("mma"):  # a tensor-core tile (compile/mma.py): CUDA only
+            if kind != "cuda":
+                continue
+            values = MmaConfig.parse(name)
         else:
             values = tuple(int(v) for v in name.split("x"))
             if len(values) != len(FIELDS) or not fits(values, kind) or (
@@ -213,16 +226,38 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
 
     class TunedMatmul(base):
         def apply(self, func, target, tunable):
+            from sdparity.errors import one_line
+
             values = force
             db = load_database(kind=target.kind.name) if database is None else database
             if values is None and db:
                 entry = db.get(workload_key(func)) if isinstance(func, PrimFunc) else None
                 values = choose(entry, target.kind.name) if entry else None
+            from sdparity.compile import mma
+
+            if isinstance(values, mma.MmaConfig) or (
+                    values is None and target.kind.name == "cuda" and isinstance(func, PrimFunc)
+                    and mma.is_f16_matmul(func)):
+                # float16 in, float32 accumulation: tensor cores (compile/mma.py)
+                if isinstance(values, mma.MmaConfig) and force is not None:
+                    return mma.mma_schedule(func, values)  # the tuner: a candidate that fails says so
+                try:
+                    sch = mma.mma_schedule(func, values or mma.DEFAULT_CONFIG)
+                except Exception as e:  # noqa: BLE001 - a structure the tensor-core rule cannot take
+                    import sys
+
+                    name = func.attrs.get("global_symbol", "?") if func.attrs else "?"
+                    print(f"tensor-core schedule refused {name}: {one_line(e)}; CUDA cores instead", file=sys.stderr)
+                    sch = None
+                if sch is not None:
+                    return sch
+                values = None
             self._values = values
             if target.kind.name == "cuda" and _has_float16(func):
-                # known issue tvm_dlight_f16_tensorize_segfault: with an arch of sm_70+ dlight
-                # tensorizes float16 matmuls and TVM 0.27 segfaults; without one it tiles them
-                # like float32 (the schedule does not depend on the arch otherwise)
+                # a float16 kernel the tensor-core rule did not take: with an arch of sm_70+
+                # dlight would hand it to its own wmma rule (MatmulTensorization), which no
+                # check here has vouched for; without one dlight tiles it like float32 (the
+                # schedule does not depend on the arch otherwise)
                 import tvm
 
                 target = tvm.target.Target({"kind": "cuda", "max_num_threads": 1024, "thread_warp_size": 32})

@@ -25,12 +25,74 @@ TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
 CUDA_GRAPH_KINDS: frozenset[str] = frozenset()
 
 
-def build_context(target):
-    """The PassContext every relax.build for this target runs in (one place)."""
+def build_context(target, cse: bool = True):
+    """The PassContext every relax.build for this target runs in (one place). ``cse=False``:
+    TVM's pipeline skips its common-subexpression elimination (``build_module`` runs it later)."""
     import tvm
 
-    return tvm.transform.PassContext(
-        config={"relax.backend.use_cuda_graph": target.kind.name in CUDA_GRAPH_KINDS})
+    config = {"relax.backend.use_cuda_graph": target.kind.name in CUDA_GRAPH_KINDS}
+    if not cse:
+        config["tirx.disable_cse_tir"] = True
+    return tvm.transform.PassContext(config=config)
+
+
+#: the TIR pipeline of builds with tensor-core kernels (registered by ``build_module``)
+TENSOR_CORE_PIPELINE = "sdparity_tensor_core"
+#: how often its device finalization runs LowerWarpMemory: once per warp buffer a kernel holds
+#: (the tensor-core kernels of ``compile/mma.py`` hold three)
+WARP_LOWERINGS = 4
+
+
+def _register_tensor_core_pipeline() -> str:
+    """TVM's default TIR pipeline with two changes, for modules with tensor-core kernels only
+    (known issue ``tvm_lower_warp_memory_first_only``): common-subexpression elimination runs
+    after ``LowerWarpMemory`` instead of before it (the pass needs each ldmatrix offset as a
+    linear expression of threadIdx.x, and CSE hides threadIdx.x behind a let variable), and
+    ``LowerWarpMemory`` runs ``WARP_LOWERINGS`` times (TVM 0.27's pass lowers only the first
+    warp buffer of a statement sequence and leaves its siblings in "warp" scope, which CUDA
+    codegen then rejects; each further run lowers the next, and one with none left changes
+    nothing). Every other build keeps TVM's default pipeline."""
+    import tvm
+    from tvm.tirx import compilation_pipeline as cp
+
+    if TENSOR_CORE_PIPELINE not in cp.PIPELINE_MAP:
+        def factory(**kwargs):
+            pipeline, host, device = cp.get_tir_pipeline("s_tir", **kwargs)
+
+            def device_passes():
+                lower = tvm.tirx.transform.LowerWarpMemory()
+                return tvm.ir.transform.Sequential(
+                    [lower] * WARP_LOWERINGS + [tvm.tirx.transform.CommonSubexprElim(), device()])
+
+            return pipeline, host, device_passes
+
+        cp.register_tir_pipeline(TENSOR_CORE_PIPELINE, factory)
+    return TENSOR_CORE_PIPELINE
+
+
+def uses_tensor_cores(mod) -> bool:
+    """Whether a scheduled module holds a kernel of ``compile/mma.py`` (marked on its root block)."""
+    from tvm import tirx
+
+    from sdparity.compile.mma import MARK
+
+    for _, func in mod.functions_items():
+        body = func.body if isinstance(func, tirx.PrimFunc) else None
+        block = getattr(body, "block", None)
+        if block is not None and MARK in block.annotations:
+            return True
+    return False
+
+
+def build_module(mod, target):
+    """tvm.compile of a scheduled module (Relax + kernels, or kernels alone: the tuner's) for
+    ``target``, in the PassContext and TIR pipeline it needs (one place for every build)."""
+    import tvm
+
+    tensor_cores = uses_tensor_cores(mod)
+    with build_context(target, cse=not tensor_cores):
+        return tvm.compile(mod, target=target,
+                           tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 
 
 def fused_for_gpu(mod, target):

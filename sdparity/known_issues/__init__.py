@@ -222,24 +222,54 @@ register(KnownIssue(
 ))
 
 register(KnownIssue(
-    id="tvm_dlight_f16_tensorize_segfault",
-    title="dlight's matmul rule segfaults on float16 matmuls for CUDA sm_70+ (tensor-core path)",
-    description="For float16 inputs and all sides above 64, dlight's GPU Matmul hands the kernel to "
-    "MatmulTensorization (wmma); on TVM 0.27.0.post1 that ends in a segmentation fault inside "
-    "tvm::s_tir::Tensorize, for a plain 256x256x256 matmul as for every float16 convolution of the "
-    "SD 1.5 UNet after relax.transform.ToMixedPrecision. A segfault cannot be caught, so the whole "
-    "build dies. Localized (every Schedule primitive logged before it runs): the rule's steps up to "
-    "the unrolls go through, and the process dies in its first Schedule.tensorize, with the wmma "
-    "load intrinsic wmma_load_16x16x16_f16_a_shared_dyn; importing tvm.s_tir.tensor_intrin.cuda "
-    "alone is fine. The wmma intrinsics are the trigger, not dlight: MetaSchedule's "
-    "MultiLevelTilingTensorCore with the wmma intrinsic group dies the same way in its "
-    "RewriteTensorize postprocessor, while with the mma group (ldmatrix + mma.sync, "
-    "mma_f16f16f32) the same 256x256x256 design space tensorizes without error: a tensor-core "
-    "path for the f16 mode would go through those. sdparity's f16 CUDA builds schedule float16 kernels without tensor cores "
-    "(compile/gpu_rules.py: the rule sees the target without its arch). Found building the f16 mode "
-    "for CUDA (issue 13).",
-    covers=lambda r: r["backend"] == "cuda" and r.get("precision") == "f16" and r["verdict"] == "error"
-    and "Tensorize" in (r.get("message") or ""),
+    id="tvm_ffi_0115_dtype_json_segfault",
+    title="apache-tvm 0.27.0.post1 with apache-tvm-ffi 0.1.15: serializing any node with a dtype "
+    "segfaults, and with it every Schedule.tensorize",
+    description="apache-tvm 0.27.0.post1 asks for apache-tvm-ffi>=0.1.14.post0, and pip picks "
+    "0.1.15.post2. With it (and with 0.1.15.post1), tvm.ir.save_json of any IR node that holds a "
+    "data type (tvm.ir.PrimType('float32'), an IntImm, any TIR expression) dies with a segmentation "
+    "fault in tvm::ffi::ToJSONGraph; with 0.1.14.post1 the same call works. Schedule.tensorize "
+    "deep-copies the tensor intrinsic's implementation through that serializer, so every tensorize "
+    "crashes the process: dlight's tensor-core Matmul rule (wmma) on any float16 matmul for sm_70+, "
+    "MetaSchedule's RewriteTensorize, sdparity's own mma schedules (compile/mma.py). This was first "
+    "registered as tvm_dlight_f16_tensorize_segfault (the crash localized to the first tensorize); "
+    "the serializer is the root cause. sdparity pins apache-tvm-ffi==0.1.14.post1 "
+    "(pyproject.toml); the repro installs 0.1.15.post2 beside TVM in a temporary folder.",
+    covers=lambda r: False,  # the pin avoids it; the repro is the evidence
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))
+
+register(KnownIssue(
+    id="tvm_lower_warp_memory_first_only",
+    title="LowerWarpMemory lowers only the first warp buffer of a statement sequence; the others "
+    "silently become per-thread arrays",
+    description="TVM 0.27's WarpMemoryRewriter visits a SeqStmt, and at the first AllocBuffer of "
+    "scope 'warp' hands all later siblings to that buffer's WarpAccessRewriter and stops: a second "
+    "warp buffer in the same sequence keeps its whole per-warp size as a thread-local array, and "
+    "each thread reads elements only other lanes wrote (no error; the kernel computes garbage; "
+    "the repro shows the generated CUDA). Tensor-core kernels hold three (A, B, accumulator), and "
+    "there CUDA codegen fails later on the leftover 'warp' allocation. sdparity's builds with "
+    "tensor-core kernels run the pass once per warp buffer (compile/schedule.py, "
+    "build_module: each run lowers the next; one with none left changes nothing); other builds "
+    "keep TVM's pipeline.",
+    covers=lambda r: False,  # worked around in compile/schedule.py; the repro is the evidence
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))
+
+register(KnownIssue(
+    id="tvm_cse_hides_warp_index",
+    title="The default TIR pipeline runs CSE before LowerWarpMemory, which then cannot read a "
+    "warp store's index",
+    description="CommonSubexprElim is part of TVM 0.27's main TIR pipeline and LowerWarpMemory of the "
+    "device finalization after it. LowerWarpMemory needs each warp-buffer store index (and each "
+    "ldmatrix offset) as a linear expression in threadIdx.x; when the index repeats a subexpression "
+    "of the stored value, CSE binds it to a let variable and the pass fails ('require positive "
+    "constant coefficient on warp index threadIdx_x but get 0'). Every ldmatrix + mma kernel hits "
+    "it. sdparity's builds with tensor-core kernels turn TVM's CSE off (tirx.disable_cse_tir) and "
+    "run it after LowerWarpMemory instead (compile/schedule.py, build_module).",
+    covers=lambda r: False,  # worked around in compile/schedule.py; the repro is the evidence
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))

@@ -64,15 +64,12 @@ def _cuda_backend():
             return tvm.target.Target({"kind": "cuda", "arch": ARCH}, host={"kind": "llvm"})
 
         def build(self, ir, out_dir, log=print):
-            from tvm import relax
-
             from sdparity.backends.native import LIB
-            from sdparity.compile.schedule import build_context, schedule_for
+            from sdparity.compile.schedule import build_module, schedule_for
 
             target = self.target()
             # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            with build_context(target):
-                ex = relax.build(schedule_for(ir.mod, target), target=target)
+            ex = build_module(schedule_for(ir.mod, target), target)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
             # loaded, through the Python callback tvm_callback_cuda_compile, which needs the

@@ -69,11 +69,18 @@ def _target(kind: str):
     return gpu_cuda._cuda_backend().target()
 
 
-def _fused(stage, model, target):
-    """The stage's kernels as a ``kind`` build legalizes and fuses them."""
+def _fused(stage, model, target, precision: str = "f32"):
+    """The stage's kernels as a ``kind`` build legalizes and fuses them (``precision="f16"``:
+    the model stages through the f16 mode's mixed-precision pass, as ``gpu_cuda prepare
+    --precision f16`` builds them)."""
     from sdparity.compile.schedule import fused_for_gpu
 
-    mod = stage.build_ir(model, stage.default_variant(model)).mod
+    ir = stage.build_ir(model, stage.default_variant(model))
+    if precision == "f16" and stage.component:
+        from sdparity.tiers.f16 import to_f16
+
+        ir = to_f16(ir)
+    mod = ir.mod
     if target.kind.name == "webgpu":
         from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
 
@@ -108,7 +115,8 @@ def _grid(func) -> list[int]:
 
 
 def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, database: dict | None = None,
-            min_ms: float = 0.0, kind: str = "cuda", kernels: list[str] | None = None) -> dict:
+            min_ms: float = 0.0, kind: str = "cuda", kernels: list[str] | None = None,
+            precision: str = "f32") -> dict:
     """``database``: skip candidates it already has times for (the default is always timed
     again, as the reference of this run) and kernels whose default took less than ``min_ms``.
     ``kernels``: only the kernels of these names (e.g. to re-time a few, or a test)."""
@@ -116,6 +124,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
 
     from reference.models import load_model
     from sdparity.compile.gpu_rules import DEFAULT, candidates, config_name, tuned_matmul, workload_key
+    from sdparity.compile.schedule import build_module
     from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
     from sdparity.tiers import gpu_cuda
@@ -128,16 +137,16 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
     model = load_model(model_name, log=log)
     dest.mkdir(parents=True, exist_ok=True)
     funcs, workloads, seen = {}, [], set()
-    tiles = candidates(kind)
-    name_of = lambda v: DEFAULT if v is None else config_name(v)  # noqa: E731
+    name_of = lambda v: DEFAULT if v is None else getattr(v, "name", None) or config_name(v)  # noqa: E731
     for name in stage_names:
-        mod = _fused(stages[name], model, target)
+        mod = _fused(stages[name], model, target, precision)
         found = list(_kernels(mod, target))
         log(f"{name}: {len(found)} matmul/conv kernels")
         for kname, func in found:
             key = workload_key(func)
             if key in seen or (kernels and kname not in kernels):
                 continue
+            tiles = candidates(kind, func)
             seen.add(key)
             known = (database or {}).get(key, {}).get("times_ms", {})
             if known and known.get(name_of(tiles[0]), 0.0) < min_ms:
@@ -172,7 +181,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
         for i, w in enumerate(workloads):
             # one module per kernel: the device compiles them with nvcc in parallel (unrolled
             # tiles make ~150 kB of CUDA a candidate: one nvcc over all of them took >13 min here)
-            lib = tvm.compile(tvm.IRModule({c["function"]: funcs[c["function"]] for c in w["candidates"]}),
+            lib = build_module(tvm.IRModule({c["function"]: funcs[c["function"]] for c in w["candidates"]}),
                               target=target)
             lib.export_library(str(stage_dir / f"w{i}.so"))
             for src in gpu_cuda._cuda_sources(getattr(lib, "mod", lib)):
@@ -260,7 +269,7 @@ def device(folder: Path, out: Path, log=print, budget_s: float = 0.0) -> int:
         args = [tensor(rng.random(a["shape"], dtype=np.float32) * 2 - 1 if a["dtype"] == "float32"
                        else rng.uniform(-1, 1, a["shape"]).astype(a["dtype"]), dev) for a in w["args"]]
         base, row = None, {"key": w["key"], "stage": w["stage"], "kernel": w["kernel"], "times_ms": {},
-                           "disagree": {}}
+                           "disagree": {}, "default": w["candidates"][0]["config"] if w["candidates"] else None}
         for c in w["candidates"]:
             f = lib[c["function"]]
             f(*args)
@@ -399,10 +408,12 @@ def apply(results_path: Path, dest: Path | None = None, log=print) -> Path:
           "apache-tvm": tvm_version, "workloads": dict(old)}
     if kind == "webgpu":
         db["adapter"] = res.get("adapter")
-    default, saved = (DEFAULT if kind == "webgpu" else config_name(CANDIDATES[0])), 0.0
+    saved = 0.0
     for r in rows:
         if not r["times_ms"]:
             continue
+        # the reference tile the tuner timed first (results from before it was recorded: dlight's)
+        default = r.get("default") or (DEFAULT if kind == "webgpu" else config_name(CANDIDATES[0]))
         # merge with an earlier round: its times are scaled by the ratio of the default's times
         # (timed in both), so one kernel's candidates compare as if timed in one run
         prev = old.get(r["key"], {})
@@ -430,6 +441,8 @@ def main(argv=None) -> int:
     a.add_argument("--dir", type=Path, default=Path("out/gpu-tune"))
     a.add_argument("--stages", default="unet,vae,clip")
     a.add_argument("--kernels", default="", help="comma-separated kernel names: only these (default: all)")
+    a.add_argument("--precision", choices=("f32", "f16"), default="f32",
+                   help="f16: the kernels of the f16 mode's builds (tensor-core tiles for float16 matmuls)")
     a.add_argument("--new-only", action="store_true",
                    help="time only candidates the database has no times for (and the default)")
     a.add_argument("--min-ms", type=float, default=0.0,
@@ -453,7 +466,8 @@ def main(argv=None) -> int:
 
         prepare(args.model, args.dir, [s for s in args.stages.split(",") if s], log,
                 database=load_database(kind=args.kind) if args.new_only else None, min_ms=args.min_ms,
-                kind=args.kind, kernels=[k for k in args.kernels.split(",") if k] or None)
+                kind=args.kind, kernels=[k for k in args.kernels.split(",") if k] or None,
+                precision=args.precision)
         return 0
     if args.cmd == "device":
         if args.kind == "webgpu":

@@ -62,8 +62,9 @@ def requirements(version: str) -> list[str]:
     except ImportError:
         raise SdparityError("the gate needs Python 3.11+ (tomllib) to read pyproject.toml") from None
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    return [f"apache-tvm=={version}", *(d for d in deps if _name(d) != "apache-tvm"),
-            *COMPANIONS.get(version, {})]
+    companions = COMPANIONS.get(version, {})
+    replaced = {"apache-tvm", *(_name(c) for c in companions)}  # a companion pin replaces pyproject's
+    return [f"apache-tvm=={version}", *(d for d in deps if _name(d) not in replaced), *companions]
 
 
 def pinned_version() -> str:

@@ -171,7 +171,7 @@ class WebGPUBackend(Backend):
         from tvm.contrib import tvmjs
 
         from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
-        from sdparity.compile.schedule import build_context, schedule_for
+        from sdparity.compile.schedule import build_module, schedule_for
 
         out_dir = Path(out_dir)
         for fn, ps in ir.params.items():
@@ -183,8 +183,7 @@ class WebGPUBackend(Backend):
         target = self.target()
         t0 = time.perf_counter()
         try:
-            with build_context(target):
-                ex = relax.build(schedule_for(legalize_for_webgpu(ir.mod), target), target=target)
+            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target), target)
         except Exception as e:
             last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise SdparityError(f"relax.build for webgpu failed: {last.strip()}") from e

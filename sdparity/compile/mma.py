@@ -1,0 +1,255 @@
+"""Tensor-core schedules for float16 matmuls on CUDA (f16 mode, issue 13): ``mma_matmul``.
+
+dlight's own tensor-core rule (``MatmulTensorization``) uses the wmma intrinsics, and TVM 0.27
+segfaults in its first ``tensorize`` (known issue ``tvm_dlight_f16_tensorize_segfault``). This
+rule schedules the same kernels with the other family of tensor-core intrinsics TVM registers
+(``get_mma_intrin_group``: ``ldmatrix`` from shared memory into registers, ``mma.sync``
+m16n8k16 with float32 accumulation, a plain store back to shared memory), which tensorize
+without error.
+
+What it computes: every kernel dlight's Matmul rule takes, normalized the same way to
+``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (linear layers, attention's products, convolutions
+as implicit GEMMs, the Winograd GEMMs), when A and B are float16 and C accumulates in float32
+(what ``ToMixedPrecision(out_dtype="float32")`` produces). Producers (casts, im2col gathers,
+padding) are inlined into the global-to-shared copies and consumers (bias, residual adds, the
+cast back to float16) into the shared-to-global copy, as dlight does.
+
+Numerics: a float16 x float16 product is exact in float32 (11 + 11 significant bits < 24), so
+the result differs from the CUDA-core kernel only in the order of the float32 additions (the
+tensor core adds 16 products per step). That difference is ~1e-7 relative, far below the
+float16 rounding (2^-11 ~ 4.9e-4) the kernel's consumers apply; the f16 rule judges the whole
+stage (``sdparity.tiers.f16``).
+
+Tile: ``MmaConfig`` (warps a block along I and J, 16x16 fragments a warp along I and J, 16-wide
+K steps a shared-memory stage). The default was timed on the lent H200 (docs/performance.md,
+"f16 mode"); ``gpu_tune`` can time the others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MmaConfig:
+    warps_i: int = 2
+    warps_j: int = 2
+    frags_i: int = 4
+    frags_j: int = 4
+    k_steps: int = 2
+    vector: int = 8  # float16 elements a thread copies at once (16 bytes)
+
+    @property
+    def tile(self) -> tuple[int, int, int]:
+        return 16 * self.warps_i * self.frags_i, 16 * self.warps_j * self.frags_j, 16 * self.k_steps
+
+    @property
+    def name(self) -> str:
+        return "mma" + "x".join(str(getattr(self, f.name)) for f in dataclasses.fields(self))
+
+    @classmethod
+    def parse(cls, name: str) -> "MmaConfig":
+        return cls(*(int(v) for v in name[3:].split("x")))
+
+    def shared_bytes(self) -> int:
+        bi, bj, bk = self.tile
+        return (bi + bj) * (bk + 8) * 2 + 16 * 16 * 4 * self.warps_i * self.warps_j * self.frags_i * self.frags_j
+
+
+DEFAULT_CONFIG = MmaConfig()
+#: the tiles the tuner times (``gpu_tune``; ``gpu_rules.candidates``), the default first: block
+#: tiles of 32..128 on each side, 1..8 warps, K stages of 16..64
+CANDIDATES: tuple[MmaConfig, ...] = (
+    DEFAULT_CONFIG,                 # 128 x 128, 4 warps of 64 x 64, K 32
+    MmaConfig(2, 2, 2, 4, 2),       # 64 x 128
+    MmaConfig(2, 2, 4, 2, 2),       # 128 x 64
+    MmaConfig(2, 2, 2, 2, 2),       # 64 x 64
+    MmaConfig(2, 2, 2, 2, 4),       # 64 x 64, K 64
+    MmaConfig(1, 2, 2, 2, 4),       # 32 x 64, 2 warps
+    MmaConfig(2, 1, 2, 2, 4),       # 64 x 32, 2 warps
+    MmaConfig(1, 1, 2, 2, 4),       # 32 x 32, 1 warp
+    MmaConfig(2, 2, 1, 2, 4),       # 32 x 64, 4 warps
+    MmaConfig(2, 2, 2, 1, 4),       # 64 x 32, 4 warps
+    MmaConfig(2, 2, 1, 1, 4),       # 32 x 32, 4 warps
+    MmaConfig(4, 2, 2, 2, 2),       # 128 x 64, 8 warps
+    MmaConfig(2, 4, 2, 2, 2),       # 64 x 128, 8 warps
+    MmaConfig(4, 2, 2, 4, 2),       # 128 x 128, 8 warps
+    MmaConfig(2, 2, 4, 4, 1),       # 128 x 128, K 16
+)
+#: the root-block annotation that marks a tensor-core kernel (``schedule.build_module`` builds
+#: modules with one through its own TIR pipeline)
+MARK = "sdparity.tensor_core"
+#: the smallest I and J extents worth a tensor-core tile (smaller ones: mostly padding)
+MIN_EXTENT = 64
+
+
+def is_f16_matmul(func) -> bool:
+    """A kernel whose contraction reads float16 and accumulates in float32."""
+    from tvm import s_tir
+
+    from sdparity.compile.compat import dlight
+
+    dl = dlight()
+    from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes, get_reduction_blocks
+
+    try:
+        sch = s_tir.Schedule(func)
+        blocks = get_reduction_blocks(sch, sch.get_child_blocks(dl.analysis.get_root_block(sch)))
+    except Exception:  # noqa: BLE001 - not a kernel this rule reads
+        return False
+    if not blocks:
+        return False
+    return tuple(get_in_out_dtypes(sch.get(blocks[0]))) == ("float16", "float32")
+
+
+def _uses(expr, var) -> bool:
+    from tvm.tirx.analysis import undefined_vars
+
+    return any(v.same_as(var) for v in undefined_vars(expr))
+
+
+def _k_contiguous(block) -> bool:
+    """Whether the global buffers a shared-memory copy block reads are contiguous along K (the
+    innermost index of each depends on the block's K iterator and not on its row iterator)."""
+    row, k = block.iter_vars[-2].var, block.iter_vars[-1].var
+    reads = [r for r in block.reads if r.source.scope() == "global"]
+    if not reads:
+        return True
+    for r in reads:
+        last = r.region[-1].min
+        if not _uses(last, k) or _uses(last, row):
+            return False
+    return True
+
+
+def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
+    """The kernel scheduled on tensor cores, or None when its structure does not fit."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers,
+                                             get_in_out_dtypes, get_index_map, get_reduction_blocks)
+    from tvm.s_tir.tensor_intrin.cuda import get_mma_intrin_group, shared_16x16_to_ldmatrix_32x8_layout
+
+    from sdparity.compile.compat import dlight
+
+    dl = dlight()
+    sch = s_tir.Schedule(func)
+    root = dl.analysis.get_root_block(sch)
+    blocks = sch.get_child_blocks(root)
+    reductions = get_reduction_blocks(sch, blocks)
+    if not reductions or len(reductions) != 1:
+        return None
+    main = reductions[0]
+    if tuple(get_in_out_dtypes(sch.get(main))) != ("float16", "float32"):
+        return None
+
+    # C[S, I, J] += A[S, I, K] * B[S, J, K], as dlight's Matmul normalizes it
+    reindex_a = sch.reindex(main, ("read", 0))
+    reindex_b = sch.reindex(main, ("read", 1))
+    reindex_c = sch.reindex(main, ("write", 0))
+    maps = get_index_map(sch.get(main))
+    if maps is None:
+        return None
+    matmul_map, a_map, b_map, c_map = maps
+    sch.transform_layout(reindex_a, ("write", 0), a_map)
+    sch.transform_layout(reindex_b, ("write", 0), b_map)
+    sch.transform_layout(reindex_c, ("read", 0), c_map)
+    sch.transform_block_layout(main, matmul_map)
+    extents = [iv.dom.extent for iv in sch.get(main).iter_vars]
+    if not all(isinstance(e, tirx.IntImm) for e in extents) or min(int(e) for e in extents[1:3]) < MIN_EXTENT:
+        return None
+
+    bi, bj, bk = config.tile
+    sch.pad_einsum(main, [1, bi, bj, bk])
+    batch, i, j, k = sch.get_loops(main)
+    i, i_frag = sch.split(i, [None, 16])
+    j, j_frag = sch.split(j, [None, 16])
+    k, k_frag = sch.split(k, [None, 16])
+    sch.reorder(i, j, k, i_frag, j_frag, k_frag)
+    inner = main
+    outer = sch.blockize(i_frag)
+
+    i0, i1, i2 = sch.split(i, [None, config.warps_i, config.frags_i])
+    j0, j1, j2 = sch.split(j, [None, config.warps_j, config.frags_j])
+    k0, k1 = sch.split(k, [None, config.k_steps])
+    sch.reorder(batch, i0, j0, i1, j1, k0, k1, i2, j2)
+    sch.bind(batch, "blockIdx.y")
+    sch.bind(sch.fuse(i0, j0), "blockIdx.x")
+    warp = sch.fuse(i1, j1)
+    sch.bind(warp, "threadIdx.y")
+    warps = config.warps_i * config.warps_j
+
+    def to_shared(index):
+        """The operand's tile copied to shared memory as [row, K]. Where global memory holds
+        it with K contiguous (linear layers, attention's Q and K, convolution weights), 16-byte
+        vectors along K; where it holds it with rows contiguous (attention's V, the im2col of
+        an NCHW image), threads run along the rows so that the global reads coalesce."""
+        cache = sch.cache_read(outer, index, "shared.dyn")
+        sch.compute_at(cache, k0)
+        auto_inline_producers(sch, cache)
+        row, kk = sch.get_loops(cache)[-2:]
+        if _k_contiguous(sch.get(cache)):
+            # 16 bytes a thread: 8 float16, or 4 where a float32 source (weights) is cast here
+            wide = any(str(r.source.dtype) == "float32" for r in sch.get(cache).reads)
+            fused, vector = sch.fuse(row, kk), config.vector // 2 if wide else config.vector
+        else:
+            sch.reorder(kk, row)
+            fused, vector = sch.fuse(kk, row), 1
+        _, ty, tx, vec = sch.split(fused, [None, warps, 32, vector])
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        if vector > 1:
+            sch.vectorize(vec)
+        sch.storage_align(cache, 0, axis=-2, factor=32, offset=8)  # rows 16 bytes apart: ldmatrix without bank conflicts
+        return cache
+
+    to_shared(0)
+    to_shared(1)
+
+    a_warp = sch.cache_read(outer, 0, "warp")
+    b_warp = sch.cache_read(outer, 1, "warp")
+    sch.compute_at(a_warp, k1)
+    sch.compute_at(b_warp, k1)
+
+    c_shared = sch.cache_write(outer, 0, "shared.dyn")
+    c_warp = sch.cache_write(outer, 0, "warp")
+    sch.reverse_compute_at(c_warp, warp)
+    sch.reverse_compute_at(c_shared, warp)
+    ci, cj = sch.get_loops(c_warp)[-2:]
+    ci0, ci1 = sch.split(ci, [None, 16])
+    cj0, cj1 = sch.split(cj, [None, 16])
+    sch.reorder(ci0, cj0, ci1, cj1)
+
+    init = sch.decompose_reduction(outer, k0)
+    init_inner = sch.get_child_blocks(init)[0]
+
+    def fragments(cache):
+        fi, fj = sch.get_loops(cache)[-2:]
+        fi0, fi1 = sch.split(fi, [None, 16])
+        fj0, fj1 = sch.split(fj, [None, 16])
+        sch.reorder(fi0, fj0, fi1, fj1)
+        return fi1
+
+    loop_a = fragments(a_warp)
+    loop_b = fragments(b_warp)
+
+    def lanes(*ij):
+        *rest, r, c = ij
+        return (*rest, r // 16, c // 16, *shared_16x16_to_ldmatrix_32x8_layout(r % 16, c % 16))
+
+    for block, buf in ((a_warp, ("write", 0)), (b_warp, ("write", 0)), (c_warp, ("read", 0))):
+        sch.transform_layout(block, buf, lanes)
+
+    group = get_mma_intrin_group("shared.dyn", "shared.dyn", "float16", "float32", False, True)
+    sch.tensorize(loop_a, group["load_a"])
+    sch.tensorize(loop_b, group["load_b"])
+    sch.tensorize(sch.get_loops(inner)[-3], group["compute"])
+    sch.tensorize(sch.get_loops(init_inner)[-2], group["init"])
+    sch.tensorize(sch.get_loops(c_warp)[-2], group["store"])
+
+    auto_inline_consumer_chain(sch, c_shared)
+    fused = sch.fuse(*sch.get_loops(c_shared)[-2:])
+    _, tx, vec = sch.split(fused, [None, 32, 4])
+    sch.bind(tx, "threadIdx.x")
+    sch.vectorize(vec)
+    sch.annotate(root, MARK, config.name)
+    return sch
