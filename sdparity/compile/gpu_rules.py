@@ -132,7 +132,7 @@ def candidates(kind: str, func=None) -> list:
     if kind == "cuda" and func is not None:
         from sdparity.compile import mma
 
-        if mma.is_f16_matmul(func):
+        if mma.takes(func):
             return list(mma.CANDIDATES)
     if kind == "cuda":
         return [v for v in CANDIDATES if fits(v, "cuda")]
@@ -237,7 +237,7 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
 
             if isinstance(values, mma.MmaConfig) or (
                     values is None and target.kind.name == "cuda" and isinstance(func, PrimFunc)
-                    and mma.is_f16_matmul(func)):
+                    and mma.takes(func)):
                 # float16 in, float32 accumulation: tensor cores (compile/mma.py)
                 if isinstance(values, mma.MmaConfig) and force is not None:
                     return mma.mma_schedule(func, values)  # the tuner: a candidate that fails says so

@@ -38,6 +38,7 @@ class MmaConfig:
     frags_j: int = 4
     k_steps: int = 2
     vector: int = 8  # float16 elements a thread copies at once (16 bytes)
+    split_k: int = 1  # K split across blocks (partial sums in float32, added by a second kernel)
 
     @property
     def tile(self) -> tuple[int, int, int]:
@@ -58,7 +59,7 @@ class MmaConfig:
 
 DEFAULT_CONFIG = MmaConfig()
 #: the tiles the tuner times (``gpu_tune``; ``gpu_rules.candidates``), the default first: block
-#: tiles of 32..128 on each side, 1..8 warps, K stages of 16..64
+#: tiles of 32..128 on each side, 1..8 warps, K stages of 16..64, K split in up to 8 parts
 CANDIDATES: tuple[MmaConfig, ...] = (
     DEFAULT_CONFIG,                 # 128 x 128, 4 warps of 64 x 64, K 32
     MmaConfig(2, 2, 2, 4, 2),       # 64 x 128
@@ -75,6 +76,11 @@ CANDIDATES: tuple[MmaConfig, ...] = (
     MmaConfig(2, 4, 2, 2, 2),       # 64 x 128, 8 warps
     MmaConfig(4, 2, 2, 4, 2),       # 128 x 128, 8 warps
     MmaConfig(2, 2, 4, 4, 1),       # 128 x 128, K 16
+    MmaConfig(2, 2, 2, 2, 2, 8, 4),  # 64 x 64, K split in 4
+    MmaConfig(2, 2, 2, 2, 2, 8, 8),  # 64 x 64, K split in 8
+    MmaConfig(2, 2, 2, 4, 2, 8, 4),  # 64 x 128, K split in 4
+    MmaConfig(2, 2, 4, 4, 2, 8, 4),  # 128 x 128, K split in 4
+    MmaConfig(2, 2, 2, 2, 4, 8, 2),  # 64 x 64, K 64, K split in 2
 )
 #: the root-block annotation that marks a tensor-core kernel (``schedule.build_module`` builds
 #: modules with one through its own TIR pipeline)
@@ -83,23 +89,51 @@ MARK = "sdparity.tensor_core"
 MIN_EXTENT = 64
 
 
-def is_f16_matmul(func) -> bool:
-    """A kernel whose contraction reads float16 and accumulates in float32."""
-    from tvm import s_tir
+def _normalize(func):
+    """(schedule, root block, main block) with the contraction normalized as dlight's Matmul
+    does, C[S, I, J] += A[S, I, K] * B[S, J, K], when the kernel is one this rule takes: one
+    contraction reading float16 and accumulating in float32, static sizes, I and J at least
+    MIN_EXTENT; else None."""
+    from tvm import s_tir, tirx
+    from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes, get_index_map, get_reduction_blocks
 
     from sdparity.compile.compat import dlight
 
     dl = dlight()
-    from tvm.s_tir.dlight.gpu.matmul import get_in_out_dtypes, get_reduction_blocks
-
     try:
         sch = s_tir.Schedule(func)
-        blocks = get_reduction_blocks(sch, sch.get_child_blocks(dl.analysis.get_root_block(sch)))
+        root = dl.analysis.get_root_block(sch)
+        reductions = get_reduction_blocks(sch, sch.get_child_blocks(root))
     except Exception:  # noqa: BLE001 - not a kernel this rule reads
-        return False
-    if not blocks:
-        return False
-    return tuple(get_in_out_dtypes(sch.get(blocks[0]))) == ("float16", "float32")
+        return None
+    if not reductions or len(reductions) != 1:
+        return None
+    main = reductions[0]
+    if tuple(get_in_out_dtypes(sch.get(main))) != ("float16", "float32"):
+        return None
+    try:
+        reindex_a = sch.reindex(main, ("read", 0))
+        reindex_b = sch.reindex(main, ("read", 1))
+        reindex_c = sch.reindex(main, ("write", 0))
+        maps = get_index_map(sch.get(main))
+        if maps is None:
+            return None
+        matmul_map, a_map, b_map, c_map = maps
+        sch.transform_layout(reindex_a, ("write", 0), a_map)
+        sch.transform_layout(reindex_b, ("write", 0), b_map)
+        sch.transform_layout(reindex_c, ("read", 0), c_map)
+        sch.transform_block_layout(main, matmul_map)
+    except Exception:  # noqa: BLE001 - a contraction dlight's normalization cannot take
+        return None
+    extents = [iv.dom.extent for iv in sch.get(main).iter_vars]
+    if not all(isinstance(e, tirx.IntImm) for e in extents) or min(int(e) for e in extents[1:3]) < MIN_EXTENT:
+        return None
+    return sch, root, main, reindex_c
+
+
+def takes(func) -> bool:
+    """Whether ``mma_schedule`` schedules this kernel (else it stays on CUDA cores)."""
+    return _normalize(func) is not None
 
 
 def _uses(expr, var) -> bool:
@@ -124,42 +158,31 @@ def _k_contiguous(block) -> bool:
 
 def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
     """The kernel scheduled on tensor cores, or None when its structure does not fit."""
-    from tvm import s_tir, tirx
-    from tvm.s_tir.dlight.gpu.matmul import (auto_inline_consumer_chain, auto_inline_producers,
-                                             get_in_out_dtypes, get_index_map, get_reduction_blocks)
+    from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
     from tvm.s_tir.tensor_intrin.cuda import get_mma_intrin_group, shared_16x16_to_ldmatrix_32x8_layout
 
-    from sdparity.compile.compat import dlight
-
-    dl = dlight()
-    sch = s_tir.Schedule(func)
-    root = dl.analysis.get_root_block(sch)
-    blocks = sch.get_child_blocks(root)
-    reductions = get_reduction_blocks(sch, blocks)
-    if not reductions or len(reductions) != 1:
+    normalized = _normalize(func)
+    if normalized is None:
         return None
-    main = reductions[0]
-    if tuple(get_in_out_dtypes(sch.get(main))) != ("float16", "float32"):
-        return None
-
-    # C[S, I, J] += A[S, I, K] * B[S, J, K], as dlight's Matmul normalizes it
-    reindex_a = sch.reindex(main, ("read", 0))
-    reindex_b = sch.reindex(main, ("read", 1))
-    reindex_c = sch.reindex(main, ("write", 0))
-    maps = get_index_map(sch.get(main))
-    if maps is None:
-        return None
-    matmul_map, a_map, b_map, c_map = maps
-    sch.transform_layout(reindex_a, ("write", 0), a_map)
-    sch.transform_layout(reindex_b, ("write", 0), b_map)
-    sch.transform_layout(reindex_c, ("read", 0), c_map)
-    sch.transform_block_layout(main, matmul_map)
-    extents = [iv.dom.extent for iv in sch.get(main).iter_vars]
-    if not all(isinstance(e, tirx.IntImm) for e in extents) or min(int(e) for e in extents[1:3]) < MIN_EXTENT:
-        return None
-
+    sch, root, main, reindex_c = normalized
     bi, bj, bk = config.tile
-    sch.pad_einsum(main, [1, bi, bj, bk])
+    if config.split_k > 1 and int(sch.get(main).iter_vars[3].dom.extent) % (bk * config.split_k):
+        # a split of a padded K predicates the 16-byte copies, and TVM 0.27's CUDA codegen
+        # writes a predicated 8 x float16 load as make_uint4 with 8 arguments (nvcc rejects it)
+        return None
+    sch.pad_einsum(main, [1, bi, bj, bk * config.split_k])
+    final = None
+    if config.split_k > 1:
+        # split K: the contraction becomes split_k partial sums (C_rf[part, S, I, J], float32 in
+        # global memory), each part a batch of the tensor-core kernel below, and a second kernel
+        # adds the parts in order and applies the epilogue (small I x J with a long K, e.g. the
+        # UNet's 8x8 convolutions: 1280 x 11520 per output pixel, 10 blocks without a split)
+        batch, i, j, k = sch.get_loops(main)
+        part, k = sch.split(k, [config.split_k, None])
+        final, main = main, sch.rfactor(part, 0)
+        batch, i, j, part, k = sch.get_loops(main)
+        sch.reorder(part, batch, i, j, k)
+        sch.fuse(part, batch)
     batch, i, j, k = sch.get_loops(main)
     i, i_frag = sch.split(i, [None, 16])
     j, j_frag = sch.split(j, [None, 16])
@@ -246,10 +269,18 @@ def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
     sch.tensorize(sch.get_loops(init_inner)[-2], group["init"])
     sch.tensorize(sch.get_loops(c_warp)[-2], group["store"])
 
-    auto_inline_consumer_chain(sch, c_shared)
+    if final is None:
+        auto_inline_consumer_chain(sch, c_shared)
     fused = sch.fuse(*sch.get_loops(c_shared)[-2:])
     _, tx, vec = sch.split(fused, [None, 32, 4])
     sch.bind(tx, "threadIdx.x")
     sch.vectorize(vec)
+    if final is not None:  # the sum of the parts, one thread an output, and the epilogue after it
+        auto_inline_consumer_chain(sch, reindex_c)
+        *spatial, _ = sch.get_loops(final)
+        bx, tx = sch.split(sch.fuse(*spatial), [None, 256])
+        sch.bind(bx, "blockIdx.x")
+        sch.bind(tx, "threadIdx.x")
+        sch.reverse_compute_at(reindex_c, tx)
     sch.annotate(root, MARK, config.name)
     return sch
