@@ -81,12 +81,16 @@ CANDIDATES: tuple[MmaConfig, ...] = (
     MmaConfig(2, 2, 2, 4, 2, 8, 4),  # 64 x 128, K split in 4
     MmaConfig(2, 2, 4, 4, 2, 8, 4),  # 128 x 128, K split in 4
     MmaConfig(2, 2, 2, 2, 4, 8, 2),  # 64 x 64, K 64, K split in 2
+    MmaConfig(4, 1, 2, 4, 2),       # 128 x 64, 4 warps of 32 x 64 (narrow J: attention x V)
+    MmaConfig(2, 1, 4, 4, 2),       # 128 x 64, 2 warps of 64 x 64
 )
 #: the root-block annotation that marks a tensor-core kernel (``schedule.build_module`` builds
 #: modules with one through its own TIR pipeline)
 MARK = "sdparity.tensor_core"
-#: the smallest I and J extents worth a tensor-core tile (smaller ones: mostly padding)
-MIN_EXTENT = 64
+#: the smallest I and J extents worth a tensor-core tile (smaller ones: mostly padding). 32:
+#: attention's second product has J = the head size, 40 in SD 1.5 (padded to 64: 1.6x the
+#: work, on tensor cores; on CUDA cores it took 1.34 ms a call at 4096 tokens on the H200)
+MIN_EXTENT = 32
 
 
 def _normalize(func):
@@ -201,20 +205,24 @@ def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
     sch.bind(warp, "threadIdx.y")
     warps = config.warps_i * config.warps_j
 
-    def to_shared(index):
-        """The operand's tile copied to shared memory as [row, K]. Where global memory holds
-        it with K contiguous (linear layers, attention's Q and K, convolution weights), 16-byte
-        vectors along K; where it holds it with rows contiguous (attention's V, the im2col of
-        an NCHW image), threads run along the rows so that the global reads coalesce."""
+    def to_shared(index) -> bool:
+        """The operand's tile copied to shared memory. Where global memory holds it with K
+        contiguous (linear layers, attention's Q and K, convolution weights): as [row, K], in
+        16-byte vectors along K. Where it holds it with rows contiguous (attention's V, the
+        im2col of an NCHW image): as [K, row], threads along the rows, so that the global reads
+        coalesce and the shared stores do not conflict; ldmatrix then transposes it (the
+        "trans" intrinsics). Returns whether the tile is stored transposed."""
         cache = sch.cache_read(outer, index, "shared.dyn")
         sch.compute_at(cache, k0)
         auto_inline_producers(sch, cache)
+        transposed = not _k_contiguous(sch.get(cache))
         row, kk = sch.get_loops(cache)[-2:]
-        if _k_contiguous(sch.get(cache)):
+        if not transposed:
             # 16 bytes a thread: 8 float16, or 4 where a float32 source (weights) is cast here
             wide = any(str(r.source.dtype) == "float32" for r in sch.get(cache).reads)
             fused, vector = sch.fuse(row, kk), config.vector // 2 if wide else config.vector
         else:
+            sch.transform_layout(cache, ("write", 0), lambda s_, r, k_: (s_, k_, r))
             sch.reorder(kk, row)
             fused, vector = sch.fuse(kk, row), 1
         _, ty, tx, vec = sch.split(fused, [None, warps, 32, vector])
@@ -223,10 +231,10 @@ def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
         if vector > 1:
             sch.vectorize(vec)
         sch.storage_align(cache, 0, axis=-2, factor=32, offset=8)  # rows 16 bytes apart: ldmatrix without bank conflicts
-        return cache
+        return transposed
 
-    to_shared(0)
-    to_shared(1)
+    a_rows = to_shared(0)
+    b_rows = to_shared(1)
 
     a_warp = sch.cache_read(outer, 0, "warp")
     b_warp = sch.cache_read(outer, 1, "warp")
@@ -262,7 +270,8 @@ def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
     for block, buf in ((a_warp, ("write", 0)), (b_warp, ("write", 0)), (c_warp, ("read", 0))):
         sch.transform_layout(block, buf, lanes)
 
-    group = get_mma_intrin_group("shared.dyn", "shared.dyn", "float16", "float32", False, True)
+    # mma's A is [I, K] ("trans" when stored [K, I]); its B is [K, J] ("trans" when [J, K])
+    group = get_mma_intrin_group("shared.dyn", "shared.dyn", "float16", "float32", a_rows, not b_rows)
     sch.tensorize(loop_a, group["load_a"])
     sch.tensorize(loop_b, group["load_b"])
     sch.tensorize(sch.get_loops(inner)[-3], group["compute"])

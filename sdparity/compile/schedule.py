@@ -95,20 +95,36 @@ def build_module(mod, target):
                            tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 
 
-def fused_for_gpu(mod, target):
+def lift_weights(ir):
+    """The stage's module with every computation that depends on the weights alone (casts to
+    float16, transposes, the Winograd weight transform) moved into ``<function>_transform_params``
+    (relax.transform.LiftTransformParams, run by ``fused_for_gpu(lift=True)``): a runner calls it
+    once after loading the weights and passes its outputs instead of them (gpu_cuda, f16 mode).
+    This marks each function's inputs (``num_input``: its arguments before the weights)."""
+    mod = ir.mod
+    for gv, func in list(mod.functions_items()):
+        if gv.name_hint in ir.params:
+            mod[gv] = func.with_attr("num_input", len(func.params) - len(ir.params[gv.name_hint]))
+    return mod
+
+
+def fused_for_gpu(mod, target, lift: bool = False):
     """The kernels a GPU build schedules: legalized (the precise GroupNorm first; the zero
-    pipeline legalizes the rest) and fused, not yet scheduled. The tuner
-    (sdparity.tiers.gpu_tune) takes its kernels from here too."""
+    pipeline legalizes the rest) and fused, not yet scheduled. ``lift``: the weights' own
+    computations go into ``<function>_transform_params`` first (``lift_weights`` marks the
+    module). The tuner (sdparity.tiers.gpu_tune) takes its kernels from here too."""
     from tvm import relax
 
     from sdparity.compile import legalize
 
     mod = legalize.apply(mod, target)
+    if lift:
+        mod = relax.transform.LiftTransformParams()(mod)
     with target:
         return relax.get_pipeline("zero")(mod)
 
 
-def schedule_for(mod, target):
+def schedule_for(mod, target, lift: bool = False):
     kind = target.kind.name
     if kind == "llvm":
         from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
@@ -117,7 +133,7 @@ def schedule_for(mod, target):
     from sdparity.compile.gpu_rules import exact_row_reduction, group_norm_rows, tuned_matmul
 
     dl = dlight()
-    mod = fused_for_gpu(mod, target)
+    mod = fused_for_gpu(mod, target, lift)
     with target:
         mod = dl.ApplyDefaultSchedule(
             group_norm_rows(), tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),

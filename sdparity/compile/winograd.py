@@ -22,7 +22,8 @@ binary): F(2x2, 3x3) is the Winograd variant whose float32 error stays at the di
 convolution's (cuDNN uses it for float32 too). Larger tiles (F(4x4, 3x3): 4x fewer products)
 need entries like 1/6 and 1/24 and lose about a digit; they are not used.
 
-Only convolutions where it pays and is exact in structure are rewritten: float32, NCHW/OIHW,
+Only convolutions where it pays and is exact in structure are rewritten: float32 (or the f16
+mode's float16 with float32 output: transforms in float32, U and V stored in float16), NCHW/OIHW,
 3x3, stride 1, dilation 1, padding 1 on every side, one group, static shapes with even output
 height and width, and at least ``MIN_CHANNELS`` input channels (below that the transforms cost
 more than the products they save). Everything else keeps TVM's ``topi.nn.conv``.
@@ -95,7 +96,7 @@ def applies(call) -> bool:
             and str(a.out_layout) in ("NCHW", "") and int(a.groups) == 1
             and [int(s) for s in a.strides] == [1, 1] and [int(d) for d in a.dilation] == [1, 1]
             and [int(p) for p in a.padding] == [1, 1, 1, 1]
-            and str(x.dtype) == "float32" and str(w.dtype) == "float32"
+            and (str(x.dtype), str(w.dtype)) in (("float32", "float32"), ("float16", "float16"))
             and (a.out_dtype is None or str(a.out_dtype) in ("", "float32", "void"))
             and ws[2:] == [3, 3] and xs[1] >= MIN_CHANNELS and xs[2] % 2 == 0 and xs[3] % 2 == 0)
 
@@ -114,10 +115,16 @@ def legalize(bb, call):
     k = int(type_info(w).shape[0])
     th, tw = h // 2, wd // 2
     tiles = n * th * tw
+    # f16 mode (float16 input and weights, float32 accumulation as ToMixedPrecision writes
+    # conv2d): the transforms add in float32 and store U and V in float16, the GEMMs multiply
+    # float16 and accumulate in float32 (tensor cores: compile/mma.py), the output stays float32
+    half = str(type_info(x).dtype) == "float16"
+    wide = (lambda v: v.astype("float32")) if half else (lambda v: v)
+    narrow = (lambda v: v.astype("float16")) if half else (lambda v: v)
 
     def weight_transform(w):
         def f(e, ko, ci):
-            return _cell(e, _two_sided(G, lambda r, s: w[ko, ci, r, s]))
+            return narrow(_cell(e, _two_sided(G, lambda r, s: wide(w[ko, ci, r, s]))))
         return te.compute((16, k, c), f, name="winograd_weight")
 
     def input_transform(x):
@@ -125,15 +132,15 @@ def legalize(bb, call):
             ni, rem = p // (th * tw), p % (th * tw)
             yy, xx = (rem // tw) * 2 + r - 1, (rem % tw) * 2 + s - 1
             inside = tir().all(yy >= 0, yy < h, xx >= 0, xx < wd)
-            return te.if_then_else(inside, x[ni, ci, yy, xx], tir().const(0.0, "float32"))
+            return te.if_then_else(inside, wide(x[ni, ci, yy, xx]), tir().const(0.0, "float32"))
 
         def f(e, ci, p):
-            return _cell(e, _two_sided(B_T, lambda r, s: d(ci, p, r, s)))
+            return narrow(_cell(e, _two_sided(B_T, lambda r, s: d(ci, p, r, s))))
         return te.compute((16, c, tiles), f, name="winograd_input")
 
     def products(u, v):
         rc = te.reduce_axis((0, c), "rc")
-        return te.compute((16, k, tiles), lambda e, ko, p: te.sum(u[e, ko, rc] * v[e, rc, p], axis=rc),
+        return te.compute((16, k, tiles), lambda e, ko, p: te.sum(wide(u[e, ko, rc]) * wide(v[e, rc, p]), axis=rc),
                           name="winograd_gemm")
 
     def output_transform(m):

@@ -69,7 +69,12 @@ def _cuda_backend():
 
             target = self.target()
             # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            ex = build_module(schedule_for(ir.mod, target), target)
+            if getattr(self, "lift", False):  # f16 mode: the weights' own work once at load
+                from sdparity.compile.schedule import lift_weights
+
+                ex = build_module(schedule_for(lift_weights(ir), target, lift=True), target)
+            else:
+                ex = build_module(schedule_for(ir.mod, target), target)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
             # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
@@ -207,10 +212,17 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         folder.mkdir()
         t0 = time.perf_counter()
         ir = st.build_ir(model, variant)
-        if precision == "f16" and st.component:
+        lifted = precision == "f16" and st.component
+        if lifted:
             from sdparity.tiers.f16 import to_f16
 
-            backend.build(to_f16(ir), folder, log=log)  # weights stay float32: same names and order
+            # weights travel as float32 (same names and order); <function>_transform_params
+            # casts and transforms them once on the device (schedule.lift_weights)
+            backend.lift = True
+            try:
+                backend.build(to_f16(ir), folder, log=log)
+            finally:
+                backend.lift = False
         else:
             backend.build(ir, folder, log=log)
         build_s = time.perf_counter() - t0
@@ -228,7 +240,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                                "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
         np.savez(folder / "cases.npz", **arrays)
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
-                "precision": precision if st.component else "f32",
+                "precision": precision if st.component else "f32", "lifted": bool(lifted),
                 "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases}
         if st.component:
             meta["component"] = st.component
@@ -445,23 +457,27 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                 _fingerprint(host) == meta.get("weights_sha256")
             weights = [tvm.runtime.tensor(a, dev) for a in host]
             del host
+        per_fn = {fn: weights for fn in timed}
+        if meta.get("lifted"):  # the weights' casts and transforms, once (schedule.lift_weights)
+            per_fn = {fn: list(vm[f"{fn}_transform_params"](weights)) for fn in timed}
+            del weights
         dev.sync()
         load_s = time.perf_counter() - t0
         args = [[tvm.runtime.tensor(a if a.ndim == 0 else np.ascontiguousarray(a), dev) for a in ins]
                 for ins in inputs]
         cands = []
         for ci, c in enumerate(cases):
-            cands.append(to_numpy_list(vm[c["function"]](*args[ci], *weights)))
+            cands.append(to_numpy_list(vm[c["function"]](*args[ci], *per_fn[c["function"]])))
         dev.sync()
-        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *weights], dev.sync, repeat)
+        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *per_fn[fn]], dev.sync, repeat)
                      for fn, ci in timed.items()}
     del vm
     if profile:  # kernel by kernel: a CUDA graph is one call to the instrument hook
         vm = load_vm(tvm, folder / "lib.so", dev, graphs=False)
         report.data["performance"]["gpu"].setdefault("kernels", {})[name] = {
-            fn: _kernel_profile(vm, dev, fn, args[ci], weights) for fn, ci in timed.items()}
+            fn: _kernel_profile(vm, dev, fn, args[ci], per_fn[fn]) for fn, ci in timed.items()}
         del vm
-    del weights, args
+    del per_fn, args
 
     # ---- PyTorch on CUDA: float32 (TF32 off; f16 mode: float16) and float64 for the noise floor
     ref_times, ref_peak = {}, None

@@ -171,9 +171,9 @@ def test_group_norm_rows_takes_only_the_float64_statistics():
 
 def test_float16_matmuls_for_cuda_go_to_tensor_cores():
     """f16 mode (compile/mma.py): a float16 matmul with float32 accumulation is scheduled on
-    tensor cores (ldmatrix + mma.sync) for both layouts of an operand in global memory (B with
-    K contiguous: vector copies; B with its rows contiguous, as attention's V: copies along the
-    rows), and builds through ``build_module``: each of the three warp buffers lowered to
+    tensor cores (ldmatrix + mma.sync) for each layout of the operands in global memory (K
+    contiguous: vector copies; B with its rows contiguous, as attention's V, or A, as the
+    im2col of an NCHW image: stored transposed, loaded by the "trans" ldmatrix), and builds through ``build_module``: each of the three warp buffers lowered to
     registers (A 4 fragments x 8 halves, B 4 x 8, the accumulator 16 x 8 floats a thread).
     TVM's default pipeline instead leaves A's and B's warp buffers as per-thread arrays of the
     whole warp's 1024 halves (known issue tvm_lower_warp_memory_first_only: wrong numbers, no
@@ -192,16 +192,15 @@ from sdparity.compile.gpu_rules import tuned_matmul, workload_key
 from sdparity.compile.mma import CANDIDATES, DEFAULT_CONFIG, MARK
 from sdparity.compile.schedule import build_module
 target = tvm.target.Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
-def matmul(rows_contiguous_b):
+def matmul(layout):
     a = te.placeholder((256, 256), "float16", name="a")
     b = te.placeholder((256, 256), "float16", name="b")
     r = te.reduce_axis((0, 256), name="r")
-    if rows_contiguous_b:
-        f = lambda i, j: te.sum(a[i, r].astype("float32") * b[r, j].astype("float32"), axis=r)
-    else:
-        f = lambda i, j: te.sum(a[i, r].astype("float32") * b[j, r].astype("float32"), axis=r)
+    ai = (lambda i: a[r, i]) if "A rows" in layout else (lambda i: a[i, r])
+    bj = (lambda j: b[r, j]) if "B rows" in layout else (lambda j: b[j, r])
+    f = lambda i, j: te.sum(ai(i).astype("float32") * bj(j).astype("float32"), axis=r)
     return te.create_prim_func([a, b, te.compute((256, 256), f, name="c")])
-for rows in (False, True):
+for rows in ("K", "B rows", "A rows"):
     func = matmul(rows)
     sch = tuned_matmul(database={}).apply(func, target, False)
     assert MARK in sch.mod["main"].body.block.annotations, "not the tensor-core rule"
@@ -220,12 +219,12 @@ for rows in (False, True):
     db = {workload_key(func): {"times_ms": {DEFAULT_CONFIG.name: 2.0, other.name: 1.0}}}
     chosen = tuned_matmul(database=db).apply(func, target, False)
     assert chosen.mod["main"].body.block.annotations[MARK] == other.name
-    print("tensor cores", rows)
+    print("tensor cores:", rows)
 """
     root = Path(__file__).resolve().parents[2]
     p = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, (p.returncode, p.stderr[-3000:])
-    assert p.stdout.split() == ["tensor", "cores", "False", "tensor", "cores", "True"], p.stdout
+    assert p.stdout.splitlines() == ["tensor cores: K", "tensor cores: B rows", "tensor cores: A rows"], p.stdout
 
 
 def test_tensor_core_tiles_are_candidates_of_float16_kernels_only():
