@@ -1,28 +1,30 @@
-"""Tensor-core schedules for float16 matmuls on CUDA (f16 mode, issue 13): ``mma_matmul``.
+"""Tensor-core schedules for float16 matmuls on CUDA (f16 mode, issue 13): ``mma_schedule``.
 
-dlight's own tensor-core rule (``MatmulTensorization``) uses the wmma intrinsics, and TVM 0.27
-segfaults in its first ``tensorize`` (known issue ``tvm_dlight_f16_tensorize_segfault``). This
-rule schedules the same kernels with the other family of tensor-core intrinsics TVM registers
-(``get_mma_intrin_group``: ``ldmatrix`` from shared memory into registers, ``mma.sync``
-m16n8k16 with float32 accumulation, a plain store back to shared memory), which tensorize
-without error.
+The rule uses the tensor-core intrinsics TVM registers as ``get_mma_intrin_group``: ``ldmatrix``
+from shared memory into registers (its "trans" form for operands stored [K, row]),
+``mma.sync`` m16n8k16 with float32 accumulation, and a plain store back to shared memory. It
+needs apache-tvm-ffi 0.1.14 (with 0.1.15 every ``tensorize`` segfaults: known issue
+``tvm_ffi_0115_dtype_json_segfault``) and ``schedule.build_module``'s TIR pipeline (known issues
+``tvm_lower_warp_memory_first_only`` and ``tvm_cse_hides_warp_index``).
 
 What it computes: every kernel dlight's Matmul rule takes, normalized the same way to
 ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` (linear layers, attention's products, convolutions
 as implicit GEMMs, the Winograd GEMMs), when A and B are float16 and C accumulates in float32
-(what ``ToMixedPrecision(out_dtype="float32")`` produces). Producers (casts, im2col gathers,
-padding) are inlined into the global-to-shared copies and consumers (bias, residual adds, the
-cast back to float16) into the shared-to-global copy, as dlight does.
+(what ``ToMixedPrecision(out_dtype="float32")`` produces) and I and J are at least
+``MIN_EXTENT``. Producers (casts, im2col gathers, padding) are inlined into the global-to-shared
+copies and consumers (bias, residual adds, the cast back to float16) into the shared-to-global
+copy, as dlight does.
 
 Numerics: a float16 x float16 product is exact in float32 (11 + 11 significant bits < 24), so
 the result differs from the CUDA-core kernel only in the order of the float32 additions (the
-tensor core adds 16 products per step). That difference is ~1e-7 relative, far below the
-float16 rounding (2^-11 ~ 4.9e-4) the kernel's consumers apply; the f16 rule judges the whole
-stage (``sdparity.tiers.f16``).
+tensor core adds 16 products per step; a split K adds its parts at the end). That difference is
+~1e-7 relative, far below the float16 rounding (2^-11 ~ 4.9e-4) the kernel's consumers apply;
+the f16 rule judges the whole stage on the card (``sdparity.tiers.f16``).
 
 Tile: ``MmaConfig`` (warps a block along I and J, 16x16 fragments a warp along I and J, 16-wide
-K steps a shared-memory stage). The default was timed on the lent H200 (docs/performance.md,
-"f16 mode"); ``gpu_tune`` can time the others.
+K steps a shared-memory stage, K split across blocks). ``gpu_tune --precision f16`` times
+``CANDIDATES`` on the card; ``gpu_rules.tuned_matmul`` takes the fastest from the database and
+``DEFAULT_CONFIG`` for kernels it does not know (docs/performance.md, "f16 mode").
 """
 
 from __future__ import annotations

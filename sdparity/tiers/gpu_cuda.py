@@ -396,6 +396,15 @@ def load_vm(tvm, lib_path: Path, dev, graphs: bool = True):
     return made["vm"]
 
 
+def call_weights(vm, fn: str, meta: dict, weights: list) -> list:
+    """The weights ``fn`` takes: as loaded, or for a build with lifted weights (f16 mode,
+    ``meta["lifted"]``: schedule.lift_weights) the outputs of ``<fn>_transform_params``, which
+    casts and transforms them once."""
+    if not meta.get("lifted") or not weights:
+        return weights
+    return list(vm[f"{fn}_transform_params"](weights))
+
+
 def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
     """Time of every kernel call in one run (the device synchronized around each call)."""
     total: dict[str, list] = {}
@@ -457,10 +466,8 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                 _fingerprint(host) == meta.get("weights_sha256")
             weights = [tvm.runtime.tensor(a, dev) for a in host]
             del host
-        per_fn = {fn: weights for fn in timed}
-        if meta.get("lifted"):  # the weights' casts and transforms, once (schedule.lift_weights)
-            per_fn = {fn: list(vm[f"{fn}_transform_params"](weights)) for fn in timed}
-            del weights
+        per_fn = {fn: call_weights(vm, fn, meta, weights) for fn in timed}
+        del weights
         dev.sync()
         load_s = time.perf_counter() - t0
         args = [[tvm.runtime.tensor(a if a.ndim == 0 else np.ascontiguousarray(a), dev) for a in ins]
