@@ -437,7 +437,7 @@ def apply(results_path: Path, dest: Path | None = None, log=print) -> Path:
         times.update(r["times_ms"])
         disagree.update(r.get("disagree", {}))
         db["workloads"][r["key"]] = {"stage": r["stage"], "kernel": r["kernel"], "times_ms": times,
-                                     "disagree": disagree}
+                                     "disagree": disagree, "default": default}
         saved += times[default] - min(times.values()) if default in times else 0.0
     write_atomic(dest, json.dumps(db, indent=1, sort_keys=True) + "\n")
     log(f"{dest}: {len(db['workloads'])} kernels; the fastest candidates save {saved:.2f} ms over the "
