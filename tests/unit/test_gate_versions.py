@@ -77,7 +77,10 @@ def test_folder_spec_and_its_identity(tvm_folder):
     assert side.label.startswith("0.27.0.post1-path-")
     shim = shim_dir(side)
     names = sorted(p.name for p in shim.iterdir())
-    assert names[:2] == ["apache_tvm-0.27.0.post1.dist-info", "apache_tvm_ffi-0.1.15.post2.dist-info"]
+    from importlib.metadata import version
+
+    ffi = version("apache-tvm-ffi")  # pyproject's pin (0.1.14.post1: known issue tvm_ffi_0115_dtype_json_segfault)
+    assert names[:2] == ["apache_tvm-0.27.0.post1.dist-info", f"apache_tvm_ffi-{ffi}.dist-info"]
     assert names[2:] == ["tvm", "tvm_ffi"] and (shim / "tvm").resolve() == side.path
 
 
