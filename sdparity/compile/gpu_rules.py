@@ -235,12 +235,11 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
                 values = choose(entry, target.kind.name) if entry else None
             from sdparity.compile import mma
 
-            if isinstance(values, mma.MmaConfig) or (
-                    values is None and target.kind.name == "cuda" and isinstance(func, PrimFunc)
-                    and mma.takes(func)):
-                # float16 in, float32 accumulation: tensor cores (compile/mma.py)
-                if isinstance(values, mma.MmaConfig) and force is not None:
-                    return mma.mma_schedule(func, values)  # the tuner: a candidate that fails says so
+            if isinstance(values, mma.MmaConfig) and force is not None:
+                return mma.mma_schedule(func, values)  # the tuner: a candidate that fails says so
+            if target.kind.name == "cuda" and isinstance(func, PrimFunc) and (
+                    values is None or isinstance(values, mma.MmaConfig)):
+                # float16 in, float32 accumulation: tensor cores (compile/mma.py; None: not such a kernel)
                 try:
                     sch = mma.mma_schedule(func, values or mma.DEFAULT_CONFIG)
                 except Exception as e:  # noqa: BLE001 - a structure the tensor-core rule cannot take

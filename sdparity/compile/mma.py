@@ -163,13 +163,15 @@ def _k_contiguous(block) -> bool:
 
 
 def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
-    """The kernel scheduled on tensor cores, or None when its structure does not fit."""
-    from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
-    from tvm.s_tir.tensor_intrin.cuda import get_mma_intrin_group, shared_16x16_to_ldmatrix_32x8_layout
-
+    """The kernel scheduled on tensor cores, or None when its structure does not fit (``takes``)."""
     normalized = _normalize(func)
     if normalized is None:
         return None
+    # imported only now: registering TVM's CUDA tensor intrinsics takes ~30 s (TVMScript parsing),
+    # which a build without a float16 contraction never pays
+    from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
+    from tvm.s_tir.tensor_intrin.cuda import get_mma_intrin_group, shared_16x16_to_ldmatrix_32x8_layout
+
     sch, root, main, reindex_c = normalized
     bi, bj, bk = config.tile
     if config.split_k > 1 and int(sch.get(main).iter_vars[3].dom.extent) % (bk * config.split_k):

@@ -95,24 +95,16 @@ def build_module(mod, target):
                            tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 
 
-def lift_weights(ir):
-    """The stage's module with every computation that depends on the weights alone (casts to
-    float16, transposes, the Winograd weight transform) moved into ``<function>_transform_params``
-    (relax.transform.LiftTransformParams, run by ``fused_for_gpu(lift=True)``): a runner calls it
-    once after loading the weights and passes its outputs instead of them (gpu_cuda, f16 mode).
-    This marks each function's inputs (``num_input``: its arguments before the weights)."""
-    mod = ir.mod
-    for gv, func in list(mod.functions_items()):
-        if gv.name_hint in ir.params:
-            mod[gv] = func.with_attr("num_input", len(func.params) - len(ir.params[gv.name_hint]))
-    return mod
-
-
 def fused_for_gpu(mod, target, lift: bool = False):
     """The kernels a GPU build schedules: legalized (the precise GroupNorm first; the zero
-    pipeline legalizes the rest) and fused, not yet scheduled. ``lift``: the weights' own
-    computations go into ``<function>_transform_params`` first (``lift_weights`` marks the
-    module). The tuner (sdparity.tiers.gpu_tune) takes its kernels from here too."""
+    pipeline legalizes the rest) and fused, not yet scheduled. ``lift``: every computation that
+    depends on the weights alone (casts to float16, transposes, the Winograd weight transform)
+    first goes into ``<function>_transform_params`` (relax.transform.LiftTransformParams), which
+    a runner calls once after loading the weights and whose outputs it passes instead of them
+    (gpu_cuda.call_weights, f16 mode). Which arguments are weights, LiftTransformParams reads
+    from each function's ``num_input``, which TVM's exported-program frontend sets (its inputs,
+    then the weights: tests/unit/test_f16.py checks the stages). The tuner
+    (sdparity.tiers.gpu_tune) takes its kernels from here too."""
     from tvm import relax
 
     from sdparity.compile import legalize

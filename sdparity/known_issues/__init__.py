@@ -46,6 +46,12 @@ class KnownIssue:
                 "repro": str(self.repro.relative_to(REPROS.parent.parent.parent)), "upstream": self.upstream}
 
 
+def no_check(record: dict) -> bool:
+    """``covers`` of an entry no check of the suite reaches (a bug sdparity avoids by a pin or
+    works around where it builds, or one its checks never run into): the repro is the evidence."""
+    return False
+
+
 def register(issue: KnownIssue) -> KnownIssue:
     if not issue.id or issue.id in _ISSUES:
         raise ValueError(f"known issue id {issue.id!r} is empty or registered twice")
@@ -216,7 +222,7 @@ register(KnownIssue(
     "2 workgroups) in Dawn and finds the 64 floats past the grid written; with `>=` they stay 0. "
     "No sdparity check meets it: SD 1.5 at 512x512 folds only power-of-two grids (other image "
     "sizes would not). Found reading the WGSL of the tuner's kernels (issue 13), confirmed in Dawn.",
-    covers=lambda r: False,  # no check of the suite runs such a grid; the repro is the evidence
+    covers=no_check,
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))
@@ -235,7 +241,7 @@ register(KnownIssue(
     "registered as tvm_dlight_f16_tensorize_segfault (the crash localized to the first tensorize); "
     "the serializer is the root cause. sdparity pins apache-tvm-ffi==0.1.14.post1 "
     "(pyproject.toml); the repro installs 0.1.15.post2 beside TVM in a temporary folder.",
-    covers=lambda r: False,  # the pin avoids it; the repro is the evidence
+    covers=no_check,
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))
@@ -253,7 +259,7 @@ register(KnownIssue(
     "tensor-core kernels run the pass once per warp buffer (compile/schedule.py, "
     "build_module: each run lowers the next; one with none left changes nothing); other builds "
     "keep TVM's pipeline.",
-    covers=lambda r: False,  # worked around in compile/schedule.py; the repro is the evidence
+    covers=no_check,
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))
@@ -269,7 +275,7 @@ register(KnownIssue(
     "constant coefficient on warp index threadIdx_x but get 0'). Every ldmatrix + mma kernel hits "
     "it. sdparity's builds with tensor-core kernels turn TVM's CSE off (tirx.disable_cse_tir) and "
     "run it after LowerWarpMemory instead (compile/schedule.py, build_module).",
-    covers=lambda r: False,  # worked around in compile/schedule.py; the repro is the evidence
+    covers=no_check,
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))

@@ -49,7 +49,9 @@ _SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "co
 
 # ============================================================================ prepare (here)
 
-def _cuda_backend():
+def _cuda_backend(lift: bool = False):
+    """``lift``: the build moves the weights' own work (casts, transposes, the Winograd weight
+    transform) into ``<function>_transform_params`` (f16 mode: ``schedule.fused_for_gpu``)."""
     import tvm
 
     from sdparity.backends.native import NativeBackend
@@ -69,12 +71,7 @@ def _cuda_backend():
 
             target = self.target()
             # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            if getattr(self, "lift", False):  # f16 mode: the weights' own work once at load
-                from sdparity.compile.schedule import lift_weights
-
-                ex = build_module(schedule_for(lift_weights(ir), target, lift=True), target)
-            else:
-                ex = build_module(schedule_for(ir.mod, target), target)
+            ex = build_module(schedule_for(ir.mod, target, lift=lift), target)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
             # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
@@ -203,6 +200,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
     model = load_model(model_name, log=log)
     backend = _cuda_backend()
+    lifting = _cuda_backend(lift=True)  # f16 mode's model stages
     for name in stage_names or list(stages):
         st = stages[name]
         variant = st.default_variant(model)
@@ -217,12 +215,8 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
             from sdparity.tiers.f16 import to_f16
 
             # weights travel as float32 (same names and order); <function>_transform_params
-            # casts and transforms them once on the device (schedule.lift_weights)
-            backend.lift = True
-            try:
-                backend.build(to_f16(ir), folder, log=log)
-            finally:
-                backend.lift = False
+            # casts and transforms them once on the device (call_weights)
+            lifting.build(to_f16(ir), folder, log=log)
         else:
             backend.build(ir, folder, log=log)
         build_s = time.perf_counter() - t0
@@ -398,7 +392,7 @@ def load_vm(tvm, lib_path: Path, dev, graphs: bool = True):
 
 def call_weights(vm, fn: str, meta: dict, weights: list) -> list:
     """The weights ``fn`` takes: as loaded, or for a build with lifted weights (f16 mode,
-    ``meta["lifted"]``: schedule.lift_weights) the outputs of ``<fn>_transform_params``, which
+    ``meta["lifted"]``: schedule.fused_for_gpu) the outputs of ``<fn>_transform_params``, which
     casts and transforms them once."""
     if not meta.get("lifted") or not weights:
         return weights

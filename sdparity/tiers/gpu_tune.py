@@ -79,15 +79,13 @@ def _fused(stage, model, target, precision: str = "f32"):
     --precision f16`` builds them)."""
     from sdparity.compile.schedule import fused_for_gpu
 
-    from sdparity.compile.schedule import lift_weights
-
     ir = stage.build_ir(model, stage.default_variant(model))
     lift = precision == "f16" and stage.component
     if lift:  # as gpu_cuda builds the f16 mode: float16, the weights' own work lifted out
         from sdparity.tiers.f16 import to_f16
 
         ir = to_f16(ir)
-    mod = lift_weights(ir) if lift else ir.mod
+    mod = ir.mod
     if target.kind.name == "webgpu":
         from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
 

@@ -115,22 +115,21 @@ def test_cast_per_use_gives_each_use_its_own_cast_and_the_same_numbers():
 
 
 def test_lifted_weights_compute_what_the_plain_build_computes():
-    """schedule.lift_weights + LiftTransformParams, as fused_for_gpu(lift=True) runs them for
-    the f16 CUDA builds: the weights' transpose and cast to float16 move into
-    ``<fn>_transform_params``, which the runner calls once with the weights (a list, as
-    gpu_cuda's device step passes them); the function then takes its outputs. Built for llvm
-    here: the same numbers as the build without lifting."""
+    """LiftTransformParams, as fused_for_gpu(lift=True) runs it for the f16 CUDA builds, on a
+    function whose ``num_input`` marks its inputs (as the frontend marks the stages): the
+    weights' transpose and cast to float16 move into ``<fn>_transform_params``, which the
+    runner calls once with the weights (a list, as gpu_cuda's device step passes them); the
+    function then takes its outputs. Built for llvm here: the same numbers as the build
+    without lifting."""
     import tvm
     from tvm import relax
     from tvm.script import relax as R
-
-    from sdparity.compile.schedule import lift_weights
-    from sdparity.ir import StageIR
 
     @tvm.script.ir_module
     class Mod:
         @R.function
         def unet(x: R.Tensor((4, 8), "float16"), w: R.Tensor((8, 8), "float32"), b: R.Tensor((8,), "float32")):
+            R.func_attr({"num_input": 1})
             with R.dataflow():
                 y = R.matmul(x, R.astype(R.permute_dims(w), "float16"), out_dtype="float32")
                 out = R.add(y, b)
@@ -140,8 +139,7 @@ def test_lifted_weights_compute_what_the_plain_build_computes():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((4, 8)).astype(np.float16)
     w, b = rng.standard_normal((8, 8)).astype(np.float32), rng.standard_normal(8).astype(np.float32)
-    ir = StageIR(Mod, {"unet": [w, b]})
-    lifted = relax.transform.LiftTransformParams()(lift_weights(ir))
+    lifted = relax.transform.LiftTransformParams()(Mod)
     assert "unet_transform_params" in [gv.name_hint for gv in lifted.get_global_vars()]
     assert "permute_dims" not in lifted["unet"].script() and "astype" not in lifted["unet"].script()
     dev = tvm.cpu()
@@ -150,3 +148,17 @@ def test_lifted_weights_compute_what_the_plain_build_computes():
     args = [tvm.runtime.tensor(a, dev) for a in (x, w, b)]
     weights = list(vm["unet_transform_params"](args[1:]))
     assert np.array_equal(vm["unet"](args[0], *weights).numpy(), plain["unet"](*args).numpy())
+
+
+def test_model_stages_mark_their_inputs_for_lifting(tiny):
+    """fused_for_gpu(lift=True) relies on each model stage's ``num_input`` (set by TVM's
+    exported-program frontend) counting the arguments before the weights, also after the f16
+    mode's passes; a wrong count would lift work on an input, or nothing."""
+    from sdparity.registry import all_stages
+
+    for name in ("clip", "unet", "vae"):
+        st = all_stages()[name]
+        ir = f16.to_f16(st.build_ir(tiny, st.default_variant(tiny)))
+        for fn, weights in ir.params.items():
+            func = ir.mod[fn]
+            assert int(func.attrs["num_input"]) == len(func.params) - len(weights) > 0, (name, fn)
