@@ -25,12 +25,15 @@ TRUSTED_TARGET = {"kind": "llvm", "opt-level": 0}
 CUDA_GRAPH_KINDS: frozenset[str] = frozenset()
 
 
-def build_context(target, cse: bool = True):
+def build_context(target, cse: bool = True, cuda_graphs: bool | None = None):
     """The PassContext every relax.build for this target runs in (one place). ``cse=False``:
-    TVM's pipeline skips its common-subexpression elimination (``build_module`` runs it later)."""
+    TVM's pipeline skips its common-subexpression elimination (``build_module`` runs it later).
+    ``cuda_graphs``: replay static regions as CUDA graphs; by default on CUDA_GRAPH_KINDS (a
+    build that asks for them explicitly: the f16 mode's CUDA stages, ``tiers/gpu_cuda.py``)."""
     import tvm
 
-    config = {"relax.backend.use_cuda_graph": target.kind.name in CUDA_GRAPH_KINDS}
+    graphs = target.kind.name in CUDA_GRAPH_KINDS if cuda_graphs is None else cuda_graphs
+    config = {"relax.backend.use_cuda_graph": graphs}
     if not cse:
         config["tirx.disable_cse_tir"] = True
     return tvm.transform.PassContext(config=config)
@@ -84,13 +87,13 @@ def uses_tensor_cores(mod) -> bool:
     return False
 
 
-def build_module(mod, target):
+def build_module(mod, target, cuda_graphs: bool | None = None):
     """tvm.compile of a scheduled module (Relax + kernels, or kernels alone: the tuner's) for
     ``target``, in the PassContext and TIR pipeline it needs (one place for every build)."""
     import tvm
 
     tensor_cores = uses_tensor_cores(mod)
-    with build_context(target, cse=not tensor_cores):
+    with build_context(target, cse=not tensor_cores, cuda_graphs=cuda_graphs):
         return tvm.compile(mod, target=target,
                            tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 

@@ -27,19 +27,30 @@ import numpy as np
 
 from sdparity.errors import SdparityError, one_line
 
-PRECISION_KEY = {"precision": "f16-mixed (ToMixedPrecision, float32 accumulation)"}
+PRECISION = "f16-mixed (ToMixedPrecision, float32 accumulation)"
+
+
+def precision_key() -> dict:
+    """What the f16 mode adds to a stage's build key: the precision and this module's source
+    (``to_f16``'s rewrites live here; an edit must not reuse an f16 build)."""
+    from sdparity.identity import source_digest
+
+    return {"precision": PRECISION, "f16_sources": source_digest(["sdparity.tiers.f16"])}
 DEFAULT_REPORT = "sdparity-report-f16.json"
 
 
 def to_f16(ir):
     """The stage's IR with float16 compute (TVM's own mixed-precision pass), each cast it
-    inserts given to its uses one by one (``cast_per_use``)."""
+    inserts given to its uses one by one (``cast_per_use``), and each attention's safe softmax
+    between its float16 scores and float16 probabilities computed by one kernel
+    (``sdparity.compile.attention.fuse_safe_softmax``)."""
     from tvm import relax
 
+    from sdparity.compile.attention import fuse_safe_softmax
     from sdparity.ir import StageIR
 
     mod = relax.transform.ToMixedPrecision(out_dtype="float32")(ir.mod)
-    return StageIR(cast_per_use(mod), ir.params)
+    return StageIR(fuse_safe_softmax(cast_per_use(mod)), ir.params)
 
 
 def cast_per_use(mod):
@@ -163,7 +174,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log) -
                   precision="f16")
     try:
         art, meta, cached = b.build_cached(lambda: to_f16(st.build_ir(model, variant)),
-                                           {**st.build_key(model, variant), **PRECISION_KEY}, cache, log=log,
+                                           {**st.build_key(model, variant), **precision_key()}, cache, log=log,
                                            label=f"{st.name}/{b.name}/f16")
     except Exception as e:  # noqa: BLE001 - a failed build is this check's result
         log(f"{tag}: build failed: {one_line(e)}")

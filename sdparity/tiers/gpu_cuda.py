@@ -49,9 +49,11 @@ _SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "co
 
 # ============================================================================ prepare (here)
 
-def _cuda_backend(lift: bool = False):
+def _cuda_backend(lift: bool = False, graphs: bool | None = None):
     """``lift``: the build moves the weights' own work (casts, transposes, the Winograd weight
-    transform) into ``<function>_transform_params`` (f16 mode: ``schedule.fused_for_gpu``)."""
+    transform) into ``<function>_transform_params`` (f16 mode: ``schedule.fused_for_gpu``).
+    ``graphs``: replay static regions as CUDA graphs (``schedule.build_context``; default: per
+    target kind, i.e. off)."""
     import tvm
 
     from sdparity.backends.native import NativeBackend
@@ -71,7 +73,7 @@ def _cuda_backend(lift: bool = False):
 
             target = self.target()
             # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            ex = build_module(schedule_for(ir.mod, target, lift=lift), target)
+            ex = build_module(schedule_for(ir.mod, target, lift=lift), target, cuda_graphs=graphs)
             ex.export_library(str(out_dir / LIB))  # weights are not carried
             # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
             # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
@@ -180,7 +182,10 @@ def slim_tvm_package(dest: Path) -> Path:
     return out
 
 
-def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32") -> None:
+def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32",
+            cuda_graphs: bool = False) -> None:
+    """``cuda_graphs``: build the f16 mode's model stages with CUDA graphs (float32 builds with
+    graphs crash on the H200: docs/performance.md, "CUDA graphs")."""
     from reference.models import BUILTIN_MODELS, load_model
 
     from sdparity.errors import SdparityError
@@ -200,7 +205,10 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
     model = load_model(model_name, log=log)
     backend = _cuda_backend()
-    lifting = _cuda_backend(lift=True)  # f16 mode's model stages
+    if cuda_graphs and precision != "f16":
+        raise SdparityError("--cuda-graphs is for --precision f16 (the float32 UNet built with CUDA graphs "
+                            "stops with cudaErrorIllegalAddress on the H200: docs/performance.md)")
+    lifting = _cuda_backend(lift=True, graphs=cuda_graphs or None)  # f16 mode's model stages
     for name in stage_names or list(stages):
         st = stages[name]
         variant = st.default_variant(model)
@@ -235,6 +243,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         np.savez(folder / "cases.npz", **arrays)
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
                 "precision": precision if st.component else "f32", "lifted": bool(lifted),
+                "cuda_graphs_built": bool(lifted and cuda_graphs),
                 "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases}
         if st.component:
             meta["component"] = st.component
@@ -278,18 +287,49 @@ def _load_tvm_runtime():
     return tvm
 
 
-def _timed_call(fn, args: list, sync, repeat: int) -> list[float]:
-    return _timed(lambda: fn(*args), sync, repeat)
+def _timed_call(fn, args: list, sync, repeat: int, host: list | None = None) -> list[float]:
+    return _timed(lambda: fn(*args), sync, repeat, host)
 
 
-def _timed(fn, sync, repeat: int) -> list[float]:
+def _timed(fn, sync, repeat: int, host: list | None = None) -> list[float]:
+    """Wall seconds of each call, synchronized. ``host`` (a list) also gets the seconds until
+    each call returned, before the sync: the host's time to issue the work. A call whose issue
+    time is close to its wall time is bound by the host (launch overhead), not by the GPU."""
     out = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
+        issued = time.perf_counter()
         sync()
         out.append(time.perf_counter() - t)
+        if host is not None:
+            host.append(issued - t)
     return out
+
+
+def _torch_graph_times(module, targs, repeat: int):
+    """Median seconds of the PyTorch call replayed as one CUDA graph (torch.cuda.CUDAGraph):
+    PyTorch's GPU time without its host's per-operator overhead, to tell a host-bound eager
+    time from a slow GPU one (f16 mode, docs/performance.md). A string where capture fails."""
+    import torch
+
+    try:
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.no_grad(), torch.cuda.stream(stream):
+            for _ in range(2):
+                module(*targs)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.no_grad(), torch.cuda.graph(graph):
+            module(*targs)
+        times = _timed(graph.replay, torch.cuda.synchronize, repeat)
+        del graph
+        return round(float(np.median(times)), 6)
+    except Exception as e:  # noqa: BLE001 - a measurement, not a check
+        from sdparity.errors import one_line
+
+        return f"capture failed: {one_line(e)}"
 
 
 def _torch_run(module, inputs, dtype):
@@ -304,6 +344,33 @@ def _torch_run(module, inputs, dtype):
         out = module(*args)
     outs = out if isinstance(out, (tuple, list)) else (out,)
     return [o.detach().cpu().numpy() for o in outs], args
+
+
+#: denoising steps of the generation estimate (the web app's default)
+STEPS = 20
+
+
+def generation(perf: list[dict]) -> dict | None:
+    """One 512x512 generation from the stages' medians, both sides the same sum: text encoder +
+    STEPS x UNet with CFG + VAE decode (the scheduler's step is microseconds on either side and
+    not timed here). None until all three were timed. With ``ref_graph_s`` (f16 mode), also
+    against PyTorch replaying each stage as one CUDA graph."""
+    by = {r["stage"]: r for r in perf}
+    if not {"clip", "unet", "vae"} <= by.keys():
+        return None
+    weight = {"clip": 1, "unet": STEPS, "vae": 1}
+
+    def total(key):
+        vals = [by[s].get(key) for s in weight]
+        return sum(w * v for w, v in zip(weight.values(), vals)) if all(
+            isinstance(v, float) for v in vals) else None
+
+    tvm, ref, graph = total("run_s"), total("ref_s"), total("ref_graph_s")
+    out = {"steps": STEPS, "sum": "clip + steps x unet + vae", "tvm_s": round(tvm, 4), "torch_s": round(ref, 4),
+           "ratio": round(tvm / ref, 3)}
+    if graph:
+        out.update(torch_graph_s=round(graph, 4), ratio_graph=round(tvm / graph, 3))
+    return out
 
 
 def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, log=print,
@@ -334,7 +401,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in (stage_names or json.loads((folder / "order.json").read_text()))
              if (folder / n / "meta.json").is_file()]
-    parts = None
+    parts, gen = None, None
     for name in names:
         meta = json.loads((folder / name / "meta.json").read_text())
         report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
@@ -357,7 +424,13 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
                        output=None, shapes=None, verdict="error", message=f"{type(e).__name__}: {msg}",
                        metrics=None, tolerance=None, timings=None)
         torch.cuda.empty_cache()
+        gen = generation(perf)
+        if gen:
+            report.data["performance"]["gpu"]["generation"] = gen
         write_atomic(out / "gpu-report.json", report.to_json())  # after every stage
+    if gen:
+        log(f"[cuda] generation ({STEPS} steps): tvm {gen['tvm_s']:.3f} s, torch {gen['torch_s']:.3f} s "
+            f"({gen['ratio']:.2f}x); torch with CUDA graphs {gen.get('torch_graph_s')} s ({gen.get('ratio_graph')}x)")
     log(f"cuda on {card}: {report.summary()} -> {out / 'gpu-report.json'}")
     return 0 if report.ok else 1
 
@@ -470,7 +543,8 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         for ci, c in enumerate(cases):
             cands.append(to_numpy_list(vm[c["function"]](*args[ci], *per_fn[c["function"]])))
         dev.sync()
-        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *per_fn[fn]], dev.sync, repeat)
+        tvm_issue = {fn: [] for fn in timed}
+        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *per_fn[fn]], dev.sync, repeat, tvm_issue[fn])
                      for fn, ci in timed.items()}
     del vm
     if profile:  # kernel by kernel: a CUDA graph is one call to the instrument hook
@@ -481,7 +555,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     del per_fn, args
 
     # ---- PyTorch on CUDA: float32 (TF32 off; f16 mode: float16) and float64 for the noise floor
-    ref_times, ref_peak = {}, None
+    ref_times, ref_peak, ref_issue, ref_graph = {}, None, {fn: [] for fn in timed}, {}
     f16 = meta.get("precision") == "f16"
     if module is not None:
         ref_dtype = "float16" if f16 else "float32"  # f16 mode: timed and judged against PyTorch's float16
@@ -491,7 +565,9 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         for fn, ci in timed.items():
             targs = _torch_run(module, inputs[ci], ref_dtype)[1]
             with torch.no_grad():
-                ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat)
+                ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
+            if f16:
+                ref_graph[fn] = _torch_graph_times(module, targs, repeat)
         ref_peak = torch.cuda.max_memory_allocated() / 2**20
         module.to(torch.float64)
         refs64 = [_torch_run(module, ins, "float64")[0] for ins in inputs]
@@ -504,7 +580,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         for fn, ci in timed.items():
             f = stage.torch_eager(fn)
             targs = [torch.from_numpy(np.array(a)).cuda() for a in inputs[ci]]
-            ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat)
+            ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
         kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
 
     # ---- compare and record
@@ -538,12 +614,16 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                      "weights_upload_s": round(load_s, 3), "run_s": round(run_s, 6),
                      "run_s_all": [round(x, 6) for x in tvm_times[fn]], "ref_s": round(ref_s, 6),
                      "ref_s_all": [round(x, 6) for x in ref_times[fn]], "reference_kind": kind,
-                     "precision": "f16" if f16 else "f32",
+                     "run_issue_s": round(float(np.median(tvm_issue[fn])), 6),
+                     "ref_issue_s": round(float(np.median(ref_issue[fn])), 6),
+                     **({"ref_graph_s": ref_graph[fn]} if fn in ref_graph else {}),
+                     "precision": "f16" if f16 else "f32", "cuda_graphs": graphs and meta.get("cuda_graphs_built", False),
                      "ref_device": "cuda", "ratio": round(run_s / ref_s, 3) if ref_s > 0 else None,
                      "device_mem_peak_mib": None if mem.dev_peak is None else round(mem.dev_peak, 1),
                      "device_mem_delta_mib": None if mem.dev_peak is None else round(mem.dev_peak - before, 1),
                      "ref_peak_allocated_mib": None if ref_peak is None else round(ref_peak, 1)})
-        log(f"[cuda] {name} {fn}: tvm {run_s * 1e3:.2f} ms, torch {ref_s * 1e3:.2f} ms on {card}")
+        log(f"[cuda] {name} {fn}: tvm {run_s * 1e3:.2f} ms (host issue {np.median(tvm_issue[fn]) * 1e3:.2f}), "
+            f"torch {ref_s * 1e3:.2f} ms (host issue {np.median(ref_issue[fn]) * 1e3:.2f}) on {card}")
 
 
 # ============================================================================ command line
@@ -558,6 +638,8 @@ def main(argv=None) -> int:
     a.add_argument("--precision", choices=("f32", "f16"), default="f32",
                    help="f16: the model stages through TVM's mixed-precision pass, judged and timed against "
                    "PyTorch float16 (sdparity.tiers.f16)")
+    a.add_argument("--cuda-graphs", action="store_true",
+                   help="f16: build the model stages to replay their static regions as CUDA graphs")
     b = sub.add_parser("device", help="on the GPU machine: run, compare, time; write gpu-report.json")
     b.add_argument("--dir", type=Path, default=Path("out/gpu"))
     b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-result")))
@@ -570,7 +652,7 @@ def main(argv=None) -> int:
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
-        prepare(args.model, args.dir, stages, log, precision=args.precision)
+        prepare(args.model, args.dir, stages, log, precision=args.precision, cuda_graphs=args.cuda_graphs)
         built = [d.name for d in args.dir.iterdir() if (d / "meta.json").is_file()]
         from sdparity.registry import all_stages
 

@@ -39,3 +39,26 @@ def test_gpu_tune_apply_refuses_bad_results_and_keeps_the_database(tmp_path):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert "not a tune-results.json" in p.stderr.strip().splitlines()[-1]
     assert not db.exists()  # nothing half-written
+
+
+def test_cuda_graphs_are_refused_for_float32_builds(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_cuda", "prepare", "--stages", "unet",
+                        "--dir", str(tmp_path / "d"), "--cuda-graphs"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "--cuda-graphs is for --precision f16" in p.stderr.strip().splitlines()[-1]
+
+
+def test_generation_sums_the_stage_medians_on_both_sides():
+    """The report's generation estimate (gpu_cuda.generation): text encoder + 20 UNet steps + VAE,
+    the same sum on both sides, from the timed medians; absent until all three were timed."""
+    from sdparity.tiers.gpu_cuda import STEPS, generation
+
+    rows = [{"stage": "clip", "run_s": 0.004, "ref_s": 0.002, "ref_graph_s": 0.001},
+            {"stage": "unet", "run_s": 0.030, "ref_s": 0.025, "ref_graph_s": 0.012},
+            {"stage": "vae", "run_s": 0.028, "ref_s": 0.022, "ref_graph_s": "capture failed: x"}]
+    assert generation(rows[:2]) is None
+    g = generation(rows)
+    assert STEPS == 20 and g["tvm_s"] == round(0.004 + 20 * 0.030 + 0.028, 4)
+    assert g["torch_s"] == round(0.002 + 20 * 0.025 + 0.022, 4) and g["ratio"] == round(g["tvm_s"] / g["torch_s"], 3)
+    assert "torch_graph_s" not in g  # one stage's graph capture failed: no graph-replayed sum

@@ -150,6 +150,7 @@ def test_cuda_graph_regions_compute_what_the_plain_build_computes(tiny, tmp_path
 
     for target in (CUDA, tvm.target.Target("llvm")):
         assert build_context(target).config["relax.backend.use_cuda_graph"] == (target.kind.name in CUDA_GRAPH_KINDS)
+        assert build_context(target, cuda_graphs=True).config["relax.backend.use_cuda_graph"]  # f16 CUDA builds
     stage = get_stage("unet")
     variant = stage.default_variant(tiny)
     ir = stage.build_ir(tiny, variant)
