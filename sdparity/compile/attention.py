@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import math
 
-#: the primfunc name hint of the fused kernel (also how tests find it)
-KERNEL = "safe_softmax_f16"
+#: the primfunc name hint of the fused kernel is KERNEL + "_" + its output dtype
+KERNEL = "safe_softmax"
 
 
 def _is_op(expr, name: str) -> bool:
@@ -124,77 +124,193 @@ class _Chain:
             return None
         return scores
 
+    def through_shape_ops(self, expr):
+        """expr's producer, past reshapes and broadcasts that keep the shape."""
+        node = self.of(expr)
+        while _is_op(node, "relax.reshape") or (_is_op(node, "relax.broadcast_to") and _same_shape(node, node.args[0])):
+            node = self.of(node.args[0])
+        return node
+
     def scores(self, expr):
         """What the chain reads: the float16 tensor a float32 cast reads, else expr itself."""
         src = self.source(expr)
         return expr if src is None else src
 
 
-def _safe_softmax_te(x):
-    """float16 (or float32) scores -> float16 probabilities, float32 inside, TOPI's softmax order."""
+def exp_f32(x):
+    """e^x in float32 as one vectorizable expression (Cephes' expf: x = n ln2 + r with
+    |r| <= ln2 / 2, a degree-7 polynomial for e^r, 2^n built from the exponent bits), for the
+    CPU attention kernel, where LLVM turns TVM's exp into one libm call per lane (0.29 of
+    0.73 s of the full-size UNet's 64x64 attention on 2 cores). Below -87.33 (where 2^n would
+    leave the normal range, -inf included) it gives 0, where expf gives a denormal (at most
+    1.2e-38 against the row max's term 1 in a softmax sum); NaN stays NaN. Measured against
+    float64 over [-87.33, 0]: at most 1.02 ulp from e^x (tests/unit/test_attention.py: 2)."""
+    from tvm import tirx
+
+    f32 = "float32"
+
+    def c(v):
+        return tirx.const(v, f32)
+
+    n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
+    r = x - n * c(0.693359375) - n * c(-2.12194440e-4)
+    y = c(1.9875691500e-4)
+    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+        y = y * r + c(coef)
+    y = y * r * r + r + c(1.0)
+    two_n = tirx.reinterpret(f32, tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"),
+                                                  tirx.const(23, "int32")))
+    small = tirx.Select(x < c(-87.33), c(0.0), y * two_n)
+    return tirx.Select(x != x, x, small)
+
+
+def _safe_softmax_te(x, out_dtype: str, lanes: int = 1, exp=None):
+    """float16 or float32 scores -> probabilities in out_dtype, float32 inside, TOPI's softmax
+    order. ``lanes``: the row max and the row sum first per lane (every lanes-th score), then
+    across the lanes, so a CPU takes them in vector registers (the max is the same value; the
+    sum adds in another order, within float32 rounding). ``exp``: e^x (default TVM's exp)."""
     from tvm import te, tirx
 
     *outer, n = x.shape
-    k1 = te.reduce_axis((0, n), "k")
-    k2 = te.reduce_axis((0, n), "k")
     f32 = "float32"
-    mx = te.compute(outer, lambda *i: te.max(x[(*i, k1)].astype(f32), axis=k1), "softmax_max")
-    ex = te.compute(x.shape, lambda *i: te.exp(x[i].astype(f32) - mx[i[:-1]]), "softmax_exp")
-    sm = te.compute(outer, lambda *i: te.sum(ex[(*i, k2)], axis=k2), "softmax_sum")
+    exp = exp or te.exp
+    by_lanes = lanes > 1 and int(n) % lanes == 0
+
+    def row(reduce, value, name):
+        """reduce(value(..., k)) over the last axis, per lane first when by_lanes."""
+        if not by_lanes:
+            k = te.reduce_axis((0, n), "k")
+            return te.compute(outer, lambda *i: reduce(value((*i, k)), axis=k), name)
+        kc = te.reduce_axis((0, int(n) // lanes), "kc")
+        kl = te.reduce_axis((0, lanes), "kl")
+        part = te.compute((*outer, lanes), lambda *i: reduce(value((*i[:-1], kc * lanes + i[-1])), axis=kc),
+                          f"{name}_lanes")
+        return te.compute(outer, lambda *i: reduce(part[(*i, kl)], axis=kl), name)
+
+    mx = row(te.max, lambda i: x[i].astype(f32), "softmax_max")
+    ex = te.compute(x.shape, lambda *i: exp(x[i].astype(f32) - mx[i[:-1]]), "softmax_exp")
+    sm = row(te.sum, lambda i: ex[i], "softmax_sum")
     zero = tirx.const(0.0, f32)
     return te.compute(x.shape, lambda *i: tirx.Select(
-        sm[i[:-1]] == zero, zero, ex[i] / sm[i[:-1]]).astype("float16"), "softmax_norm")
+        sm[i[:-1]] == zero, zero, ex[i] / sm[i[:-1]]).astype(out_dtype), "softmax_norm")
 
 
-def fuse_safe_softmax(mod):
-    """``mod`` with every float16 safe softmax whose result is cast back to float16 (through
-    shape-only ops) computed by one kernel (module docstring)."""
+def fuse_safe_softmax(mod, float32: bool = False):
+    """``mod`` with every safe softmax whose result is cast back to float16 (through shape-only
+    ops) computed by one kernel (module docstring). ``float32``: also every float32 safe softmax
+    whose result stays float32; not for an f16 module, where it would take the chain before its
+    cast to float16."""
+
+    def match(chain, value):
+        if float32 and _is_op(value, "relax.where") and _dtype(value) == "float32":
+            scores = chain.safe_softmax_input(value)
+            return None if scores is None else (_safe_softmax_te, [scores, "float32"], f"{KERNEL}_float32")
+        # astype(float16) of reshape / broadcast_to of the where
+        if not (_is_op(value, "relax.astype") and str(value.attrs.dtype) == "float16"):
+            return None
+        scores = chain.safe_softmax_input(chain.through_shape_ops(value.args[0]))
+        return None if scores is None else (_safe_softmax_te, [scores, "float16"], f"{KERNEL}_float16")
+
+    return _rewrite(mod, match)
+
+
+def _attention_te(q, kt, v):
+    """Attention of float32 (BH, T, D) queries, (BH, D, S) transposed keys and (BH, S, Dv)
+    values as the unfused chain computes it (scores summed over D in order, the safe softmax,
+    the output summed over S in order), except the softmax's exp (``exp_f32``) and the order of
+    its row sum (16 partial sums): both vectorize on a CPU, within float32 rounding."""
+    from tvm import te
+
+    bh, t, d = q.shape
+    s_len, dv = kt.shape[2], v.shape[2]
+    k = te.reduce_axis((0, d), "k")
+    scores = te.compute((bh, t, s_len), lambda b, i, j: te.sum(q[b, i, k] * kt[b, k, j], axis=k), "attn_scores")
+    p = _safe_softmax_te(scores, "float32", lanes=16, exp=exp_f32)
+    j = te.reduce_axis((0, s_len), "j")
+    return te.compute((bh, t, dv), lambda b, i, c: te.sum(p[b, i, j] * v[b, j, c], axis=j), "attn_out")
+
+
+#: the primfunc name hint (and attribute) of the whole-attention kernel of ``fuse_attention``
+ATTENTION = "sdparity_attention"
+
+
+def fuse_attention(mod):
+    """``mod`` with every unmasked float32 attention (``matmul(safe_softmax(matmul(q, kt)), v)``
+    as torch exports scaled_dot_product_attention) computed by one kernel (``_attention_te``),
+    which the CPU schedule (``schedule_cpu``) runs a block of query rows at a time: the
+    (BH, T, S) scores and probabilities are never written whole (1 GiB each for the full-size
+    UNet's 64x64 self-attention). Same operations in the same order as the unfused chain.
+    The kernel is marked opaque (nothing fuses into it) and ``sdparity.attention``."""
+
+    def match(chain, value):
+        if not (_is_op(value, "relax.matmul") and _dtype(value) == "float32"):
+            return None
+        probs, v = value.args
+        where = chain.through_shape_ops(probs)
+        scores = chain.safe_softmax_input(where)
+        if scores is None or _dtype(scores) != "float32":
+            return None
+        product = chain.through_shape_ops(scores)
+        if not (_is_op(product, "relax.matmul") and _dtype(product) == "float32"):
+            return None
+        q, kt = product.args
+        shapes = [_ints(_shape(e)) for e in (q, kt, v, probs)]
+        if any(sh is None or len(sh) != 3 for sh in shapes) or any(_dtype(e) != "float32" for e in (q, kt, v)):
+            return None
+        (bh, t, d), (bh2, d2, s_len), (bh3, s2, _), (bh4, t2, s3) = shapes
+        if not (bh == bh2 == bh3 == bh4 and d == d2 and s_len == s2 == s3 and t == t2):
+            return None
+        if _ints(_shape(scores))[-2:] != [t, s_len]:  # the reshapes keep each (T, S) matrix whole
+            return None
+        return _attention_te, [q, kt, v], ATTENTION
+
+    return _rewrite(mod, match, attrs={"op_pattern": 8, ATTENTION: True})
+
+
+def _ints(shape):
+    """A static shape's dims as ints, else None."""
+    try:
+        return [int(x) for x in shape]
+    except (TypeError, ValueError):
+        return None
+
+
+def _rewrite(mod, match, attrs: dict | None = None):
+    """Replace every binding ``match(chain, value)`` accepts with ``call_te(fn, *args)``
+    (reshaped to the binding's shape); ``attrs`` go on each new kernel."""
     import tvm
-    from tvm import relax
+    from tvm import relax, tirx
     from tvm.relax.expr_functor import PyExprMutator, mutator
 
     @mutator
-    class Fuse(PyExprMutator):
+    class Rewrite(PyExprMutator):
         def __init__(self, mod, chain):
             super().__init__(mod)
             self.chain = chain
             self.count = 0
 
         def visit_var_binding_(self, binding):
-            value = binding.value
-            scores = self._match(value)
-            if scores is None:
+            found = match(self.chain, binding.value)
+            if found is None:
                 return super().visit_var_binding_(binding)
-            out = self.builder_.call_te(_safe_softmax_te, self.visit_expr(scores), primfunc_name_hint=KERNEL)
-            out = self.builder_.emit(out)
-            shape = _shape(binding.var)
-            new = relax.op.reshape(out, shape) if not _same_shape(out, binding.var) else out
+            fn, args, name = found
+            args = [self.visit_expr(a) if isinstance(a, relax.Expr) else a for a in args]
+            out = self.builder_.emit(self.builder_.call_te(fn, *args, primfunc_name_hint=name))
+            new = relax.op.reshape(out, _shape(binding.var)) if not _same_shape(out, binding.var) else out
             self.count += 1
             self.set_var_remap(binding.var, self.builder_.emit(new))
 
-        def _match(self, value):
-            # astype(float16) of reshape / broadcast_to of the where
-            if not (_is_op(value, "relax.astype") and str(value.attrs.dtype) == "float16"):
-                return None
-            node = self.chain.of(value.args[0])
-            while _is_op(node, "relax.reshape") or _is_op(node, "relax.broadcast_to"):
-                if _is_op(node, "relax.broadcast_to") and not _same_shape(node, node.args[0]):
-                    return None
-                node = self.chain.of(node.args[0])
-            return self.chain.safe_softmax_input(node)
-
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-    total = 0
     for gv, func in mod.functions_items():
         if not isinstance(func, relax.Function):
             continue
-        fuse = Fuse(out, _Chain(func))
-        new = fuse.visit_expr(func)
-        if fuse.count:
-            total += fuse.count
-            lowered = fuse.builder_.get()
-            for g, f in lowered.functions_items():
-                if not isinstance(f, relax.Function):
+        rewrite = Rewrite(out, _Chain(func))
+        new = rewrite.visit_expr(func)
+        if rewrite.count:
+            for g, f in rewrite.builder_.get().functions_items():
+                if isinstance(f, tirx.PrimFunc) and g.name_hint not in {x.name_hint for x in out.get_global_vars()}:
+                    for k, val in (attrs or {}).items():
+                        f = f.with_attr(k, val)
                     out[g] = f
             out[gv] = relax.analysis.remove_all_unused(new)
     return out

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 
+from sdparity.compile.attention import ATTENTION
 from sdparity.compile.legalize import precise_legalize_map
 
 #: bump when a schedule below changes the generated code: it is part of the build cache key
@@ -97,10 +98,12 @@ def configure_threads() -> int:
 
 
 def schedule_llvm(mod, target):
-    """Legalize + fuse mod as TVM's CPU pipeline does, then schedule every PrimFunc."""
+    """Legalize + fuse mod as TVM's CPU pipeline does, then schedule every PrimFunc. Before
+    that, each attention becomes one kernel (``rewrite_graph``)."""
     import tvm
     from tvm import relax
 
+    mod = rewrite_graph(mod)
     with target:
         mod = tvm.transform.Sequential([
             relax.transform.LegalizeOps(customize_legalize_map=PRECISE_LEGALIZE),
@@ -111,12 +114,103 @@ def schedule_llvm(mod, target):
         ])(mod)
     for gv, func in list(mod.functions.items()):
         if isinstance(func, tvm.tirx.PrimFunc) and not _scheduled(func):
-            mod[gv] = schedule_primfunc(func)
+            attention = func.attrs is not None and func.attrs.get(ATTENTION, False)
+            mod[gv] = schedule_attention(func) if attention else schedule_primfunc(func)
     return mod
 
 
 #: GroupNorm with float64 statistics (sdparity.compile.legalize; also used by the CUDA builds)
 PRECISE_LEGALIZE = precise_legalize_map("llvm")
+
+
+def rewrite_graph(mod):
+    """The Relax rewrites of every llvm build, before legalization (one place: the builds and
+    the trusted build of kernel replay, ``tiers/localize.py``, both call this): each unmasked
+    float32 attention as one kernel (``compile/attention.fuse_attention``, scheduled by
+    ``schedule_attention``)."""
+    from sdparity.compile.attention import fuse_attention
+
+    return fuse_attention(mod)
+
+
+#: query rows an attention kernel computes at a time (``schedule_attention``)
+ATTENTION_ROWS = 16
+
+
+def schedule_attention(func):
+    """The whole-attention kernel of ``compile/attention.fuse_attention``, a block of
+    ATTENTION_ROWS query rows at a time (parallel over blocks): the block's scores (rows x S,
+    256 KiB at S = 4096) and probabilities stay in cache instead of going to memory whole.
+    Inside a block: the scores' and the output's sums keep their order (their reduction loop
+    moves outside a vectorized spatial loop), the max, exp, sum and quotient run along each
+    row as in the softmax. Bit-identical to the unfused chain's kernels
+    (tests/unit/test_attention.py)."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    out = sch.get_sblock("attn_out")
+    b, i, c, j = sch.get_loops(out)
+    t = _const(sch.get(i).extent)
+    io, ii = sch.split(i, [None, _largest_divisor(t, ATTENTION_ROWS)])
+    tile = sch.fuse(b, io)
+    sch.reorder(tile, ii, j, c)
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    lanes = [n for n in ("softmax_max_lanes", "softmax_sum_lanes") if n in names]  # S % 16 == 0 only
+    for name in ("softmax_norm", "softmax_sum", "softmax_sum_lanes", "softmax_exp", "softmax_max",
+                 "softmax_max_lanes", "attn_scores"):
+        if name in names:
+            sch.compute_at(sch.get_sblock(name), tile, preserve_unit_loops=True)
+
+    def inner(block):
+        """The block's loops under the tile loop (unit loops kept: take them from the end)."""
+        loops = list(sch.get_loops(block))
+        at = next(n for n, lp in enumerate(loops) if sch.get(lp).same_as(sch.get(tile)))
+        return loops[at + 1:]
+
+    def vectorize(loop):
+        ext = _const(sch.get(loop).extent)
+        vw = _pick(ext, (16, 8)) if ext else 1
+        if vw > 1:
+            sch.vectorize(sch.split(loop, [None, vw])[1])
+
+    rows = _const(sch.get(ii).extent)
+    # scores: rows_i rows x one vector of columns accumulate over k in registers (the k loop
+    # inside, each kt load feeding rows_i rows); order of each sum unchanged
+    scores = sch.get_sblock("attn_scores")
+    r, col, k = inner(scores)[-3:]
+    vw = _pick(_const(sch.get(col).extent), (16, 8))
+    r_o, r_i = sch.split(r, [None, _largest_divisor(rows, 4)])
+    c_o, c_i = sch.split(col, [None, vw])
+    sch.reorder(r_o, c_o, k, r_i, c_i)
+    sch.unroll(r_i)
+    if vw > 1:
+        sch.vectorize(c_i)
+    # the row max and sum in vector lanes first (``_attention_te``)
+    for name in lanes:
+        lane, chunk = inner(sch.get_sblock(name))[-2:]
+        sch.reorder(chunk, lane)
+        sch.vectorize(lane)
+    for name in ("softmax_exp", "softmax_norm"):
+        vectorize(inner(sch.get_sblock(name))[-1])
+    # output: rows_i rows x all Dv columns accumulate over j in registers while they fit
+    r, j, c = inner(out)[-3:]
+    dv = _const(sch.get(c).extent)
+    vw = _pick(dv, (8,))
+    vectors = -(-dv // vw)
+    rows_i = _largest_divisor(rows, max(1, 24 // vectors)) if vectors <= 24 else 1
+    r_o, r_i = sch.split(r, [None, rows_i])
+    c_o, c_i = sch.split(c, [None, vw])
+    sch.reorder(r_o, j, r_i, c_o, c_i)
+    if vectors <= 24:
+        sch.unroll(r_i)
+        sch.unroll(c_o)
+    if vw > 1:
+        sch.vectorize(c_i)
+    if _worth_parallel(sch.get(out), PARALLEL_MIN_MACS):  # before decompose_reduction (see above)
+        sch.parallel(tile)
+    sch.decompose_reduction(scores, k)
+    sch.decompose_reduction(out, j)
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def _scheduled(func) -> bool:

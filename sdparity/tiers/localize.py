@@ -53,17 +53,24 @@ def op_name(kernel: str) -> str:
     return re.sub(r"(?<=[a-z])\d+(?=_|$)", "", kernel).removeprefix("fused_")
 
 
-def lower(ir_mod, target, fuse: bool = True):
+def lower(ir_mod, target, fuse: bool = True, kind: str | None = None):
     """The kernels (PrimFuncs) of ``ir_mod``, unscheduled, named as the backends name them.
 
     Every native backend legalizes and fuses first (sdparity.compile.schedule: the "zero" pipeline's
     LegalizeOps, AnnotateTIROpPattern, FoldConstant, FuseOps, FuseTIR) and schedules the
     fused kernels; ``fuse`` does the same fusion and leaves out the schedules. Without it,
-    TVM's default llvm pipeline legalizes every operation into its own kernel."""
+    TVM's default llvm pipeline legalizes every operation into its own kernel. ``kind``: the
+    candidate's target kind; an llvm candidate's Relax rewrites (whole-attention kernels,
+    ``schedule_cpu.rewrite_graph``) are applied first, so its kernels have trusted twins."""
     import tvm
     from tvm import relax
 
     from sdparity.compile.compat import tir
+
+    if kind == "llvm" and fuse:
+        from sdparity.compile.schedule_cpu import rewrite_graph
+
+        ir_mod = rewrite_graph(ir_mod)
 
     with target:
         if fuse:
@@ -73,12 +80,13 @@ def lower(ir_mod, target, fuse: bool = True):
     return tvm.IRModule({gv: f for gv, f in lowered.functions.items() if isinstance(f, prim_func)})
 
 
-def build_trusted(ir_mod, fuse: bool = True):
-    """Compile the kernels of ``ir_mod`` for the trusted target; returns a runtime module."""
+def build_trusted(ir_mod, fuse: bool = True, kind: str | None = None):
+    """Compile the kernels of ``ir_mod`` for the trusted target (as ``lower`` gives them for a
+    candidate of target kind ``kind``); returns a runtime module."""
     import tvm
 
     trusted = tvm.target.Target(TRUSTED_TARGET)
-    return tvm.compile(lower(ir_mod, trusted, fuse), target=trusted)
+    return tvm.compile(lower(ir_mod, trusted, fuse, kind), target=trusted)
 
 
 def _diverges(cand: np.ndarray, ref: np.ndarray) -> dict | None:
@@ -203,7 +211,7 @@ def kernel_replay_check(stage, backend, artifact, model, variant, case, log=None
         t0 = time.perf_counter()
         if log:
             log(f"[{backend.name}] {stage.name} {case.label}: localizing (trusted build, kernel replay)")
-        trusted = build_trusted(stage.build_ir(model, variant).mod)
+        trusted = build_trusted(stage.build_ir(model, variant).mod, kind=getattr(backend, "kind", None))
         dev = backend.device()
         vm = relax.VirtualMachine(tvm.runtime.load_module(str(artifact / LIB)), dev)
         params = load_params(artifact / PARAMS).get(case.function, [])

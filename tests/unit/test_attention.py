@@ -75,7 +75,7 @@ def test_fused_kernel_computes_what_the_chain_computes_bit_for_bit(masked):
     fused = fuse_safe_softmax(plain)
     assert "R.nn.softmax" in _ops(plain) and "R.nn.softmax" not in _ops(fused)
     assert _ops(fused).count("R.where(") == _ops(plain).count("R.where(") - 1
-    assert [k for k in _kernels(fused) if k.startswith(KERNEL)] == [KERNEL]
+    assert [k for k in _kernels(fused) if k.startswith(KERNEL)] == [f"{KERNEL}_float16"]
     a, b = _run(plain, args), _run(fused, args)
     assert a.dtype == b.dtype and np.array_equal(a, b)
     ref = module(*(torch.from_numpy(x) for x in args)).numpy()
@@ -129,3 +129,87 @@ def _replace_full_like_fill(mod, value: float):
     out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
     out["attention"] = Fill(mod).visit_expr(mod["attention"])
     return out
+
+
+def _float64(module, args):
+    with torch.no_grad():
+        return module(*(torch.from_numpy(a).double() for a in args)).numpy()
+
+
+def test_llvm_builds_run_each_float32_attention_as_one_kernel(monkeypatch):
+    """fuse_attention (every llvm build: schedule_cpu.rewrite_graph) turns the exported float32
+    attention into one kernel, computed a block of query rows at a time. Its error against
+    float64 stays at the unfused build's (its exp and the order of its row sum differ, its
+    products do not), and far from both when its exp is wrong (2^x: the base mixed up)."""
+    import tvm
+    from tvm import relax
+
+    from sdparity.compile import attention, schedule_cpu
+    from sdparity.compile.frontend import export_to_relax
+
+    g = np.random.default_rng(1)
+    args = [g.standard_normal((B, 4, 256, 40)).astype(np.float32) * 3 for _ in range(3)]
+    mod = export_to_relax(NoMask(), tuple(torch.from_numpy(a) for a in args), "attention").mod
+    fused = attention.fuse_attention(mod)
+    assert "R.nn.softmax" not in _ops(fused) and "R.matmul" not in _ops(fused)
+    assert [k for k in _kernels(fused) if k.startswith(attention.ATTENTION)] == [attention.ATTENTION]
+    assert fused[attention.ATTENTION].attrs[attention.ATTENTION]
+
+    target = schedule_cpu.host_target()  # the llvm backend's target for modules with contractions
+
+    def run(m):
+        from sdparity.compile.schedule import build_module
+
+        vm = relax.VirtualMachine(build_module(schedule_cpu.schedule_llvm(m, target), target), tvm.cpu())
+        return vm["attention"](*(tvm.runtime.tensor(a) for a in args))[0].numpy()
+
+    ref = _float64(NoMask(), args)
+    err_fused = np.abs(run(mod) - ref).max()  # schedule_llvm rewrites it
+    monkeypatch.setattr(schedule_cpu, "rewrite_graph", lambda m: m)
+    err_plain = np.abs(run(mod) - ref).max()
+    scale = np.abs(ref).max()
+    assert err_plain < 1e-5 * scale and err_fused <= 2 * err_plain, (err_fused, err_plain)
+
+    real = attention._safe_softmax_te
+    monkeypatch.setattr(attention, "_safe_softmax_te",
+                        lambda x, out, lanes=1, exp=None: real(x, out, lanes, exp=lambda v: exp_f32_shifted(v, exp)))
+    monkeypatch.setattr(schedule_cpu, "rewrite_graph", attention.fuse_attention)
+    assert np.abs(run(mod) - ref).max() > 100 * err_plain
+
+
+def exp_f32_shifted(v, exp):
+    """A plausible bug of a hand-written exp: 2^x instead of e^x (the log2(e) factor left out).
+    (A constant factor, e.g. e^(x+1), would cancel in the softmax's quotient.)"""
+    from tvm import tirx
+
+    return exp(v * tirx.const(float(np.log(2.0)), "float32"))
+
+
+def test_exp_f32_is_within_2_ulp_and_keeps_the_softmax_edges():
+    """compile.attention.exp_f32 against float64's e^x over the softmax's range [-87.33, 0]:
+    within 2 ulp of the float32 result; 0 for -inf and below -87.33; NaN for NaN."""
+    import tvm
+    from tvm import te
+
+    from sdparity.compile.attention import exp_f32
+    from sdparity.compile.schedule_cpu import host_target
+
+    x = np.concatenate([np.linspace(-87.33, 0, 400_001, dtype=np.float32),
+                        np.float32(-87.33) * np.random.default_rng(0).random(100_000, dtype=np.float32),
+                        np.array([-np.inf, -100.0, -87.4, np.nan, 0.0, -0.0], np.float32)])
+    n = x.size
+    xp = te.placeholder((n,), "float32", "x")
+    out = te.compute((n,), lambda i: exp_f32(xp[i]), "e")
+    sch = tvm.s_tir.Schedule(te.create_prim_func([xp, out]))
+    (loop,) = sch.get_loops(sch.get_sblock("e"))
+    sch.vectorize(sch.split(loop, [None, 16])[1]) if n % 16 == 0 else None
+    lib = tvm.compile(sch.mod, target=host_target())
+    y = tvm.runtime.tensor(np.empty(n, np.float32))
+    lib["main"](tvm.runtime.tensor(x), y)
+    y = y.numpy()
+    body = x >= np.float32(-87.33)
+    exact = np.exp(x[body].astype(np.float64))
+    ulp = np.spacing(exact.astype(np.float32)).astype(np.float64)
+    assert (np.abs(y[body] - exact) / ulp).max() <= 2.0
+    assert y[np.isneginf(x)].tolist() == [0.0] and (y[(x < -87.33) & np.isfinite(x)] == 0).all()
+    assert np.isnan(y[np.isnan(x)]).all() and (y[x == 0] == 1.0).all()
