@@ -130,7 +130,8 @@ DEVICE_DEBS = ("libvulkan1", "libegl1", "libglvnd0", "libopengl0", "libgl1", "li
 @nox.session
 def gpu_prepare(session):
     """Everything the lent GPU machine needs, built here (no GPU): out/gpu (CUDA tier: every
-    stage built for sm_90, kernels compiled with nvcc, the runtime-only TVM), out/webgpu-gpu
+    stage built for sm_90, kernels compiled with nvcc, the runtime-only TVM), out/gpu-f16 (the
+    f16 mode's CLIP, UNet and VAE for CUDA, with CUDA graphs), out/webgpu-gpu
     (the web app for WebGPU on Dawn), .whl (DEVICE_WHEELS at this venv's versions, for the
     device's Python 3.12) and .gl (the Vulkan loader .debs). docs/performance.md has the
     `run` calls: what each one carries and runs. `nox -s gpu_prepare -- tiny` for the tiny model."""
@@ -140,6 +141,8 @@ def gpu_prepare(session):
     _setup_webgpu(session)
     model = session.posargs[0] if session.posargs else "sd15-random"
     session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
+    session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu-f16",
+                "--stages", "clip,unet,vae", "--precision", "f16", "--cuda-graphs", env=ENV)
     session.run("python", "-m", "sdparity.tiers.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)
 
     pins = session.run("python", "-c", "from importlib.metadata import version as v; "
@@ -154,6 +157,6 @@ def gpu_prepare(session):
     apt = "apt-get -qq -oAPT::Architecture=amd64 -oAPT::Architectures=amd64 -oDir::State::Lists=/tmp/sdparity-apt"
     session.run("bash", "-c", f"mkdir -p /tmp/sdparity-apt/partial && {apt} update && cd .gl && "
                 f"{apt} download {' '.join(DEVICE_DEBS)}", external=True)
-    for folder in ("out/gpu", "out/webgpu-gpu", ".whl", ".gl"):
+    for folder in ("out/gpu", "out/gpu-f16", "out/webgpu-gpu", ".whl", ".gl"):
         mib = sum(f.stat().st_size for f in (ROOT / folder).rglob("*") if f.is_file()) / 2**20
         session.log(f"{folder}: {mib:.1f} MiB")

@@ -351,23 +351,36 @@ STEPS = 20
 
 
 def generation(perf: list[dict]) -> dict | None:
-    """One 512x512 generation from the stages' medians, both sides the same sum: text encoder +
-    STEPS x UNet with CFG + VAE decode (the scheduler's step is microseconds on either side and
-    not timed here). None until all three were timed. With ``ref_graph_s`` (f16 mode), also
-    against PyTorch replaying each stage as one CUDA graph."""
-    by = {r["stage"]: r for r in perf}
-    if not {"clip", "unet", "vae"} <= by.keys():
-        return None
-    weight = {"clip": 1, "unet": STEPS, "vae": 1}
+    """One 512x512 generation from the timed medians, the same sum on both sides: every
+    function of the pipeline (``stages/pipeline.json``) times how often a generation calls it
+    (``per_image``: once, or once per step of STEPS). None while a stage with weights is
+    untimed; weightless stages not timed (the f16 mode builds only the model stages; they take
+    microseconds) are listed under ``left_out``. With ``ref_graph_s`` on every term (f16 mode),
+    also against PyTorch replaying each call as one CUDA graph."""
+    from sdparity.registry import get_stage
+    from sdparity.stages import PIPELINE
+
+    rows = {(r["stage"], r["function"]): r for r in perf}
+    terms, left_out = [], []
+    for entry in PIPELINE:
+        times = STEPS if entry.get("per_image") == "steps" else 1
+        for fn in entry["functions"]:
+            r = rows.get((entry["stage"], fn))
+            if r is None:
+                if get_stage(entry["stage"]).component:
+                    return None
+                left_out.append(fn)
+            else:
+                terms.append((times, r))
 
     def total(key):
-        vals = [by[s].get(key) for s in weight]
-        return sum(w * v for w, v in zip(weight.values(), vals)) if all(
-            isinstance(v, float) for v in vals) else None
+        vals = [r.get(key) for _, r in terms]
+        ok = all(isinstance(v, float) for v in vals)
+        return sum(t * v for (t, _), v in zip(terms, vals)) if ok else None
 
     tvm, ref, graph = total("run_s"), total("ref_s"), total("ref_graph_s")
-    out = {"steps": STEPS, "sum": "clip + steps x unet + vae", "tvm_s": round(tvm, 4), "torch_s": round(ref, 4),
-           "ratio": round(tvm / ref, 3)}
+    out = {"steps": STEPS, "functions": {r["function"]: t for t, r in terms}, "left_out": left_out,
+           "tvm_s": round(tvm, 4), "torch_s": round(ref, 4), "ratio": round(tvm / ref, 3)}
     if graph:
         out.update(torch_graph_s=round(graph, 4), ratio_graph=round(tvm / graph, 3))
     return out

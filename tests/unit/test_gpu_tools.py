@@ -50,15 +50,20 @@ def test_cuda_graphs_are_refused_for_float32_builds(tmp_path):
 
 
 def test_generation_sums_the_stage_medians_on_both_sides():
-    """The report's generation estimate (gpu_cuda.generation): text encoder + 20 UNet steps + VAE,
-    the same sum on both sides, from the timed medians; absent until all three were timed."""
+    """The report's generation estimate (gpu_cuda.generation): each pipeline function's median
+    times its calls per image (pipeline.json: the UNet and the scheduler once per step), the same
+    sum on both sides; absent until every stage with weights was timed; weightless stages not
+    timed are listed, not guessed."""
     from sdparity.tiers.gpu_cuda import STEPS, generation
 
-    rows = [{"stage": "clip", "run_s": 0.004, "ref_s": 0.002, "ref_graph_s": 0.001},
-            {"stage": "unet", "run_s": 0.030, "ref_s": 0.025, "ref_graph_s": 0.012},
-            {"stage": "vae", "run_s": 0.028, "ref_s": 0.022, "ref_graph_s": "capture failed: x"}]
+    rows = [{"stage": "clip", "function": "clip", "run_s": 0.004, "ref_s": 0.002, "ref_graph_s": 0.001},
+            {"stage": "unet", "function": "unet", "run_s": 0.030, "ref_s": 0.025, "ref_graph_s": 0.012},
+            {"stage": "vae", "function": "vae", "run_s": 0.028, "ref_s": 0.022, "ref_graph_s": "capture failed: x"}]
     assert generation(rows[:2]) is None
     g = generation(rows)
     assert STEPS == 20 and g["tvm_s"] == round(0.004 + 20 * 0.030 + 0.028, 4)
     assert g["torch_s"] == round(0.002 + 20 * 0.025 + 0.022, 4) and g["ratio"] == round(g["tvm_s"] / g["torch_s"], 3)
     assert "torch_graph_s" not in g  # one stage's graph capture failed: no graph-replayed sum
+    assert g["left_out"] == ["concat_embeddings", "dpm_convert_model_output", "dpm_step", "image_to_rgba"]
+    step = {"stage": "scheduler_dpm", "function": "dpm_step", "run_s": 0.001, "ref_s": 0.002}
+    assert generation(rows + [step])["tvm_s"] == round(g["tvm_s"] + 20 * 0.001, 4)
