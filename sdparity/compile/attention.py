@@ -24,8 +24,13 @@ cast values, so the result is bit-identical to the unfused chain on a target tha
 both the same way (``tests/unit/test_attention.py`` checks it on llvm).
 
 It matches the chain by structure (ops, attributes, the -inf and 0 constants, the same scores
-feeding both branches) and leaves anything else alone. Applied by the f16 mode only
-(``sdparity.tiers.f16.to_f16``): the float32 builds keep TVM's own lowering of the chain.
+feeding both branches) and leaves anything else alone. Applied by the f16 mode
+(``sdparity.tiers.f16.to_f16``).
+
+``fuse_attention`` goes further for the float32 llvm builds (``schedule_cpu.rewrite_graph``):
+the whole unmasked attention, both products and the safe softmax, as one kernel that the CPU
+schedule runs a block of query rows at a time. The other float32 builds (CUDA, WebGPU) keep
+TVM's own lowering of the chain.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ class _Chain:
         return self.value.get(expr, expr) if isinstance(expr, relax.Var) else expr
 
     def source(self, expr):
-        """The float16 tensor a float32 ``astype`` of it reads, else None."""
+        """The float16 tensor a float32 ``astype`` reads, else None."""
         call = self.of(expr)
         if _is_op(call, "relax.astype") and str(call.attrs.dtype) == "float32":
             src = call.args[0]
@@ -195,16 +200,11 @@ def _safe_softmax_te(x, out_dtype: str, lanes: int = 1, exp=None):
         sm[i[:-1]] == zero, zero, ex[i] / sm[i[:-1]]).astype(out_dtype), "softmax_norm")
 
 
-def fuse_safe_softmax(mod, float32: bool = False):
+def fuse_safe_softmax(mod):
     """``mod`` with every safe softmax whose result is cast back to float16 (through shape-only
-    ops) computed by one kernel (module docstring). ``float32``: also every float32 safe softmax
-    whose result stays float32; not for an f16 module, where it would take the chain before its
-    cast to float16."""
+    ops) computed by one kernel (module docstring)."""
 
     def match(chain, value):
-        if float32 and _is_op(value, "relax.where") and _dtype(value) == "float32":
-            scores = chain.safe_softmax_input(value)
-            return None if scores is None else (_safe_softmax_te, [scores, "float32"], f"{KERNEL}_float32")
         # astype(float16) of reshape / broadcast_to of the where
         if not (_is_op(value, "relax.astype") and str(value.attrs.dtype) == "float16"):
             return None
