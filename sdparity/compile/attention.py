@@ -13,15 +13,15 @@ self-attention on the H200, synchronized per kernel (docs/results/cuda-h200-f16-
 kernel-profile.json: ``cast40`` 0.88, ``fused_reshape8_cast39`` 0.87, the softmax 0.53, the
 mask's max 0.16; the two products 0.33 and 0.27).
 
-``fuse_safe_softmax`` replaces the chain with one TE kernel that reads the float16 scores
-(or float32 ones, where a float32 mask was added to them),
-computes in float32 exactly what the chain computes (the row's max, ``exp(x - max)``, their
-sum, the quotient; 0 where every score of the row is -inf) and writes float16. "Every score is
--inf" is tested as "the sum is 0": TVM's max starts from the lowest finite float, so such a
-row's max is finite and each of its exp(-inf - max) is 0, while a row with one finite score
-has a term exp(0) = 1 (a test of max == -inf never fires: tests/unit/test_attention.py). The arithmetic is the same, operation for operation, as TOPI's softmax on the
-cast values, so the result is bit-identical to the unfused chain on a target that schedules
-both the same way (``tests/unit/test_attention.py`` checks it on llvm).
+``fuse_safe_softmax`` replaces the chain with one TE kernel that reads the float16 scores (or
+float32 ones, where a float32 mask was added to them), computes in float32 exactly what the
+chain computes (the row's max, ``exp(x - max)``, their sum, the quotient; 0 where every score
+of the row is -inf) and writes float16. "Every score is -inf" is tested as "the sum is 0":
+TVM's max starts from the lowest finite float, so such a row's max is finite and each of its
+exp(-inf - max) is 0, while a row with one finite score has a term exp(0) = 1 (a test of
+max == -inf never fires). The arithmetic is the same, operation for operation, as TOPI's
+softmax on the cast values, so the result is bit-identical to the unfused chain on a target
+that schedules both the same way (``tests/unit/test_attention.py`` checks both on llvm).
 
 It matches the chain by structure (ops, attributes, the -inf and 0 constants, the same scores
 feeding both branches) and leaves anything else alone. Applied by the f16 mode

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import os
 
-from sdparity.compile.attention import ATTENTION
+from sdparity.compile.attention import ATTENTION, fuse_attention
 from sdparity.compile.legalize import precise_legalize_map
 
 #: bump when a schedule below changes the generated code: it is part of the build cache key
@@ -128,8 +128,6 @@ def rewrite_graph(mod):
     the trusted build of kernel replay, ``tiers/localize.py``, both call this): each unmasked
     float32 attention as one kernel (``compile/attention.fuse_attention``, scheduled by
     ``schedule_attention``)."""
-    from sdparity.compile.attention import fuse_attention
-
     return fuse_attention(mod)
 
 
@@ -143,8 +141,9 @@ def schedule_attention(func):
     256 KiB at S = 4096) and probabilities stay in cache instead of going to memory whole.
     Inside a block: the scores' and the output's sums keep their order (their reduction loop
     moves outside a vectorized spatial loop), the max, exp, sum and quotient run along each
-    row as in the softmax. Bit-identical to the unfused chain's kernels
-    (tests/unit/test_attention.py)."""
+    row as in the softmax. Not bit-identical to the unfused chain (the kernel's own exp and
+    16-lane row sum, ``attention._attention_te``); its error against float64 stays at the
+    unfused chain's (tests/unit/test_attention.py)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
@@ -206,7 +205,9 @@ def schedule_attention(func):
         sch.unroll(c_o)
     if vw > 1:
         sch.vectorize(c_i)
-    if _worth_parallel(sch.get(out), PARALLEL_MIN_MACS):  # before decompose_reduction (see above)
+    # parallel before decompose_reduction: a block under a parallel loop must be complete or a
+    # reduction with its init (as in _schedule_contraction)
+    if _worth_parallel(sch.get(out), PARALLEL_MIN_MACS):
         sch.parallel(tile)
     sch.decompose_reduction(scores, k)
     sch.decompose_reduction(out, j)

@@ -36,6 +36,8 @@ def precision_key() -> dict:
     from sdparity.identity import source_digest
 
     return {"precision": PRECISION, "f16_sources": source_digest(["sdparity.tiers.f16"])}
+
+
 DEFAULT_REPORT = "sdparity-report-f16.json"
 
 
