@@ -91,3 +91,23 @@ def browser_type_launch_args(browser_type_launch_args):
 def artifacts():
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+# The test sessions never create the full-size model: it is 4 GB of weights, and a test that
+# made it on a clean CI machine (a CLI run with its default --model) filled the disk there.
+def _full_size_model_exists() -> bool:
+    from reference.models import builtin_model_path
+
+    return (builtin_model_path("sd15-random") / "model_index.json").is_file()
+
+
+def pytest_sessionstart(session):
+    session.config._sd15_before = _full_size_model_exists()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if not session.config._sd15_before and _full_size_model_exists():
+        session.config.get_terminal_writer().line(
+            "conftest: error: a test created the full-size sd15-random model (4 GB); tests must use "
+            "the tiny model or refuse before loading one", red=True)
+        session.exitstatus = 1

@@ -191,6 +191,10 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
 
+    # refused before anything is loaded or written
+    if cuda_graphs and precision != "f16":
+        raise SdparityError("--cuda-graphs is for --precision f16 (the float32 UNet built with CUDA graphs "
+                            "stops with cudaErrorIllegalAddress on the H200: docs/performance.md)")
     stages = all_stages()
     unknown = [n for n in stage_names or [] if n not in stages]
     if unknown:
@@ -205,9 +209,6 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
     model = load_model(model_name, log=log)
     backend = _cuda_backend()
-    if cuda_graphs and precision != "f16":
-        raise SdparityError("--cuda-graphs is for --precision f16 (the float32 UNet built with CUDA graphs "
-                            "stops with cudaErrorIllegalAddress on the H200: docs/performance.md)")
     lifting = _cuda_backend(lift=True, graphs=cuda_graphs or None)  # f16 mode's model stages
     for name in stage_names or list(stages):
         st = stages[name]

@@ -4,6 +4,7 @@ path runs here on SwiftShader in tests/e2e/test_node_dawn.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,11 +43,17 @@ def test_gpu_tune_apply_refuses_bad_results_and_keeps_the_database(tmp_path):
 
 
 def test_cuda_graphs_are_refused_for_float32_builds(tmp_path):
+    """Refused before any model is loaded or created: the default model is the full-size
+    sd15-random (4 GB written on first use), so a late refusal would cost a clean machine
+    its disk (it did: CI ran out of space here). SDPARITY_CACHE points at an empty folder
+    to see that nothing was made."""
+    env = dict(os.environ, SDPARITY_CACHE=str(tmp_path / "cache"))
     p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_cuda", "prepare", "--stages", "unet",
                         "--dir", str(tmp_path / "d"), "--cuda-graphs"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=300)
+                       timeout=300, env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert "--cuda-graphs is for --precision f16" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d").exists() and not (tmp_path / "cache").exists()
 
 
 def test_generation_sums_the_stage_medians_on_both_sides():
