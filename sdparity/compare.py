@@ -5,7 +5,11 @@ Every result carries
   max_rel       max |cand - ref| / |ref| over *significant* elements (|ref| >= 1% of max |ref|)
   mismatches    elements that differ at all (integer outputs) or break the tolerance (floats)
   noise_floor   max |ref64 - ref32|: the float32 rounding noise of the reference itself
-  floor_ratio   max_abs / noise_floor (None when the floor is 0, e.g. bit-exact stages)
+  floor_ratio   max_abs / noise_floor (None when the floor is 0, e.g. bit-exact stages); with a
+                Tolerance whose floor_stat is "rms", the ratio of the two root-mean-square
+                errors instead (the own-kernel check: a systematic error of every element is
+                what it looks for, and the largest elements' ratio scatters 0.8-2x for a
+                correct kernel where the rms ratio stays within 0.9-1.2x)
   ref_scale     max |ref| over finite elements; floor_rel = noise_floor / ref_scale
 and a verdict against a declared Tolerance (sdparity.tolerances). Float outputs pass when
 both bounds hold:
@@ -60,6 +64,7 @@ class Metrics:
     worst_index: list[int] | None
     passed: bool
     why: str
+    floor_stat: str = "max"  # how floor_ratio was taken: "max" (max / max) or "rms"
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -107,6 +112,8 @@ def compare(
         fd = np.where(~np.isfinite(r64) & ~np.isfinite(r), 0.0, fd)
         floor = float(np.nan_to_num(fd, nan=np.inf).max()) if fd.size else 0.0
     ratio = (max_abs / floor) if floor not in (None, 0.0) and np.isfinite(max_abs) else None
+    if tol.floor_stat == "rms" and ratio is not None:
+        ratio = float(np.sqrt(np.mean(np.square(diff))) / np.sqrt(np.mean(np.square(fd))))
     scale = float(mag.max()) if mag.size else 0.0
     floor_rel = (floor / scale) if floor is not None and scale > 0 else None
     budget = None  # the floor rule applies to float outputs with a budget and a real floor
@@ -151,7 +158,8 @@ def compare(
     if nonfinite:
         passed, failed, why = False, "nonfinite", f"{nonfinite} non-finite values in the candidate; " + why
     return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), max_abs, max_rel, mismatches,
-                   frac, floor, ratio, scale, floor_rel, budget, failed, nonfinite, worst, passed, why)
+                   frac, floor, ratio, scale, floor_rel, budget, failed, nonfinite, worst, passed, why,
+                   tol.floor_stat)
 
 
 def first_divergence(trace, ref_trace, tol: Tolerance):

@@ -180,3 +180,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
                 rec["localization"] = loc
                 known_issues.apply(rec)  # entries may cover a check by what localization found
             localize = False  # once per stage and backend: the first failing case
+    for k in meta.get("own_kernels", []):  # the suite's own kernels in this build, each alone
+        from sdparity.tiers.own_kernels import check
+
+        check(st, b, runner, k, report, cache, log=log)

@@ -61,6 +61,7 @@ class Tolerance:
     floor_budget: float | None = None  # max err/floor; None: no floor rule for this output
     floor_note: str = ""  # short, for failure messages: "calibrated max 3.0x over 5 seeds, margin 3x"
     floor_reason: str = ""
+    floor_stat: str = "max"  # "rms": err/floor as the ratio of rms errors (sdparity.compare)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -261,3 +262,40 @@ F16 = F16Budget(2.0, 1.0, reason=(
     "each); the same build accumulating in float16 was 2.6-7.5x (CLIP 2.6-2.9, UNet 6.4-7.5, VAE "
     "3.1-5.5). 2x keeps twice the clean maximum and still fails that regression. A rounded 0..255 "
     "output may differ by 1 level where PyTorch's happens not to (rounding of values near .5)"))
+
+
+# ---- the suite's own kernels, each against the TVM chain it replaces (sdparity.tiers.own_kernels) ----
+@dataclass(frozen=True)
+class OwnKernelBudget:
+    """An own kernel's root-mean-square error against float64 may be at most ``factor`` x the
+    rms error of the chain it replaces (TVM's own lowering, same inputs, same backend), and
+    every element within ``atol`` + ``rtol`` x |float64|."""
+
+    factor: float
+    atol: float
+    rtol: float
+    reason: str
+
+
+OWN_KERNELS: dict[str, OwnKernelBudget] = {
+    "attention": OwnKernelBudget(1.5, 1e-4, 0.0, reason=(
+        "compile/attention.fuse_attention on llvm: the same products in the same order as TVM's chain; "
+        "its own exp (exp_f32, <= 1.02 ulp) and a 16-lane row sum are the only differences. Measured "
+        "rms error 0.92-1.16x the chain's over the tiny UNet's 4 attention shapes x 10 seeds, "
+        "FULL_SIZE_CLEAN (NOTES.md 'Own-kernel check'); 1.5x keeps that with room and fails a plausible "
+        "TVM regression with room: its llvm lowering of floor perturbed to trunc through the "
+        "op-attribute registry (exp_f32 rounds with floor) measured 4.8-8.3x (tiny shapes), "
+        "FULL_SIZE_TRUNC. The rms, not the max: the largest elements' ratio scattered 0.77-2.01x for "
+        "the correct kernel and fell to 3.0x under the perturbation. atol 1e-4: a coarse bound on "
+        "outputs that are convex combinations of values |v| <= ~16 (seeded inputs of standard "
+        "deviation 3), ~50 ulp there; the ratio is the sharp rule")),
+}
+
+
+def own_kernel_tolerance(name: str) -> Tolerance:
+    """The Tolerance ``compare`` applies to an own kernel: the twin's output as the float32
+    reference, the budget on the rms ratio as its floor budget."""
+    b = OWN_KERNELS[name]
+    return Tolerance(b.atol, b.rtol, reason=b.reason, floor_budget=b.factor, floor_stat="rms",
+                     floor_note=f"rms {b.factor:g}x the error of TVM's own chain",
+                     floor_reason=f"kernel rms error vs float64 <= {b.factor:g}x the replaced chain's: {b.reason}")

@@ -117,7 +117,9 @@ class NativeBackend(Backend):
         ex.export_library(str(out_dir / LIB))
         save_params(ir.params, out_dir / PARAMS)
         (out_dir / "functions.json").write_text(json.dumps(sorted(ir.params.keys())))
-        return {"compiled_for": str(target)}
+        from sdparity.tiers.own_kernels import found
+
+        return {"compiled_for": str(target), "own_kernels": found(mod, self.kind)}
 
     # -- run --------------------------------------------------------------------------
     @contextlib.contextmanager

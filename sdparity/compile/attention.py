@@ -267,6 +267,24 @@ def fuse_attention(mod):
     return _rewrite(mod, match, attrs={"op_pattern": 8, ATTENTION: True})
 
 
+def attention_instances(mod) -> list[dict]:
+    """The distinct shapes of the ``fuse_attention`` kernels in ``mod`` (a module after the
+    rewrite, scheduled or not): [{"q": [BH, T, D], "kt": [BH, D, S], "v": [BH, S, Dv]}, ...],
+    read from each marked kernel's parameters (the own-kernel check builds each shape alone)."""
+    from tvm import tirx
+
+    found = []
+    for _, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and func.attrs is not None and func.attrs.get(ATTENTION, False):
+            # TVM 0.27's parameters are buffers; older releases map handle vars to buffers
+            bmap = getattr(func, "buffer_map", None)
+            q, kt, v = (bmap[p] if bmap is not None else p for p in list(func.params)[:3])
+            shapes = {name: [int(x) for x in b.shape] for name, b in zip(("q", "kt", "v"), (q, kt, v))}
+            if shapes not in found:
+                found.append(shapes)
+    return found
+
+
 def _ints(shape):
     """A static shape's dims as ints, else None."""
     try:

@@ -21,6 +21,8 @@ fused multiply-adds LLVM may form for the host's CPU (``mcpu``).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 
 from sdparity.compile.attention import ATTENTION, fuse_attention
@@ -123,12 +125,27 @@ def schedule_llvm(mod, target):
 PRECISE_LEGALIZE = precise_legalize_map("llvm")
 
 
+#: False inside ``without_rewrites()``: the own-kernel check's build of the chain a rewrite replaces
+_REWRITES = contextvars.ContextVar("sdparity_llvm_rewrites", default=True)
+
+
 def rewrite_graph(mod):
     """The Relax rewrites of every llvm build, before legalization (one place: the builds and
     the trusted build of kernel replay, ``tiers/localize.py``, both call this): each unmasked
     float32 attention as one kernel (``compile/attention.fuse_attention``, scheduled by
-    ``schedule_attention``)."""
-    return fuse_attention(mod)
+    ``schedule_attention``). None inside ``without_rewrites()``."""
+    return fuse_attention(mod) if _REWRITES.get() else mod
+
+
+@contextlib.contextmanager
+def without_rewrites():
+    """llvm builds made inside keep TVM's own lowering of what ``rewrite_graph`` would replace
+    (the reference side of ``sdparity.tiers.own_kernels``)."""
+    token = _REWRITES.set(False)
+    try:
+        yield
+    finally:
+        _REWRITES.reset(token)
 
 
 #: query rows an attention kernel computes at a time (``schedule_attention``)

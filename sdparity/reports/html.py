@@ -59,7 +59,7 @@ def matrix(data: dict) -> tuple[list[str], list[str], dict]:
         if RANK[r["verdict"]] > RANK[a["verdict"]]:
             a["verdict"], a["message"] = r["verdict"], r.get("message") or ""
         m = r.get("metrics") or {}
-        if m.get("max_abs") is not None:
+        if m.get("max_abs") is not None and not r.get("own_kernel"):  # the stage's outputs' errors only
             a["max_abs"] = max(a["max_abs"] or 0.0, m["max_abs"])
         if m.get("floor_ratio") is not None and ratio_wins(m["floor_ratio"], m.get("floor_budget"),
                                                              {"worst_ratio": a["ratio"], "budget": a["budget"]}):

@@ -1,8 +1,9 @@
 """The per-stage summary table printed after a check (read from the report data).
 
-Columns: checks passed of all, checks whose failure is a known upstream issue (``known``,
-sdparity.known_issues: counted apart, never as passes), worst max |err|, err/floor against its
-budget (the check nearest to or furthest over its calibrated budget; no budget: the worst
+Columns: checks passed of all (a stage's own-kernel checks, sdparity.tiers.own_kernels,
+included), checks whose failure is a known upstream issue (``known``, sdparity.known_issues:
+counted apart, never as passes), worst max |err| of the stage's outputs, err/floor against
+its budget (the check nearest to or furthest over its calibrated budget; no budget: the worst
 ratio alone), build, verdict of the worst check."""
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ def summarize(data: dict) -> list[dict]:
             row["verdict"], row["message"] = v, r["message"]
         m = r.get("metrics")
         if m:
-            row["worst_abs"] = max(row["worst_abs"], m["max_abs"])
+            if not r.get("own_kernel"):  # the stage's outputs' errors only (an own kernel's: its record)
+                row["worst_abs"] = max(row["worst_abs"], m["max_abs"])
             ratio, budget = m.get("floor_ratio"), m.get("floor_budget")
             if ratio is not None and ratio_wins(ratio, budget, row):
                 row["worst_ratio"], row["budget"] = ratio, budget

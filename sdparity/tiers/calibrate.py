@@ -47,7 +47,7 @@ def group_records(results: list[dict]) -> dict[str, list[dict]]:
 
     groups: dict[str, list[dict]] = {}
     for r in results:
-        if r.get("output") is None:
+        if r.get("output") is None or r.get("own_kernel"):  # own kernels have their own rule (tolerances)
             continue
         key = group_key(r["stage"], r["output"], r["backend"], r.get("model_scope") or "tiny")
         groups.setdefault(key, []).append(r)

@@ -1,0 +1,100 @@
+"""The own-kernel check (sdparity.tiers.own_kernels) inside ``sdparity check``: every attention
+kernel the llvm build of the tiny UNet holds is judged alone against TVM's own chain, and a TVM
+regression that the UNet's parity check lets through fails it, and the gate."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.unit.test_attention import _floor_lowered_as_trunc  # noqa: E402
+
+
+def _unet():
+    from sdparity.registry import all_stages
+
+    return all_stages()["unet"]
+
+
+def _own(results):
+    return [r for r in results if str(r["case"]).startswith("own kernel ")]
+
+
+def _check(tiny, cache):
+    from sdparity.backends import get_backend
+    from sdparity.reports.report import Report
+    from sdparity.runner import Progress, run_checks
+
+    report = Report(tiny)
+    run_checks([_unet()], [get_backend("llvm")], tiny, report, cache, log=Progress(quiet=True))
+    return report
+
+
+def test_each_attention_shape_of_the_build_is_checked_and_passes(tiny, cache):
+    """The build's meta lists its attention kernels by shape; ``sdparity check`` adds one record
+    each (the tiny UNet: self- and cross-attention at two resolutions), judged by the rms ratio
+    against the twin, which is a real, different build (its error is not the kernel's)."""
+    from sdparity.compile.attention import ATTENTION
+
+    report = _check(tiny, cache)
+    own = _own(report.results)
+    assert len(own) == 4 and {r["verdict"] for r in own} == {"pass"}, [r["message"] for r in own]
+    for r in own:
+        m = r["metrics"]
+        assert m["floor_stat"] == "rms" and m["floor_budget"] == 1.5 and 0.5 < m["floor_ratio"] < 1.5
+        assert m["noise_floor"] > 0 and m["max_abs"] != m["noise_floor"]  # two builds, two errors
+        assert "rms err/twin's" in r["message"] and r["function"] == "kernel"
+    assert {tuple(r["shapes"]["q"]) for r in own} == {(8, 256, 8), (8, 64, 16)}
+    art_meta = [json.loads(p.read_text()) for p in cache.root.glob("*/meta.json")]
+    built = [m for m in art_meta if m.get("label") == "own-kernel/attention/kernel"]
+    assert built and all(k["kernel"] == "attention" for m in built for k in m["own_kernels"])
+    twins = [m for m in art_meta if m.get("label") == "own-kernel/attention/chain"]
+    assert twins and not any(m["own_kernels"] for m in twins)
+    assert ATTENTION == "sdparity_attention"
+
+
+def test_tvm_floor_lowered_as_trunc_fails_the_own_kernel_check_and_the_gate(tiny, tmp_path):
+    """TVM perturbed through its op-attribute registry: the llvm lowering of ``floor`` replaced
+    by ``trunc`` (they differ for negative arguments: every argument of the softmax's exp). The
+    UNet's own parity check passes that build (its outputs stay inside their floor budgets:
+    NOTES.md); each attention kernel's check fails it, and so does the upgrade gate against a
+    clean report. Its own build cache: the perturbation is not part of any key."""
+    from sdparity.cache import BuildCache
+    from sdparity.reports import gate
+
+    clean = _check(tiny, BuildCache(root=tmp_path / "clean"))
+    with _floor_lowered_as_trunc():
+        bad = _check(tiny, BuildCache(root=tmp_path / "perturbed"))
+    stage = [r for r in bad.results if r not in _own(bad.results)]
+    assert stage and {r["verdict"] for r in stage} == {"pass"}  # the gap the own-kernel check closes
+    own = _own(bad.results)
+    assert len(own) == 4 and {r["verdict"] for r in own} == {"fail"}
+    assert min(r["metrics"]["floor_ratio"] for r in own) > 3.0  # measured 4.8-8.3x over 10 seeds
+    assert all("floor" in r["metrics"]["failed_bound"] for r in own), [r["message"] for r in own]
+    result = gate.gate(json.loads(clean.to_json()), json.loads(bad.to_json()))
+    flagged = [r["case"] for r in result["rows"] if r["regression"]]
+    assert result["regressions"] == 4 and all(c.startswith("own kernel attention") for c in flagged)
+    assert {r["status"] for r in result["rows"] if r["regression"]} == {"now-fails"}
+
+
+def test_rms_ratio_separates_a_systematic_error_from_scattered_rounding():
+    """compare's "rms" statistic: a candidate whose every element carries an error the size of
+    the reference's rounding has ratio ~1 even where its single largest error is 2x the
+    reference's; an error 3x the rounding everywhere has ratio ~3 (and fails 1.5x)."""
+    from sdparity.compare import compare
+    from sdparity.tolerances import Tolerance
+
+    g = np.random.default_rng(0)
+    exact = g.standard_normal(4096)
+    twin = exact + 1e-7 * g.standard_normal(4096)
+    noisy = exact + 1e-7 * g.standard_normal(4096)
+    noisy[7] = exact[7] + 2 * np.abs(twin - exact).max()  # one outlier
+    tol = Tolerance(1e-4, floor_budget=1.5, floor_stat="rms")
+    m = compare(noisy, exact, tol, reference64=twin)
+    assert m.passed and 0.8 < m.floor_ratio < 1.3 and m.max_abs / m.noise_floor >= 2
+    m = compare(exact + 3e-7 * g.standard_normal(4096), exact, tol, reference64=twin)
+    assert not m.passed and m.failed_bound == "floor" and 2.5 < m.floor_ratio < 3.5
