@@ -37,7 +37,8 @@ def _check(tiny, cache):
 def test_each_attention_shape_of_the_build_is_checked_and_passes(tiny, cache):
     """The build's meta lists its attention kernels by shape; ``sdparity check`` adds one record
     each (the tiny UNet: self- and cross-attention at two resolutions), judged by the rms ratio
-    against the twin, which is a real, different build (its error is not the kernel's)."""
+    against the twin: a real, different build (the kernel's cached meta lists the kernel, the
+    twin's none)."""
     from sdparity.compile.attention import ATTENTION
 
     report = _check(tiny, cache)
@@ -45,8 +46,8 @@ def test_each_attention_shape_of_the_build_is_checked_and_passes(tiny, cache):
     assert len(own) == 4 and {r["verdict"] for r in own} == {"pass"}, [r["message"] for r in own]
     for r in own:
         m = r["metrics"]
-        assert m["floor_stat"] == "rms" and m["floor_budget"] == 1.5 and 0.5 < m["floor_ratio"] < 1.5
-        assert m["noise_floor"] > 0 and m["max_abs"] != m["noise_floor"]  # two builds, two errors
+        assert m["floor_stat"] == "rms" and m["floor_budget"] == 1.5 and m["floor_ratio"] < 1.5
+        assert m["noise_floor"] > 0 and m["max_abs"] > 0
         assert "rms err/twin's" in r["message"] and r["function"] == "kernel"
     assert {tuple(r["shapes"]["q"]) for r in own} == {(8, 256, 8), (8, 64, 16)}
     art_meta = [json.loads(p.read_text()) for p in cache.root.glob("*/meta.json")]
@@ -73,7 +74,7 @@ def test_tvm_floor_lowered_as_trunc_fails_the_own_kernel_check_and_the_gate(tiny
     assert stage and {r["verdict"] for r in stage} == {"pass"}  # the gap the own-kernel check closes
     own = _own(bad.results)
     assert len(own) == 4 and {r["verdict"] for r in own} == {"fail"}
-    assert min(r["metrics"]["floor_ratio"] for r in own) > 3.0  # measured 4.8-8.3x over 10 seeds
+    assert min(r["metrics"]["floor_ratio"] for r in own) > 5.0  # measured 8.7-20.6x over 10 seeds
     assert all("floor" in r["metrics"]["failed_bound"] for r in own), [r["message"] for r in own]
     result = gate.gate(json.loads(clean.to_json()), json.loads(bad.to_json()))
     flagged = [r["case"] for r in result["rows"] if r["regression"]]
