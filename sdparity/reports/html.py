@@ -58,8 +58,8 @@ def matrix(data: dict) -> tuple[list[str], list[str], dict]:
         a["known"] += r["verdict"] == "known"
         if RANK[r["verdict"]] > RANK[a["verdict"]]:
             a["verdict"], a["message"] = r["verdict"], r.get("message") or ""
-        m = r.get("metrics") or {}
-        if m.get("max_abs") is not None and not r.get("own_kernel"):  # the stage's outputs' errors only
+        m = {} if r.get("own_kernel") else r.get("metrics") or {}  # the stage's outputs' numbers only
+        if m.get("max_abs") is not None:
             a["max_abs"] = max(a["max_abs"] or 0.0, m["max_abs"])
         if m.get("floor_ratio") is not None and ratio_wins(m["floor_ratio"], m.get("floor_budget"),
                                                              {"worst_ratio": a["ratio"], "budget": a["budget"]}):
@@ -250,7 +250,10 @@ def render(data: dict, report_dir: Path) -> str:
             f"<h2>Stage &times; backend</h2>{_matrix_html(data)}"
             "<p class='small'>err/floor: max |candidate - reference| divided by the float32 noise floor of the "
             "reference (max |float64 - float32 reference|), against its calibrated budget (sdparity/calibration.json; "
-            "the check nearest to or furthest over it). <span class='known'>known</span>: fails because of a "
+            "the check nearest to or furthest over it), of the stage's outputs. Checks named <i>own kernel ...</i> "
+            "judge one of the suite's own kernels alone at that shape (sdparity/tiers/own_kernels.py): their "
+            "'noise floor' is the error of TVM's own chain that the kernel replaces and their err/floor the ratio "
+            "of rms errors against float64. <span class='known'>known</span>: fails because of a "
             "registered upstream issue; never counted as a pass.</p>"
             f"<h2>Known upstream issues</h2>{_known_html(data)}"
             f"<h2>Skipped and errored</h2>{_table(['stage', 'backend', 'case', 'verdict', 'reason'], skip_rows) if skips else '<p>None.</p>'}"

@@ -2,9 +2,9 @@
 
 Columns: checks passed of all (a stage's own-kernel checks, sdparity.tiers.own_kernels,
 included), checks whose failure is a known upstream issue (``known``, sdparity.known_issues:
-counted apart, never as passes), worst max |err| of the stage's outputs, err/floor against
-its budget (the check nearest to or furthest over its calibrated budget; no budget: the worst
-ratio alone), build, verdict of the worst check."""
+counted apart, never as passes), worst max |err| of the stage's outputs, their err/floor
+against its budget (the check nearest to or furthest over its calibrated budget; no budget:
+the worst ratio alone), build, verdict of the worst check (own-kernel checks included)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,8 @@ def summarize(data: dict) -> list[dict]:
         if RANK.get(v, 4) > RANK[row["verdict"]] or (v != "pass" and not row["message"]):
             row["verdict"], row["message"] = v, r["message"]
         m = r.get("metrics")
-        if m:
-            if not r.get("own_kernel"):  # the stage's outputs' errors only (an own kernel's: its record)
-                row["worst_abs"] = max(row["worst_abs"], m["max_abs"])
+        if m and not r.get("own_kernel"):  # the stage's outputs only: an own kernel's ratio is another one
+            row["worst_abs"] = max(row["worst_abs"], m["max_abs"])
             ratio, budget = m.get("floor_ratio"), m.get("floor_budget")
             if ratio is not None and ratio_wins(ratio, budget, row):
                 row["worst_ratio"], row["budget"] = ratio, budget
