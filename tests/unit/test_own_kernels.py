@@ -99,3 +99,22 @@ def test_rms_ratio_separates_a_systematic_error_from_scattered_rounding():
     assert m.passed and 0.8 < m.floor_ratio < 1.3 and m.max_abs / m.noise_floor >= 2
     m = compare(exact + 3e-7 * g.standard_normal(4096), exact, tol, reference64=twin)
     assert not m.passed and m.failed_bound == "floor" and 2.5 < m.floor_ratio < 3.5
+
+
+def test_a_kernel_the_rewrite_no_longer_makes_is_an_error_not_a_pass(tmp_path, monkeypatch, llvm):
+    """If the rewrite stops firing at a shape the stage's build had (here: fuse_attention made a
+    no-op), the candidate would be TVM's chain judged against itself: the check reports an error
+    instead, naming the shape."""
+    from sdparity.cache import BuildCache
+    from sdparity.compile import schedule_cpu
+    from sdparity.reports.report import Report
+    from sdparity.tiers import own_kernels
+
+    monkeypatch.setattr(schedule_cpu, "fuse_attention", lambda mod: mod)
+    report = Report(None)
+    shapes = {"q": [2, 32, 8], "kt": [2, 8, 32], "v": [2, 32, 8]}
+    with llvm.session() as runner:
+        rec = own_kernels.check(_unet(), llvm, runner, {"kernel": "attention", "shapes": shapes}, report,
+                                BuildCache(root=tmp_path), log=lambda *a: None)
+    assert rec["verdict"] == "error" and "did not produce the attention kernel" in rec["message"]
+    assert rec["case"] == "own kernel attention q=2x32x8 kt=2x8x32 v=2x32x8" and rec["own_kernel"] == "attention"
