@@ -3,12 +3,12 @@ torch exports of ``F.scaled_dot_product_attention`` built with TVM for llvm."""
 
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+from tests.perturb import floor_lowered_as_trunc  # noqa: E402
 
 B, H, T, D = 2, 2, 16, 8
 
@@ -179,28 +179,13 @@ def test_llvm_builds_run_each_float32_attention_as_one_kernel(monkeypatch):
     # every argument of the softmax's exp): measured 5.8x the unfused build's error. (The tiny
     # UNet's own llvm parity check does not see it: err/floor 1.6-2.4x against 1.7-2.1x clean,
     # budgets 6.5-8x; this kernel-level bound is what catches it.)
-    with _floor_lowered_as_trunc():
+    with floor_lowered_as_trunc():
         assert np.abs(run(mod) - ref).max() > 2 * err_plain
 
     real = attention._safe_softmax_te
     monkeypatch.setattr(attention, "_safe_softmax_te",
                         lambda x, out, lanes=1, exp=None: real(x, out, lanes, exp=lambda v: exp_f32_shifted(v, exp)))
     assert np.abs(run(mod) - ref).max() > 100 * err_plain
-
-
-@contextlib.contextmanager
-def _floor_lowered_as_trunc():
-    import tvm
-    from tvm import tirx
-
-    op = tvm.ir.Op.get("tirx.floor")
-    prev = op.get_attr("llvm.FLowerIntrinsic")
-    tvm.ir.register_op_attr("tirx.floor", "llvm.FLowerIntrinsic", lambda call: tirx.trunc(call.args[0]), level=11)
-    try:
-        yield
-    finally:
-        op.reset_attr("llvm.FLowerIntrinsic")
-        tvm.ir.register_op_attr("tirx.floor", "llvm.FLowerIntrinsic", prev, level=10)
 
 
 def exp_f32_shifted(v, exp):

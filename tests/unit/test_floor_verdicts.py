@@ -10,7 +10,6 @@ back), and perturbed builds go to a temporary build cache, never the shared one.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import re
 
@@ -22,22 +21,14 @@ from tvm import te, tirx, topi  # noqa: E402
 from sdparity.cache import BuildCache  # noqa: E402
 from sdparity.reports.report import Report  # noqa: E402
 from sdparity.runner import Progress, run_checks  # noqa: E402
+from tests.perturb import op_attr_replaced  # noqa: E402
 
 LOG2E = 1.0 / math.log(2.0)
 
 
-@contextlib.contextmanager
 def perturbed(op_name: str, fn):
     """Replace ``op_name``'s FLegalize by ``fn`` for the duration; restore the previous one."""
-    op = tvm.ir.Op.get(op_name)
-    prev = op.get_attr("FLegalize")
-    tvm.ir.register_op_attr(op_name, "FLegalize", fn, level=11)
-    try:
-        yield
-    finally:
-        op.reset_attr("FLegalize")
-        if prev is not None:
-            tvm.ir.register_op_attr(op_name, "FLegalize", prev, level=10)
+    return op_attr_replaced(op_name, "FLegalize", fn)
 
 
 def _exp_poly(x, degree: int, round_k: bool = True):

@@ -11,7 +11,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from tests.unit.test_attention import _floor_lowered_as_trunc  # noqa: E402
+from tests.perturb import floor_lowered_as_trunc  # noqa: E402
 
 
 def _unet():
@@ -68,7 +68,7 @@ def test_tvm_floor_lowered_as_trunc_fails_the_own_kernel_check_and_the_gate(tiny
     from sdparity.reports import gate
 
     clean = _check(tiny, BuildCache(root=tmp_path / "clean"))
-    with _floor_lowered_as_trunc():
+    with floor_lowered_as_trunc():
         bad = _check(tiny, BuildCache(root=tmp_path / "perturbed"))
     stage = [r for r in bad.results if r not in _own(bad.results)]
     assert stage and {r["verdict"] for r in stage} == {"pass"}  # the gap the own-kernel check closes

@@ -10,16 +10,16 @@ op registry change)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 
 import numpy as np
 import pytest
 
+from tests.perturb import op_attr_replaced
+
 SLOW_TERMS = 20000  # dpm_convert at 1x4x8x8: 0.4 ms -> 54 ms in the bench (measured)
 
 
-@contextlib.contextmanager
 def slow_divide(terms: int = SLOW_TERMS):
     import tvm
     from tvm import te, tirx
@@ -39,13 +39,7 @@ def slow_divide(terms: int = SLOW_TERMS):
 
         return bb.call_te(same_values_slowly, q)
 
-    op.reset_attr("FLegalize")
-    op.set_attr("FLegalize", slow)
-    try:
-        yield
-    finally:
-        op.reset_attr("FLegalize")
-        op.set_attr("FLegalize", original)
+    return op_attr_replaced("relax.divide", "FLegalize", slow)
 
 
 def _report(bench: dict) -> dict:
