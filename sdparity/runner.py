@@ -89,98 +89,152 @@ def _check_inputs(stage, case) -> None:
 
 
 def _error(report, st, b, case, message, timings=None):
-    report.add(stage=st.name, backend=b.name, device_class=b.device_class,
+    return report.add(stage=st.name, backend=b.name, device_class=b.device_class,
                case=None if case is None else case.label, function=None if case is None else case.function,
                output=None, shapes=None if case is None else case.shapes, verdict="error",
                message=message, metrics=None, tolerance=None, timings=timings)
 
 
+def _build(st, b, model, variant, cache, log):
+    """(artifact, meta, build seconds, cached) or raises (SdparityError for a corrupt cache)."""
+    t0 = time.perf_counter()
+    art, meta, cached = b.build_cached(lambda: st.build_ir(model, variant), st.build_key(model, variant),
+                                       cache, log=log, label=f"{st.name}/{b.name}")
+    return art, meta, time.perf_counter() - t0, cached
+
+
 def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log, localize=False):
     tag = f"[{b.name}] {st.name}"
     log(f"{tag}: building {variant or ''}".rstrip())
-    t0 = time.perf_counter()
     try:
-        art, meta, cached = b.build_cached(lambda: st.build_ir(model, variant), st.build_key(model, variant),
-                                           cache, log=log, label=f"{st.name}/{b.name}")
-    except SdparityError as e:
-        if "corrupt" in str(e):
-            raise
-        log(f"{tag}: build failed: {e}")
-        _error(report, st, b, None, f"build failed: {e}")
-        return
+        art, meta, build_s, cached = _build(st, b, model, variant, cache, log)
     except Exception as e:
-        log(f"{tag}: build failed: {one_line(e)}")
-        if log and not log.quiet:
+        if isinstance(e, SdparityError) and "corrupt" in str(e):
+            raise
+        why = str(e) if isinstance(e, SdparityError) else one_line(e)
+        log(f"{tag}: build failed: {why}")
+        if not isinstance(e, SdparityError) and log and not log.quiet:
             traceback.print_exc(limit=3)
-        _error(report, st, b, None, f"build failed: {one_line(e)}")
+        rec = _error(report, st, b, None, f"build failed: {why}")
+        _prove_known(st, b, runner, model, variant, cases, refs, [rec], cache, scope, log)
         return
-    build_s = time.perf_counter() - t0
     log(f"{tag}: {'cached build reused' if cached else 'built'} in {build_s:.1f}s"
         + (f" (original build {meta.get('build_s')}s)" if cached else "") + f" -> {art}")
+    timing = {"build_s": round(build_s, 3), "build_cached": cached, "original_build_s": meta.get("build_s")}
+    failed = []
     for case in cases:
-        timings = {"build_s": round(build_s, 3), "build_cached": cached,
-                   "original_build_s": meta.get("build_s")}
-        try:
-            t1 = time.perf_counter()
-            outs = runner.run(art, case.function, case.inputs)
-            timings["run_s"] = round(time.perf_counter() - t1, 4)
-            if case.label not in refs:
-                t2 = time.perf_counter()
-                r32 = case.reference("float32")
-                t3 = time.perf_counter()
-                r64 = case.reference("float64")
-                refs[case.label] = (r32, r64, round(t3 - t2, 4))
-            r32, r64, ref_s = refs[case.label]
-            timings["ref_s"] = ref_s
-        except SdparityError as e:
-            _error(report, st, b, case, str(e), timings)
-            log(f"{tag} {case.label}: ERROR {e}")
-            continue
-        except Exception as e:
-            _error(report, st, b, case, f"run failed: {one_line(e)}", timings)
-            log(f"{tag} {case.label}: ERROR {one_line(e)}")
-            continue
-        if len(outs) != len(case.outputs):
-            _error(report, st, b, case, f"backend returned {len(outs)} outputs, expected {len(case.outputs)}",
-                   timings)
-            continue
-        failed = []
-        for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
-            try:
-                tol = lookup(st.name, spec.name, b.name, scope, case.label)
-            except KeyError as e:  # an undeclared tolerance: this check cannot be judged
-                report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
-                           function=case.function, output=spec.name, shapes=case.shapes, verdict="error",
-                           message=str(e.args[0] if e.args else e), metrics=None, tolerance=None,
-                           timings=timings)
-                log(f"{tag} {case.label} {spec.name}: ERROR {e.args[0] if e.args else e}")
-                continue
-            m = compare(cand, ref, tol, ref64, integer=spec.integer)
-            verdict = "pass" if m.passed else "fail"
-            rec = report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
-                             function=case.function, output=spec.name, shapes=case.shapes, verdict=verdict,
-                             message=m.why, metrics=m.to_json(), tolerance=tol.to_json(), timings=timings,
-                             integer=spec.integer, model_scope=scope, failed_bound=m.failed_bound)
-            if spec.image:
+        for rec in check_case(st, b, runner, art, case, refs, scope, dict(timing), log):
+            image = rec.pop("_image", None)
+            rec = report.add(**rec)
+            if image is not None:
                 from sdparity.reports.images import attach
 
-                attach(report, rec, cand, ref)
-            if rec["verdict"] in ("fail", "known"):
+                attach(report, rec, *image)
+            if rec["verdict"] in ("fail", "error"):
                 failed.append(rec)
-            floor = "n/a" if m.noise_floor is None else f"{m.noise_floor:.2g}"
-            ratio = "" if m.floor_ratio is None else f" err/floor={m.floor_ratio:.3g}x" + (
-                f" (budget {m.floor_budget:g}x)" if m.floor_budget is not None else "")
-            log(f"{tag} {case.label} {spec.name}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
-                f"floor={floor}{ratio} ({timings['run_s']:.3f}s)")
-        if failed and localize:
-            from sdparity.tiers.localize import localize_check
+    if failed and localize:  # name the first diverging kernel of the first failing case
+        from sdparity.tiers.localize import localize_check
 
-            loc = localize_check(st, b, art, model, variant, case, log)
-            for rec in failed:
+        case = next(c for c in cases if c.label == failed[0]["case"])
+        loc = localize_check(st, b, art, model, variant, case, log)
+        for rec in failed:
+            if rec["case"] == case.label:
                 rec["localization"] = loc
-                known_issues.apply(rec)  # entries may cover a check by what localization found
-            localize = False  # once per stage and backend: the first failing case
+    _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
     for k in meta.get("own_kernels", []):  # the suite's own kernels in this build, each alone
         from sdparity.tiers.own_kernels import check
 
         check(st, b, runner, k, report, cache, log=log)
+
+
+def check_case(st, b, runner, art, case, refs, scope, timings, log) -> list[dict]:
+    """Run one case of a built stage and judge each output: the records (not yet in a report).
+    ``refs`` memoizes the float32/float64 references by case label across backends."""
+    tag = f"[{b.name}] {st.name}"
+    base = dict(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
+                function=case.function, shapes=case.shapes, model_scope=scope, timings=timings)
+
+    def error(message, output=None):
+        log(f"{tag} {case.label}: ERROR {message}")
+        return [dict(base, output=output, verdict="error", message=message, metrics=None, tolerance=None)]
+
+    try:
+        t1 = time.perf_counter()
+        outs = runner.run(art, case.function, case.inputs)
+        timings["run_s"] = round(time.perf_counter() - t1, 4)
+        if case.label not in refs:
+            t2 = time.perf_counter()
+            r32 = case.reference("float32")
+            t3 = time.perf_counter()
+            r64 = case.reference("float64")
+            refs[case.label] = (r32, r64, round(t3 - t2, 4))
+        r32, r64, timings["ref_s"] = refs[case.label]
+    except SdparityError as e:
+        return error(str(e))
+    except Exception as e:
+        return error(f"run failed: {one_line(e)}")
+    if len(outs) != len(case.outputs):
+        return error(f"backend returned {len(outs)} outputs, expected {len(case.outputs)}")
+    records = []
+    for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
+        try:
+            tol = lookup(st.name, spec.name, b.name, scope, case.label)
+        except KeyError as e:  # an undeclared tolerance: this check cannot be judged
+            records += error(str(e.args[0] if e.args else e), spec.name)
+            continue
+        m = compare(cand, ref, tol, ref64, integer=spec.integer)
+        rec = dict(base, output=spec.name, verdict="pass" if m.passed else "fail", message=m.why,
+                   metrics=m.to_json(), tolerance=tol.to_json(), integer=spec.integer,
+                   failed_bound=m.failed_bound)
+        if spec.image:
+            rec["_image"] = (cand, ref)
+        records.append(rec)
+        floor = "n/a" if m.noise_floor is None else f"{m.noise_floor:.2g}"
+        ratio = "" if m.floor_ratio is None else f" err/floor={m.floor_ratio:.3g}x" + (
+            f" (budget {m.floor_budget:g}x)" if m.floor_budget is not None else "")
+        log(f"{tag} {case.label} {spec.name}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
+            f"floor={floor}{ratio} ({timings['run_s']:.3f}s)")
+    return records
+
+
+def _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log) -> None:
+    """Known means proven (issue 22): a failing or erroring record is labelled ``known`` only
+    when the same check, built with the neutralizers of every registered issue that pre-selects
+    it (sdparity.known_issues.candidates), passes its normal tolerance and budget. Otherwise it
+    stays a failure, and its message says what the neutralized build gave."""
+    groups: dict[tuple, list] = {}
+    for rec in failed:
+        ids = tuple(sorted(i.id for i in known_issues.candidates(rec)))
+        if ids:
+            groups.setdefault(ids, []).append(rec)
+    for ids, recs in groups.items():
+        tag = f"[{b.name}] {st.name}"
+        nvariant = {**(variant or {}), "neutralize": list(ids)}
+        log(f"{tag}: {len(recs)} failing check(s) pre-selected by {', '.join(ids)}: rebuilding neutralized")
+        try:
+            art, _, _, _ = _build(st, b, model, nvariant, cache, log)
+        except Exception as e:
+            why = f"the neutralized build failed: {one_line(e)}"
+            for rec in recs:
+                known_issues.not_proven(rec, ids, why)
+            continue
+        redo = {}
+        for case in cases:
+            if any(rec["case"] in (None, case.label) for rec in recs):
+                redo[case.label] = {r["output"]: r for r in check_case(st, b, runner, art, case, refs, scope,
+                                                                       {}, log)}
+        for rec in recs:
+            if rec["case"] is None:  # a build error: every case must pass neutralized
+                again = [r for by_out in redo.values() for r in by_out.values()]
+            else:
+                again = list(redo.get(rec["case"], {}).values())
+                if rec.get("output") is not None:
+                    again = [r for r in again if r["output"] == rec["output"]]
+            if again and all(r["verdict"] == "pass" for r in again):
+                known_issues.proven(rec, ids, again)
+            else:
+                bad = next((r for r in again if r["verdict"] != "pass"), None)
+                known_issues.not_proven(rec, ids, "still fails with them neutralized: " +
+                                        (bad["message"] if bad else "no result"), again)
+            log(f"{tag} {rec.get('case') or ''} {rec.get('output') or ''}: {rec['verdict'].upper()} "
+                f"after neutralizing {', '.join(ids)}")

@@ -15,10 +15,13 @@ from sdparity.ir import StageIR
 
 
 def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=None,
-                    patch_upsample: bool = True) -> StageIR:
+                    patch_upsample: bool = True, neutralize=()) -> StageIR:
     """``dynamic_shapes`` (torch.export's argument) makes a symbolic-shape build; its nearest
     upsamplings then go through ``_symbolic_upsample_nearest`` unless ``patch_upsample`` is
-    False (known issue tvm_symbolic_upsample: TVM's own conversion cannot take a symbolic size)."""
+    False (known issue tvm_symbolic_upsample: TVM's own conversion cannot take a symbolic size;
+    its neutralizer switches the patch back on). ``neutralize``: names of known issues whose
+    neutralizers (compile/neutralize.py) replace TVM's conversion of the ops they are in."""
+    from sdparity.compile.neutralize import convert_map
     import torch
     import tvm
     from tvm import relax
@@ -35,9 +38,10 @@ def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=N
         except Exception as e:
             raise SdparityError(f"torch.export of {function} failed: {str(e).splitlines()[0]}") from e
     try:
-        patch = dynamic_shapes is not None and patch_upsample
-        convert = {"upsample_nearest2d.vec": _symbolic_upsample_nearest} if patch else None
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert)
+        patch = dynamic_shapes is not None and (patch_upsample or "tvm_symbolic_upsample" in neutralize)
+        convert = {"upsample_nearest2d.vec": _symbolic_upsample_nearest} if patch else {}
+        convert.update(convert_map(neutralize))
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert or None)
     except Exception as e:
         raise SdparityError(f"TVM {tvm.__version__} could not import {function}: "
                             f"{str(e).strip().splitlines()[-1]}") from e
@@ -53,17 +57,25 @@ def _symbolic_upsample_nearest(node, importer):
     ``_upsample_impl`` (so its nearest semantics stay TVM's: known issue
     tvm_nearest_resize_half_pixel shows in symbolic builds as in fixed ones); only the output
     size is computed here: input size * integral scale, or the size nodes' Relax values."""
+    size = upsample_size(node, importer)
+    if size is None:
+        return importer._upsample_nearest2d(node)
+    return importer._upsample_impl(importer.env[node.args[0]], size=size, scale_factor=None,
+                                   method="nearest_neighbor", align_corners=False)
+
+
+def upsample_size(node, importer):
+    """The output size of aten.upsample_nearest2d.vec: its size nodes' Relax values (symbolic
+    sizes are torch.fx Nodes), or input size * an integral scale; None otherwise."""
     x = importer.env[node.args[0]]
     size = node.args[1] if len(node.args) > 1 else None
     scale = node.args[2] if len(node.args) > 2 else None
     if size is not None:
-        size = [importer.env[s] if hasattr(s, "op") else s for s in size]  # torch.fx Nodes: symbolic
-    elif scale is not None and all(float(f).is_integer() for f in scale):
+        return [importer.env[s] if hasattr(s, "op") else s for s in size]
+    if scale is not None and all(float(f).is_integer() for f in scale):
         shape = importer.shape_of(x)
-        size = [shape[2 + i] * int(f) for i, f in enumerate(scale)]
-    else:
-        return importer._upsample_nearest2d(node)
-    return importer._upsample_impl(x, size=size, scale_factor=None, method="nearest_neighbor", align_corners=False)
+        return [shape[2 + i] * int(f) for i, f in enumerate(scale)]
+    return None
 
 
 def merge(irs: list[StageIR]) -> StageIR:

@@ -80,7 +80,8 @@ class TorchStage(Stage):
         variant = self._build_variant(model, variant)
         args = tuple(torch.from_numpy(np.array(a)) for a in self.example_inputs(model, variant))
         return export_to_relax(self.export_module(model, variant), args, self.function,
-                               self.dynamic_shapes(model, variant), variant.get("patch_upsample", True))
+                               self.dynamic_shapes(model, variant), variant.get("patch_upsample", True),
+                               tuple(variant.get("neutralize", ())))
 
     # -- symbolic-shape builds: a variant with "symbolic": True (shape fuzzing) -----------------
     # "patch_upsample": False builds them with TVM's own upsample conversion, which fails
@@ -94,6 +95,8 @@ class TorchStage(Stage):
         built = self.build_variant(model, variant)
         if built.get("symbolic") and "patch_upsample" in variant:
             built = {**built, "patch_upsample": variant["patch_upsample"]}
+        if variant.get("neutralize"):  # known issues' neutralizers (compile/neutralize.py)
+            built = {**built, "neutralize": sorted(variant["neutralize"])}
         return built
 
     def build_key(self, model, variant: dict) -> dict:
