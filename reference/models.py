@@ -296,7 +296,10 @@ def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:
 # --------------------------------------------------------------------------------------
 
 def cache_root() -> Path:
-    return Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity"))
+    """The cache folder: decided in one place, sdparity.files.cache_root."""
+    from sdparity.files import cache_root as root
+
+    return root()
 
 
 def builtin_model_path(kind: str) -> Path:
@@ -349,11 +352,39 @@ def validate_folder(path: Path, allow_pickle: bool = False) -> None:
             raise ModelError(f"model folder {path}: {sub}/ has only pickle weights ({', '.join(pickles)}); "
                              "loading pickle can run code from the file: convert it to safetensors, "
                              "or pass --allow-pickle if you trust this folder")
-    for cfg in [p for p in REQUIRED_PARTS if p.endswith(".json")]:
+    configs = [p for p in REQUIRED_PARTS if p.endswith(".json")]
+    configs += sorted({str(p.relative_to(path)) for p in path.glob("*/config.json")} - set(configs))
+    for cfg in configs:
         try:
-            json.loads((path / cfg).read_text())
+            data = json.loads((path / cfg).read_text())
         except (OSError, ValueError) as e:
             raise ModelError(f"model folder {path}: {cfg} is not valid JSON ({e})") from None
+        if not isinstance(data, dict):  # diffusers would fail after loading, blaming the hub
+            raise ModelError(f"model folder {path}: {cfg} is not a JSON object (it holds a "
+                             f"{type(data).__name__})")
+        if cfg == "unet/config.json":
+            _check_sample_size(path, data.get("sample_size"))
+
+
+#: the largest latent side sdparity accepts, from --latent or a UNet's sample_size: 512 latent
+#: = 4096 pixels, 8x SD 1.x's native 64. Memory grows with the 4th power of the side in the
+#: attention stages and the square in the VAE; beyond this nothing fits a machine sdparity
+#: runs on (SD 1.5 at 64 already needs ~2 GB of float64 reference activations per case).
+MAX_LATENT_SIDE = 512
+
+
+def _check_sample_size(path: Path, size) -> None:
+    sides = list(size) if isinstance(size, (list, tuple)) else [size]
+    for side in sides:
+        if side is None:
+            continue
+        if isinstance(side, bool) or not isinstance(side, int) or side <= 0:
+            raise ModelError(f"model folder {path}: unet/config.json sample_size {size!r} is not a "
+                             f"positive integer")
+        if side > MAX_LATENT_SIDE:
+            raise ModelError(f"model folder {path}: unet/config.json sample_size {side} is over "
+                             f"{MAX_LATENT_SIDE} (latent side; {MAX_LATENT_SIDE * 8} pixels), the largest "
+                             f"sdparity accepts")
 
 
 def folder_digest(path: Path) -> str:

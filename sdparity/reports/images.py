@@ -9,7 +9,9 @@ Only the first image of a batch is kept. The heat map shows max over channels of
 record) on a black-red-yellow-white ramp; NaN/Inf differences are white.
 
 The runner attaches the PNGs to the Report; Report.write puts them in ``<report>_images/``
-beside the JSON, replacing the old folder as a whole.
+beside the JSON, replacing the old folder as a whole, but only a folder sdparity made: it
+carries a marker file (``MARKER``); any other folder or file of that name is refused with one
+line (the CLI checks it before any work, ``images_dir_problem``).
 """
 
 from __future__ import annotations
@@ -107,24 +109,79 @@ def images_dir_name(report_path: Path) -> str:
     return f"{Path(report_path).stem}_images"
 
 
+#: the file that marks a ``<report>_images/`` folder as sdparity's own: only such a folder is
+#: ever replaced (and so deleted); a folder without it is the user's and is refused
+MARKER = ".sdparity-images"
+_LEGACY_PNG = re.compile(r"[A-Za-z0-9_.-]+\.(reference|candidate|diff)\.png")
+
+
+def _ours(folder: Path) -> bool:
+    """Whether ``folder`` is an images folder sdparity made: it holds the marker file, or (made
+    before the marker existed) nothing but sdparity's PNG names (``*.reference.png``,
+    ``*.candidate.png``, ``*.diff.png``; empty counts too), no subfolders."""
+    if (folder / MARKER).is_file() and not (folder / MARKER).is_symlink():
+        return True
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return False
+    return all(e.is_file(follow_symlinks=False) and _LEGACY_PNG.fullmatch(e.name) for e in entries)
+
+
+def images_dir_problem(report_path: Path) -> str | None:
+    """Why the images folder beside ``report_path`` cannot be (re)written (None: it can): it
+    exists and is not a folder, is a symbolic link, or is a folder sdparity did not make."""
+    folder = Path(report_path).parent / images_dir_name(report_path)
+    if not os.path.lexists(folder):
+        return None
+    if folder.is_symlink():
+        return f"{folder} is a symbolic link; sdparity writes the report's images there and replaces only its own folder"
+    if not folder.is_dir():
+        return f"{folder} exists and is not a folder; sdparity writes the report's images there: move it or choose another --report"
+    if not _ours(folder):
+        return (f"{folder} exists and was not made by sdparity (no {MARKER} file); it would be replaced "
+                f"by the report's images: move it or choose another --report")
+    return None
+
+
 def write_images(images: dict[str, bytes], report_path: Path) -> str | None:
-    """Write all PNGs into the folder beside the report, replacing the old folder as a whole."""
+    """Write all PNGs into the folder beside the report (with the MARKER file), replacing the old
+    folder as a whole: only a folder sdparity made is replaced (``images_dir_problem``)."""
+    from sdparity.errors import SdparityError
+    from sdparity.files import check_output, file_mode, folder_mode
+
     if not images:
         return None
     report_path = Path(report_path)
+    check_output(report_path)  # a report that cannot be written: no images either
+    problem = images_dir_problem(report_path)
+    if problem:
+        raise SdparityError(problem)
     final = report_path.parent / images_dir_name(report_path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
     try:
-        for name, data in images.items():
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    except OSError as e:
+        raise SdparityError(f"cannot write the report's images into {final}: {e.strerror or e}") from None
+    try:
+        mode = file_mode()
+        for name, data in {MARKER: b"made by sdparity: replaced with each report of this name\n",
+                           **images}.items():
             (tmp / name).write_bytes(data)
+            os.chmod(tmp / name, mode)
+        os.chmod(tmp, folder_mode())  # mkdtemp makes 0700
         old = None
-        if final.exists():
+        if os.path.lexists(final):
+            problem = images_dir_problem(report_path)  # made meanwhile?
+            if problem:
+                raise SdparityError(problem)
             old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
             os.replace(final, old / "x")
         os.replace(tmp, final)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise SdparityError(f"cannot write the report's images into {final}: {e.strerror or e}") from None
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -179,7 +179,7 @@ def ensure(version: str, log=print) -> Path:
 def run_check(side: Side, out_dir: Path, check_args: list[str], log=print, python: Path | None = None) -> Path:
     """``sdparity check`` with this side's TVM; always returns a report path. ``python``: the
     interpreter to use instead of the side's environment (tests)."""
-    from sdparity.files import write_atomic
+    from sdparity.files import cache_root, write_atomic
     from sdparity.reports.report import SCHEMA
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -187,7 +187,7 @@ def run_check(side: Side, out_dir: Path, check_args: list[str], log=print, pytho
     report.unlink(missing_ok=True)
     logfile = out_dir / "check.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
-           "SDPARITY_CACHE": os.environ.get("SDPARITY_CACHE", str(ROOT / ".cache" / "sdparity"))}
+           "SDPARITY_CACHE": str(cache_root().absolute())}  # sdparity.files: the one place it is decided
     env.pop("PYTHONPATH", None)  # the environment's own editable install, not the caller's path
     env.pop("TVM_LIBRARY_PATH", None)
     if side.kind == "path":

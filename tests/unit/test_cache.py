@@ -35,7 +35,7 @@ def test_failed_build_leaves_nothing(tmp_path):
 
     with pytest.raises(RuntimeError):
         cache.get_or_build({"a": 1}, boom)
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".locks"]  # only the (empty) entry locks
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "meta"])
@@ -180,3 +180,32 @@ def test_identity_hash_is_remembered_by_size_and_mtime(fake_tvm):
     # written just now: not remembered (a second change within the clock's granularity would
     # keep size and mtime)
     assert len(list(memo_dir.glob("*.txt"))) == 1
+
+
+def test_graph_packages_are_in_the_key(tmp_path, monkeypatch, llvm):
+    """torch, diffusers and transformers shape the exported graph: each is in the key by version
+    and by its RECORD's sha256 (identity.package_digest); another diffusers rebuilds."""
+    from sdparity.backends import base
+    from sdparity.registry import get_stage
+
+    key = llvm.env_key()["packages"]
+    assert set(key) == {"torch", "diffusers", "transformers"}
+    assert all(v["version"] and len(v["record_sha256"]) == 20 for v in key.values()), key
+    assert key["torch"]["version"] == identity.package_digest("torch")["version"]
+
+    stage, cache = get_stage("concat_embeddings"), BuildCache(tmp_path / "builds")
+    first, hit = _build(stage, llvm, cache)
+    assert not hit and _build(stage, llvm, cache) == (first, True)
+    real = identity.package_digest
+
+    def other_diffusers(name):
+        return {**real(name), "version": "0.0.1"} if name == "diffusers" else real(name)
+
+    monkeypatch.setattr(identity, "package_digest", other_diffusers)
+    assert base.graph_packages()["diffusers"]["version"] == "0.0.1"
+    second, hit = _build(stage, llvm, cache)
+    assert not hit and second != first
+    monkeypatch.setattr(identity, "package_digest",  # same version, other files (RECORD)
+                        lambda name: {**real(name), "record_sha256": "0" * 20} if name == "torch" else real(name))
+    third, hit = _build(stage, llvm, cache)
+    assert not hit and third not in (first, second)
