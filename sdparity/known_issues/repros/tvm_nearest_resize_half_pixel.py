@@ -10,30 +10,30 @@ divide by the UNet's up factor) and differ otherwise: 3 -> 5 rows read [0, 0, 1,
 PyTorch and [0, 0, 1, 2, 2] in TVM. diffusers' UNet2DConditionModel passes such sizes
 (``upsample_size``) whenever a latent side is not a multiple of 2**num_upsamplers.
 
-Standalone (torch + TVM only). Exit status 1 while the bug reproduces, 0 once it is fixed.
+Standalone (torch + TVM only). Exit status (sdparity's repro protocol): 1 while the bug
+reproduces (some size pair reads other rows than PyTorch), 0 once it is fixed, 3 for any
+exception (an error of this script, not evidence).
 Run: python sdparity/known_issues/repros/tvm_nearest_resize_half_pixel.py
 """
 
 import sys
 
-import numpy as np
-import torch
-import tvm
-from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
-
-
-class Nearest(torch.nn.Module):
-    def __init__(self, size):
-        super().__init__()
-        self.size = size
-
-    def forward(self, x):
-        return torch.nn.functional.interpolate(x, size=self.size, mode="nearest")
-
 
 def rows(n_in: int, n_out: int) -> tuple[list[int], list[int]]:
     """Source row read for every output row, by PyTorch and by the TVM build (column 0)."""
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    class Nearest(torch.nn.Module):
+        def __init__(self, size):
+            super().__init__()
+            self.size = size
+
+        def forward(self, x):
+            return torch.nn.functional.interpolate(x, size=self.size, mode="nearest")
+
     x = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, n_in, 1).repeat(1, 1, 1, 2)
     model = Nearest((n_out, 2))
     mod = from_exported_program(torch.export.export(model, (x,)))
@@ -45,6 +45,10 @@ def rows(n_in: int, n_out: int) -> tuple[list[int], list[int]]:
 
 
 def main() -> int:
+    import numpy as np
+    import torch
+    import tvm
+
     print(f"tvm {tvm.__version__}, torch {torch.__version__}")
     bad = 0
     for n_in, n_out in [(4, 8), (2, 3), (3, 5), (5, 9), (12, 23)]:  # (ceil(h/2), h): the tiny UNet's up step
@@ -57,4 +61,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # sdparity's repro protocol: 1 reproduces, 0 fixed, 3 an error of this script, 4 cannot run here
+    try:
+        code = main()
+    except Exception as e:  # noqa: BLE001 - an error of the repro, never evidence
+        print(f"repro error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", flush=True)
+        sys.exit(3)
+    sys.exit(code)

@@ -12,37 +12,54 @@ calling: `relax.ShapeExpr(...)`". diffusers' Upsample2D takes path (1) without a
 (2) otherwise, so neither model can be built once for all latent sizes. Both could keep the
 size symbolic (shape[i] * int(scale); the size nodes' Relax values).
 
-Standalone (torch + TVM only). Exit status 1 while the bug reproduces, 0 once it is fixed.
-Run: python sdparity/known_issues/repros/tvm_symbolic_upsample_scale.py
+Standalone (torch + TVM only). Exit status (sdparity's repro protocol): 1 while an import
+fails with one of the two errors above, 0 once both import and match PyTorch, 3 for anything
+else (another import error, a build that differs from PyTorch, any exception: an error of this
+script, not evidence).
+Run: python sdparity/known_issues/repros/tvm_symbolic_upsample.py
 """
 
 import sys
 
-import numpy as np
-import torch
-import tvm
-from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
+
+def models() -> list:
+    import torch
+
+    class ByScale(torch.nn.Module):
+        def forward(self, x, like):
+            return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
+
+    class BySize(torch.nn.Module):
+        def forward(self, x, like):
+            return torch.nn.functional.interpolate(x, size=like.shape[2:], mode="nearest")
+
+    return [ByScale(), BySize()]
 
 
-class ByScale(torch.nn.Module):
-    def forward(self, x, like):
-        return torch.nn.functional.interpolate(x, scale_factor=2.0, mode="nearest")
-
-
-class BySize(torch.nn.Module):
-    def forward(self, x, like):
-        return torch.nn.functional.interpolate(x, size=like.shape[2:], mode="nearest")
+def is_the_bug(e: Exception) -> bool:
+    """The two errors of the issue; any other is an error of this script."""
+    text = " ".join(str(e).split())
+    return (isinstance(e, AttributeError) and "'value'" in text) or \
+        (isinstance(e, TypeError) and "ShapeExpr" in text)
 
 
 def check(model) -> bool:
-    """True when the symbolic import works and matches PyTorch."""
+    """True when the symbolic import works and matches PyTorch; False when it fails with the
+    bug's error. Raises otherwise."""
+    import numpy as np
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
     h, w = torch.export.Dim("h", min=2, max=64), torch.export.Dim("w", min=2, max=64)
     ep = torch.export.export(model, (torch.zeros(1, 2, 4, 6), torch.zeros(1, 1, 8, 12)),
                              dynamic_shapes={"x": {2: h, 3: w}, "like": {2: 2 * h, 3: 2 * w}})
     try:
         mod = from_exported_program(ep)
     except Exception as e:  # noqa: BLE001  (the failure is what this script reports)
+        if not is_the_bug(e):
+            raise
         print(f"{type(model).__name__}: import failed: {type(e).__name__}: {str(e).strip().splitlines()[-1][:160]}")
         return False
     rng = np.random.default_rng(0)
@@ -52,15 +69,26 @@ def check(model) -> bool:
     got = (out if hasattr(out, "numpy") else out[0]).numpy()
     same = np.array_equal(got, model(torch.from_numpy(x), torch.from_numpy(like)).numpy())
     print(f"{type(model).__name__}: imports with symbolic h, w; " + ("matches PyTorch" if same else "DIFFERS from PyTorch"))
-    return same
+    if not same:
+        raise RuntimeError(f"{type(model).__name__} imports but differs from PyTorch: another bug than this one")
+    return True
 
 
 def main() -> int:
+    import torch
+    import tvm
+
     print(f"tvm {tvm.__version__}, torch {torch.__version__}")
-    ok = [check(ByScale()), check(BySize())]
+    ok = [check(m) for m in models()]
     print("fixed" if all(ok) else "reproduces")
     return 0 if all(ok) else 1
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # sdparity's repro protocol: 1 reproduces, 0 fixed, 3 an error of this script, 4 cannot run here
+    try:
+        code = main()
+    except Exception as e:  # noqa: BLE001 - an error of the repro, never evidence
+        print(f"repro error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", flush=True)
+        sys.exit(3)
+    sys.exit(code)

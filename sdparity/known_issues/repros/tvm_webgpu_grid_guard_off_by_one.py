@@ -18,30 +18,37 @@ Standalone (TVM, and Dawn for Node from web/node_modules/webgpu on Vulkan: chrom
 SwiftShader where it is installed, else the system's driver): a TVM kernel that writes 1.0 to
 y[b * 64 + t] for its 65537 x 64 threads is launched as tvmjs launches it, into a buffer with 64
 spare floats past the grid. Any spare float that becomes 1.0 was written by the extra workgroup.
-Exit 1 while it is (the bug), 0 once the spare floats stay 0.
+Exit status (sdparity's repro protocol): 1 while one is (the bug), 0 once the spare floats stay
+0 (and the grid is written whole), 4 when Dawn for Node cannot run here (no node, no
+web/node_modules/webgpu, no WebGPU adapter), 3 for anything else (the grid not written, no
+result, any exception: an error of this script).
 Run: python sdparity/known_issues/repros/tvm_webgpu_grid_guard_off_by_one.py
 """
 
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import tvm
-from tvm.script import tirx as T
-
 BLOCKS, THREADS = 65537, 64  # 65537 = 2^16 + 1: tvmjs folds it to 32769 x 2 = 65538 workgroups
+FIXED, REPRODUCES, CANNOT_RUN = 0, 1, 4
 
 
-@T.prim_func
-def fill(y: T.Buffer((BLOCKS * THREADS + THREADS,), "float32")):  # THREADS spare floats at the end
-    T.func_attr({"global_symbol": "fill", "tirx.noalias": True})
-    for bx in T.thread_binding(BLOCKS, thread="blockIdx.x"):
-        for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
-            y[bx * THREADS + tx] = T.float32(1)
+def kernel():
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def fill(y: T.Buffer((BLOCKS * THREADS + THREADS,), "float32")):  # THREADS spare floats at the end
+        T.func_attr({"global_symbol": "fill", "tirx.noalias": True})
+        for bx in T.thread_binding(BLOCKS, thread="blockIdx.x"):
+            for tx in T.thread_binding(THREADS, thread="threadIdx.x"):
+                y[bx * THREADS + tx] = T.float32(1)
+
+    return fill
 
 
 # tvmjs's launch (web/src/webgpu.ts): fold x into z, pass the original x size as packGridDimX
@@ -89,13 +96,20 @@ setTimeout(() => process.exit(0), 100).unref();
 
 
 def main() -> int:
+    import tvm
+
+    print(f"tvm {tvm.__version__}")
+    root = Path(__file__).resolve().parents[3]
+    dawn = root / "web" / "node_modules" / "webgpu"
+    node = shutil.which("node")
+    if node is None or not (dawn / "index.js").is_file():
+        print(f"cannot run here: needs node ({node or 'not found'}) and Dawn for Node in {dawn} (npm ci in web/)")
+        return CANNOT_RUN
     target = tvm.target.Target({"kind": "webgpu"}, host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
-    ex = tvm.compile(tvm.IRModule({"fill": fill}), target=target)
+    ex = tvm.compile(tvm.IRModule({"fill": kernel()}), target=target)
     wgsl = next(m for m in ex.mod.imports if m.kind == "webgpu").inspect_source()
     guard = re.search(r"if \((.*packGridDimX)\) \{ return; \}", wgsl)
     print("TVM's guard:", guard.group(1) if guard else "(none found)")
-    root = Path(__file__).resolve().parents[3]
-    dawn = root / "web" / "node_modules" / "webgpu"
     env = dict(os.environ)
     swiftshader = Path("/usr/lib/chromium/vk_swiftshader_icd.json")
     if swiftshader.is_file() and "VK_ICD_FILENAMES" not in env:
@@ -103,23 +117,34 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         (Path(d) / "fill.wgsl").write_text(wgsl.split("//----------------------------------------\n")[-1])
         (Path(d) / "launch.mjs").write_text(LAUNCH)
-        try:
-            proc = subprocess.run(["node", str(Path(d) / "launch.mjs"), str(dawn), str(Path(d) / "fill.wgsl"),
-                                   str(BLOCKS), str(THREADS)], capture_output=True, text=True, timeout=300, env=env)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            print(f"cannot run Dawn for Node: {e}")
-            return 0  # nothing shown: let the registry's test say it no longer reproduces, loudly
+        proc = subprocess.run([node, str(Path(d) / "launch.mjs"), str(dawn), str(Path(d) / "fill.wgsl"),
+                               str(BLOCKS), str(THREADS)], capture_output=True, text=True, timeout=300, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    res = json.loads(lines[-1]) if lines else {"error": proc.stderr[-500:]}
+    if not lines:
+        raise RuntimeError(f"Dawn for Node gave no result (exit {proc.returncode}): {' '.join(proc.stderr.split())[-300:]}")
+    res = json.loads(lines[-1])
     print(json.dumps(res))
+    if res.get("error") == "no WebGPU adapter":
+        print("cannot run here: Dawn for Node found no WebGPU adapter (Vulkan: SwiftShader or a driver)")
+        return CANNOT_RUN
     if "error" in res:
-        return 0
+        raise RuntimeError(f"Dawn for Node: {res['error']}")
+    if res["grid_written"] != res["grid"]:
+        raise RuntimeError(f"only {res['grid_written']} of the grid's {res['grid']} floats were written: "
+                           "the launch itself is wrong, the repro cannot tell")
     if res["spare_written"]:
         print(f"BUG: {res['spare_written']} floats past the {BLOCKS} x {THREADS} grid were written: the workgroup "
               f"with index {BLOCKS} ran (dispatch {res['dispatch']})")
-        return 1
-    return 0
+        return REPRODUCES
+    print("fixed: no float past the grid was written")
+    return FIXED
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # sdparity's repro protocol: 1 reproduces, 0 fixed, 3 an error of this script, 4 cannot run here
+    try:
+        code = main()
+    except Exception as e:  # noqa: BLE001 - an error of the repro, never evidence
+        print(f"repro error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", flush=True)
+        sys.exit(3)
+    sys.exit(code)

@@ -13,9 +13,10 @@ floor; on WebGPU they are the only ops of the tiny UNet's transcendental/reducti
 set over the op budget (the others stay below 0.5 of it).
 
 This repro needs only torch and TVM (no browser): it builds aten.sin and aten.cos for WebGPU
-exactly as TVM's frontend and default GPU pipeline do and checks the generated WGSL: exit 1
-while the builtin is applied to an unreduced argument (the bug), 0 once TVM reduces the
-argument first (or calls its own implementation). The numbers above come from running the
+exactly as TVM's frontend and default GPU pipeline do and checks the generated WGSL. Exit status
+(sdparity's repro protocol): 1 while the builtin is applied to an unreduced argument (the bug),
+0 once TVM reduces the argument first (or calls its own implementation), 3 for anything else
+(no WebGPU module, no sin/cos call found, any exception: an error of this script). The numbers above come from running the
 built kernels in Chromium (tests/unit/test_opstats.py::test_op_statistics_webgpu).
 Run: python sdparity/known_issues/repros/tvm_webgpu_sin_cos_unreduced.py
 """
@@ -23,22 +24,21 @@ Run: python sdparity/known_issues/repros/tvm_webgpu_sin_cos_unreduced.py
 import re
 import sys
 
-import torch
-import tvm
-from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
-
-
-class Op(torch.nn.Module):
-    def __init__(self, fn):
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, x):
-        return self.fn(x)
-
 
 def wgsl(fn) -> str:
+    import torch
+    import tvm
+    from tvm import relax
+    from tvm.relax.frontend.torch import from_exported_program
+
+    class Op(torch.nn.Module):
+        def __init__(self, fn):
+            super().__init__()
+            self.fn = fn
+
+        def forward(self, x):
+            return self.fn(x)
+
     ep = torch.export.export(Op(fn), (torch.zeros(2, 16),))
     mod, _ = relax.frontend.detach_params(from_exported_program(ep, keep_params_as_input=True))
     target = tvm.target.Target("webgpu", host={"kind": "llvm", "mtriple": "wasm32-unknown-unknown-wasm"})
@@ -49,17 +49,34 @@ def wgsl(fn) -> str:
         if m.kind == "webgpu":
             return m.inspect_source()
         stack.extend(m.imports)
-    raise SystemExit("no WebGPU module in the build")
+    raise RuntimeError("no WebGPU module in the build")
 
 
-bad = False
-for name, fn in (("sin", torch.ops.aten.sin.default), ("cos", torch.ops.aten.cos.default)):
-    src = wgsl(fn)
-    calls = re.findall(rf"\b{name}\(([^()]*(?:\([^()]*\))?[^()]*)\)", src)
-    raw = [c for c in calls if re.fullmatch(r"\s*x_ptr\[[^\]]*\]\s*", c)]
-    print(f"{name}: WGSL calls {[f'{name}({c})' for c in calls]}")
-    if raw:
-        print(f"{name}: the builtin gets the input element itself: no range reduction to [-pi, pi]")
-        bad = True
-print("REPRODUCES" if bad else "fixed: arguments are reduced before the builtin")
-sys.exit(1 if bad else 0)
+def main() -> int:
+    import torch
+    import tvm
+
+    print(f"tvm {tvm.__version__}, torch {torch.__version__}")
+    bad = False
+    for name, fn in (("sin", torch.ops.aten.sin.default), ("cos", torch.ops.aten.cos.default)):
+        src = wgsl(fn)
+        calls = re.findall(rf"\b{name}\(([^()]*(?:\([^()]*\))?[^()]*)\)", src)
+        print(f"{name}: WGSL calls {[f'{name}({c})' for c in calls]}")
+        if not calls:
+            raise RuntimeError(f"no {name}( call in the generated WGSL: the repro cannot tell")
+        raw = [c for c in calls if re.fullmatch(r"\s*x_ptr\[[^\]]*\]\s*", c)]
+        if raw:
+            print(f"{name}: the builtin gets the input element itself: no range reduction to [-pi, pi]")
+            bad = True
+    print("REPRODUCES" if bad else "fixed: arguments are reduced before the builtin")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    # sdparity's repro protocol: 1 reproduces, 0 fixed, 3 an error of this script, 4 cannot run here
+    try:
+        code = main()
+    except Exception as e:  # noqa: BLE001 - an error of the repro, never evidence
+        print(f"repro error: {type(e).__name__}: {' '.join(str(e).split())[:300]}", flush=True)
+        sys.exit(3)
+    sys.exit(code)
