@@ -11,6 +11,10 @@ only by the same TVM bytes and the same build code, whatever the version strings
   keyed by every file's (path, size, mtime_ns): a changed file changes the key.
 * ``source_digest(modules)``: sha256 over the source files of sdparity/reference modules
   (a package stands for all its ``.py`` files).
+* ``package_digest(name)``: an installed Python distribution (torch, diffusers, transformers:
+  what shapes the exported graph) by version and a sha256 of its RECORD file (every installed
+  file's name, hash and size, as the installer wrote it): cheap, and another build of one
+  version (or a file reinstalled differently) changes it.
 """
 
 from __future__ import annotations
@@ -184,3 +188,20 @@ def source_digest(modules) -> str:
     for p in sorted({f for m in modules for f in module_files(m)}):
         h.update(str(p.relative_to(ROOT)).encode() + b"\0" + p.read_bytes() + b"\0")
     return h.hexdigest()[:20]
+
+
+@functools.cache
+def package_digest(name: str) -> dict:
+    """{"version", "record_sha256"} of the installed distribution ``name`` (importlib.metadata),
+    without importing it: the sha256 of its RECORD text (names, hashes and sizes of every
+    installed file; None for an installation without one, e.g. some system packages), or
+    {"version": None, ...} when it is not installed. Remembered per process."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return {"version": None, "record_sha256": None}
+    record = dist.read_text("RECORD")
+    digest = hashlib.sha256(record.encode()).hexdigest()[:20] if record is not None else None
+    return {"version": dist.version, "record_sha256": digest}

@@ -61,12 +61,14 @@ class Backend:
                                   log=log, label=label)
 
     def env_key(self) -> dict:
-        """The TVM installation by content and the sources of the build code (sdparity.identity):
-        a different TVM build or an edited legalization/schedule/backend never reuses a build."""
+        """The TVM installation by content, the packages that shape the exported graph (torch,
+        diffusers, transformers: ``graph_packages``) and the sources of the build code
+        (sdparity.identity): a different TVM build, another torch/diffusers/transformers install
+        or an edited legalization/schedule/backend never reuses a build."""
         from sdparity.identity import source_digest, tvm_identity
 
         tvm = tvm_identity()
-        return {"tvm": tvm["version"], "tvm_libs": tvm["libs_sha256"],
+        return {"tvm": tvm["version"], "tvm_libs": tvm["libs_sha256"], "packages": graph_packages(),
                 "sources": source_digest(self.source_modules())}
 
     def source_modules(self) -> list[str]:
@@ -89,6 +91,19 @@ class Backend:
     def describe_session(self, runner) -> dict:
         """Facts known once a session runs (e.g. the WebGPU adapter); default: describe()."""
         return self.describe()
+
+
+#: installed distributions whose code decides the graph a stage exports (torch.export, the
+#: diffusers/transformers modules): part of every build's key, with their RECORD's digest
+GRAPH_PACKAGES = ("torch", "diffusers", "transformers")
+
+
+def graph_packages() -> dict:
+    """{name: {"version", "record_sha256"}} for GRAPH_PACKAGES (identity.package_digest,
+    remembered per process)."""
+    from sdparity.identity import package_digest
+
+    return {name: package_digest(name) for name in GRAPH_PACKAGES}
 
 
 class Runner:
