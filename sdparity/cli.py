@@ -33,12 +33,17 @@ def _csv(s: str) -> list[str]:
 
 
 def latent_hw(s: str) -> list[int]:
+    from reference.models import MAX_LATENT_SIDE  # 512 latent = 4096 pixels (docs/reliability.md)
+
     try:
         h, w = (int(x) for x in s.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected HxW, e.g. 16x16, not {s!r}") from None
     if h <= 0 or w <= 0:
         raise argparse.ArgumentTypeError(f"latent sizes must be positive, not {s!r}")
+    if max(h, w) > MAX_LATENT_SIDE:
+        raise argparse.ArgumentTypeError(f"latent side {max(h, w)} is over {MAX_LATENT_SIDE} ({MAX_LATENT_SIDE * 8} "
+                                         f"pixels), the largest sdparity accepts")
     return [h, w]
 
 
@@ -62,7 +67,7 @@ port_arg = _int_in(1, 65535)
 
 
 def _names(s: str, what: str, known) -> list[str]:
-    names = _csv(s)
+    names = list(dict.fromkeys(_csv(s)))  # a repeated name is checked once (order kept)
     if not names:
         raise argparse.ArgumentTypeError(f"no {what} given")
     unknown = [n for n in names if n not in known]
@@ -84,20 +89,39 @@ def backend_list(s: str) -> list[str]:
 
 
 def out_file(s: str) -> Path:
-    """A file this process can create or replace (atomically: a temp file in its folder)."""
-    import tempfile
+    """A file this process can create or replace (atomically: a temp file in its folder): nothing
+    or a regular file there (never a device node, folder, FIFO...), in a folder where a file can
+    be created (not read-only) with some room (sdparity.files.check_output)."""
+    from sdparity.files import check_output
 
     p = Path(s)
     if not s or p.is_dir():
         raise argparse.ArgumentTypeError(f"{s!r} is a folder, not a file path")
-    folder = next(a for a in p.absolute().parents if a.exists())
-    if not folder.is_dir():
-        raise argparse.ArgumentTypeError(f"cannot write {s}: {folder} is not a folder")
     try:
-        tempfile.TemporaryFile(dir=folder).close()
-    except OSError as e:
-        raise argparse.ArgumentTypeError(f"cannot write {s}: cannot create a file in {folder} "
-                                         f"({e.strerror or e})") from None
+        check_output(p)
+    except SdparityError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return p
+
+
+def report_file(s: str) -> Path:
+    """``check --report``: an out_file, and so must be what is written beside it: the HTML page
+    (REPORT with .html) and the images folder (``<stem>_images/``: only sdparity's own is
+    replaced, reports.images.images_dir_problem)."""
+    from sdparity.reports.images import images_dir_problem
+
+    p = out_file(s)
+    if p.suffix.lower() == ".html":
+        raise argparse.ArgumentTypeError(f"{s}: the HTML page is written beside the report as REPORT.html, "
+                                         f"which would overwrite the report: use a .json name")
+    page = p.with_suffix(".html")
+    try:
+        out_file(str(page))
+    except argparse.ArgumentTypeError as e:
+        raise argparse.ArgumentTypeError(f"the HTML page beside the report, {page}: {e}") from None
+    problem = images_dir_problem(p)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
     return p
 
 
@@ -149,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--backends", type=backend_list, default=["llvm"], help="comma-separated: "
                    "llvm,cuda,vulkan,webgpu (default: llvm)")
     add_model_args(c)
-    c.add_argument("--report", type=out_file, default=DEFAULT_REPORT, help=f"JSON report path "
+    c.add_argument("--report", type=report_file, default=DEFAULT_REPORT, help=f"JSON report path "
                    f"(default: {DEFAULT_REPORT}); written atomically")
     c.add_argument("--seed", type=seed_arg, default=0, help="seed of generated inputs, 0..2^32-1 (default 0)")
     c.add_argument("--latent", type=latent_hw, default=None, help="latent HxW for unet/vae "
@@ -233,6 +257,9 @@ def cmd_check(args) -> int:
     from sdparity.reports.table import print_table
     from sdparity.runner import Progress, run_checks
 
+    from sdparity.files import check_cache_root
+
+    check_cache_root()  # read-only, a file, or full: one line before any work
     log = Progress(quiet=args.quiet)
     model, selected, backends, variants = load_selection(args, log)
     report = Report(model)
@@ -244,7 +271,20 @@ def cmd_check(args) -> int:
     print(f"report: {args.report}")
     from sdparity.reports.html import write_html  # the HTML page beside the JSON (docs/gate.md)
     print(f"html: {write_html(args.report)}")
+    _say_why_nothing_ran(report.data)
     return 0 if report.ok else 1
+
+
+def _say_why_nothing_ran(data: dict) -> None:
+    """When every check was skipped, one line on stderr says why (also with --quiet)."""
+    results = data.get("results") or []
+    if not results or any(r.get("verdict") != "skip" for r in results):
+        return
+    why = {}
+    for r in results:
+        why.setdefault(r.get("backend"), r.get("message") or "unavailable")
+    print("sdparity: nothing was checked: every selected backend was skipped here ("
+          + "; ".join(f"{b}: {m}" for b, m in why.items()) + ")", file=sys.stderr)
 
 
 def cmd_stages(args) -> int:
@@ -280,11 +320,13 @@ def cmd_make_model(args) -> int:
 def cmd_cache(args) -> int:
     from sdparity.cache import BuildCache
 
-    cache = BuildCache()
+    cache = BuildCache()  # $SDPARITY_CACHE/builds (sdparity.files.cache_root; empty = unset)
     if args.action == "path":
         print(cache.root)
     else:
-        print(f"removed {cache.clear()} entries from {cache.root}")
+        n = cache.clear()  # SdparityError (exit 2, one line) when something could not be removed
+        busy = f"; {cache.in_use} in use by a running sdparity, left" if cache.in_use else ""
+        print(f"removed {n} entries from {cache.root}{busy}")
     return 0
 
 
