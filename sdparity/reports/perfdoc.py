@@ -172,14 +172,18 @@ def recorded(x: float) -> str:
     return f"{x:g}"
 
 
-def seconds(x: float, unit: str) -> str:
-    """A time the report records in seconds, in ``unit``, never with more decimals than the
-    report wrote (a bench rounds to 10 µs: 0.00033 s is 0.33 ms, not 0.330)."""
+def places(r: dict) -> int:
+    """Decimals (of a second) a timing record was rounded to: 1 µs on the GPU, 10 µs in a bench."""
+    return 6 if r.get("device_class") == "gpu" else 5
+
+
+def seconds(x: float, unit: str, digits: int = 6) -> str:
+    """A time the report records in seconds (rounded to ``digits`` decimals), in ``unit``,
+    never with more decimals than the report kept (a bench's 0.00033 s is 0.33 ms, not 0.330)."""
     v = x * 1000 if unit == "ms" else x
     if x == 0 or abs(v) >= 1:
         return num(v)
-    places = -Decimal(repr(float(x))).as_tuple().exponent - (3 if unit == "ms" else 0)
-    return f"{v:.{max(0, min(3, places))}f}"
+    return f"{v:.{max(0, min(3, digits - (3 if unit == 'ms' else 0)))}f}"
 
 
 def unit_for(r: dict, gpu: bool) -> str:
@@ -189,11 +193,11 @@ def unit_for(r: dict, gpu: bool) -> str:
 def pair(r: dict, gpu: bool = False) -> str:
     """'TVM / reference unit'."""
     u = unit_for(r, gpu)
-    return f"{seconds(r['run_s'], u)} / {seconds(r['ref_s'], u)} {u}"
+    return f"{seconds(r['run_s'], u, places(r))} / {seconds(r['ref_s'], u, places(r))} {u}"
 
 
-def rounds(values: list[float] | None, unit: str) -> str:
-    return " ".join(seconds(v, unit) for v in values or [])
+def rounds(values: list[float] | None, unit: str, digits: int = 5) -> str:
+    return " ".join(seconds(v, unit, digits) for v in values or [])
 
 
 def span(values: list[float], fmt: Callable[[float], str] = sci, sep: str = "..") -> str:
@@ -349,8 +353,8 @@ def _before_fix(R: Reports) -> Table:
         for f in functions_in_order(d):
             r = by_function(d)[f]
             u = unit_for(r, False)
-            t.add([_threads(d), f, num(r["original_build_s"]), f"{seconds(r['run_s'], u)} {u}",
-                   f"{seconds(r['ref_s'], u)} {u}", ratio(r), rounds(r["run_s_all"], u),
+            t.add([_threads(d), f, num(r["original_build_s"]), f"{seconds(r['run_s'], u, places(r))} {u}",
+                   f"{seconds(r['ref_s'], u, places(r))} {u}", ratio(r), rounds(r["run_s_all"], u),
                    rounds(r["ref_s_all"], u), f"{r['rss_delta_mib']:.0f}"], rel)
     return t
 
