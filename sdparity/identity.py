@@ -78,7 +78,9 @@ def tvm_files(tvm_dir: Path, ffi_dir: Path | None) -> list[Path]:
 
 
 def _memo_dir() -> Path:
-    return Path(os.environ.get("SDPARITY_CACHE", Path.home() / ".cache" / "sdparity")) / "identity"
+    from sdparity.files import cache_root  # the one place the cache folder is decided
+
+    return cache_root() / "identity"
 
 
 def files_digest(files: list[Path], base: Path, memo: bool = True) -> str:
