@@ -43,8 +43,11 @@ def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dic
 
 
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
-               log: Progress | None = None, variants: dict | None = None, localize: bool = False) -> Report:
-    """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize)."""
+               log: Progress | None = None, variants: dict | None = None, localize: bool = False,
+               neutralize: list[str] | None = None) -> Report:
+    """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize).
+    ``neutralize``: known issues neutralized in every build of a stage with model weights (the
+    calibration measures the suite without its known bugs: compile/neutralize.py)."""
     log = log or Progress()
     scope = model.scope if model is not None else "tiny"  # from the architecture, not the name
     report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
@@ -62,6 +65,8 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
         live = [b for b in backends if b.name in sessions]
         for st in stages:
             variant = (variants or {}).get(st.name) or st.default_variant(model)
+            if neutralize and st.component:
+                variant = {**variant, "neutralize": sorted(neutralize)}
             try:
                 cases = st.cases(model, variant, seed)
                 for c in cases:
@@ -201,35 +206,42 @@ def _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scop
     """Known means proven (issue 22): a failing or erroring record is labelled ``known`` only
     when the same check, built with the neutralizers of every registered issue that pre-selects
     it (sdparity.known_issues.candidates), passes its normal tolerance and budget. Otherwise it
-    stays a failure, and its message says what the neutralized build gave."""
+    stays a failure, and its message says what the neutralized build gave. A neutralized
+    build's own failures may be pre-selected by further issues (a build error hid them): their
+    neutralizers are added and the build made again, at most ``len(NEUTRALIZERS)`` times."""
+    from sdparity.compile.neutralize import NEUTRALIZERS
+
     groups: dict[tuple, list] = {}
     for rec in failed:
         ids = tuple(sorted(i.id for i in known_issues.candidates(rec)))
         if ids:
             groups.setdefault(ids, []).append(rec)
+    tag = f"[{b.name}] {st.name}"
     for ids, recs in groups.items():
-        tag = f"[{b.name}] {st.name}"
-        nvariant = {**(variant or {}), "neutralize": list(ids)}
-        log(f"{tag}: {len(recs)} failing check(s) pre-selected by {', '.join(ids)}: rebuilding neutralized")
-        try:
-            art, _, _, _ = _build(st, b, model, nvariant, cache, log)
-        except Exception as e:
-            why = f"the neutralized build failed: {one_line(e)}"
-            for rec in recs:
-                known_issues.not_proven(rec, ids, why)
-            continue
-        redo = {}
-        for case in cases:
-            if any(rec["case"] in (None, case.label) for rec in recs):
-                redo[case.label] = {r["output"]: r for r in check_case(st, b, runner, art, case, refs, scope,
-                                                                       {}, log)}
+        ids, redo, why = list(ids), {}, ""
+        for _ in range(len(NEUTRALIZERS)):
+            missing = [i for i in ids if i not in NEUTRALIZERS]
+            if missing:
+                why = f"{', '.join(missing)} has no neutralizer (compile/neutralize.py): nothing proves it"
+                break
+            log(f"{tag}: {len(recs)} failing check(s) pre-selected by {', '.join(ids)}: rebuilding neutralized")
+            try:
+                art, _, _, _ = _build(st, b, model, {**(variant or {}), "neutralize": ids}, cache, log)
+            except Exception as e:
+                why = f"the neutralized build failed: {one_line(e)}"
+                break
+            redo = {c.label: check_case(st, b, runner, art, c, refs, scope, {}, log) for c in cases
+                    if any(rec["case"] in (None, c.label) for rec in recs)}
+            more = {i.id for rs in redo.values() for r in rs for i in known_issues.candidates(r)} - set(ids)
+            if not more:
+                break
+            ids = sorted(set(ids) | more)
         for rec in recs:
-            if rec["case"] is None:  # a build error: every case must pass neutralized
-                again = [r for by_out in redo.values() for r in by_out.values()]
-            else:
-                again = list(redo.get(rec["case"], {}).values())
-                if rec.get("output") is not None:
-                    again = [r for r in again if r["output"] == rec["output"]]
+            if why:
+                known_issues.not_proven(rec, ids, why)
+                continue
+            again = [r for c, rs in redo.items() if rec["case"] in (None, c) for r in rs
+                     if rec["case"] is None or rec.get("output") in (None, r["output"])]
             if again and all(r["verdict"] == "pass" for r in again):
                 known_issues.proven(rec, ids, again)
             else:

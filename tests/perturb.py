@@ -30,3 +30,24 @@ def floor_lowered_as_trunc():
     from tvm import tirx
 
     return op_attr_replaced("tirx.floor", "llvm.FLowerIntrinsic", lambda call: tirx.trunc(call.args[0]))
+
+
+def gelu_tanh(_unused: int = 0):
+    """An FLegalize for relax.nn.gelu: GELU lowered to its tanh approximation (|difference| up to
+    ~2e-4 per element), the kind of change a fast-math lowering makes."""
+    import math
+
+    from tvm import tirx, topi
+
+    def legalize(bb, call):
+        c = math.sqrt(2.0 / math.pi)
+        half, one = tirx.const(0.5, "float32"), tirx.const(1.0, "float32")
+        return bb.call_te(lambda x: half * x * (one + topi.tanh(
+            tirx.const(c, "float32") * (x + tirx.const(0.044715, "float32") * x * x * x))),
+            call.args[0], primfunc_name_hint="gelu")
+    return legalize
+
+
+def gelu_tanh_lowered():
+    """``with gelu_tanh_lowered():`` relax.nn.gelu lowered as its tanh approximation."""
+    return op_attr_replaced("relax.nn.gelu", "FLegalize", gelu_tanh())

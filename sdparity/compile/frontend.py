@@ -57,25 +57,13 @@ def _symbolic_upsample_nearest(node, importer):
     ``_upsample_impl`` (so its nearest semantics stay TVM's: known issue
     tvm_nearest_resize_half_pixel shows in symbolic builds as in fixed ones); only the output
     size is computed here: input size * integral scale, or the size nodes' Relax values."""
+    from sdparity.compile.neutralize import upsample_size
+
     size = upsample_size(node, importer)
     if size is None:
         return importer._upsample_nearest2d(node)
     return importer._upsample_impl(importer.env[node.args[0]], size=size, scale_factor=None,
                                    method="nearest_neighbor", align_corners=False)
-
-
-def upsample_size(node, importer):
-    """The output size of aten.upsample_nearest2d.vec: its size nodes' Relax values (symbolic
-    sizes are torch.fx Nodes), or input size * an integral scale; None otherwise."""
-    x = importer.env[node.args[0]]
-    size = node.args[1] if len(node.args) > 1 else None
-    scale = node.args[2] if len(node.args) > 2 else None
-    if size is not None:
-        return [importer.env[s] if hasattr(s, "op") else s for s in size]
-    if scale is not None and all(float(f).is_integer() for f in scale):
-        shape = importer.shape_of(x)
-        return [shape[2 + i] * int(f) for i, f in enumerate(scale)]
-    return None
 
 
 def merge(irs: list[StageIR]) -> StageIR:

@@ -69,8 +69,6 @@ def _nearest_torch_rows(node, importer):
     (resize2d 'asymmetric' + 'floor'), for fixed and symbolic sizes."""
     from tvm import relax
 
-    from sdparity.compile.frontend import upsample_size
-
     x = importer.env[node.args[0]]
     size = upsample_size(node, importer)
     if size is None:
@@ -79,6 +77,20 @@ def _nearest_torch_rows(node, importer):
     return importer.block_builder.emit(relax.op.image.resize2d(
         x, size, layout="NCHW", method="nearest_neighbor", coordinate_transformation_mode="asymmetric",
         rounding_method="floor"))
+
+
+def upsample_size(node, importer):
+    """The output size of aten.upsample_nearest2d.vec: its size nodes' Relax values (symbolic
+    sizes are torch.fx Nodes), or input size * an integral scale; None otherwise."""
+    x = importer.env[node.args[0]]
+    size = node.args[1] if len(node.args) > 1 else None
+    scale = node.args[2] if len(node.args) > 2 else None
+    if size is not None:
+        return [importer.env[s] if hasattr(s, "op") else s for s in size]
+    if scale is not None and all(float(f).is_integer() for f in scale):
+        shape = importer.shape_of(x)
+        return [shape[2 + i] * int(f) for i, f in enumerate(scale)]
+    return None
 
 
 def _dtype(x) -> str:

@@ -117,10 +117,8 @@ def not_proven(record: dict, ids, why: str, neutralized: list[dict] | None = Non
 
 def _neutralized(ids, verdict, records, why: str = "") -> dict:
     def facts(r):
-        m = r.get("metrics") or {}
         return {"output": r.get("output"), "case": r.get("case"), "verdict": r["verdict"],
-                "max_abs": m.get("max_abs"), "floor_ratio": m.get("floor_ratio"),
-                "floor_budget": m.get("floor_budget"), "message": r.get("message")}
+                "metrics": r.get("metrics"), "message": r.get("message")}
     return {"issues": list(ids), "verdict": verdict, "why": why, "checks": [facts(r) for r in records]}
 
 

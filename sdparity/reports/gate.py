@@ -15,6 +15,10 @@ Both reports are "sdparity.report/1" files of the same model. Every check is key
   changed      different inputs (shapes)    fixed-upstream?  known -> pass: the issue no longer
   now-known    passed -> fails, explained                reproduces here (run its repro; narrow
                by a known upstream issue                 or retire the entry)
+  known-worse  known before and now, but its error as
+               built or with the issue neutralized grew
+               beyond the budget (a new bug beside the
+               known one)
 
 Verdict "known" (sdparity.known_issues) is a failure that a registered upstream issue
 explains. A known issue all of whose baseline checks pass in the candidate is listed as
@@ -63,7 +67,8 @@ BUDGETS = {
     "frac_slack": (FRAC_SLACK, FRAC_REASON),
     "int_levels": (INT_LEVELS, INT_LEVELS_REASON),
 }
-REGRESSIONS = ("regressed", "now-fails", "now-known", "error", "missing", "now-skipped", "changed")
+REGRESSIONS = ("regressed", "now-fails", "now-known", "known-worse", "error", "missing", "now-skipped",
+               "changed")
 GATE_SCHEMA = "sdparity.gate/1"
 
 
@@ -142,12 +147,15 @@ def _judge(base: dict | None, cand: dict | None, cand_stage: dict | None) -> tup
     if cv == "error":
         return ("still-errors" if bv == "error" else "error"), None, cand.get("message") or ""
     if cv == "known":  # explained, but a pass that became one is still lost parity
-        return ("now-known" if bv == "pass" else "still-known"), None, cand.get("message") or ""
+        if bv == "pass":
+            return "now-known", None, cand.get("message") or ""
+        return _known_vs(base, cand)
     if bv == "known":
         if cv == "pass":
             return "fixed-upstream?", None, (f"known issue {base.get('known_issue')} no longer reproduces "
                                              f"here: the check passes")
-        return "still-fails", None, cand.get("message") or ""  # the entry no longer covers it
+        # known -> fail: its neutralized build fails now (or no entry pre-selects it): a new bug
+        return "now-fails", None, cand.get("message") or ""
     if bv == "error":  # nothing to lose: the baseline had no result
         return ("fixed" if cv == "pass" else "still-fails"), None, cand.get("message") or ""
     if (base.get("shapes") or None) != (cand.get("shapes") or None):
@@ -160,6 +168,33 @@ def _judge(base: dict | None, cand: dict | None, cand_stage: dict | None) -> tup
     if bv == "fail" and status != "regressed":
         return "still-fails", allowed, why or (cand.get("message") or "")
     return status, allowed, why
+
+
+def _neutralized_as_record(r: dict) -> dict | None:
+    """The neutralized build's result of a known (or not-proven) check, shaped like a record."""
+    checks = [c for c in (r.get("neutralized") or {}).get("checks") or []
+              if c.get("metrics") and c.get("output") == r.get("output")]
+    if not checks:
+        return None
+    return {**r, "metrics": checks[0]["metrics"], "verdict": checks[0]["verdict"]}
+
+
+def _known_vs(base: dict, cand: dict) -> tuple[str, float | None, str]:
+    """A check known in the candidate (known or failing in the baseline): still known only when
+    neither its error as built nor its error with the issue neutralized grew beyond the
+    budget. The known bug's size is pinned by the baseline, and so is what is left without it."""
+    if not (base.get("metrics") and cand.get("metrics")) or \
+            (base.get("shapes") or None) != (cand.get("shapes") or None):
+        return "still-known", None, cand.get("message") or ""
+    status, allowed, why = compare_metrics(base, cand)
+    if status == "regressed":
+        return "known-worse", allowed, f"as built: {why}"
+    nb, nc = _neutralized_as_record(base), _neutralized_as_record(cand)
+    if nb and nc:
+        n_status, n_allowed, n_why = compare_metrics(nb, nc)
+        if n_status == "regressed":
+            return "known-worse", n_allowed, f"with {', '.join(cand.get('known_issues') or [])} neutralized: {n_why}"
+    return "still-known", allowed, cand.get("message") or ""
 
 
 def gate(base: dict, cand: dict) -> dict:

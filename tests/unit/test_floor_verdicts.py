@@ -21,7 +21,7 @@ from tvm import te, tirx, topi  # noqa: E402
 from sdparity.cache import BuildCache  # noqa: E402
 from sdparity.reports.report import Report  # noqa: E402
 from sdparity.runner import Progress, run_checks  # noqa: E402
-from tests.perturb import op_attr_replaced  # noqa: E402
+from tests.perturb import gelu_tanh, op_attr_replaced  # noqa: E402,F401
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -101,16 +101,6 @@ def layer_norm_rsqrt(steps: int):
             r = te.compute(var.shape, lambda *i: _rsqrt_newton(var(*i) + tirx.const(eps, "float32"), steps))
             return d * r * gamma + beta
         return bb.call_te(f, *call.args[:3], primfunc_name_hint="layer_norm")
-    return legalize
-
-
-def gelu_tanh(_unused: int = 0):
-    """GELU lowered to its tanh approximation (|difference| up to ~2e-4 per element)."""
-    def legalize(bb, call):
-        c = math.sqrt(2.0 / math.pi)
-        return bb.call_te(lambda x: tirx.const(0.5, "float32") * x * (tirx.const(1.0, "float32") + topi.tanh(
-            tirx.const(c, "float32") * (x + tirx.const(0.044715, "float32") * x * x * x))),
-            call.args[0], primfunc_name_hint="gelu")
     return legalize
 
 

@@ -251,9 +251,14 @@ def test_gate_versions_passes_check_arguments_after_double_dash():
                                                                                ["--stages", "clip"])
 
 
-def known(r, issue="tvm-xyz"):
-    """A failing record as the registry's ``apply`` turns it into verdict known."""
-    return {**r, "verdict": "known", "known_issue": issue, "known_was": r["verdict"]}
+def known(r, issue="tvm-xyz", neutral=1e-5):
+    """A failing record as the runner's proof turns it into verdict known: its check rebuilt
+    with the issue neutralized passed with max abs ``neutral``."""
+    n = rec(case=r["case"], output=r["output"], stage=r["stage"], max_abs=neutral)
+    return {**r, "verdict": "known", "known_issue": issue, "known_issues": [issue], "known_was": r["verdict"],
+            "neutralized": {"issues": [issue], "verdict": "pass", "why": "",
+                            "checks": [{"output": r["output"], "case": r["case"], "verdict": "pass",
+                                        "metrics": n["metrics"], "message": ""}]}}
 
 
 def test_known_issues_in_the_gate():
@@ -267,8 +272,14 @@ def test_known_issues_in_the_gate():
     assert one(known(failing), known(failing)) == ("still-known", 0)
     assert one(failing, known(failing)) == ("still-known", 0)
     assert one(known(rec(verdict="error")), known(rec(verdict="error"))) == ("still-known", 0)
-    # known -> fail (the entry no longer covers it): still failing, not a new loss
-    assert one(known(failing), failing)[0] == "still-fails"
+    # known checks are compared too: the known bug's error as built grew ...
+    assert one(known(failing), known(rec(verdict="fail", max_abs=5e-3))) == ("known-worse", 1)
+    assert one(failing, known(rec(verdict="fail", max_abs=5e-3))) == ("known-worse", 1)
+    # ... or what is left with the issue neutralized grew (still inside its budget: known)
+    assert one(known(failing, neutral=1e-5), known(failing, neutral=9e-5)) == ("known-worse", 1)
+    assert one(known(failing, neutral=1e-5), known(failing, neutral=1.5e-5)) == ("still-known", 0)
+    # known -> fail: the neutralized build fails now, the issue no longer explains the check
+    assert one(known(failing), failing) == ("now-fails", 1)
     # an issue only some of whose checks pass now is not "fixed"
     base = report(known(failing), known({**failing, "case": "t1"}))
     cand = report(rec(max_abs=1e-6), known({**failing, "case": "t1"}), tvm="0.28.0")
