@@ -5,9 +5,12 @@ A failing check is labelled ``known`` only when the same check, built with the n
 the issues that pre-select it (``sdparity.known_issues``), passes its normal tolerance and
 budget (sdparity.runner). So a neutralizer must
 
-  * change only the computation the bug is in (the same Relax ops stay, so a regression in
-    their lowering still shows in the neutralized build: GELU keeps ``relax.nn.gelu``, sin
-    keeps ``relax.sin``, the resize keeps ``relax.image.resize2d``), and
+  * change only the computation the bug is in: where the bug is in the use of an op, the op
+    stays, so a regression in its lowering still shows in the neutralized build (GELU keeps
+    ``relax.nn.gelu``, the resize keeps ``relax.image.resize2d``); where the op itself is the
+    bug (WGSL's sin/cos builtins), it is computed from + - * instead, and a regression of that
+    op alone would be hidden in the neutralized build (the as-built check still fails, so it
+    shows as ``known`` with its as-built error, which the gate compares), and
   * compute what PyTorch computes there, to float32 rounding.
 
 Each one is a set of converters for TVM's torch importer (``from_exported_program``'s
@@ -23,30 +26,52 @@ import struct
 
 from sdparity.errors import SdparityError
 
-# 2*pi split for a Cody-Waite reduction in float32: C1 has 15 significant bits, so k*C1 is exact
-# for |k| < 2^9 (arguments up to ~3200) and x - k*C1 is exact; C2 = float32(2*pi - C1).
-_C1 = 6.28125  # 201/32
-_C2 = struct.unpack("f", struct.pack("f", 2.0 * math.pi - _C1))[0]  # 0.00193530717958647...
-_INV_2PI = 1.0 / (2.0 * math.pi)
-# float32 erf(x / sqrt(2)) is exactly -1 (|erfc| below half an ulp of 1) for x below this, so
-# torch's float32 GELU is -0 there; TVM's WebGPU erf gives -1.0000001 (tvm_webgpu_gelu_erf_constants)
-_GELU_ZERO_BELOW = -4.0 * math.sqrt(2.0)
+# sin/cos in float32 arithmetic alone: k = round(x * 2/pi), r = x - k*pi/2 by a four-part
+# Cody-Waite split, then the Taylor polynomials of sin and cos on |r| <= pi/4 (truncation below
+# 2e-9) and the quadrant. TVM prints WGSL float literals with 7 significant digits (NOTES.md,
+# WebGPU): P1 = 1.5625 and P2 = 2^-7 print exactly and have 5 and 1 significant bits, so k*P1,
+# k*P2 and both subtractions are exact for |k| < 2^12 (|x| < ~6400; SD's time projection reaches
+# ~1000); P3 is taken as its own 7-digit decimal (what the WGSL will hold), P4 the rest.
+_P1, _P2 = 1.5625, 2.0**-7
+_P3 = float("%.7g" % (math.pi / 2 - _P1 - _P2))
+_P4 = math.pi / 2 - _P1 - _P2 - _P3
+_SIN = [(-1) ** n / math.factorial(2 * n + 1) for n in range(1, 5)]  # r^3 .. r^9
+_COS = [(-1) ** n / math.factorial(2 * n) for n in range(1, 5)]  # r^2 .. r^8
 
 
-def _unary_reduced(op_name: str):
-    """sin/cos on the argument reduced to [-pi, pi] first (x - k*2pi, k = round(x / 2pi))."""
+def _sin_cos_software(which: str):
+    """sin or cos computed with + - * round floor only: WGSL's builtins are specified to 2^-11
+    absolute error on [-pi, pi] and to nothing outside it (tvm_webgpu_sin_cos_unreduced)."""
 
     def convert(node, importer):
         from tvm import relax
 
+        op = relax.op
         x = importer.env[node.args[0]]
         dtype = _dtype(x)
         bb = importer.block_builder
         c = lambda v: relax.const(v, dtype)  # noqa: E731
-        k = bb.emit(relax.op.round(relax.op.multiply(x, c(_INV_2PI))))
-        r = bb.emit(relax.op.subtract(relax.op.subtract(x, relax.op.multiply(k, c(_C1))),
-                                      relax.op.multiply(k, c(_C2))))
-        return bb.emit(getattr(relax.op, op_name)(r))
+        k = bb.emit(op.round(op.multiply(x, c(2.0 / math.pi))))
+        r = bb.emit(op.subtract(op.subtract(x, op.multiply(k, c(_P1))), op.multiply(k, c(_P2))))
+        r = bb.emit(op.subtract(op.subtract(r, op.multiply(k, c(_P3))), op.multiply(k, c(_P4))))
+        r2 = bb.emit(op.multiply(r, r))
+
+        def poly(coefs):
+            acc = c(coefs[-1])
+            for a in reversed(coefs[:-1]):
+                acc = op.add(c(a), op.multiply(r2, acc))
+            return op.multiply(r2, acc)
+
+        s = bb.emit(op.add(r, op.multiply(r, poly(_SIN))))
+        co = bb.emit(op.add(c(1.0), poly(_COS)))
+        q = bb.emit(op.subtract(k, op.multiply(c(4.0), op.floor(op.multiply(k, c(0.25))))))  # k mod 4
+        if which == "cos":
+            q = bb.emit(op.add(q, c(1.0)))  # cos(x) = sin(x + pi/2)
+        pick = [s, co, op.negative(s), op.negative(co), s]  # q (cos: q + 1) = 0 .. 4
+        out = pick[4]
+        for n in (3, 2, 1, 0):
+            out = op.where(op.equal(q, c(float(n))), pick[n], out)
+        return bb.emit(out)
 
     return convert
 
@@ -102,8 +127,8 @@ def _dtype(x) -> str:
 #: known-issue id -> aten converters that remove that bug
 NEUTRALIZERS: dict[str, dict] = {
     "tvm_nearest_resize_half_pixel": {"upsample_nearest2d.vec": _nearest_torch_rows},
-    "tvm_webgpu_sin_cos_unreduced": {"sin.default": _unary_reduced("sin"),
-                                     "cos.default": _unary_reduced("cos")},
+    "tvm_webgpu_sin_cos_unreduced": {"sin.default": _sin_cos_software("sin"),
+                                     "cos.default": _sin_cos_software("cos")},
     "tvm_webgpu_gelu_erf_constants": {"gelu.default": _gelu_exact_tail},
     # the symbolic-size conversion (frontend._symbolic_upsample_nearest), switched on by name
     "tvm_symbolic_upsample": {},
