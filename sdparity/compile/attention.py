@@ -142,14 +142,26 @@ class _Chain:
         return expr if src is None else src
 
 
+#: exp_f32's polynomial for e^r - 1 - r (Cephes' expf), r^7 first down to r^2: read by every
+#: call, so a test may replace it to perturb the kernel (tests/unit/test_own_kernels.py)
+EXP_F32_COEFFS = (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1,
+                  5.0000001201e-1)
+#: exp_f32 gives 0 below this argument (2^n would leave float32's normal range)
+EXP_F32_LOW = -87.33
+#: ln 2 as the two parts exp_f32's range reduction subtracts (n * hi exact in float32)
+EXP_F32_LN2 = (0.693359375, -2.12194440e-4)
+
+
 def exp_f32(x):
     """e^x in float32 as one vectorizable expression (Cephes' expf: x = n ln2 + r with
-    |r| <= ln2 / 2, a degree-7 polynomial for e^r, 2^n built from the exponent bits), for the
-    CPU attention kernel, where LLVM turns TVM's exp into one libm call per lane (0.29 of
-    0.73 s of the full-size UNet's 64x64 attention on 2 cores). Below -87.33 (where 2^n would
-    leave the normal range, -inf included) it gives 0, where expf gives a denormal (at most
-    1.2e-38 against the row max's term 1 in a softmax sum); NaN stays NaN. Measured against
-    float64 over [-87.33, 0]: at most 1.02 ulp from e^x (tests/unit/test_attention.py: 2)."""
+    |r| <= ln2 / 2, a degree-7 polynomial for e^r (EXP_F32_COEFFS), 2^n built from the exponent
+    bits), for the CPU attention kernel, where LLVM turns TVM's exp into one libm call per lane
+    (0.29 of 0.73 s of the full-size UNet's 64x64 attention on 2 cores). Below EXP_F32_LOW
+    (where 2^n would leave the normal range, -inf included) it gives 0, where expf gives a
+    denormal (at most 1.2e-38 against the row max's term 1 in a softmax sum); NaN stays NaN.
+    Measured against float64 over [-87.33, 0]: at most 1.02 ulp from e^x
+    (tests/unit/test_attention.py: 2); ``sdparity check`` bounds it in every llvm run
+    (tiers/own_kernels.py, tolerances.OWN_TRANSCENDENTALS)."""
     from tvm import tirx
 
     f32 = "float32"
@@ -158,14 +170,14 @@ def exp_f32(x):
         return tirx.const(v, f32)
 
     n = tirx.floor(x * c(1.44269504088896341) + c(0.5))
-    r = x - n * c(0.693359375) - n * c(-2.12194440e-4)
-    y = c(1.9875691500e-4)
-    for coef in (1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1):
+    r = x - n * c(EXP_F32_LN2[0]) - n * c(EXP_F32_LN2[1])
+    y = c(EXP_F32_COEFFS[0])
+    for coef in EXP_F32_COEFFS[1:]:
         y = y * r + c(coef)
     y = y * r * r + r + c(1.0)
     two_n = tirx.reinterpret(f32, tirx.shift_left(n.astype("int32") + tirx.const(127, "int32"),
                                                   tirx.const(23, "int32")))
-    small = tirx.Select(x < c(-87.33), c(0.0), y * two_n)
+    small = tirx.Select(x < c(EXP_F32_LOW), c(0.0), y * two_n)
     return tirx.Select(x != x, x, small)
 
 

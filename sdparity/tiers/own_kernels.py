@@ -20,8 +20,23 @@ element within a coarse absolute bound: ``compare`` runs with the twin's output 
 kernel shape, stage and backend, case ``own kernel <name> <shapes>``; the gate compares them
 like any other check.
 
+An own kernel's own transcendental functions are also judged on their own, at their own
+precision (``check_transcendental``): the rms ratio above lets an exp that drifts by a few ulp
+through (an error of the softmax's exp partly cancels in its quotient; a one-digit change in one
+coefficient of ``exp_f32``'s polynomial, up to ~12 ulp at the range reduction's interval edges,
+moved the tiny UNet's ratios from 0.60-1.02x to 0.73-1.27x, all under 1.5x). So the function
+is built alone for the backend's target(s), as the kernel uses it (a 16-lane vector loop),
+evaluated over its whole input range (for the softmax's exp, the scores minus the row max:
+a dense grid of [EXP_F32_LOW, 0], every reduction interval's edges with their float32
+neighbours, the values next to 0) and its largest error in float32 ulp against float64 must
+stay within ``tolerances.OWN_TRANSCENDENTALS[name]``; the values it defines at the edges (0 for
+-inf and below EXP_F32_LOW, NaN for NaN, 1 at 0) must be exact. One record per stage and
+backend whose build holds the kernel, case ``own kernel exp_f32 ulp``, output "ulp": its
+metrics' max_abs is the largest error in ulp (the gate compares it like any other).
+
 To add an own kernel: one ``OwnKernel`` entry (how to find it in a built module, the torch
-computation at its shapes, how to build without it) and its budget in ``tolerances.OWN_KERNELS``.
+computation at its shapes, how to build without it, the transcendentals it calls) and its
+budget in ``tolerances.OWN_KERNELS`` (and ``OWN_TRANSCENDENTALS``).
 """
 
 from __future__ import annotations
@@ -48,6 +63,7 @@ class OwnKernel:
     found: Callable  # found(scheduled module) -> [shapes dict, ...]
     torch_module: Callable  # torch_module(shapes) -> (nn.Module, [input shapes])
     disabled: Callable  # disabled() -> context manager: builds inside keep TVM's own chain
+    transcendentals: tuple[str, ...] = ()  # names in TRANSCENDENTALS the kernel computes with
 
     def label(self, shapes: dict) -> str:
         return f"own kernel {self.name} " + " ".join(f"{k}={'x'.join(map(str, v))}" for k, v in shapes.items())
@@ -94,8 +110,185 @@ def _attention_found(mod):
 
 
 OWN_KERNELS: dict[str, OwnKernel] = {k.name: k for k in [
-    OwnKernel("attention", ("llvm",), _attention_found, _attention_module, _llvm_rewrites_off),
+    OwnKernel("attention", ("llvm",), _attention_found, _attention_module, _llvm_rewrites_off,
+              transcendentals=("exp_f32",)),
 ]}
+
+
+# ---- an own kernel's transcendental, alone, in ulp against float64 ---------------------------
+@dataclass(frozen=True)
+class Transcendental:
+    name: str
+    expr: Callable  # expr() -> the function x -> TIR expression, as the kernel calls it
+    reference: Callable  # float64 numpy function
+    points: Callable  # points() -> float32 arguments where the ulp bound applies
+    exact: Callable  # exact() -> [(argument, value it must give exactly)] (NaN: must be NaN)
+    shaped_by: Callable  # shaped_by() -> the values it is built from (in its build key)
+
+
+def _exp_f32():
+    from sdparity.compile import attention
+
+    return attention.exp_f32
+
+
+def _exp_points() -> np.ndarray:
+    """The softmax's exp arguments (scores minus the row max, (-inf, 0]) where exp_f32 promises
+    its bound: a grid of 2^19 + 1 points over [EXP_F32_LOW, 0]; both sides of every edge of the
+    range reduction's intervals, x = (k - 1/2) ln 2 where n = floor(x log2(e) + 1/2) steps and
+    |r| is largest (there a polynomial coefficient's error weighs most), each with its 16 float32
+    neighbours either side; the 64 float32 values below 0 and the lowest ones of the range."""
+    from sdparity.compile.attention import EXP_F32_LOW
+
+    low = np.float32(EXP_F32_LOW)
+    grid = np.linspace(low, 0, (1 << 19) + 1, dtype=np.float32)
+    ks = np.arange(np.ceil(float(low) / np.log(2) + 0.5), 1)  # the edges inside [low, 0]
+    edges = ((ks - 0.5) * np.log(2)).astype(np.float32)
+    pts = [grid, edges, np.array([0.0], np.float32)]
+    up, down = edges, edges
+    zero, bottom = np.float32(0), low
+    for _ in range(16):
+        up, down = np.nextafter(up, np.float32(np.inf)), np.nextafter(down, np.float32(-np.inf))
+        pts += [up, down]
+    for _ in range(64):
+        zero, bottom = np.nextafter(zero, np.float32(-np.inf)), np.nextafter(bottom, np.float32(np.inf))
+        pts.append(np.array([zero, bottom], np.float32))
+    pts = np.concatenate(pts)
+    return np.unique(pts[(pts >= low) & (pts <= 0)])
+
+
+def _exp_exact() -> list[tuple[float, float]]:
+    from sdparity.compile.attention import EXP_F32_LOW
+
+    below = float(np.nextafter(np.float32(EXP_F32_LOW), np.float32(-np.inf)))
+    return [(-np.inf, 0.0), (-1e30, 0.0), (-100.0, 0.0), (below, 0.0), (np.nan, np.nan), (0.0, 1.0), (-0.0, 1.0)]
+
+
+def _exp_shaped_by() -> dict:
+    from sdparity.compile import attention
+
+    return {"coeffs": [float(c) for c in attention.EXP_F32_COEFFS], "low": float(attention.EXP_F32_LOW),
+            "ln2": [float(c) for c in attention.EXP_F32_LN2]}
+
+
+TRANSCENDENTALS: dict[str, Transcendental] = {t.name: t for t in [
+    Transcendental("exp_f32", _exp_f32, np.exp, _exp_points, _exp_exact, _exp_shaped_by),
+]}
+#: lanes of the vector loop the transcendental is built in (the attention kernel's softmax_exp:
+#: schedule_cpu.schedule_attention vectorizes its rows by 16 where they divide)
+LANES = 16
+
+
+def _transcendental_targets(backend) -> list:
+    """Every target the backend compiles the kernel with: its own (this CPU's mcpu, with fused
+    multiply-adds where it has them: stages with contractions) and the one
+    ``schedule_cpu.build_target`` gives a module without contractions (the kernel built alone)."""
+    from sdparity.compile.schedule_cpu import build_target
+
+    import tvm
+
+    own = backend.target()
+    alone = build_target(tvm.IRModule({}), own)
+    return [own] if str(alone) == str(own) else [own, alone]
+
+
+def _transcendental_build(t: Transcendental, n: int, target, backend, cache):
+    """The folder of ``t`` built alone for ``target``: main(x: float32[n], y: float32[n])."""
+    from sdparity.identity import source_digest
+
+    key = {"own_kernel_transcendental": t.name, "n": n, "lanes": LANES, "shaped_by": t.shaped_by(),
+           "target": str(target), "env": backend.env_key(),
+           "source": source_digest([__name__, "sdparity.compile.attention"])}
+
+    def build(tmp):
+        import tvm
+        from tvm import te
+
+        fn = t.expr()
+        x = te.placeholder((n,), "float32", "x")
+        y = te.compute((n,), lambda i: fn(x[i]), "y")
+        sch = tvm.s_tir.Schedule(te.create_prim_func([x, y]))
+        (loop,) = sch.get_loops(sch.get_sblock("y"))
+        sch.vectorize(sch.split(loop, [None, LANES])[1])
+        tvm.compile(sch.mod, target=target).export_library(str(tmp / "lib.so"))
+        return {"compiled_for": str(target)}
+
+    path, _, _ = cache.get_or_build(key, build, log=lambda *a: None,
+                                    label=f"own-kernel/{t.name}/{'generic' if 'mcpu' not in str(target) else 'host'}")
+    return path
+
+
+def _ulp_errors(y: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """|y - exact| in units of the float32 spacing at exact (float64; NaN where y is NaN)."""
+    spacing = np.spacing(np.abs(exact).astype(np.float32)).astype(np.float64)
+    return np.abs(y.astype(np.float64) - exact) / spacing
+
+
+def check_transcendental(stage, backend, kernel: OwnKernel, name: str, report, cache, log=print) -> dict:
+    """Judge the transcendental ``name`` of ``kernel`` alone (module docstring); the record is
+    added to ``report``."""
+    import tvm
+
+    from sdparity.compare import compare
+    from sdparity.tolerances import transcendental_tolerance
+
+    t = TRANSCENDENTALS[name]
+    label = f"own kernel {name} ulp"
+    base = dict(stage=stage.name, backend=backend.name, device_class=backend.device_class, case=label,
+                function=name, output="ulp", shapes={}, own_kernel=kernel.name, transcendental=name)
+    t0 = time.perf_counter()
+    try:
+        tol = transcendental_tolerance(name)
+        xs = t.points()
+        exact_cases = t.exact()
+        args = np.concatenate([xs, np.array([a for a, _ in exact_cases], np.float32)])
+        n = -(-args.size // LANES) * LANES
+        args = np.concatenate([args, np.zeros(n - args.size, np.float32)])
+        ref = t.reference(xs.astype(np.float64))
+        per_target, worst, bad_edges = [], None, []
+        for target in _transcendental_targets(backend):
+            lib = tvm.runtime.load_module(str(_transcendental_build(t, n, target, backend, cache) / "lib.so"))
+            out = tvm.runtime.tensor(np.empty(n, np.float32))
+            lib["main"](tvm.runtime.tensor(args), out)
+            y = out.numpy()
+            err = _ulp_errors(y[:xs.size], ref)
+            got = y[xs.size:xs.size + len(exact_cases)]
+            for (a, want), g in zip(exact_cases, got):
+                if not (np.isnan(g) if np.isnan(want) else g == want):
+                    bad_edges.append(f"{name}({a:g}) = {g:g}, not {want:g} ({target.attrs.get('mcpu', 'generic')})")
+            err_max = float(np.nan_to_num(err, nan=np.inf).max())
+            i = int(np.nan_to_num(err, nan=np.inf).argmax())
+            per_target.append({"target": str(target), "max_ulp": err_max, "at": float(xs[i]),
+                               "mean_ulp": float(np.nanmean(err))})
+            if worst is None or err_max > worst[0]:
+                worst = (err_max, err)
+    except Exception as e:
+        message = str(e) if isinstance(e, SdparityError) else f"own-kernel check failed: {one_line(e)}"
+        log(f"[{backend.name}] {stage.name} {label}: ERROR {message}")
+        return report.add(**base, verdict="error", message=message, metrics=None, tolerance=None, timings=None)
+    # compare's candidate is the error in ulp, its reference 0: max_abs is the largest ulp error
+    # and the bound its atol
+    m = compare(worst[1], np.zeros_like(worst[1]), tol)
+    metrics = {**m.to_json(), "per_target": per_target, "points": int(xs.size), "exact_failures": bad_edges}
+    at = max(per_target, key=lambda p: p["max_ulp"])
+    why = (f"max {m.max_abs:.3g} ulp of float32 (at x={at['at']:.9g}, {at['target']}) over {xs.size} "
+           f"arguments in [{xs.min():g}, {xs.max():g}], budget {tol.atol:g} ulp")
+    passed = m.passed and not bad_edges
+    failed = None if passed else ("abs" if not m.passed else "edges") if m.failed_bound != "nonfinite" else "nonfinite"
+    if bad_edges:
+        why = f"{len(bad_edges)} defined values wrong: {'; '.join(bad_edges[:3])}; " + why
+    rec = report.add(**base, verdict="pass" if passed else "fail", message=why, metrics=metrics,
+                     tolerance=tol.to_json(), timings={"run_s": round(time.perf_counter() - t0, 3)},
+                     failed_bound=failed)
+    log(f"[{backend.name}] {stage.name} {label}: {rec['verdict'].upper()} {why}")
+    return rec
+
+
+def _transcendentals_due(stage, backend, kernel: OwnKernel, report) -> list[str]:
+    """The kernel's transcendentals not yet judged for this stage and backend in ``report``."""
+    done = {r.get("transcendental") for r in report.results
+            if r.get("stage") == stage.name and r.get("backend") == backend.name and r.get("transcendental")}
+    return [n for n in kernel.transcendentals if n not in done]
 
 
 def found(mod, kind: str) -> list[dict]:
@@ -139,6 +332,8 @@ def check(stage, backend, runner, found_kernel: dict, report, cache, seed: int =
     from sdparity.tolerances import own_kernel_tolerance
 
     kernel = OWN_KERNELS[found_kernel["kernel"]]
+    for name in _transcendentals_due(stage, backend, kernel, report):  # once per stage and backend
+        check_transcendental(stage, backend, kernel, name, report, cache, log=log)
     shapes = found_kernel["shapes"]
     label = kernel.label(shapes)
     base = dict(stage=stage.name, backend=backend.name, device_class=backend.device_class, case=label,

@@ -21,7 +21,13 @@ def _unet():
 
 
 def _own(results):
-    return [r for r in results if str(r["case"]).startswith("own kernel ")]
+    """The attention kernel's records, one per shape."""
+    return [r for r in results if str(r["case"]).startswith("own kernel attention ")]
+
+
+def _exp(results):
+    """The record of the kernel's exp alone (exp_f32 in ulp)."""
+    return [r for r in results if r["case"] == "own kernel exp_f32 ulp"]
 
 
 def _check(tiny, cache):
@@ -50,6 +56,13 @@ def test_each_attention_shape_of_the_build_is_checked_and_passes(tiny, cache):
         assert m["noise_floor"] > 0 and m["max_abs"] > 0
         assert "rms err/twin's" in r["message"] and r["function"] == "kernel"
     assert {tuple(r["shapes"]["q"]) for r in own} == {(8, 256, 8), (8, 64, 16)}
+    (exp,) = _exp(report.results)  # once per stage and backend, however many shapes
+    m = exp["metrics"]
+    assert exp["verdict"] == "pass" and exp["own_kernel"] == "attention" and exp["output"] == "ulp", exp["message"]
+    assert exp["stage"] == "unet" and exp["backend"] == "llvm" and exp["transcendental"] == "exp_f32"
+    assert exp["tolerance"]["atol"] == 1.5 and 0.5 < m["max_abs"] <= 1.5 and m["points"] > 500_000
+    assert m["per_target"] and all(p["max_ulp"] <= 1.5 for p in m["per_target"]) and not m["exact_failures"]
+    assert "ulp of float32" in exp["message"] and "budget 1.5 ulp" in exp["message"]
     art_meta = [json.loads(p.read_text()) for p in cache.root.glob("*/meta.json")]
     built = [m for m in art_meta if m.get("label") == "own-kernel/attention/kernel"]
     assert built and all(k["kernel"] == "attention" for m in built for k in m["own_kernels"])
@@ -70,16 +83,60 @@ def test_tvm_floor_lowered_as_trunc_fails_the_own_kernel_check_and_the_gate(tiny
     clean = _check(tiny, BuildCache(root=tmp_path / "clean"))
     with floor_lowered_as_trunc():
         bad = _check(tiny, BuildCache(root=tmp_path / "perturbed"))
-    stage = [r for r in bad.results if r not in _own(bad.results)]
+    stage = [r for r in bad.results if not r.get("own_kernel")]
     assert stage and {r["verdict"] for r in stage} == {"pass"}  # the gap the own-kernel check closes
     own = _own(bad.results)
     assert len(own) == 4 and {r["verdict"] for r in own} == {"fail"}
     assert min(r["metrics"]["floor_ratio"] for r in own) > 5.0  # measured 8.7-20.6x over 10 seeds
     assert all("floor" in r["metrics"]["failed_bound"] for r in own), [r["message"] for r in own]
+    (exp,) = _exp(bad.results)  # the exp alone: floor as trunc is hundreds of ulp off
+    assert exp["verdict"] == "fail" and exp["metrics"]["max_abs"] > 100, exp["message"]
     result = gate.gate(json.loads(clean.to_json()), json.loads(bad.to_json()))
     flagged = [r["case"] for r in result["rows"] if r["regression"]]
-    assert result["regressions"] == 4 and all(c.startswith("own kernel attention") for c in flagged)
+    assert result["regressions"] == 5 and all(c.startswith("own kernel ") for c in flagged)
     assert {r["status"] for r in result["rows"] if r["regression"]} == {"now-fails"}
+
+
+#: one digit of one coefficient of exp_f32's polynomial changed: the r^3 term's 1.6666665459e-1
+#: as 1.6668665459e-1 (measured: up to 14.9 ulp at a range-reduction interval's edge)
+EXP_DIGIT = (4, 1.6668665459e-1)  # index into attention.EXP_F32_COEFFS (r^7 first), new value
+
+
+def test_one_digit_of_an_exp_coefficient_fails_the_exp_record_not_the_rms_ratio(tiny, cache, tmp_path, monkeypatch):
+    """exp_f32 with one digit of one polynomial coefficient changed (EXP_DIGIT), built into every
+    llvm build of a ``sdparity check`` of the UNet: the UNet's own checks and the attention
+    kernel's rms ratios still pass (measured 0.66-1.14x, budget 1.5x: the error partly cancels in
+    the softmax's quotient), and the exp's own record fails (14.9 ulp, budget 1.5); the gate
+    against a clean report flags that record alone. Its own build cache: the coefficients are
+    read when a module is built, and the stage's key holds the sources, not the values."""
+    from sdparity.cache import BuildCache
+    from sdparity.compile import attention
+    from sdparity.reports import gate
+    from sdparity.tolerances import OWN_TRANSCENDENTALS
+
+    index, value = EXP_DIGIT
+    clean_coeffs = attention.EXP_F32_COEFFS
+    old = f"{clean_coeffs[index]:.10e}"
+    assert sum(a != b for a, b in zip(old, f"{value:.10e}")) == 1, "one digit"
+    clean = _check(tiny, cache)
+    monkeypatch.setattr(attention, "EXP_F32_COEFFS",
+                        clean_coeffs[:index] + (value,) + clean_coeffs[index + 1:])
+    bad = _check(tiny, BuildCache(root=tmp_path / "perturbed"))
+
+    stage = [r for r in bad.results if not r.get("own_kernel")]
+    assert stage and {r["verdict"] for r in stage} == {"pass"}, [r["message"] for r in stage]
+    own = _own(bad.results)
+    assert len(own) == 4 and {r["verdict"] for r in own} == {"pass"}  # today's rms ratio: passes it
+    assert max(r["metrics"]["floor_ratio"] for r in own) < 1.5
+    (exp,) = _exp(bad.results)
+    budget = OWN_TRANSCENDENTALS["exp_f32"].max_ulp
+    assert exp["verdict"] == "fail" and exp["failed_bound"] == "abs", exp["message"]
+    assert exp["metrics"]["max_abs"] > 5 * budget, exp["message"]  # measured 14.9 ulp
+    (clean_exp,) = _exp(clean.results)
+    assert clean_exp["verdict"] == "pass" and clean_exp["metrics"]["max_abs"] <= budget
+    result = gate.gate(json.loads(clean.to_json()), json.loads(bad.to_json()))
+    flagged = [(r["case"], r["status"]) for r in result["rows"] if r["regression"]]
+    assert flagged == [("own kernel exp_f32 ulp", "now-fails")], flagged
 
 
 def test_rms_ratio_separates_a_systematic_error_from_scattered_rounding():
