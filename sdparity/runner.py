@@ -5,7 +5,6 @@ once and shared by every backend."""
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 import traceback
 

@@ -22,7 +22,6 @@ their own). Names are the known issues' ids.
 from __future__ import annotations
 
 import math
-import struct
 
 from sdparity.errors import SdparityError
 
@@ -35,6 +34,9 @@ from sdparity.errors import SdparityError
 _P1, _P2 = 1.5625, 2.0**-7
 _P3 = float("%.7g" % (math.pi / 2 - _P1 - _P2))
 _P4 = math.pi / 2 - _P1 - _P2 - _P3
+# float32 erf(x / sqrt(2)) is exactly -1 (|erfc| below half an ulp of 1) for x below this, so
+# torch's float32 GELU is -0 there; TVM's WebGPU erf gives -1.0000001 (tvm_webgpu_gelu_erf_constants)
+_GELU_ZERO_BELOW = -4.0 * math.sqrt(2.0)
 _SIN = [(-1) ** n / math.factorial(2 * n + 1) for n in range(1, 5)]  # r^3 .. r^9
 _COS = [(-1) ** n / math.factorial(2 * n) for n in range(1, 5)]  # r^2 .. r^8
 

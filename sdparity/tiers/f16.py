@@ -22,6 +22,7 @@ and is reported as a skip.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -215,7 +216,7 @@ def add_parser(sub) -> None:
     p.add_argument("--stages", type=stage_list, default=None,
                    help="comma-separated (default: the model stages clip, unet, vae)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--report", type=out_file, default=out_file(DEFAULT_REPORT),
+    p.add_argument("--report", type=out_file, default=Path(DEFAULT_REPORT),
                    help=f"report path (default: {DEFAULT_REPORT}; the HTML page goes beside it)")
     p.add_argument("--rebuild", action="store_true", help="ignore cached builds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
