@@ -120,6 +120,15 @@ PERTURBATIONS = [
     ("unet", 8, "relax.nn.gelu", gelu_tanh(), "GEGLU's GELU: 9.6-46x vs 6.5-8x"),
     ("vae", 8, "relax.sigmoid", sigmoid_poly_exp(4), "SiLU's sigmoid: 6.2-8.2x vs 4.6-5.3x"),
 ]
+# The same perturbations on WebGPU (headless Chromium), each through the WebGPU budgets. The UNet
+# runs at its default 16x16 latents, where every failing WebGPU UNet check is pre-selected by two
+# known issues (sin/cos, GELU's erf constants): it must come out ``fail``, not ``known``. Its
+# clean check is tests/unit/test_parity.py::test_stage_passes[unet-webgpu] (the same build); the
+# VAE's SiLU is left to llvm here (a WebGPU VAE load compiles its shaders for ~60 s on
+# SwiftShader, and CLIP's quick_gelu exercises the same sigmoid lowering on WebGPU).
+WEBGPU = [p for p in PERTURBATIONS if p[0] == "clip"] + [("unet", None, *PERTURBATIONS[3][2:])]
+CASES = [pytest.param(p, "llvm", id=f"{p[0]}-{p[2].split('.')[-1]}") for p in PERTURBATIONS] + [
+    pytest.param(p, "webgpu", marks=pytest.mark.webgpu, id=f"{p[0]}-{p[2].split('.')[-1]}-webgpu") for p in WEBGPU]
 
 
 def _counting(fn, calls: list):
@@ -129,32 +138,42 @@ def _counting(fn, calls: list):
     return legalize
 
 
-@pytest.mark.parametrize("stage_name,latent,op,fn,measured", PERTURBATIONS,
-                         ids=[f"{p[0]}-{p[2].split('.')[-1]}" for p in PERTURBATIONS])
-def test_perturbed_lowering_passes_atol_but_fails_floor_budget(stage_name, latent, op, fn, measured, tiny, llvm,
-                                                                cache, tmp_path):
+def _proven_or_pass(r) -> bool:
+    return r["verdict"] == "pass" or (r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")
+
+
+@pytest.mark.parametrize("perturbation,backend_name", CASES)
+def test_perturbed_lowering_passes_atol_but_fails_floor_budget(perturbation, backend_name, tiny, cache, tmp_path):
+    from sdparity.backends import get_backend
     from sdparity.registry import all_stages
 
+    stage_name, latent, op, fn, measured = perturbation
+    backend = get_backend(backend_name)
     stage = all_stages()[stage_name]
     variant = {**stage.default_variant(tiny), "latent": [latent, latent]} if latent else None
-    clean = [r for r in check_stage(stage, llvm, tiny, cache, variant) if not r.get("integer")]
-    assert clean and all(r["verdict"] == "pass" for r in clean), [r["message"] for r in clean]
-    assert all(r["tolerance"]["floor_budget"] for r in clean), "no calibrated floor budget for this stage"
+    if not (backend_name == "webgpu" and stage_name == "unet"):  # see WEBGPU
+        clean = [r for r in check_stage(stage, backend, tiny, cache, variant) if not r.get("integer")]
+        assert clean and all(_proven_or_pass(r) for r in clean), [r["message"] for r in clean]
+        assert all(r["tolerance"]["floor_budget"] for r in clean if not r.get("own_kernel")), \
+            "no calibrated floor budget for this stage"
 
     calls: list = []
     with perturbed(op, _counting(fn, calls)):
-        bad = [r for r in check_stage(stage, llvm, tiny, BuildCache(root=tmp_path), variant)
-               if not r.get("integer")]
+        bad = [r for r in check_stage(stage, backend, tiny, BuildCache(root=tmp_path), variant)
+               if not r.get("integer") and not r.get("own_kernel")]
     assert calls, f"{op} never reached legalization: the stage's module has no such op"
     assert all(r["verdict"] != "error" for r in bad), [r["message"] for r in bad]
     for r in bad:  # the old absolute rule alone passes every element ...
         assert r["metrics"]["mismatches"] == 0 and r["metrics"]["nonfinite"] == 0, r["message"]
+    assert not [r for r in bad if r["verdict"] == "known"], "a known issue swallowed the perturbation"
     failing = [r for r in bad if r["verdict"] == "fail"]
     assert failing, f"no check failed; err/floor {[r['metrics']['floor_ratio'] for r in bad]} ({measured})"
     for r in failing:  # ... and the floor budget fails it, saying so
         assert r["failed_bound"] == "floor"
         assert re.search(r"err/floor [\d.]+x > budget [\d.]+x \(calibrated max [\d.]+x over \d+ seeds", r["message"])
         assert r["metrics"]["floor_ratio"] > r["metrics"]["floor_budget"] == r["tolerance"]["floor_budget"]
+        if r.get("neutralized"):  # pre-selected by a known issue: still failing with it neutralized
+            assert r["neutralized"]["verdict"] == "fail" and "not known issue" in r["message"]
 
 
 def test_perturbation_is_undone(tmp_path):
