@@ -27,14 +27,31 @@ def register(*names: str):
     return deco
 
 
+def unregister(name: str) -> None:
+    """Forget a backend registered under ``name`` (a backend a test defines: tests/unit/test_extending.py)."""
+    _REGISTRY.pop(name, None)
+
+
 def registered() -> dict[str, type]:
     return dict(_REGISTRY)
 
 
 class Backend:
+    """A way to build and run stages. Besides its name (the key of tolerances and reports),
+    a backend declares what its target has: the build code and the tiers read these
+    capabilities, never the backend's or the target's name (docs/extending.md)."""
+
     name: str = ""
-    #: capabilities the tiers ask for instead of checking classes
-    native_vm: bool = False  # artifacts load into a relax.VirtualMachine in this process (load_vm)
+    # -- capabilities ---------------------------------------------------------------------
+    #: kernels may compute in float64: GroupNorm statistics in float64 where True, shifted
+    #: two-pass float32 where False (``compile/legalize.py``; the build passes it through
+    #: ``compile/schedule.schedule_for``). False unless declared: the float32 variant is right on
+    #: every target (WGSL has no f64, nor Metal), float64 only on those that have it.
+    float64: bool = False
+    #: float16 builds run here (the f16 mode, ``tiers/f16.py``)
+    float16: bool = False
+    #: artifacts load into a relax.VirtualMachine in this process (kernel replay, tiers/localize.py)
+    native_vm: bool = False
     #: kept apart in reports: "cpu" results and "gpu" results are never mixed
     device_class: str = "cpu"
 
@@ -56,7 +73,9 @@ class Backend:
 
     def build_cached(self, ir_factory, key: dict, cache: BuildCache, log=print, label: str = ""):
         """Build through the cache. ir_factory() is only called on a miss (imports are slow)."""
-        full_key = {**key, "backend": self.name, "target": self.target_key(), "env": self.env_key()}
+        full_key = {**key, "backend": self.name, "target": self.target_key(),
+                    "float64": self.float64,  # it shapes the build (compile/legalize.py)
+                    "env": self.env_key()}
         return cache.get_or_build(full_key, lambda tmp: self.build(ir_factory(), tmp, log=log),
                                   log=log, label=label)
 

@@ -58,6 +58,8 @@ def tvm_tensor(a: np.ndarray, dev):
 class NativeBackend(Backend):
     kind = "llvm"
     native_vm = True
+    float64 = True  # C/LLVM, CUDA and SPIR-V all have double
+    float16 = True  # the f16 mode builds for these targets (tiers/f16.py)
 
     def __init__(self, kind: str = "llvm"):
         self.kind = kind
@@ -104,7 +106,7 @@ class NativeBackend(Backend):
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
         from sdparity.compile.schedule import build_module, schedule_for
 
-        mod = schedule_for(ir.mod, self.target())
+        mod = schedule_for(ir.mod, self.target(), float64=self.float64)
         target = self.target()
         if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.compile.schedule_cpu)
             from sdparity.compile.schedule_cpu import build_target

@@ -13,10 +13,10 @@ Two replacements, same structure (two-level sums: along the innermost axis for e
 (n, c, rows...), then over each group's rows, so a GPU has N*C*H independent sums instead
 of 32 sums of 1M numbers):
 
-* ``float64`` (llvm, cuda): sums of x and x*x in float64; only the output's float32
-  rounding is left.
-* ``float32`` (webgpu: WGSL has no f64): every value is taken relative to the group's
-  first element (sums of small numbers: the float32 sum of 1M values near 100 alone was
+* ``float64`` (targets with float64: llvm, cuda, vulkan): sums of x and x*x in float64;
+  only the output's float32 rounding is left.
+* ``float32`` (targets without it: WebGPU, as WGSL has no f64; Metal): every value is taken
+  relative to the group's first element (sums of small numbers: the float32 sum of 1M values near 100 alone was
   1e-4 off), then two passes, the mean first, then the sum of squared deviations from it:
   no cancellation. Measured on the GroupNorm above (built for llvm, float64 reference),
   max error at mean 0 / 10 / 100: 5.3e-6 / 6.6e-6 / 4.3e-6 (without the shift: 3.8e-6 /
@@ -26,6 +26,13 @@ Layouts other than NCHW-style (channel axis 1, reduced axes 2..) and symbolic ch
 counts keep TVM's legalization. Symbolic batch and spatial sizes (symbolic-shape builds of
 the UNet and VAE) get the precise one: with TVM's, the tiny VAE built for any latent size was
 2-3x further from torch than its fixed-shape build (err/floor 2.3-4.7 vs 1.0-1.6 at 8x18).
+
+Which one a build gets is a capability of its backend (``Backend.float64``), passed in by the
+build (``schedule.schedule_for(..., float64=backend.float64)``), never read from a name. A
+caller without a backend at hand (the CPU schedules' map, the trusted llvm build of kernel
+replay, the tuner) passes nothing and gets float64 only on the target kinds in
+``FLOAT64_KINDS``; any other kind (Metal, a new one) gets the float32 variant, which is right
+on every target.
 """
 
 from __future__ import annotations
@@ -104,23 +111,58 @@ def _group_norm(stats_dtype: str):
     return legalize
 
 
-def precise_legalize_map(target_kind: str, winograd: bool | None = None) -> dict:
+#: TVM target kinds whose kernels have float64, for callers that build without a backend (a
+#: backend passes its own ``Backend.float64``); any kind not listed gets float32 statistics
+FLOAT64_KINDS = frozenset({"llvm", "cuda", "vulkan"})
+
+
+def stats_dtype(target_kind: str, float64: bool | None = None) -> str:
+    """The dtype of GroupNorm statistics: "float64" where the target has float64 (the backend's
+    capability; None: ``FLOAT64_KINDS``), else "float32"."""
+    has = (target_kind in FLOAT64_KINDS) if float64 is None else float64
+    return "float64" if has else "float32"
+
+
+def precise_legalize_map(target_kind: str, winograd: bool | None = None, float64: bool | None = None) -> dict:
     """customize_legalize_map for relax.transform.LegalizeOps on this target kind.
 
     ``winograd``: rewrite 3x3 convolutions as Winograd F(2x2, 3x3) (``compile/winograd.py``);
-    by default on the target kinds listed there."""
+    by default on the target kinds listed there. ``float64``: whether the target has float64
+    (``Backend.float64``; None: ``stats_dtype``'s default)."""
     from sdparity.compile import winograd as wg
 
-    stats = "float32" if target_kind == "webgpu" else "float64"
-    out = {"relax.nn.group_norm": _group_norm(stats)}
+    out = {"relax.nn.group_norm": _group_norm(stats_dtype(target_kind, float64))}
     if (target_kind in wg.KINDS) if winograd is None else winograd:
         out["relax.nn.conv2d"] = wg.legalize
     return out
 
 
-def apply(mod, target):
+def apply(mod, target, float64: bool | None = None):
     """LegalizeOps with the precise map (inside the target's context)."""
     from tvm import relax
 
     with target:
-        return relax.transform.LegalizeOps(customize_legalize_map=precise_legalize_map(target.kind.name))(mod)
+        return relax.transform.LegalizeOps(
+            customize_legalize_map=precise_legalize_map(target.kind.name, float64=float64))(mod)
+
+
+def group_norm_only(mod, target, float64: bool | None = None):
+    """Only the GroupNorms of ``mod`` legalized (the precise GroupNorm for ``float64``), every
+    other op left for a later LegalizeOps: how a CPU build of a backend without float64 gets the
+    float32 statistics while the CPU schedules legalize the rest (``schedule.schedule_for``)."""
+    import tvm
+    from tvm import relax
+
+    ops: set[str] = set()
+
+    def visit(e):
+        if isinstance(e, relax.Call) and isinstance(e.op, tvm.ir.Op):
+            ops.add(e.op.name)
+
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    rule = {"relax.nn.group_norm": _group_norm(stats_dtype(target.kind.name, float64))}
+    with target:
+        return relax.transform.LegalizeOps(customize_legalize_map=rule,
+                                           skip_ops=sorted(ops - set(rule)))(mod)

@@ -98,9 +98,10 @@ def build_module(mod, target, cuda_graphs: bool | None = None):
                            tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 
 
-def fused_for_gpu(mod, target, lift: bool = False):
-    """The kernels a GPU build schedules: legalized (the precise GroupNorm first; the zero
-    pipeline legalizes the rest) and fused, not yet scheduled. ``lift``: every computation that
+def fused_for_gpu(mod, target, lift: bool = False, float64: bool | None = None):
+    """The kernels a GPU build schedules: legalized (the precise GroupNorm first, with float64
+    statistics where the target has float64: ``legalize.stats_dtype``; the zero pipeline
+    legalizes the rest) and fused, not yet scheduled. ``lift``: every computation that
     depends on the weights alone (casts to float16, transposes, the Winograd weight transform)
     first goes into ``<function>_transform_params`` (relax.transform.LiftTransformParams), which
     a runner calls once after loading the weights and whose outputs it passes instead of them
@@ -112,23 +113,31 @@ def fused_for_gpu(mod, target, lift: bool = False):
 
     from sdparity.compile import legalize
 
-    mod = legalize.apply(mod, target)
+    mod = legalize.apply(mod, target, float64=float64)
     if lift:
         mod = relax.transform.LiftTransformParams()(mod)
     with target:
         return relax.get_pipeline("zero")(mod)
 
 
-def schedule_for(mod, target, lift: bool = False):
+def schedule_for(mod, target, lift: bool = False, float64: bool | None = None):
+    """``mod`` legalized, fused and scheduled for ``target``. ``float64``: whether the target has
+    float64 (the building backend's ``Backend.float64``, which every backend passes; None:
+    ``legalize.stats_dtype``'s default for the target kind)."""
+    from sdparity.compile import legalize
+
     kind = target.kind.name
     if kind == "llvm":
         from sdparity.compile.schedule_cpu import schedule_llvm  # CPU schedules (issue 6)
+
+        if legalize.stats_dtype(kind, float64) != "float64":  # the CPU map's GroupNorm is float64
+            mod = legalize.group_norm_only(mod, target, float64=float64)
         return schedule_llvm(mod, target)
     from sdparity.compile.compat import default_gpu_schedule, dlight
     from sdparity.compile.gpu_rules import exact_row_reduction, group_norm_rows, tuned_matmul
 
     dl = dlight()
-    mod = fused_for_gpu(mod, target, lift)
+    mod = fused_for_gpu(mod, target, lift, float64=float64)
     with target:
         mod = dl.ApplyDefaultSchedule(
             group_norm_rows(), tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),

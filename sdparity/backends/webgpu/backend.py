@@ -125,6 +125,8 @@ def _check_wgsl(wgsl: str) -> None:
 class WebGPUBackend(Backend):
     name = "webgpu"
     device_class = "webgpu"
+    float64 = False  # WGSL has no f64
+    float16 = False  # needs the adapter's shader-f16 and an f16 web runtime: neither is built here
 
     def __init__(self, name: str | None = None, chromium: str | None = None, weights: str = "raw", headless: bool = True,
                  max_loaded: int = 3, run_timeout_s: float = 1800.0, flags: list[str] | None = None):
@@ -183,7 +185,7 @@ class WebGPUBackend(Backend):
         target = self.target()
         t0 = time.perf_counter()
         try:
-            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target), target)
+            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target, float64=self.float64), target)
         except Exception as e:
             last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
             raise SdparityError(f"relax.build for webgpu failed: {last.strip()}") from e
