@@ -183,7 +183,7 @@ def slim_tvm_package(dest: Path) -> Path:
 
 
 def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32",
-            cuda_graphs: bool = False) -> None:
+            cuda_graphs: bool = False, seeds: int = 1) -> None:
     """``cuda_graphs``: build the f16 mode's model stages with CUDA graphs (float32 builds with
     graphs crash on the H200: docs/performance.md, "CUDA graphs")."""
     from reference.models import BUILTIN_MODELS, load_model
@@ -242,10 +242,16 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                                "n_inputs": len(c.inputs),
                                "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
         np.savez(folder / "cases.npz", **arrays)
+        if st.component:  # more seeds of the model stages' inputs, for `device --seed N` (calibration)
+            for sd in range(1, seeds):
+                more = st.cases(model, variant, seed=sd)
+                np.savez(folder / f"cases-seed{sd}.npz",
+                         **{f"{ci}/in/{k}": np.asarray(a) for ci, c in enumerate(more) for k, a in enumerate(c.inputs)})
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
                 "precision": precision if st.component else "f32", "lifted": bool(lifted),
                 "cuda_graphs_built": bool(lifted and cuda_graphs),
-                "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases}
+                "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases,
+                "seeds": list(range(seeds if st.component else 1))}
         if st.component:
             meta["component"] = st.component
             meta["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
@@ -388,7 +394,9 @@ def generation(perf: list[dict]) -> dict | None:
 
 
 def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, log=print,
-           profile: bool = False, graphs: bool = True) -> int:
+           profile: bool = False, graphs: bool = True, seed: int = 0) -> int:
+    """``seed``: the inputs prepared for that seed (model stages only; ``prepare --seeds``). The
+    report is then ``calibrate-seed<N>.json`` (read by ``sdparity calibrate --from-reports``)."""
     import torch
 
     from sdparity.files import write_atomic
@@ -401,6 +409,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     dev = tvm.cuda(0)
     card = torch.cuda.get_device_name(0)
     report = Report(None)
+    report.data["seed"] = seed
     # The device has no apache-tvm distribution (only the carried runtime): the version that
     # built every kernel comes from prepare, at the top like a CPU report's.
     built = json.loads((folder / "versions.json").read_text()) if (folder / "versions.json").is_file() else {}
@@ -415,10 +424,14 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     out.mkdir(parents=True, exist_ok=True)
     names = [n for n in (stage_names or json.loads((folder / "order.json").read_text()))
              if (folder / n / "meta.json").is_file()]
+    if seed:
+        names = [n for n in names if seed in json.loads((folder / n / "meta.json").read_text()).get("seeds", [0])]
+    name_out = f"calibrate-seed{seed}.json" if seed else "gpu-report.json"
     parts, gen = None, None
     for name in names:
         meta = json.loads((folder / name / "meta.json").read_text())
         report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
+        report.data["model_scope"] = meta["scope"]  # records carry it: tolerances and calibration groups
         try:
             if meta.get("component") and parts is None:
                 from reference.models import random_components
@@ -428,7 +441,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
                 parts = random_components(meta["model"])
                 report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
             _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
-                          profile=profile and bool(meta.get("component")), graphs=graphs)
+                          profile=profile and bool(meta.get("component")), graphs=graphs, seed=seed)
         except Exception as e:  # record and go on: a later stage may still work
             import traceback
 
@@ -441,11 +454,11 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
         gen = generation(perf)
         if gen:
             report.data["performance"]["gpu"]["generation"] = gen
-        write_atomic(out / "gpu-report.json", report.to_json())  # after every stage
+        write_atomic(out / name_out, report.to_json())  # after every stage
     if gen:
         log(f"[cuda] generation ({STEPS} steps): tvm {gen['tvm_s']:.3f} s, torch {gen['torch_s']:.3f} s "
             f"({gen['ratio']:.2f}x); torch with CUDA graphs {gen.get('torch_graph_s')} s ({gen.get('ratio_graph')}x)")
-    log(f"cuda on {card}: {report.summary()} -> {out / 'gpu-report.json'}")
+    log(f"cuda on {card}: {report.summary()} -> {out / name_out}")
     return 0 if report.ok else 1
 
 
@@ -511,7 +524,7 @@ def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
 
 
 def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
-                  profile: bool = False, graphs: bool = True):
+                  profile: bool = False, graphs: bool = True, seed: int = 0):
     """One stage: TVM first (its device memory measured alone), then PyTorch, then compare."""
     import torch
 
@@ -522,6 +535,8 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
 
     name = meta["stage"]
     z = dict(np.load(folder / "cases.npz"))
+    if seed:
+        z.update(np.load(folder / f"cases-seed{seed}.npz"))
     cases = meta["cases"]
     inputs = [[z[f"{ci}/in/{k}"] for k in range(c["n_inputs"])] for ci, c in enumerate(cases)]
     timed = {}  # function -> index of its first case
@@ -612,12 +627,13 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
                            tolerance=F16.to_json(), timings=None, precision="f16", integer=spec["integer"])
                 log(f"[cuda f16] {name} {c['label']} {spec['name']}: {'PASS' if ok else 'FAIL'} {why}")
                 continue
-            tol = lookup(name, spec["name"], "cuda", meta["scope"])
+            tol = lookup(name, spec["name"], "cuda", meta["scope"], c["label"])
             m = compare(cand, ref, tol, ref64, integer=spec["integer"])
             report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
                        function=c["function"], output=spec["name"], shapes=c["shapes"],
                        verdict="pass" if m.passed else "fail", message=m.why, metrics=m.to_json(),
-                       tolerance=tol.to_json(), timings=None)
+                       tolerance=tol.to_json(), timings=None, integer=spec["integer"],
+                       failed_bound=m.failed_bound)
             if ci < 8 or not m.passed:
                 log(f"[cuda] {name} {c['label']} {spec['name']}: {'PASS' if m.passed else 'FAIL'} "
                     f"max_abs={m.max_abs:.3g} floor={m.noise_floor}")
@@ -655,6 +671,8 @@ def main(argv=None) -> int:
                    "PyTorch float16 (sdparity.tiers.f16)")
     a.add_argument("--cuda-graphs", action="store_true",
                    help="f16: build the model stages to replay their static regions as CUDA graphs")
+    a.add_argument("--seeds", type=int, default=1,
+                   help="also write the model stages' inputs of seeds 1..N-1 (for `device --seed`)")
     b = sub.add_parser("device", help="on the GPU machine: run, compare, time; write gpu-report.json")
     b.add_argument("--dir", type=Path, default=Path("out/gpu"))
     b.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "out/gpu-result")))
@@ -663,17 +681,21 @@ def main(argv=None) -> int:
     b.add_argument("--profile", action="store_true", help="also time every kernel of the model stages")
     b.add_argument("--no-graphs", action="store_true",
                    help="run the CUDA-graph regions kernel by kernel (no capture, no replay)")
+    b.add_argument("--seed", type=int, default=0,
+                   help="the inputs of this prepared seed; writes calibrate-seed<N>.json (model stages only)")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
-        prepare(args.model, args.dir, stages, log, precision=args.precision, cuda_graphs=args.cuda_graphs)
+        prepare(args.model, args.dir, stages, log, precision=args.precision, cuda_graphs=args.cuda_graphs,
+                seeds=args.seeds)
         built = [d.name for d in args.dir.iterdir() if (d / "meta.json").is_file()]
         from sdparity.registry import all_stages
 
         (args.dir / "order.json").write_text(json.dumps([n for n in all_stages() if n in built]))
         return 0
-    return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile, graphs=not args.no_graphs)
+    return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile, graphs=not args.no_graphs,
+                  seed=args.seed)
 
 
 if __name__ == "__main__":
