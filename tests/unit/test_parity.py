@@ -1,25 +1,22 @@
-"""Every registered stage passes on the native LLVM backend and on WebGPU (Chromium) against
-its PyTorch reference (tiny model), and every injectable fault makes the LLVM check fail."""
+"""Every registered stage passes against its PyTorch reference (tiny model) on every registered
+backend (tests/backends.py: llvm and WebGPU in Chromium are required here, cuda/vulkan skip with
+their reason where absent), and every injectable fault makes the LLVM check fail."""
 
 from __future__ import annotations
 
 import pytest
 
 from sdparity.registry import all_stages
+from tests import backends
 
 STAGES = all_stages()
 FAULTS = [(s, f) for s, st in STAGES.items() for f in st.faults]
 
 
-BACKENDS = ["llvm", pytest.param("webgpu", marks=pytest.mark.webgpu)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", backends.params())
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_passes(stage, backend, run_check):
-    from sdparity.backends import get_backend
-
-    results = run_check(STAGES[stage], get_backend(backend))
+    results = run_check(STAGES[stage], backends.get(backend))
     bad = [r for r in results if r["verdict"] != "pass"]
     assert results and not bad, bad[:3]
     # every declared output was compared, with a real metric (beside any own-kernel checks of the
