@@ -254,9 +254,19 @@ def known_issue_status(b_recs: dict, rows: list[dict]) -> dict:
 
 
 def gate_files(baseline: Path, candidate: Path) -> dict:
+    """Load both reports (validated: sdparity.reports.report.load, exit 2 with one line on a bad
+    one) and gate them. A pair of valid reports whose records cannot be compared (e.g. a check
+    with numbers on one side only, an integer check without a mismatch share) is one line and
+    exit 2 too, never a traceback: reports are untrusted input (docs/reliability.md)."""
+    from sdparity.errors import one_line
     from sdparity.reports.report import load
 
-    result = gate(load(baseline), load(candidate))
+    base, cand = load(baseline), load(candidate)
+    try:
+        result = gate(base, cand)
+    except (KeyError, TypeError, AttributeError, ValueError, ArithmeticError, IndexError) as e:
+        raise SdparityError(f"cannot compare {baseline} with {candidate}: a check lacks a value the comparison "
+                            f"needs ({one_line(e)[:200]})") from None
     result["baseline"]["path"], result["candidate"]["path"] = str(baseline), str(candidate)
     return result
 

@@ -152,8 +152,8 @@ def load(path: Path, max_bytes: int = 64 * 2**20) -> dict:
 
     path = Path(path)
     limit = f"{max_bytes / 2**20:g} MiB" if max_bytes >= 2**20 else f"{max_bytes} bytes"
-    try:
-        with open(path, "rb") as f:
+    try:  # non-blocking: a FIFO must not hang the open; it is refused below
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as f:
             st = os.fstat(f.fileno())
             if not stat.S_ISREG(st.st_mode):
                 raise SdparityError(f"report {path} is not a regular file")
