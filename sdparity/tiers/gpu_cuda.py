@@ -394,13 +394,12 @@ def generation(perf: list[dict]) -> dict | None:
 
 
 def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, log=print,
-           profile: bool = False, graphs: bool = True, seed: int = 0) -> int:
-    """``seed``: the inputs prepared for that seed (model stages only; ``prepare --seeds``). The
-    report is then ``calibrate-seed<N>.json`` (read by ``sdparity calibrate --from-reports``)."""
+           profile: bool = False, graphs: bool = True, seeds: tuple[int, ...] = (0,)) -> int:
+    """Run, compare and time every prepared stage on this GPU. ``seeds``: the inputs prepared
+    for each seed (``prepare --seeds``; seeds other than 0 hold the model stages only); seed 0
+    writes ``gpu-report.json``, seed N ``calibrate-seed<N>.json`` (read by ``sdparity calibrate
+    --from-reports``). The seeded model is made once for all of them."""
     import torch
-
-    from sdparity.files import write_atomic
-    from sdparity.reports.report import Report
 
     torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
     torch.backends.cudnn.allow_tf32 = False
@@ -408,6 +407,20 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     tvm = _load_tvm_runtime()
     dev = tvm.cuda(0)
     card = torch.cuda.get_device_name(0)
+    out.mkdir(parents=True, exist_ok=True)
+    parts: dict = {}
+    ok = True
+    for seed in seeds:
+        ok &= _device_seed(tvm, dev, card, folder, out, repeat, stage_names, log, profile, graphs, seed, parts)
+    return 0 if ok else 1
+
+
+def _device_seed(tvm, dev, card, folder, out, repeat, stage_names, log, profile, graphs, seed, parts) -> bool:
+    import torch
+
+    from sdparity.files import write_atomic
+    from sdparity.reports.report import Report
+
     report = Report(None)
     report.data["seed"] = seed
     # The device has no apache-tvm distribution (only the carried runtime): the version that
@@ -421,24 +434,23 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
                                        "cuda_graphs": graphs}
     perf: list[dict] = []
     report.data["performance"] = {"gpu": {"card": card, "repeat": repeat, "results": perf}}
-    out.mkdir(parents=True, exist_ok=True)
     names = [n for n in (stage_names or json.loads((folder / "order.json").read_text()))
              if (folder / n / "meta.json").is_file()]
     if seed:
         names = [n for n in names if seed in json.loads((folder / n / "meta.json").read_text()).get("seeds", [0])]
     name_out = f"calibrate-seed{seed}.json" if seed else "gpu-report.json"
-    parts, gen = None, None
+    gen = None
     for name in names:
         meta = json.loads((folder / name / "meta.json").read_text())
         report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
         report.data["model_scope"] = meta["scope"]  # records carry it: tolerances and calibration groups
         try:
-            if meta.get("component") and parts is None:
+            if meta.get("component") and not parts:
                 from reference.models import random_components
 
                 log(f"creating the {meta['model']} model (seeded) ...")
                 t0 = time.perf_counter()
-                parts = random_components(meta["model"])
+                parts.update(random_components(meta["model"]))
                 report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
             _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
                           profile=profile and bool(meta.get("component")), graphs=graphs, seed=seed)
@@ -458,8 +470,8 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     if gen:
         log(f"[cuda] generation ({STEPS} steps): tvm {gen['tvm_s']:.3f} s, torch {gen['torch_s']:.3f} s "
             f"({gen['ratio']:.2f}x); torch with CUDA graphs {gen.get('torch_graph_s')} s ({gen.get('ratio_graph')}x)")
-    log(f"cuda on {card}: {report.summary()} -> {out / name_out}")
-    return 0 if report.ok else 1
+    log(f"cuda on {card} (seed {seed}): {report.summary()} -> {out / name_out}")
+    return report.ok
 
 
 def load_vm(tvm, lib_path: Path, dev, graphs: bool = True):
@@ -681,8 +693,9 @@ def main(argv=None) -> int:
     b.add_argument("--profile", action="store_true", help="also time every kernel of the model stages")
     b.add_argument("--no-graphs", action="store_true",
                    help="run the CUDA-graph regions kernel by kernel (no capture, no replay)")
-    b.add_argument("--seed", type=int, default=0,
-                   help="the inputs of this prepared seed; writes calibrate-seed<N>.json (model stages only)")
+    b.add_argument("--seeds", default="0",
+                   help="comma-separated prepared seeds (default 0); seed N > 0 writes calibrate-seed<N>.json "
+                   "(model stages only)")
     args = p.parse_args(argv)
     stages = [s for s in args.stages.split(",") if s] if args.stages else None
     log = lambda m: print(m, flush=True)  # noqa: E731
@@ -695,7 +708,7 @@ def main(argv=None) -> int:
         (args.dir / "order.json").write_text(json.dumps([n for n in all_stages() if n in built]))
         return 0
     return device(args.dir, args.out, args.repeat, stages, log, profile=args.profile, graphs=not args.no_graphs,
-                  seed=args.seed)
+                  seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()))
 
 
 if __name__ == "__main__":
