@@ -92,10 +92,19 @@ class Backend:
 
     def source_modules(self) -> list[str]:
         """Modules whose code shapes this backend's builds: the compile package, the IR hand-over
-        and the backend's own module (all of its package when it has one, e.g. webgpu/)."""
-        own = type(self).__module__
-        package = own.rpartition(".")[0]
-        return ["sdparity.compile", "sdparity.ir", own if package == "sdparity.backends" else package]
+        and the module of its class and of each Backend class it derives from (all of a backend
+        package, e.g. webgpu/; only the module of one defined elsewhere, e.g. in a test, whose
+        neighbours have nothing to do with its builds)."""
+        out = ["sdparity.compile", "sdparity.ir"]
+        for cls in type(self).__mro__:
+            if cls is Backend or not issubclass(cls, Backend):
+                continue
+            module = cls.__module__
+            package = module.rpartition(".")[0]
+            name = package if package.startswith("sdparity.backends.") else module
+            if name not in out:
+                out.append(name)
+        return out
 
     @contextlib.contextmanager
     def session(self):
