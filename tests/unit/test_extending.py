@@ -9,8 +9,8 @@ Relax path.
 A new backend: one defined here and registered under its own name (its own cache key, so its
 builds never collide with llvm's) passes every stage on the tiny model, the weight-free ones and
 those with weights, and the example stage. It is llvm as a device without float64 would build it
-(a Metal-like target on the CPU): it declares ``float64 = False`` and nothing else, and its
-GroupNorms get float32 statistics because the build reads the capability, not a name. The test
+(a Metal-like target on the CPU): it declares ``float64 = False`` (and a target_key of its own),
+and its GroupNorms get float32 statistics because the build reads the capability, not a name. The test
 discovery (tests/backends.py) finds a backend registered at run time without a test file naming it.
 """
 
