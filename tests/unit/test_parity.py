@@ -17,7 +17,10 @@ FAULTS = [(s, f) for s, st in STAGES.items() for f in st.faults]
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_passes(stage, backend, run_check):
     results = run_check(STAGES[stage], backends.get(backend))
-    bad = [r for r in results if r["verdict"] != "pass"]
+    # a known upstream bug is accepted only where proven: the check passes with it neutralized
+    # (here: the WebGPU UNet at guidance 1, WGSL's sin/cos; docs/known-issues.md)
+    bad = [r for r in results if r["verdict"] != "pass" and not (
+        r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
     assert results and not bad, bad[:3]
     # every declared output was compared, with a real metric (beside any own-kernel checks of the
     # build: sdparity.tiers.own_kernels, test_own_kernels.py)
