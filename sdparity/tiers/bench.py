@@ -314,7 +314,7 @@ def merge_into_report(report_path: Path, data: dict) -> None:
 # -- command ------------------------------------------------------------------------------
 
 def add_parser(sub) -> None:
-    from sdparity.cli import (latent_hw, add_model_args, backend_list, existing_file, out_file, positive_int,
+    from sdparity.args import (latent_hw, add_model_args, backend_list, existing_file, out_file, positive_int,
                               seed_arg, stage_list)
 
     p = sub.add_parser("bench", help="time builds and runs per stage and backend against PyTorch",
@@ -338,7 +338,7 @@ def add_parser(sub) -> None:
 
 def cmd_bench(args) -> int:
     from sdparity.cache import BuildCache
-    from sdparity.cli import load_selection
+    from sdparity.args import load_selection
     from sdparity.files import write_atomic
     from sdparity.errors import Progress
 

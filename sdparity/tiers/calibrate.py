@@ -122,7 +122,7 @@ def write_calibration(groups: dict, path: Path) -> dict:
 
 def run_seeds(args, log) -> dict[int, list[dict]]:
     from sdparity.cache import BuildCache
-    from sdparity.cli import load_selection
+    from sdparity.args import load_selection
     from sdparity.reports.report import Report
     from sdparity.runner import run_checks
 
@@ -253,7 +253,7 @@ def _print_validation(results: dict[int, list[dict]]) -> int:
 
 
 def add_parser(sub) -> None:
-    from sdparity.cli import add_model_args, backend_list, out_file, stage_list
+    from sdparity.args import add_model_args, backend_list, out_file, stage_list
     from sdparity.tolerances import CALIBRATION
 
     c = sub.add_parser("calibrate", help="measure err/floor of the clean suite over seeds; write the "

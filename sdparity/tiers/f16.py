@@ -207,7 +207,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log) -
 
 
 def add_parser(sub) -> None:
-    from sdparity.cli import add_model_args, backend_list, out_file, stage_list
+    from sdparity.args import add_model_args, backend_list, out_file, stage_list
 
     p = sub.add_parser("f16", help="build the model stages in float16; judge each output by PyTorch's own "
                        "float16 error (docs/numerics.md, 'f16 mode')", description=__doc__.split("\n\n")[1])
@@ -225,7 +225,7 @@ def add_parser(sub) -> None:
 
 def cmd_f16(args) -> int:
     from sdparity.cache import BuildCache
-    from sdparity.cli import load_selection
+    from sdparity.args import load_selection
     from sdparity.reports.report import Report
     from sdparity.reports.table import print_table
     from sdparity.runner import Progress

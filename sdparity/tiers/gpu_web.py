@@ -445,7 +445,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
 
 def main(argv=None) -> int:
-    from sdparity.cli import latent_hw
+    from sdparity.args import latent_hw
 
     p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_web", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
