@@ -140,10 +140,10 @@ def gpu_prepare(session):
     _install(session)
     _setup_webgpu(session)
     model = session.posargs[0] if session.posargs else "sd15-random"
-    session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
-    session.run("python", "-m", "sdparity.tiers.gpu_cuda", "prepare", "--model", model, "--dir", "out/gpu-f16",
+    session.run("python", "-m", "sdparity.gpu.cuda", "prepare", "--model", model, "--dir", "out/gpu", env=ENV)
+    session.run("python", "-m", "sdparity.gpu.cuda", "prepare", "--model", model, "--dir", "out/gpu-f16",
                 "--stages", "clip,unet,vae", "--precision", "f16", "--cuda-graphs", env=ENV)
-    session.run("python", "-m", "sdparity.tiers.gpu_web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)
+    session.run("python", "-m", "sdparity.gpu.web", "prepare", "--model", model, "--dir", "out/webgpu-gpu", env=ENV)
 
     pins = session.run("python", "-c", "from importlib.metadata import version as v; "
                        f"print(' '.join(p + '==' + v(p) for p in {DEVICE_WHEELS!r}))", silent=True).split()

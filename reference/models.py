@@ -252,7 +252,7 @@ def architecture_scope(text_encoder: dict, unet: dict, vae: dict) -> str:
 def random_components(kind: str, seed: int = 0) -> dict:
     """The seeded random text encoder, UNet and VAE of a built-in model (eval mode).
 
-    The GPU machine recreates the weights with this (sdparity.tiers.gpu_cuda, sdparity.tiers.gpu_web)
+    The GPU machine recreates the weights with this (sdparity.gpu.cuda, sdparity.gpu.web)
     instead of carrying gigabytes; a fingerprint of the bytes tells whether they came out the
     same there."""
     import torch

@@ -1,5 +1,5 @@
 """End-to-end reference: the real diffusers.StableDiffusionPipeline with injected latents,
-traced at every step. The browser app and sdparity.tiers.pipeline are compared against this."""
+traced at every step. The browser app and sdparity.app.pipeline are compared against this."""
 
 from __future__ import annotations
 

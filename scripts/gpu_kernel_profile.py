@@ -1,6 +1,6 @@
 """Every kernel of the UNet and VAE on CUDA, timed, and summed by kind (docs/performance.md).
 
-Runs on the GPU machine with the CUDA tier's folder (``python -m sdparity.tiers.gpu_cuda
+Runs on the GPU machine with the CUDA tier's folder (``python -m sdparity.gpu.cuda
 prepare``) and the same set-up as its ``device`` command. TVM 0.27's runtime VM has no
 profiler any more (``VirtualMachine(..., profile=True)`` is gone), so this uses its
 instrument hook, as ``gpu_cuda --profile`` does, but keeps every kernel: the device is
@@ -24,9 +24,9 @@ from sdparity.reports.kernels import by_kind
 
 def main(folder: Path, out: Path) -> None:
     from sdparity.registry import get_stage
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import cuda as gpu_cuda
 
-    tvm = gpu_cuda._load_tvm_runtime()
+    tvm = gpu_cuda.load_tvm_runtime()
     from reference.models import random_components
 
     gpu_cuda.KERNEL_DIRS.extend(p for p in folder.iterdir() if p.is_dir())

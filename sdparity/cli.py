@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="build STAGE deliberately wrong (see 'sdparity stages'); the check must fail")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.add_argument("--no-localize", action="store_true", help="do not localize failing stages to a kernel "
-                   "(sdparity.tiers.localize; costs one more build per failing stage)")
+                   "(sdparity.check.localize; costs one more build per failing stage)")
 
     sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
 
@@ -60,25 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-#: modules that add their own subcommands (each has ``add_parser(sub)``)
-COMMAND_MODULES = (
-    "sdparity.reports.gate",
-    "sdparity.reports.html",
-    "sdparity.tiers.bench",
-    "sdparity.tiers.serve",
-    "sdparity.tiers.versions_env",
-    "sdparity.tiers.calibrate",
-    "sdparity.tiers.opreplay",
-    "sdparity.tiers.f16",
-)
-
-
 def _extensions(sub) -> None:
-    """Commands that live in their own modules register here (an import error is a bug: raise)."""
-    import importlib
+    """Commands that live in their own modules, each registering its subcommands. Imported here
+    explicitly (no import by name): the modules import ``sdparity.args``, never this one."""
+    from sdparity.app import serve
+    from sdparity.check import localize
+    from sdparity.commands import bench, calibrate, f16, versions_env
+    from sdparity.reports import gate, html
 
-    for modname in COMMAND_MODULES:
-        importlib.import_module(modname).add_parser(sub)
+    for module in (gate, html, bench, serve, versions_env, calibrate, localize, f16):
+        module.add_parser(sub)
 
 
 def cmd_check(args) -> int:

@@ -7,7 +7,7 @@ Every result carries
   noise_floor   max |ref64 - ref32|: the float32 rounding noise of the reference itself
   floor_ratio   max_abs / noise_floor (None when the floor is 0, e.g. bit-exact stages); with a
                 Tolerance whose floor_stat is "rms", the ratio of the two root-mean-square
-                errors instead (the own-kernel check, sdparity.tiers.own_kernels: for a
+                errors instead (the own-kernel check, sdparity.check.own_kernels: for a
                 correct attention kernel the largest elements' ratio scattered 0.77-2.01x over
                 10 seeds, the rms ratio 0.92-1.16x; NOTES.md "Own-kernel check")
   ref_scale     max |ref| over finite elements; floor_rel = noise_floor / ref_scale

@@ -44,7 +44,7 @@ def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dic
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
                log: Progress | None = None, variants: dict | None = None, localize: bool = False,
                neutralize: list[str] | None = None) -> Report:
-    """``localize``: name the first diverging kernel of each failing stage (sdparity.tiers.localize).
+    """``localize``: name the first diverging kernel of each failing stage (sdparity.check.localize).
     ``neutralize``: known issues neutralized in every build of a stage with model weights (the
     calibration measures the suite without its known bugs: compile/neutralize.py)."""
     log = log or Progress()
@@ -137,7 +137,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
             if rec["verdict"] in ("fail", "error"):
                 failed.append(rec)
     if failed and localize:  # name the first diverging kernel of the first failing case
-        from sdparity.tiers.localize import localize_check
+        from sdparity.check.localize import localize_check
 
         case = next(c for c in cases if c.label == failed[0]["case"])
         loc = localize_check(st, b, art, model, variant, case, log)
@@ -146,7 +146,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
                 rec["localization"] = loc
     _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
     for k in meta.get("own_kernels", []):  # the suite's own kernels in this build, each alone
-        from sdparity.tiers.own_kernels import check
+        from sdparity.check.own_kernels import check
 
         check(st, b, runner, k, report, cache, log=log)
 

@@ -124,7 +124,7 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
         "llvm (numerics notes); budget 3%, never more than 1 level"),
     ("vae", "image", "webgpu", "*"): Tolerance(
         1.0, 0.0, 0.03, reason="rounded pixels via WGSL: ties flip by 1 as on native; 3% budget"),
-    # ---- whole pipeline (sdparity.tiers.pipeline, the browser app) vs StableDiffusionPipeline ----
+    # ---- whole pipeline (sdparity.app.pipeline, the browser app) vs StableDiffusionPipeline ----
     ("pipeline", "latents", "*", "*"): Tolerance(
         2e-4, 2e-5, reason="latents after each of 20 DPM steps: per-step UNet error (<=2e-5 tiny) "
         "accumulates; llvm measured 8e-5 at step 20 where |latents| reaches ~60 (tiny, 16x16), "
@@ -196,7 +196,7 @@ def lookup(stage: str, output: str, backend: str, model_scope: str, case: str | 
     raise KeyError(f"no tolerance declared for stage {stage!r} output {output!r} backend {backend!r}")
 
 
-# ---- op replay and op-statistics fuzzing (sdparity.tiers.opreplay, tests/opstats.py; issue 11) ----
+# ---- op replay and op-statistics fuzzing (sdparity.check.opreplay, tests/opstats.py; issue 11) ----
 @dataclass(frozen=True)
 class OpBudget:
     """Budget of one aten op built alone: max |TVM - torch float64| may be at most
@@ -264,7 +264,7 @@ F16 = F16Budget(2.0, 1.0, reason=(
     "output may differ by 1 level where PyTorch's happens not to (rounding of values near .5)"))
 
 
-# ---- the suite's own kernels, each against the TVM chain it replaces (sdparity.tiers.own_kernels) ----
+# ---- the suite's own kernels, each against the TVM chain it replaces (sdparity.check.own_kernels) ----
 @dataclass(frozen=True)
 class OwnKernelBudget:
     """An own kernel's root-mean-square error against float64 may be at most ``factor`` x the
@@ -281,7 +281,7 @@ OWN_KERNELS: dict[str, OwnKernelBudget] = {
     "attention": OwnKernelBudget(1.5, 1e-4, 0.0, reason=(
         "compile/attention.fuse_attention on llvm: the same products in the same order as TVM's chain; "
         "its own exp (exp_f32, <= 1.02 ulp) and a 16-lane row sum are the only differences. On the "
-        "check's inputs (scores exact in float32: tiers/own_kernels.py) the rms error measured "
+        "check's inputs (scores exact in float32: check/own_kernels.py) the rms error measured "
         "0.57-1.03x the chain's over the tiny UNet's 4 attention shapes x 10 seeds and 0.29-1.02x "
         "over 6 full-size shapes (UNet and VAE) x 2 seeds (NOTES.md 'Own-kernel check'); 1.5x keeps "
         "the worst with room. A plausible TVM regression, its llvm lowering of floor perturbed to trunc through the "
@@ -303,7 +303,7 @@ def own_kernel_tolerance(name: str) -> Tolerance:
                      floor_reason=f"kernel rms error vs float64 <= {b.factor:g}x the replaced chain's: {b.reason}")
 
 
-# ---- an own kernel's transcendental alone, in float32 ulp against float64 (sdparity.tiers.own_kernels) ----
+# ---- an own kernel's transcendental alone, in float32 ulp against float64 (sdparity.check.own_kernels) ----
 @dataclass(frozen=True)
 class TranscendentalBudget:
     """The largest error the function may have anywhere on its input range, in units of the

@@ -58,7 +58,7 @@ def run_check(tiny, cache):
 @pytest.fixture(scope="session")
 def app(tiny, cache):
     """The web app's data folder and a server for it (built once per session)."""
-    from sdparity.tiers.serve import app_server, build_app
+    from sdparity.app.serve import app_server, build_app
     from tests.e2e.apphelpers import LATENT
 
     data = build_app(tiny, LATENT, cache, log=print)

@@ -1,5 +1,5 @@
 """Op-statistics fuzzing (issue 11): every distinct aten op of the tiny model's CLIP, UNet and
-VAE programs, built alone for a backend (sdparity.tiers.opreplay), on inputs with drawn
+VAE programs, built alone for a backend (sdparity.check.opreplay), on inputs with drawn
 *statistics* instead of the ones the random tiny weights happen to produce.
 
 An op's recorded input keeps its shape and its pattern (values are standardized, then given
@@ -117,7 +117,7 @@ def perturb(call, stats: InputStats, seed: int = 0) -> list:
 
 def evaluate(call, engine, stats: InputStats, seed: int = 0) -> dict:
     """Verdict (opreplay.judge) of the backend's op against torch on inputs with ``stats``."""
-    from sdparity.tiers.opreplay import judge, run_op
+    from sdparity.check.opreplay import judge, run_op
 
     tensors = perturb(call, stats, seed)
     out32, out64 = run_op(call, tensors, "float32"), run_op(call, tensors, "float64")

@@ -48,9 +48,9 @@ class Backend:
     #: ``compile/schedule.schedule_for``). False unless declared: the float32 variant is right on
     #: every target (WGSL has no f64, nor Metal), float64 only on those that have it.
     float64: bool = False
-    #: float16 builds run here (the f16 mode, ``tiers/f16.py``)
+    #: float16 builds run here (the f16 mode, ``commands/f16.py``)
     float16: bool = False
-    #: artifacts load into a relax.VirtualMachine in this process (kernel replay, tiers/localize.py)
+    #: artifacts load into a relax.VirtualMachine in this process (kernel replay, check/localize.py)
     native_vm: bool = False
     #: kept apart in reports: "cpu" results and "gpu" results are never mixed
     device_class: str = "cpu"

@@ -59,7 +59,7 @@ class NativeBackend(Backend):
     kind = "llvm"
     native_vm = True
     float64 = True  # C/LLVM, CUDA and SPIR-V all have double
-    float16 = True  # the f16 mode builds for these targets (tiers/f16.py)
+    float16 = True  # the f16 mode builds for these targets (commands/f16.py)
 
     def __init__(self, kind: str = "llvm"):
         self.kind = kind
@@ -119,7 +119,7 @@ class NativeBackend(Backend):
         ex.export_library(str(out_dir / LIB))
         save_params(ir.params, out_dir / PARAMS)
         (out_dir / "functions.json").write_text(json.dumps(sorted(ir.params.keys())))
-        from sdparity.tiers.own_kernels import found
+        from sdparity.compile.own_kernels import found
 
         return {"compiled_for": str(target), "own_kernels": found(mod, self.kind)}
 

@@ -25,7 +25,7 @@ that schedules both the same way (``tests/unit/test_attention.py`` checks both o
 
 It matches the chain by structure (ops, attributes, the -inf and 0 constants, the same scores
 feeding both branches) and leaves anything else alone. Applied by the f16 mode
-(``sdparity.tiers.f16.to_f16``).
+(``sdparity.commands.f16.to_f16``).
 
 ``fuse_attention`` goes further for the float32 llvm builds (``schedule_cpu.rewrite_graph``):
 the whole unmasked attention, both products and the safe softmax, as one kernel that the CPU
@@ -161,7 +161,7 @@ def exp_f32(x):
     denormal (at most 1.2e-38 against the row max's term 1 in a softmax sum); NaN stays NaN.
     Measured against float64 over [-87.33, 0]: at most 1.02 ulp from e^x
     (tests/unit/test_attention.py: 2); ``sdparity check`` bounds it in every llvm run
-    (tiers/own_kernels.py, tolerances.OWN_TRANSCENDENTALS)."""
+    (check/own_kernels.py, tolerances.OWN_TRANSCENDENTALS)."""
     from tvm import tirx
 
     f32 = "float32"

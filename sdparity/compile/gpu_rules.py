@@ -11,7 +11,7 @@ two products, and convolutions as implicit GEMMs: the im2col gather is inlined i
 shared-memory loads) into ``C[S, I, J] += A[S, I, K] * B[S, J, K]`` and tiles it with ONE
 config per target (CUDA: 8x16 threads of 4x4 outputs, a 32x64 tile). The tile that is fastest
 depends on the kernel's sizes, so this rule takes the config per kernel from a database of
-times measured on a real GPU (``sdparity.tiers.gpu_tune``: every candidate below timed on the
+times measured on a real GPU (``sdparity.gpu.tune``: every candidate below timed on the
 card; ``tuned/<card>.json``). A kernel the database does not know keeps dlight's default.
 
 What a config changes: tiling, threads, vector widths, unrolling. What it does not change: the
@@ -170,7 +170,7 @@ def _read(path: str, mtime: float) -> dict:
         return dict(data["workloads"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise SdparityError(f"tuning database {path} is unreadable ({e}); "
-                            f"re-create it with `python -m sdparity.tiers.gpu_tune apply`") from None
+                            f"re-create it with `python -m sdparity.gpu.tune apply`") from None
 
 
 def load_database(path: Path | None = None, kind: str = "cuda") -> dict:

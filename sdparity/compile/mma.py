@@ -19,7 +19,7 @@ Numerics: a float16 x float16 product is exact in float32 (11 + 11 significant b
 the result differs from the CUDA-core kernel only in the order of the float32 additions (the
 tensor core adds 16 products per step; a split K adds its parts at the end). That difference is
 ~1e-7 relative, far below the float16 rounding (2^-11 ~ 4.9e-4) the kernel's consumers apply;
-the f16 rule judges the whole stage on the card (``sdparity.tiers.f16``).
+the f16 rule judges the whole stage on the card (``sdparity.commands.f16``).
 
 Tile: ``MmaConfig`` (warps a block along I and J, 16x16 fragments a warp along I and J, 16-wide
 K steps a shared-memory stage, K split across blocks). ``gpu_tune --precision f16`` times

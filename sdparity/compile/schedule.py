@@ -29,7 +29,7 @@ def build_context(target, cse: bool = True, cuda_graphs: bool | None = None):
     """The PassContext every relax.build for this target runs in (one place). ``cse=False``:
     TVM's pipeline skips its common-subexpression elimination (``build_module`` runs it later).
     ``cuda_graphs``: replay static regions as CUDA graphs; by default on CUDA_GRAPH_KINDS (a
-    build that asks for them explicitly: the f16 mode's CUDA stages, ``tiers/gpu_cuda.py``)."""
+    build that asks for them explicitly: the f16 mode's CUDA stages, ``gpu/cuda.py``)."""
     import tvm
 
     graphs = target.kind.name in CUDA_GRAPH_KINDS if cuda_graphs is None else cuda_graphs
@@ -108,7 +108,7 @@ def fused_for_gpu(mod, target, lift: bool = False, float64: bool | None = None):
     (gpu_cuda.call_weights, f16 mode). Which arguments are weights, LiftTransformParams reads
     from each function's ``num_input``, which TVM's exported-program frontend sets (its inputs,
     then the weights: tests/unit/test_f16.py checks the stages). The tuner
-    (sdparity.tiers.gpu_tune) takes its kernels from here too."""
+    (sdparity.gpu.tune) takes its kernels from here too."""
     from tvm import relax
 
     from sdparity.compile import legalize

@@ -131,7 +131,7 @@ _REWRITES = contextvars.ContextVar("sdparity_llvm_rewrites", default=True)
 
 def rewrite_graph(mod):
     """The Relax rewrites of every llvm build, before legalization (one place: the builds and
-    the trusted build of kernel replay, ``tiers/localize.py``, both call this): each unmasked
+    the trusted build of kernel replay, ``check/localize.py``, both call this): each unmasked
     float32 attention as one kernel (``compile/attention.fuse_attention``, scheduled by
     ``schedule_attention``). None inside ``without_rewrites()``."""
     return fuse_attention(mod) if _REWRITES.get() else mod
@@ -140,7 +140,7 @@ def rewrite_graph(mod):
 @contextlib.contextmanager
 def without_rewrites():
     """llvm builds made inside keep TVM's own lowering of what ``rewrite_graph`` would replace
-    (the reference side of ``sdparity.tiers.own_kernels``)."""
+    (the reference side of ``sdparity.check.own_kernels``)."""
     token = _REWRITES.set(False)
     try:
         yield

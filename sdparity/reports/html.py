@@ -222,7 +222,7 @@ def _localization_html(data: dict) -> str:
 
 
 def _op_replay_html(loc: dict) -> str:
-    """The op replay part of a localization (sdparity.tiers.opreplay): the first aten op over its
+    """The op replay part of a localization (sdparity.check.opreplay): the first aten op over its
     budget, where it is in the program, its error against its float32 floor, and the repro."""
     op = _obj(loc.get("op"))
     if not op:
@@ -337,7 +337,7 @@ def render(data: dict, report_dir: Path) -> str:
             "<p class='small'>err/floor: max |candidate - reference| divided by the float32 noise floor of the "
             "reference (max |float64 - float32 reference|), against its calibrated budget (sdparity/calibration.json; "
             "the check nearest to or furthest over it), of the stage's outputs. Checks named <i>own kernel ...</i> "
-            "judge one of the suite's own kernels alone at that shape (sdparity/tiers/own_kernels.py): their "
+            "judge one of the suite's own kernels alone at that shape (sdparity/check/own_kernels.py): their "
             "'noise floor' is the error of TVM's own chain that the kernel replaces and their err/floor the ratio "
             "of rms errors against float64. <span class='known'>known</span>: fails because of a "
             "registered upstream issue; never counted as a pass.</p>"

@@ -35,7 +35,7 @@ DOC = ROOT / "docs" / "performance.md"
 RESULTS = ROOT / "docs" / "results"
 PIPELINE = ROOT / "sdparity" / "stages" / "pipeline.json"
 
-#: denoising steps of one generation (the web app's default, as in tiers/gpu_cuda.STEPS)
+#: denoising steps of one generation (the web app's default, as in sdparity/gpu/cuda.STEPS)
 STEPS = 20
 
 BEGIN = re.compile(r"^<!-- generated: (?P<name>[\w.-]+) from (?P<sources>[^>]*?) -->$")

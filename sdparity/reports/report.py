@@ -21,7 +21,7 @@ docs/gate.md is the full reference):
                        (metrics.floor_budget / tolerance.floor_budget: the err/floor budget)
   result.known_issue   id of the known upstream issue that explains a failing check
   result.images        {reference, candidate, diff: PNG names in images_dir, diff_max, shape}
-  result.localization  first kernel that diverges from a trusted build (sdparity.tiers.localize)
+  result.localization  first kernel that diverges from a trusted build (sdparity.check.localize)
   images_dir           folder beside the report holding the PNGs (written with the report)
   error                the check run could not happen at all (results then empty)
 """

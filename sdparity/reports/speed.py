@@ -33,7 +33,7 @@ on the project's machine (docs/gate.md, "Speed"): 2 cores shared with other jobs
   sub-millisecond ratio is mostly per-call overhead (VM call, conversions), which is not
   what a TVM upgrade is gated on, so the floor keeps a wide margin.
 
-GPU results (records with a ``card``; ``sdparity.tiers.gpu_cuda``) on the same card: a ratio
+GPU results (records with a ``card``; ``sdparity.gpu.cuda``) on the same card: a ratio
 that got worse is a regression only when TVM's own time got worse by the same factor too;
 otherwise the status is ``reference-moved``. Measured on the H200 (docs/results/cuda-h200 and
 cuda-h200-tiles, two machines, same card): PyTorch's CLIP ran a steady

@@ -1,6 +1,6 @@
 """The per-stage summary table printed after a check (read from the report data).
 
-Columns: checks passed of all (a stage's own-kernel checks, sdparity.tiers.own_kernels,
+Columns: checks passed of all (a stage's own-kernel checks, sdparity.check.own_kernels,
 included), checks whose failure is a known upstream issue (``known``, sdparity.known_issues:
 counted apart, never as passes), worst max |err| of the stage's outputs, their err/floor
 against its budget (the check nearest to or furthest over its calibrated budget; no budget:

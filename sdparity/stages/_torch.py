@@ -30,7 +30,7 @@ def torch_module(define):
 
 def as_dtype(module, dtype: str):
     """A copy of a wrapper in another dtype: float64 (the float32 noise floor of the reference)
-    or float16 (PyTorch's own float16, the f16 mode's yardstick: tiers/f16.py)."""
+    or float16 (PyTorch's own float16, the f16 mode's yardstick: commands/f16.py)."""
     import copy
 
     import torch

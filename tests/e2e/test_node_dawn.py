@@ -1,5 +1,5 @@
 """The web app's generation loop (web/common/pipeline.js) outside the browser: Node on Dawn
-(npm `webgpu`), as sdparity.tiers.gpu_web runs it on the lent GPU machine. Here Dawn uses
+(npm `webgpu`), as sdparity.gpu.web runs it on the lent GPU machine. Here Dawn uses
 chromium's SwiftShader; the whole prepare -> device path runs on the tiny model and is
 compared with diffusers.StableDiffusionPipeline by gpu_web itself."""
 
@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from sdparity.tiers import gpu_web
+from sdparity.gpu import web as gpu_web
 
 STEPS = 3
 
@@ -70,7 +70,7 @@ def test_no_adapter_is_a_clear_error(prepared, tmp_path):
 
 def _generate(prepared, out, *flags):
     """generate.mjs on SwiftShader, one step, with the prepared latents; returns result.json."""
-    node = gpu_web._node_binary(prepared)
+    node = gpu_web.node_binary(prepared)
     proc = subprocess.run([node, str(gpu_web.WEB / "node" / "generate.mjs"), "--data", str(prepared / "data"),
                            "--art", str(gpu_web.unpack_art(prepared)), "--out", str(out), "--latents",
                            str(prepared / "latents.f32"),

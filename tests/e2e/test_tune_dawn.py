@@ -17,7 +17,7 @@ import subprocess
 
 import pytest
 
-from sdparity.tiers import gpu_tune, gpu_web
+from sdparity.gpu import tune as gpu_tune, gpu_web
 
 KERNEL = "fused_conv2d_add"
 GOOD = 2  # candidates kept besides the default

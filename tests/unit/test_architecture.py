@@ -1,10 +1,12 @@
 """The layout's rules, checked on the source (docs/extending.md):
 
-* no import cycle between sdparity modules, counting imports inside functions too;
+* no import cycle between sdparity modules, counting imports inside functions too, and no
+  sdparity module imported by name (importlib/__import__: a loop the import graph cannot see);
 * stages and backends never import each other, and reports never import stages or backends;
+* layers point one way: the core < runner and check/ < commands/, app/, gpu/ < cli;
 * no module outside sdparity/stages/ names a stage, except the tolerance table, the
   known-issues registry and the calibration (tables keyed by stage) and the generation loop
-  (tiers/pipeline.py, which is the pipeline itself).
+  (app/pipeline.py, which is the pipeline itself).
 """
 
 from __future__ import annotations
@@ -15,7 +17,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PKG = ROOT / "sdparity"
-STAGE_NAMES_ALLOWED = {"sdparity.tolerances", "sdparity.tiers.pipeline", "sdparity.known_issues"}
+STAGE_NAMES_ALLOWED = {"sdparity.tolerances", "sdparity.app.pipeline", "sdparity.known_issues"}
+#: layer of a module: the first prefix it starts with (the rest is the core, layer 0)
+LAYERS = (("sdparity.cli", 3), ("sdparity.__main__", 3), ("sdparity.commands", 2), ("sdparity.app", 2),
+          ("sdparity.gpu", 2), ("sdparity.runner", 1), ("sdparity.check", 1))
+
+
+def layer(mod: str) -> int:
+    return next((n for prefix, n in LAYERS if mod == prefix or mod.startswith(prefix + ".")), 0)
 
 
 def _modules() -> dict[str, Path]:
@@ -103,9 +112,29 @@ def test_layers_point_one_way():
             if mod.startswith("sdparity.reports") and d.startswith(("sdparity.stages", "sdparity.backends")):
                 bad.append((mod, d))
             if mod.startswith("sdparity.compile") and d.startswith(("sdparity.stages", "sdparity.backends",
-                                                                     "sdparity.tiers", "sdparity.reports")):
+                                                                     "sdparity.reports")):
+                bad.append((mod, d))
+            if layer(d) > layer(mod):  # an upward import: the core into the runner, a command into cli
                 bad.append((mod, d))
     assert bad == []
+
+
+def test_no_module_is_imported_by_name():
+    """cli imports its command modules explicitly: a module reached through importlib (or
+    __import__) by a name string is a dependency the import graph above cannot see. Allowed:
+    a package discovering its own children (``f"{__name__}.{name}"``: stages/, backends/) and
+    third-party modules (torch)."""
+    rx = re.compile(r"(import_module|__import__)\(\s*(f?[\"']sdparity|[A-Za-z_][\w.]*\s*[,)])")
+    assert rx.search("importlib.import_module(modname)") and rx.search('import_module("sdparity.x")')
+    bad = [f"{p.relative_to(ROOT)}:{i}: {line.strip()}" for p in PKG.rglob("*.py")
+           for i, line in enumerate(p.read_text().splitlines(), 1) if rx.search(line)]
+    assert bad == [], "\n".join(bad)
+
+
+def test_layers_are_what_the_tree_has():
+    """Every layer prefix names a real module (a renamed folder must update LAYERS)."""
+    mods = set(_modules())
+    assert all(any(m == p or m.startswith(p + ".") for m in mods) for p, _ in LAYERS)
 
 
 def test_no_stage_named_outside_stages():

@@ -35,7 +35,7 @@ def _inputs(masked_row: int | None):
 
 def _f16_ir(module, args):
     from sdparity.compile.frontend import export_to_relax
-    from sdparity.tiers import f16
+    from sdparity.commands import f16
 
     ir = export_to_relax(module, tuple(torch.from_numpy(a) for a in args), "attention")
     from tvm import relax

@@ -21,7 +21,7 @@ def _finite_positive(x) -> bool:
 
 
 def test_bench_records(tiny, cache, llvm):
-    from sdparity.tiers.bench import SCHEMA, run_bench
+    from sdparity.commands.bench import SCHEMA, run_bench
     from sdparity.registry import all_stages
 
     stages = [all_stages()[n] for n in ("clip", "scheduler_dpm", "image_to_rgba")]
@@ -80,7 +80,7 @@ def test_bench_threads_are_set_before_tvm_starts_its_pool(threads):
     env = {k: v for k, v in os.environ.items() if k not in ("TVM_NUM_THREADS", "TVM_BIND_THREADS")}
     if threads:
         env["TVM_NUM_THREADS"] = threads
-    code = ("import json, os; from sdparity.tiers.bench import _threads; t = _threads(); "
+    code = ("import json, os; from sdparity.commands.bench import _threads; t = _threads(); "
             "t['cpus_after'] = len(os.sched_getaffinity(0)); print(json.dumps(t))")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=300)

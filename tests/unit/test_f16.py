@@ -1,4 +1,4 @@
-"""The f16 mode (sdparity.tiers.f16): real float16 builds of the tiny model's CLIP, UNet and VAE
+"""The f16 mode (sdparity.commands.f16): real float16 builds of the tiny model's CLIP, UNet and VAE
 on llvm, judged against PyTorch's own float16 error. A regression inside TVM's mixed-precision
 pass (float16 accumulation in matmuls and convolutions instead of float32) must fail it."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sdparity.registry import get_stage
-from sdparity.tiers import f16
+from sdparity.commands import f16
 from sdparity.tolerances import F16
 
 MODEL_STAGES = ("clip", "unet", "vae")

@@ -210,7 +210,7 @@ def test_calibrate_groups_rules_and_merge(tmp_path):
     import json
 
     from sdparity.compare import NEGLIGIBLE_FLOOR
-    from sdparity.tiers.calibrate import calibrate, write_calibration
+    from sdparity.commands.calibrate import calibrate, write_calibration
 
     seeds = {s: [_rec("unet", "noise_pred", 2.0 + s / 4, 1e-6, "a"), _rec("unet", "noise_pred", 1.0, 1e-6, "b"),
                  _rec("scheduler_dpm", "prev_sample", 0.0, 1e-7, "a"),
@@ -255,7 +255,7 @@ def test_calibrate_from_reports_cli(tmp_path, capsys):
 def test_calibrate_seed_arguments():
     import argparse
 
-    from sdparity.tiers.calibrate import _seeds
+    from sdparity.commands.calibrate import _seeds
 
     assert _seeds("3") == [0, 1, 2] and _seeds("5-9") == [5, 6, 7, 8, 9] and _seeds("1,3,7") == [1, 3, 7]
     for bad in ("-1", "x", "0"):
@@ -264,7 +264,7 @@ def test_calibrate_seed_arguments():
 
 
 def test_known_issue_checks_are_not_learned_nor_false_alarms():
-    from sdparity.tiers.calibrate import calibrate, judge
+    from sdparity.commands.calibrate import calibrate, judge
 
     clean = _rec("unet", "noise_pred", 2.0, 1e-6, "a")
     known = {**_rec("unet", "noise_pred", 900.0, 1e-6, "a"), "verdict": "known", "known_issue": "x"}

@@ -94,7 +94,7 @@ def _problems(stage_name, shape, results, kind) -> str:
 
 
 def _outputs(results):
-    """The stage's own output records (not its own-kernel checks: sdparity.tiers.own_kernels)."""
+    """The stage's own output records (not its own-kernel checks: sdparity.check.own_kernels)."""
     return [r for r in results if not r.get("own_kernel")]
 
 

@@ -213,7 +213,7 @@ def test_check_writes_images_and_html_beside_the_report(tmp_path):
 
 
 def test_version_env_recipe_replaces_the_tvm_pin():
-    from sdparity.tiers import versions_env
+    from sdparity.commands import versions_env
 
     reqs = versions_env.requirements("0.26.0")
     assert reqs[0] == "apache-tvm==0.26.0" and not any(re.match(r"apache-tvm==0\.27", r) for r in reqs)
@@ -230,7 +230,7 @@ def test_gate_result_is_json_serializable():
 
 
 def test_a_version_whose_check_cannot_run_still_gives_a_report(tmp_path):
-    from sdparity.tiers import versions_env
+    from sdparity.commands import versions_env
 
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\necho 'ImportError: libtvm_runtime.so: undefined symbol'\nexit 1\n")

@@ -17,7 +17,7 @@ import pytest
 
 from sdparity.errors import SdparityError
 from sdparity.identity import tvm_dirs, tvm_identity
-from sdparity.tiers.versions_env import parse_side, run_check, shim_dir
+from sdparity.commands.versions_env import parse_side, run_check, shim_dir
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDS = ROOT / ".cache" / "tvm-builds"

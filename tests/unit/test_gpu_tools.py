@@ -1,4 +1,4 @@
-"""The GPU-machine tools (sdparity.tiers.gpu_cuda, gpu_web, gpu_tune) refuse bad input with one
+"""The GPU-machine tools (sdparity.gpu.cuda, gpu_web, gpu_tune) refuse bad input with one
 line and exit status 2. Their real runs need the lent GPU (docs/performance.md); the WebGPU
 path runs here on SwiftShader in tests/e2e/test_node_dawn.py."""
 
@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["sdparity.tiers.gpu_cuda", "sdparity.tiers.gpu_web", "sdparity.tiers.gpu_tune"])
+@pytest.mark.parametrize("module", ["sdparity.gpu.cuda", "sdparity.gpu.web", "sdparity.gpu.tune"])
 def test_missing_folder_is_one_line_error(module, tmp_path):
     args = ["device", "--dir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
     p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -25,7 +25,7 @@ def test_missing_folder_is_one_line_error(module, tmp_path):
 
 
 def test_gpu_web_unknown_model_is_one_line_error(tmp_path):
-    p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_web", "prepare", "--model", str(tmp_path / "nope"),
+    p = subprocess.run([sys.executable, "-m", "sdparity.gpu.web", "prepare", "--model", str(tmp_path / "nope"),
                         "--dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "d").exists()  # nothing half-written
@@ -35,7 +35,7 @@ def test_gpu_tune_apply_refuses_bad_results_and_keeps_the_database(tmp_path):
     bad = tmp_path / "tune-results.json"
     bad.write_text('{"card": "x"}')
     db = tmp_path / "db.json"
-    p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_tune", "apply", str(bad), "--database", str(db)],
+    p = subprocess.run([sys.executable, "-m", "sdparity.gpu.tune", "apply", str(bad), "--database", str(db)],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert "not a tune-results.json" in p.stderr.strip().splitlines()[-1]
@@ -48,7 +48,7 @@ def test_cuda_graphs_are_refused_for_float32_builds(tmp_path):
     its disk (it did: CI ran out of space here). SDPARITY_CACHE points at an empty folder
     to see that nothing was made."""
     env = dict(os.environ, SDPARITY_CACHE=str(tmp_path / "cache"))
-    p = subprocess.run([sys.executable, "-m", "sdparity.tiers.gpu_cuda", "prepare", "--stages", "unet",
+    p = subprocess.run([sys.executable, "-m", "sdparity.gpu.cuda", "prepare", "--stages", "unet",
                         "--dir", str(tmp_path / "d"), "--cuda-graphs"], cwd=ROOT, capture_output=True, text=True,
                        timeout=300, env=env)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
@@ -61,7 +61,7 @@ def test_generation_sums_the_stage_medians_on_both_sides():
     times its calls per image (pipeline.json: the UNet and the scheduler once per step), the same
     sum on both sides; absent until every stage with weights was timed; weightless stages not
     timed are listed, not guessed."""
-    from sdparity.tiers.gpu_cuda import STEPS, generation
+    from sdparity.gpu.cuda import STEPS, generation
 
     rows = [{"stage": "clip", "function": "clip", "run_s": 0.004, "ref_s": 0.002, "ref_graph_s": 0.001},
             {"stage": "unet", "function": "unet", "run_s": 0.030, "ref_s": 0.025, "ref_graph_s": 0.012},

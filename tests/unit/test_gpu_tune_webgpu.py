@@ -1,4 +1,4 @@
-"""The WebGPU half of the tile tuner (sdparity.tiers.gpu_tune --kind webgpu) without a GPU:
+"""The WebGPU half of the tile tuner (sdparity.gpu.tune --kind webgpu) without a GPU:
 what prepare hands web/node/tune.mjs (one standalone WGSL kernel per candidate, a grid that
 covers the output, bindings that name their arguments) and how apply and the build use the
 times. The timing itself runs in Dawn on the lent GPU (docs/performance.md, "WebGPU tiles")."""
@@ -13,7 +13,7 @@ import tvm
 
 from sdparity.compile import gpu_rules
 from sdparity.compile.gpu_rules import DEFAULT, candidates, choose, config_name, tuned_matmul, workload_key
-from sdparity.tiers import gpu_tune
+from sdparity.gpu import tune as gpu_tune
 from tests.unit.test_gpu_rules import _matmul  # 256 x 192, K 96
 
 

@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from sdparity.tiers import localize
+from sdparity.check import localize
 
 GELU = "fused_reshape11_multiply2_tir_sigmoid_multiply3_reshape12"  # tiny CLIP's MLP activation
 

@@ -1,14 +1,16 @@
-"""Op replay (sdparity.tiers.opreplay): the aten op whose TVM build diverges is named, with a
+"""Op replay (sdparity.check.opreplay): the aten op whose TVM build diverges is named, with a
 standalone repro; when every op agrees alone, the Relax pipeline is bisected."""
 
 from __future__ import annotations
 
 import contextlib
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from sdparity.tiers import opreplay
+from sdparity.check import opreplay
 from sdparity.tolerances import op_budget
 
 #: the perturbation of negative test (a), as source: run in this process, and handed to the
@@ -134,9 +136,25 @@ def test_repro_script_is_standalone(tiny, tmp_path):
     call = calls[0]
     fake = {"max_abs": 0.0, "floor": 0.0, "ratio": 0.0, "allowed": 0.0}
     path = opreplay.write_repro(call, fake, op_budget("llvm"), tmp_path / "r", "llvm")
-    assert "sdparity" not in path.read_text().replace("sdparity localize", "")
-    run = opreplay.run_repro(path)
+    assert not re.search(r"^\s*(import|from)\s+sdparity", path.read_text(), re.M)
+    assert path.with_suffix(".json").is_file() and path.with_suffix(".npz").is_file()
+    run = opreplay.run_repro(path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path)
     assert run["returncode"] == 0 and "within budget" in run["output"], run["output"]
+
+
+def test_repro_template_is_a_module_with_the_replay_budget():
+    """The repro template is a real module (sdparity/check/op_repro.py); its bound is the op-replay
+    budget of sdparity.tolerances, for every backend's budget."""
+    import importlib.util
+
+    from sdparity.tolerances import OP_REPLAY
+
+    spec = importlib.util.spec_from_file_location("op_repro", opreplay.REPRO)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)  # defines, runs nothing (main only under __main__)
+    for budget in OP_REPLAY.values():
+        for floor, scale in ((0.0, 1.0), (1e-7, 3.5), (2e-5, 1e3)):
+            assert mod.allowed(floor, scale, budget.floor_ratio, budget.ulps) == budget.allowed(floor, scale)
 
 
 def test_all_ops_agree_then_the_pipeline_is_bisected(tiny, llvm, cache, tmp_path):

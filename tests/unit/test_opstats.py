@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sdparity.tiers import opreplay
+from sdparity.check import opreplay
 from tests import opstats as OS
 
 STAGES = ("clip", "unet", "vae")

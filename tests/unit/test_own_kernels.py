@@ -1,4 +1,4 @@
-"""The own-kernel check (sdparity.tiers.own_kernels) inside ``sdparity check``: every attention
+"""The own-kernel check (sdparity.check.own_kernels) inside ``sdparity check``: every attention
 kernel the llvm build of the tiny UNet holds is judged alone against TVM's own chain, and a TVM
 regression that the UNet's parity check lets through fails it, and the gate."""
 
@@ -165,7 +165,7 @@ def test_a_kernel_the_rewrite_no_longer_makes_is_an_error_not_a_pass(tmp_path, m
     from sdparity.cache import BuildCache
     from sdparity.compile import schedule_cpu
     from sdparity.reports.report import Report
-    from sdparity.tiers import own_kernels
+    from sdparity.check import own_kernels
 
     monkeypatch.setattr(schedule_cpu, "fuse_attention", lambda mod: mod)
     report = Report(None)

@@ -23,7 +23,7 @@ def test_stage_passes(stage, backend, run_check):
         r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
     assert results and not bad, bad[:3]
     # every declared output was compared, with a real metric (beside any own-kernel checks of the
-    # build: sdparity.tiers.own_kernels, test_own_kernels.py)
+    # build: sdparity.check.own_kernels, test_own_kernels.py)
     outputs = {r["output"] for r in results if not r.get("own_kernel")}
     assert outputs == {o.name for o in STAGES[stage].outputs}
     assert all(r["metrics"]["n"] > 0 for r in results)

@@ -8,7 +8,7 @@ import pytest
 
 from reference.pipeline import diffusers_generate, initial_latents
 from sdparity.compare import compare, first_divergence
-from sdparity.tiers.pipeline import build_stages, generate, rgba_to_u8
+from sdparity.app.pipeline import build_stages, generate, rgba_to_u8
 from sdparity.tolerances import lookup
 
 LATENT = (16, 16)

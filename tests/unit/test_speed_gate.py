@@ -54,7 +54,7 @@ def dpm_benches(tiny, cache, llvm, tmp_path_factory):
     """Three benches of the scheduler stage: clean, clean again, and with the slow divide."""
     from sdparity.cache import BuildCache
     from sdparity.registry import all_stages
-    from sdparity.tiers.bench import run_bench
+    from sdparity.commands.bench import run_bench
 
     stage = all_stages()["scheduler_dpm"]
     quiet = lambda *a: None  # noqa: E731

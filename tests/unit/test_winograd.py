@@ -146,7 +146,7 @@ def test_cuda_graph_regions_compute_what_the_plain_build_computes(tiny, tmp_path
     from sdparity.backends.native import to_numpy_list, tvm_tensor
     from sdparity.compile.schedule import CUDA_GRAPH_KINDS, build_context, schedule_for
     from sdparity.registry import get_stage
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import cuda as gpu_cuda
 
     for target in (CUDA, tvm.target.Target("llvm")):
         assert build_context(target).config["relax.backend.use_cuda_graph"] == (target.kind.name in CUDA_GRAPH_KINDS)

@@ -1,6 +1,6 @@
 // The Web Stable Diffusion generation loop, shared by the browser app (web/app/app.js) and
 // the Node runner on Dawn (web/node/generate.mjs). No DOM here. Sequence (the same as
-// sdparity/tiers/pipeline.py, which checks it natively; the function list comes from
+// sdparity/app/pipeline.py, which checks it natively; the function list comes from
 // sdparity/stages/pipeline.json through the app's config.json):
 //   tokenize(prompt), tokenize(negative) -> clip x2 -> concat_embeddings [negative; positive]
 //   -> N x { unet (CFG) -> dpm_convert_model_output -> dpm_step (history starts at zeros) }

@@ -2,7 +2,7 @@
 // Run the web app's generation loop (../common/pipeline.js) in Node on Dawn (npm `webgpu`):
 // the same wasm, tvmjs runtime and JavaScript as the browser, on whatever GPU Dawn finds
 // through Vulkan (a real GPU, or SwiftShader with VK_ICD_FILENAMES). Used by
-// sdparity.tiers.gpu_web to time and check WebGPU on the lent GPU machine, where no browser runs.
+// sdparity.gpu.web to time and check WebGPU on the lent GPU machine, where no browser runs.
 //
 //   node web/node/generate.mjs --data DIR --art DIR --out DIR [--latents FILE.f32]
 //        [--prompt P] [--negative N] [--steps 20] [--guidance 7.5] [--seed 0] [--trace] [--runs 1]

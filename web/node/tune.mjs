@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Time the WebGPU tile candidates of sdparity's matmul/convolution kernels in Dawn (npm
-// `webgpu`): the device half of `python -m sdparity.tiers.gpu_tune device --kind webgpu`.
+// `webgpu`): the device half of `python -m sdparity.gpu.tune device --kind webgpu`.
 //
 //   node web/node/tune.mjs --manifest FILE.json.gz --out results.json [--dawn DIR] [--budget-s S]
 //        [--only I (just the manifest's I-th kernel)] [--resume R (skip the tiles R's row timed)]

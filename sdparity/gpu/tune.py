@@ -68,9 +68,9 @@ def _target(kind: str):
         from sdparity.backends.webgpu.backend import WebGPUBackend
 
         return WebGPUBackend().target()
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import toolchain as gpu_toolchain
 
-    return gpu_cuda._cuda_backend().target()
+    return gpu_toolchain.cuda_backend().target()
 
 
 def _fused(stage, model, target, precision: str = "f32"):
@@ -82,7 +82,7 @@ def _fused(stage, model, target, precision: str = "f32"):
     ir = stage.build_ir(model, stage.default_variant(model))
     lift = precision == "f16" and stage.component
     if lift:  # as gpu_cuda builds the f16 mode: float16, the weights' own work lifted out
-        from sdparity.tiers.f16 import to_f16
+        from sdparity.commands.f16 import to_f16
 
         ir = to_f16(ir)
     mod = ir.mod
@@ -133,7 +133,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
     from sdparity.compile.schedule import build_module
     from sdparity.errors import SdparityError
     from sdparity.registry import all_stages
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import toolchain as gpu_toolchain
 
     target = _target(kind)
     stages = all_stages()
@@ -194,10 +194,10 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
             lib = build_module(tvm.IRModule({c["function"]: funcs[c["function"]] for c in w["candidates"]}),
                               target=target)
             lib.export_library(str(stage_dir / f"w{i}.so"))
-            for src in gpu_cuda._cuda_sources(getattr(lib, "mod", lib)):
-                (stage_dir / f"kernels-{gpu_cuda._sha(src)}.cu").write_text(src)
+            for src in gpu_toolchain.cuda_sources(getattr(lib, "mod", lib)):
+                (stage_dir / f"kernels-{gpu_toolchain.sha(src)}.cu").write_text(src)
             w["module"] = f"w{i}.so"
-        manifest = {"model": model_name, "stages": stage_names, "arch": gpu_cuda.ARCH, "versions": versions(),
+        manifest = {"model": model_name, "stages": stage_names, "arch": gpu_toolchain.ARCH, "versions": versions(),
                     "workloads": workloads}
         (stage_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, default=str))
         with tarfile.open(dest / "tune.tgz.part", "w:gz") as tf:
@@ -206,7 +206,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], log=print, data
         os.replace(dest / "tune.tgz.part", dest / "tune.tgz")
     finally:
         shutil.rmtree(stage_dir, ignore_errors=True)
-    gpu_cuda.slim_tvm_package(dest)
+    gpu_toolchain.slim_tvm_package(dest)
     log(f"{dest / 'tune.tgz'}: {(dest / 'tune.tgz').stat().st_size / 2**20:.1f} MiB")
     return manifest
 
@@ -248,12 +248,12 @@ def _prepare_webgpu(model_name, dest, stage_names, workloads, funcs, target, ver
 def device(folder: Path, out: Path, log=print, budget_s: float = 0.0) -> int:
     from sdparity.errors import SdparityError
     from sdparity.files import write_atomic
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import toolchain as gpu_toolchain
 
     if not (folder / "tune.tgz").is_file():
-        raise SdparityError(f"{folder / 'tune.tgz'} not found: run `python -m sdparity.tiers.gpu_tune prepare` "
+        raise SdparityError(f"{folder / 'tune.tgz'} not found: run `python -m sdparity.gpu.tune prepare` "
                             f"here and carry the folder")
-    tvm = gpu_cuda._load_tvm_runtime()
+    tvm = gpu_toolchain.load_tvm_runtime()
     from sdparity.compile.compat import tensor
 
     work = Path(tempfile.mkdtemp(prefix="tune-"))
@@ -261,7 +261,7 @@ def device(folder: Path, out: Path, log=print, budget_s: float = 0.0) -> int:
         tf.extractall(work)
     manifest = json.loads((work / "manifest.json").read_text())
     _nvcc_all(sorted(work.glob("kernels-*.cu")), log)
-    gpu_cuda.KERNEL_DIRS.append(work)
+    gpu_toolchain.KERNEL_DIRS.append(work)
     dev = tvm.cuda(0)
     rng = np.random.default_rng(0)
     results = []
@@ -315,15 +315,16 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
     import subprocess
 
     from sdparity.errors import SdparityError
-    from sdparity.tiers import gpu_web
+    from sdparity.gpu import toolchain as gpu_toolchain
+    from sdparity.gpu import web as gpu_web
 
     manifest = folder / WEBGPU_MANIFEST
     if not manifest.is_file():
-        raise SdparityError(f"{manifest} not found: run `python -m sdparity.tiers.gpu_tune prepare --kind webgpu` "
+        raise SdparityError(f"{manifest} not found: run `python -m sdparity.gpu.tune prepare --kind webgpu` "
                             f"here and carry the folder")
-    node, dawn = "node", gpu_web.WEB / "node_modules" / "webgpu"
+    node, dawn = "node", gpu_toolchain.WEB / "node_modules" / "webgpu"
     if web_dir is not None:
-        node, dawn = gpu_web._node_binary(web_dir), gpu_web.unpack_dawn(web_dir)
+        node, dawn = gpu_toolchain.node_binary(web_dir), gpu_toolchain.unpack_dawn(web_dir)
     import gzip
 
     from sdparity.files import write_atomic
@@ -342,7 +343,7 @@ def device_webgpu(folder: Path, out: Path, web_dir: Path | None, log=print, budg
         part.unlink(missing_ok=True)
         got, row = None, None
         for attempt in range(ATTEMPTS):  # a crashed process resumes where it stopped
-            cmd = [node, str(gpu_web.WEB / "node" / "tune.mjs"), "--manifest", str(manifest), "--out", str(part),
+            cmd = [node, str(gpu_toolchain.WEB / "node" / "tune.mjs"), "--manifest", str(manifest), "--out", str(part),
                    "--dawn", str(dawn), "--only", str(i)] + (["--resume", str(part)] if attempt else [])
             try:
                 proc = subprocess.run(cmd, env=gpu_web.vulkan_env(software), capture_output=True, text=True,
@@ -376,12 +377,12 @@ def _nvcc_all(sources: list[Path], log) -> None:
     kernels-<sha>.fatbin that gpu_cuda's compile callback looks up."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from sdparity.tiers import gpu_cuda
+    from sdparity.gpu import toolchain as gpu_toolchain
 
     t0 = time.perf_counter()
 
     def one(src: Path):
-        gpu_cuda._nvcc(src.read_text(), src.with_suffix(".fatbin"))
+        gpu_toolchain.nvcc(src.read_text(), src.with_suffix(".fatbin"))
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 4) as ex:
         list(ex.map(one, sources))
@@ -444,7 +445,7 @@ def apply(results_path: Path, dest: Path | None = None, log=print) -> Path:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_tune", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdparity.gpu.tune", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build every candidate tile of every matmul/conv kernel")
     a.add_argument("--kind", choices=("cuda", "webgpu"), default="cuda")
@@ -491,4 +492,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from sdparity.errors import one_line_main
 
-    sys.exit(one_line_main("python -m sdparity.tiers.gpu_tune", main))
+    sys.exit(one_line_main("python -m sdparity.gpu.tune", main))

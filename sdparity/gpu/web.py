@@ -6,7 +6,7 @@ code path: the same merged WebGPU wasm, tvmjs runtime, tokenizer and ``web/commo
 pipeline.js``, driven by ``web/node/generate.mjs`` on Dawn (npm ``webgpu``, the WebGPU
 implementation inside Chromium) instead of a page.
 
-``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.tiers.serve.build_app``)
+``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.app.serve.build_app``)
 and writes DIR:
     data/            config.json, tokenizer.json, dpm_consts.json (as served to the browser)
     art/<name>/      sdparity.json, the wasm (xz), params/tensor-cache.json (the shards, i.e. the
@@ -26,8 +26,8 @@ with the same latents, and writes ``webgpu-gpu.json`` (per-step and total times 
 latents after every step compared with the declared tolerances) and PNGs (webgpu, diffusers,
 difference).
 
-    python -m sdparity.tiers.gpu_web prepare --model sd15-random --dir out/webgpu-gpu
-    python -m sdparity.tiers.gpu_web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
+    python -m sdparity.gpu.web prepare --model sd15-random --dir out/webgpu-gpu
+    python -m sdparity.gpu.web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
 
 ``device`` also runs here (SwiftShader through VK_ICD_FILENAMES, torch on the CPU): that is
 how it is tested (tests/e2e/test_node_dawn.py).
@@ -48,8 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-WEB = ROOT / "web"
+from sdparity.gpu.toolchain import WEB, node_binary, unpack_art, unpack_dawn
 
 
 def components() -> tuple[str, ...]:
@@ -126,7 +125,7 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     from sdparity.cache import BuildCache
     from sdparity.files import write_atomic
     from sdparity.reports.report import versions
-    from sdparity.tiers.serve import build_app
+    from sdparity.app.serve import build_app
 
     model = load_model(model_name, log=log)
     latent = latent or model.default_latent_hw
@@ -213,42 +212,6 @@ def write_weights(folder: Path, parts: dict, log=print) -> bool:
     return same
 
 
-def _unxz(src: Path, dest: Path, mode: int = 0o644) -> None:
-    if dest.is_file():
-        return
-    tmp = dest.with_name(dest.name + ".part")
-    with lzma.open(src) as fi, open(tmp, "wb") as fo:
-        shutil.copyfileobj(fi, fo, 1 << 20)
-    tmp.chmod(mode)
-    tmp.replace(dest)
-
-
-def unpack_dawn(folder: Path) -> Path:
-    """The prepared folder's Dawn for Node package (dawn/) with its native module unpacked."""
-    lib = folder / "dawn" / "dist" / "linux-x64"
-    _unxz(lib / "dawn.node.xz", lib / "dawn.node", 0o755)
-    return folder / "dawn"
-
-
-def unpack_art(folder: Path) -> Path:
-    """The prepared folder's art/ with its wasm unpacked (prepare carries it as xz)."""
-    for packed in (folder / "art").rglob("*.wasm.xz"):
-        _unxz(packed, packed.with_suffix(""))
-    return folder / "art"
-
-
-def _node_binary(folder: Path) -> str:
-    found = shutil.which("node")
-    if found and (os.environ.get("SDPARITY_CARRIED_NODE") != "1" or not (folder / "node.xz").is_file()):
-        return found
-    if not (folder / "node.xz").is_file():
-        raise RuntimeError(f"no node on PATH and no {folder / 'node.xz'} (prepare carries one)")
-    dest = Path("/tmp/sdparity-node/node")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    _unxz(folder / "node.xz", dest, 0o755)
-    return str(dest)
-
-
 SWIFTSHADER = Path("/usr/lib/chromium")  # Debian's chromium ships SwiftShader Vulkan and a loader
 NVIDIA_ICD = Path("/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json")  # the lent GPU machine
 
@@ -267,7 +230,7 @@ def vulkan_env(software: bool = False) -> dict:
 
 def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False,
              profile: bool = False, submit_every: int | None = None) -> dict:
-    node = _node_binary(folder)
+    node = node_binary(folder)
     dawn = unpack_dawn(folder)
     art_root = unpack_art(folder)
     cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
@@ -447,7 +410,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 def main(argv=None) -> int:
     from sdparity.args import latent_hw
 
-    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_web", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdparity.gpu.web", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build the app and everything the GPU machine needs (here)")
     a.add_argument("--model", default="sd15-random")
@@ -480,4 +443,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from sdparity.errors import one_line_main
 
-    sys.exit(one_line_main("python -m sdparity.tiers.gpu_web", main))
+    sys.exit(one_line_main("python -m sdparity.gpu.web", main))

@@ -36,7 +36,7 @@ def precision_key() -> dict:
     (``to_f16``'s rewrites live here; an edit must not reuse an f16 build)."""
     from sdparity.identity import source_digest
 
-    return {"precision": PRECISION, "f16_sources": source_digest(["sdparity.tiers.f16"])}
+    return {"precision": PRECISION, "f16_sources": source_digest(["sdparity.commands.f16"])}
 
 
 DEFAULT_REPORT = "sdparity-report-f16.json"

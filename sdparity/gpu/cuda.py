@@ -24,8 +24,8 @@ Two halves, one module (it travels with the repository):
     the card's name in backends.cuda.device_name) with the timings under performance.gpu.
 
 Usage (docs/performance.md has the exact commands):
-    python -m sdparity.tiers.gpu_cuda prepare --model sd15-random --dir out/gpu [--stages ...]
-    python -m sdparity.tiers.gpu_cuda device --dir out/gpu --out $OUT [--repeat 5]
+    python -m sdparity.gpu.cuda prepare --model sd15-random --dir out/gpu [--stages ...]
+    python -m sdparity.gpu.cuda device --dir out/gpu --out $OUT [--repeat 5]
 """
 
 from __future__ import annotations
@@ -35,55 +35,15 @@ import json
 import os
 import shutil
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-ARCH = "sm_90"  # H100 and H200
-KERNEL_DIRS: list[Path] = []  # where the device looks for precompiled kernels
-#: parts of the TVM package a runtime-only import does not need
-_SLIM_SKIP = ("lib/libtvm_compiler.so", "3rdparty", "web", "include", "src", "contrib/cutlass")
+from sdparity.gpu.toolchain import ARCH, KERNEL_DIRS, cuda_backend, load_tvm_runtime, slim_tvm_package
 
 
 # ============================================================================ prepare (here)
-
-def _cuda_backend(lift: bool = False, graphs: bool | None = None):
-    """``lift``: the build moves the weights' own work (casts, transposes, the Winograd weight
-    transform) into ``<function>_transform_params`` (f16 mode: ``schedule.fused_for_gpu``).
-    ``graphs``: replay static regions as CUDA graphs (``schedule.build_context``; default: per
-    target kind, i.e. off)."""
-    import tvm
-
-    from sdparity.backends.native import NativeBackend
-
-    class CudaForArch(NativeBackend):
-        """The cuda backend with an explicit arch: builds on a machine without a GPU."""
-
-        def __init__(self):
-            super().__init__("cuda")
-
-        def target(self):
-            return tvm.target.Target({"kind": "cuda", "arch": ARCH}, host={"kind": "llvm"})
-
-        def build(self, ir, out_dir, log=print):
-            from sdparity.backends.native import LIB
-            from sdparity.compile.schedule import build_module, schedule_for
-
-            target = self.target()
-            # schedule_for applies sdparity.compile.legalize (GroupNorm with float64 statistics)
-            ex = build_module(schedule_for(ir.mod, target, lift=lift), target, cuda_graphs=graphs)
-            ex.export_library(str(out_dir / LIB))  # weights are not carried
-            # TVM 0.27 stores CUDA kernels as source and compiles them when the library is
-            # loaded, through the Python callback tvm_callback_cuda_compile, which needs the
-            # compiler half of TVM. Compile them here with nvcc; the device looks them up.
-            for src in _cuda_sources(ex.mod):
-                _nvcc(src, out_dir / f"kernels-{_sha(src)}.fatbin")
-            return {}
-
-    return CudaForArch()
-
 
 def _weight_names(stage, model, variant, params: list[np.ndarray]) -> list[str]:
     """Names of the Relax function's weight parameters, in call order.
@@ -112,47 +72,6 @@ def _weight_names(stage, model, variant, params: list[np.ndarray]) -> list[str]:
     return names
 
 
-def _sha(text: str) -> str:
-    import hashlib
-
-    return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def _cuda_sources(mod) -> list[str]:
-    """CUDA C++ of every CUDA module imported (at any depth) by a built module."""
-    out, seen, todo = [], set(), list(mod.imports)
-    while todo:
-        m = todo.pop()
-        if id(m) in seen:
-            continue
-        seen.add(id(m))
-        if m.kind == "cuda":
-            out.append(m.inspect_source("cuda"))
-        todo.extend(m.imports)
-    return out
-
-
-def _nvcc(code: str, dest: Path, arch: str = ARCH) -> bytes:
-    """nvcc -fatbin for arch; returns the bytes and writes them to dest (if given)."""
-    import subprocess
-    import tempfile
-
-    nvcc = shutil.which("nvcc") or next((str(p) for p in Path("/usr/local").glob("cuda*/bin/nvcc")), None)
-    if nvcc is None:
-        raise RuntimeError("nvcc not found: the CUDA kernels are compiled here (install the CUDA toolkit)")
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "k.cu", Path(tmp) / "k.fatbin"
-        src.write_text(code)
-        r = subprocess.run([nvcc, "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            raise RuntimeError(f"nvcc failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}")
-        data = out.read_bytes()
-    if dest is not None:
-        dest.write_bytes(data)
-    return data
-
-
 def _fingerprint(arrays) -> str:
     """sha256 over the weights' bytes in call order: tells whether the device's seeded model
     (its own transformers version) has exactly the weights of the one built against here."""
@@ -162,24 +81,6 @@ def _fingerprint(arrays) -> str:
     for a in arrays:
         h.update(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()[:16]
-
-
-def slim_tvm_package(dest: Path) -> Path:
-    """tar.gz of the installed TVM package without the compiler library and sources."""
-    import tvm
-
-    root = Path(tvm.__file__).parent
-    out = dest / "tvm.tgz"
-
-    def keep(info: tarfile.TarInfo):
-        rel = info.name.split("/", 1)[1] if "/" in info.name else ""
-        if "__pycache__" in info.name or any(rel == s or rel.startswith(s + "/") for s in _SLIM_SKIP):
-            return None
-        return info
-
-    with tarfile.open(out, "w:gz") as tf:
-        tf.add(root, arcname="tvm", filter=keep)
-    return out
 
 
 def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32",
@@ -208,8 +109,8 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
 
     (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
     model = load_model(model_name, log=log)
-    backend = _cuda_backend()
-    lifting = _cuda_backend(lift=True, graphs=cuda_graphs or None)  # f16 mode's model stages
+    backend = cuda_backend()
+    lifting = cuda_backend(lift=True, graphs=cuda_graphs or None)  # f16 mode's model stages
     for name in stage_names or list(stages):
         st = stages[name]
         variant = st.default_variant(model)
@@ -221,7 +122,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         ir = st.build_ir(model, variant)
         lifted = precision == "f16" and st.component
         if lifted:
-            from sdparity.tiers.f16 import to_f16
+            from sdparity.commands.f16 import to_f16
 
             # weights travel as float32 (same names and order); <function>_transform_params
             # casts and transforms them once on the device (call_weights)
@@ -262,37 +163,6 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
 
 
 # ============================================================================ device (there)
-
-def _load_tvm_runtime():
-    """Import TVM runtime-only and register its CUDA runtime (not autoloaded in that mode)."""
-    import ctypes
-    import glob
-
-    os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-    for pattern in ("/usr/local/cuda/lib64/libcudart.so.13*", "/usr/local/cuda*/lib*/libcudart.so.13*",
-                    f"{sys.prefix}/lib/python3*/site-packages/nvidia/cu13/lib/libcudart.so.13*",
-                    f"{sys.prefix}/lib/python3*/site-packages/nvidia/cuda_runtime/lib/libcudart.so.13*"):
-        found = sorted(glob.glob(pattern))
-        if found:
-            ctypes.CDLL(found[0], mode=ctypes.RTLD_GLOBAL)
-            break
-    import tvm
-    import tvm_ffi
-
-    lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
-    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-
-    @tvm_ffi.register_global_func("tvm_callback_cuda_compile", override=True)
-    def _compile(code, *_):  # kernels precompiled by prepare; nvcc here only as a fallback
-        name = f"kernels-{_sha(code)}.fatbin"
-        found = [p for p in KERNEL_DIRS if (p / name).is_file()]
-        if found:
-            return (found[0] / name).read_bytes()
-        print(f"cuda kernels {name} not precompiled: nvcc on this machine", flush=True)
-        return _nvcc(code, None)
-
-    return tvm
-
 
 def _timed_call(fn, args: list, sync, repeat: int, host: list | None = None) -> list[float]:
     return _timed(lambda: fn(*args), sync, repeat, host)
@@ -404,7 +274,7 @@ def device(folder: Path, out: Path, repeat: int, stage_names: list[str] | None, 
     torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
     torch.backends.cudnn.allow_tf32 = False
     KERNEL_DIRS.extend(p for p in folder.iterdir() if p.is_dir())
-    tvm = _load_tvm_runtime()
+    tvm = load_tvm_runtime()
     dev = tvm.cuda(0)
     card = torch.cuda.get_device_name(0)
     out.mkdir(parents=True, exist_ok=True)
@@ -541,7 +411,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     import torch
 
     from sdparity.backends.native import to_numpy_list
-    from sdparity.tiers.bench import PeakSampler, device_used_mib
+    from sdparity.commands.bench import PeakSampler, device_used_mib
     from sdparity.compare import compare
     from sdparity.tolerances import lookup
 
@@ -626,7 +496,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
 
     # ---- compare and record
     if f16:
-        from sdparity.tiers.f16 import judge
+        from sdparity.commands.f16 import judge
         from sdparity.tolerances import F16
     for ci, c in enumerate(cases):
         for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs[ci], refs64[ci]):
@@ -672,7 +542,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
 # ============================================================================ command line
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sdparity.tiers.gpu_cuda", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sdparity.gpu.cuda", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("prepare", help="build every stage for CUDA here; write the folder to carry")
     a.add_argument("--model", default="sd15-random")
@@ -680,7 +550,7 @@ def main(argv=None) -> int:
     a.add_argument("--stages", default=None)
     a.add_argument("--precision", choices=("f32", "f16"), default="f32",
                    help="f16: the model stages through TVM's mixed-precision pass, judged and timed against "
-                   "PyTorch float16 (sdparity.tiers.f16)")
+                   "PyTorch float16 (sdparity.commands.f16)")
     a.add_argument("--cuda-graphs", action="store_true",
                    help="f16: build the model stages to replay their static regions as CUDA graphs")
     a.add_argument("--seeds", type=int, default=1,
@@ -714,4 +584,4 @@ def main(argv=None) -> int:
 if __name__ == "__main__":
     from sdparity.errors import one_line_main
 
-    sys.exit(one_line_main("python -m sdparity.tiers.gpu_cuda", main))
+    sys.exit(one_line_main("python -m sdparity.gpu.cuda", main))

@@ -86,21 +86,31 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     return data
 
 
-def app_server(data: Path, cache, port: int = 0) -> LocalServer:
+def check_web_runtime() -> None:
     for pkg in ("web-runtime", "web-tokenizers"):
         if not (NODE / pkg / "lib" / "index.js").is_file():
             raise SdparityError(f"web/node_modules/@mlc-ai/{pkg} is missing: run scripts/setup_webgpu.sh")
-    return LocalServer({
-        "app": WEB / "app", "common": WEB / "common", "data": data, "art": cache.root,
-        "tvmjs": NODE / "web-runtime" / "lib", "tokenizers": NODE / "web-tokenizers" / "lib",
-    }, port=port)
+
+
+def app_mounts(data: Path, cache) -> dict[str, Path]:
+    """What the app loads, and nothing more: its pages and modules, the data folder, the two
+    tvmjs libraries and its one wasm build (``config.json``'s ``artifact``), never the rest of
+    the build cache."""
+    check_web_runtime()
+    art = json.loads((data / "config.json").read_text())["artifact"].strip("/").split("/")[-1]
+    return {"app": WEB / "app", "common": WEB / "common", "data": data, f"art/{art}": cache.root / art,
+            "tvmjs": NODE / "web-runtime" / "lib", "tokenizers": NODE / "web-tokenizers" / "lib"}
+
+
+def app_server(data: Path, cache, port: int = 0) -> LocalServer:
+    return LocalServer(app_mounts(data, cache), port=port)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
                        description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
                        "tokenizer and the scheduler constants, then serve the Stable Diffusion web app.")
-    from sdparity.cli import latent_hw, add_model_args, port_arg
+    from sdparity.args import latent_hw, add_model_args, port_arg
 
     add_model_args(p)
     p.add_argument("--latent", type=latent_hw, default=None, help="latent HxW (default: the model's sample_size)")
@@ -112,25 +122,28 @@ def cmd_serve(args) -> int:
     from reference.models import ModelError, load_model
 
     from sdparity.cache import BuildCache
-    from sdparity.cli import check_model_arg
+    from sdparity.args import check_model_arg
 
     check_model_arg(args.model, args.allow_pickle)
-    try:
-        model = load_model(args.model, allow_pickle=args.allow_pickle)
-    except ModelError as e:
-        raise SdparityError(str(e)) from None
-    latent = tuple(args.latent) if args.latent else model.default_latent_hw
-    cache = BuildCache()
-    data = build_app(model, latent, cache)
-    try:
-        server = app_server(data, cache, args.port)
+    check_web_runtime()
+    try:  # the port first: one in use is one line now, not after building the whole app
+        server = LocalServer({}, port=args.port)
     except OSError as e:
-        raise SdparityError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror}") from None
-    print(f"serving the app at {server.url}/app/  (Ctrl-C stops)", flush=True)
+        raise SdparityError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}") from None
     try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
+        try:
+            model = load_model(args.model, allow_pickle=args.allow_pickle)
+        except ModelError as e:
+            raise SdparityError(str(e)) from None
+        latent = tuple(args.latent) if args.latent else model.default_latent_hw
+        cache = BuildCache()
+        data = build_app(model, latent, cache)
+        server.mounts.update(app_mounts(data, cache))
+        print(f"serving the app at {server.url}/app/  (Ctrl-C stops)", flush=True)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
     finally:
         server.server_close()
     return 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import operator
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -525,74 +526,8 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
 
 
 # ---- the standalone repro ----------------------------------------------------------------------
-REPRO = '''"""Standalone repro written by `sdparity localize` (needs only torch, numpy and TVM).
-
-{op}{original} from {module} ({module_type}),
-call {position} of the stage's decomposed torch.export program; shapes {shapes}.
-Recorded on {backend}: max |err| {max_abs:.6g} vs torch's float32 floor {floor:.6g} ({ratio:.4g}x);
-allowed {allowed:.6g} = {ratio_budget:g} x floor + {ulps:g} ulp(max |ref|).
-
-Builds the op alone for llvm (torch.export -> from_exported_program -> relax.build, TVM's
-default pipeline), runs it on the inputs in {npz}, compares with torch float64 (rounded to
-float32) and exits 1 when the error exceeds the budget.
-Hook for tests: REPRO_PRELUDE=file.py is executed first (e.g. to perturb a TVM legalization).
-"""
-import os
-import sys
-
-import numpy as np
-import torch
-import tvm
-from tvm import relax
-from tvm.relax.frontend.torch import from_exported_program
-
-RATIO, ULPS = {ratio_budget!r}, {ulps!r}
-if os.environ.get("REPRO_PRELUDE"):
-    exec(open(os.environ["REPRO_PRELUDE"]).read())
-data = np.load(os.path.join(os.path.dirname(os.path.abspath(__file__)), {npz!r}))
-inputs = [torch.from_numpy(data[f"t{{i}}"]) for i in range({n})]
-
-
-class Op(torch.nn.Module):
-    def forward(self, *t):
-        out = torch.ops.{target}({args})
-        return {select}
-
-
-def torch_outputs(dtype):
-    t = [x.to(dtype) if x.is_floating_point() else x for x in inputs]
-    with torch.no_grad():
-        out = Op()(*t)
-    return [o.numpy() for o in (out if isinstance(out, tuple) else (out,))]
-
-
-def flat(v):
-    return [v.numpy()] if hasattr(v, "numpy") else [a for x in v for a in flat(x)]
-
-
-ep = torch.export.export(Op().eval(), tuple(inputs))
-mod, _ = relax.frontend.detach_params(from_exported_program(ep, keep_params_as_input=True))
-vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
-got = flat(vm["main"](*[tvm.runtime.tensor(x.numpy()) for x in inputs]))
-bad = False
-for i, (g, r32, r64) in enumerate(zip(got, torch_outputs(torch.float32), torch_outputs(torch.float64))):
-    if r32.dtype.kind not in "fc":
-        n = int((g != r32).sum())
-        print(f"output {{i}}: {{n}} elements differ (exact op)")
-        bad |= n > 0
-        continue
-    with np.errstate(over="ignore"):
-        ref = r64.astype(r32.dtype).astype(np.float64)
-    diff = lambda a: float(np.nan_to_num(np.where(a == ref, 0.0, np.abs(a - ref)), nan=np.inf).max())
-    err, floor = diff(g.astype(np.float64)), diff(r32.astype(np.float64))
-    scale = float(np.abs(ref[np.isfinite(ref)]).max(initial=0.0))
-    allowed = RATIO * floor + ULPS * float(np.spacing(np.float32(scale)))
-    print(f"output {{i}}: TVM {{g.ravel()[:4]}} torch {{r32.ravel()[:4]}}")
-    print(f"output {{i}}: max |TVM - float64| {{err:.6g}}, torch float32 floor {{floor:.6g}}, allowed {{allowed:.6g}}")
-    bad |= err > allowed
-print("DIVERGES" if bad else "within budget")
-sys.exit(1 if bad else 0)
-'''
+#: the repro script, a real module (sdparity/check/op_repro.py) copied beside its JSON and npz
+REPRO = Path(__file__).with_name("op_repro.py")
 
 
 def write_repro(call: OpCall, first: dict, budget, out_dir: Path, backend: str) -> Path:
@@ -601,18 +536,20 @@ def write_repro(call: OpCall, first: dict, budget, out_dir: Path, backend: str) 
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"repro_{call.op.replace('aten.', '').replace('.', '_')}_{call.position}"
     np.savez(out_dir / f"{stem}.npz", **{f"t{i}": t.numpy() for i, t in enumerate(call.tensors)})
-    args = ", ".join([_py(a) for a in call.args] + [f"{k}={_py(v)}" for k, v in call.kwargs.items()])
-    select = "out" if call.outputs is None else "(" + "".join(f"out[{i}], " for i in call.outputs) + ")"
     overload = call.target._overloadpacket.__name__ + "." + call.target._overloadname
-    text = REPRO.format(op=call.op, original=f" (decomposed from {call.original})" if call.original else "",
-                        module=call.module or "the top level", module_type=call.module_type or "-",
-                        position=call.position, shapes=call.shapes(), backend=backend,
-                        max_abs=first["max_abs"], floor=first["floor"], ratio=first["ratio"],
-                        allowed=first["allowed"], ratio_budget=budget.floor_ratio, ulps=budget.ulps,
-                        npz=f"{stem}.npz", n=len(call.tensors), target=f"aten.{overload}", args=args,
-                        select=select)
+    about = (f"{call.op}{f' (decomposed from {call.original})' if call.original else ''} from "
+             f"{call.module or 'the top level'} ({call.module_type or '-'}), call {call.position} of the stage's "
+             f"decomposed torch.export program; shapes {call.shapes()}. Recorded on {backend}: max |err| "
+             f"{first['max_abs']:.6g} vs torch's float32 floor {first['floor']:.6g} ({first['ratio']:.4g}x); "
+             f"allowed {first['allowed']:.6g} = {budget.floor_ratio:g} x floor + {budget.ulps:g} ulp(max |ref|).")
+    spec = {"about": about, "target": f"aten.{overload}", "n_tensors": len(call.tensors),
+            "args": ", ".join(_py(a) for a in call.args),
+            "kwargs": ", ".join(f"{k}={_py(v)}" for k, v in call.kwargs.items()),
+            "outputs": None if call.outputs is None else list(call.outputs),
+            "ratio": budget.floor_ratio, "ulps": budget.ulps, "backend": backend}
+    (out_dir / f"{stem}.json").write_text(json.dumps(spec, indent=1))
     path = out_dir / f"{stem}.py"
-    path.write_text(text)
+    shutil.copyfile(REPRO, path)
     return path
 
 
@@ -621,7 +558,8 @@ def run_repro(path: Path, env: dict | None = None, timeout: float = 600) -> dict
     e = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     e.update(env or {})
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, str(path)], cwd=str(Path(path).parent), env=e, capture_output=True,
+    path = Path(path).resolve()  # run from its own folder: a relative path would be doubled
+    p = subprocess.run([sys.executable, str(path)], cwd=str(path.parent), env=e, capture_output=True,
                        text=True, timeout=timeout)
     return {"returncode": p.returncode, "reproduces": p.returncode == 1, "seconds": round(time.perf_counter() - t0, 2),
             "output": (p.stdout + p.stderr).strip()[-2000:]}
@@ -741,68 +679,3 @@ def default_out_dir(stage: str, backend: str, case: str) -> Path:
     """Where a failing check's repro goes: $SDPARITY_LOCALIZE_OUT (default ./sdparity-localize,
     beside the default report) / STAGE-BACKEND-CASE."""
     return Path(os.environ.get("SDPARITY_LOCALIZE_OUT", "sdparity-localize")) / f"{stage}-{backend}-{case}"
-
-
-def cmd_localize(args) -> int:
-    from reference.models import ModelError, load_model
-
-    from sdparity.backends import get_backend
-    from sdparity.cache import BuildCache
-    from sdparity.registry import get_stage
-    from sdparity.errors import Progress
-    from sdparity.stages._torch import TorchStage
-
-    log = Progress(quiet=args.quiet)
-    stage = get_stage(args.stage)
-    if not isinstance(stage, TorchStage):
-        raise SdparityError(f"stage {stage.name} is not a torch.export program: op replay needs a model stage")
-    backend = get_backend(args.backend)
-    reason = backend.unavailable_reason()
-    if reason:
-        raise SdparityError(f"backend {backend.name} is unavailable: {reason}")
-    try:
-        model = load_model(args.model, log=log)
-    except ModelError as e:
-        raise SdparityError(str(e)) from None
-    variant = stage.default_variant(model)
-    cases = stage.cases(model, variant, args.seed)
-    case = next((c for c in cases if c.label == args.case), None) if args.case else cases[0]
-    if case is None:
-        raise SdparityError(f"stage {stage.name} has no case {args.case!r}; cases: {', '.join(c.label for c in cases)}")
-    cache = BuildCache(rebuild=args.rebuild)
-    out = args.out / f"{stage.name}-{backend.name}-{case.label}"
-    with backend.session() as runner:
-        artifact = None
-        if not args.no_bisect:
-            artifact, _, _ = backend.build_cached(lambda: stage.build_ir(model, variant),
-                                                  stage.build_key(model, variant), cache, log=log,
-                                                  label=f"{stage.name}/{backend.name}")
-        log(f"[{backend.name}] {stage.name} {case.label}: op replay")
-        rec = localize_ops(stage, model, variant, case, backend, runner, cache, out, artifact=artifact,
-                           stop_at_first=not args.all, log=log)
-    from sdparity.files import write_atomic
-
-    write_atomic(out / "localize.json", json.dumps(rec, indent=1, default=str))
-    print(rec["summary"])
-    print(f"record: {out / 'localize.json'}")
-    return 1 if rec["status"] == "diverged" else 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("localize", help="op replay: the first aten op whose TVM build diverges, with a repro",
-                       description="Run STAGE's torch.export program node by node, build every distinct aten "
-                       "op alone for the backend (cached by signature), compare each call with torch "
-                       "(float64) against the op's float32 floor, report the first op over budget and "
-                       "write a standalone repro beside the record. When every op agrees, bisect the "
-                       "Relax pipeline. Exit 1 when an op diverges, 0 when none does.")
-    p.add_argument("stage", help="a model stage: clip, unet, vae")
-    p.add_argument("--backend", default="llvm", help="llvm | webgpu | cuda (default llvm)")
-    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
-    p.add_argument("--case", default=None, help="case label (default: the stage's first case)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=Path("sdparity-localize"), help="folder for the record and repro")
-    p.add_argument("--all", action="store_true", help="replay every call (default: stop at the first divergence)")
-    p.add_argument("--no-bisect", action="store_true", help="skip the pipeline bisect when every op agrees")
-    p.add_argument("--rebuild", action="store_true")
-    p.add_argument("-q", "--quiet", action="store_true")
-    p.set_defaults(handler=cmd_localize)

@@ -18,7 +18,7 @@ LLVM/GPU code generation, a damaged library). When every kernel agrees, the erro
 Relax IR itself (frontend import, a Relax pass before legalization, or the stage definition)
 and the record says so.
 
-Op replay (``sdparity.tiers.opreplay``, issue 11) covers that blind spot from the PyTorch
+Op replay (``sdparity.check.opreplay``, issue 11) covers that blind spot from the PyTorch
 side: every aten op of the stage's torch.export program is built alone through the stage's
 own path and compared with torch; the first op over its floor-relative budget is named, with
 a standalone repro. ``localize_check`` (called by the runner on a failing model check) runs
@@ -28,6 +28,7 @@ under ``"op"``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import time
@@ -36,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from sdparity.compile.schedule import TRUSTED_TARGET
-from sdparity.errors import one_line
+from sdparity.errors import SdparityError, one_line
 
 # A kernel call diverges when max |candidate - trusted| > KERNEL_RTOL * max |trusted| over
 # one of its arguments (integers: any difference).
@@ -226,13 +227,13 @@ def kernel_replay_check(stage, backend, artifact, model, variant, case, log=None
 
 
 def op_replay_check(stage, backend, artifact, model, variant, case, log=None, out_dir=None) -> dict:
-    """Op replay of one failing case (sdparity.tiers.opreplay): the first aten op whose TVM build
+    """Op replay of one failing case (sdparity.check.opreplay): the first aten op whose TVM build
     diverges alone, with a repro in ``out_dir`` (default opreplay.default_out_dir). Per-op builds
     go into the build cache that holds ``artifact``, so a test's temporary cache stays apart."""
     try:
         from sdparity.cache import BuildCache
         from sdparity.stages._torch import TorchStage
-        from sdparity.tiers import opreplay
+        from sdparity.check import opreplay
 
         if not isinstance(stage, TorchStage):
             return {"status": "unsupported", "summary": f"op replay needs a torch.export stage; {stage.name} is not one"}
@@ -264,3 +265,70 @@ def localize_check(stage, backend, artifact, model, variant, case, log=None) -> 
         rec["status"] = "diverged"
     rec["summary"] = "; ".join(parts)
     return rec
+
+
+# ---- `sdparity localize STAGE`: op replay from the command line ------------------------------
+def cmd_localize(args) -> int:
+    from reference.models import ModelError, load_model
+
+    from sdparity.backends import get_backend
+    from sdparity.cache import BuildCache
+    from sdparity.registry import get_stage
+    from sdparity.errors import Progress
+    from sdparity.check import opreplay
+    from sdparity.stages._torch import TorchStage
+
+    log = Progress(quiet=args.quiet)
+    stage = get_stage(args.stage)
+    if not isinstance(stage, TorchStage):
+        raise SdparityError(f"stage {stage.name} is not a torch.export program: op replay needs a model stage")
+    backend = get_backend(args.backend)
+    reason = backend.unavailable_reason()
+    if reason:
+        raise SdparityError(f"backend {backend.name} is unavailable: {reason}")
+    try:
+        model = load_model(args.model, log=log)
+    except ModelError as e:
+        raise SdparityError(str(e)) from None
+    variant = stage.default_variant(model)
+    cases = stage.cases(model, variant, args.seed)
+    case = next((c for c in cases if c.label == args.case), None) if args.case else cases[0]
+    if case is None:
+        raise SdparityError(f"stage {stage.name} has no case {args.case!r}; cases: {', '.join(c.label for c in cases)}")
+    cache = BuildCache(rebuild=args.rebuild)
+    out = args.out / f"{stage.name}-{backend.name}-{case.label}"
+    with backend.session() as runner:
+        artifact = None
+        if not args.no_bisect:
+            artifact, _, _ = backend.build_cached(lambda: stage.build_ir(model, variant),
+                                                  stage.build_key(model, variant), cache, log=log,
+                                                  label=f"{stage.name}/{backend.name}")
+        log(f"[{backend.name}] {stage.name} {case.label}: op replay")
+        rec = opreplay.localize_ops(stage, model, variant, case, backend, runner, cache, out, artifact=artifact,
+                           stop_at_first=not args.all, log=log)
+    from sdparity.files import write_atomic
+
+    write_atomic(out / "localize.json", json.dumps(rec, indent=1, default=str))
+    print(rec["summary"])
+    print(f"record: {out / 'localize.json'}")
+    return 1 if rec["status"] == "diverged" else 0
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("localize", help="op replay: the first aten op whose TVM build diverges, with a repro",
+                       description="Run STAGE's torch.export program node by node, build every distinct aten "
+                       "op alone for the backend (cached by signature), compare each call with torch "
+                       "(float64) against the op's float32 floor, report the first op over budget and "
+                       "write a standalone repro beside the record. When every op agrees, bisect the "
+                       "Relax pipeline. Exit 1 when an op diverges, 0 when none does.")
+    p.add_argument("stage", help="a model stage: clip, unet, vae")
+    p.add_argument("--backend", default="llvm", help="llvm | webgpu | cuda (default llvm)")
+    p.add_argument("--model", default="tiny", help="tiny | sd15-random | PATH (default: tiny)")
+    p.add_argument("--case", default=None, help="case label (default: the stage's first case)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("sdparity-localize"), help="folder for the record and repro")
+    p.add_argument("--all", action="store_true", help="replay every call (default: stop at the first divergence)")
+    p.add_argument("--no-bisect", action="store_true", help="skip the pipeline bisect when every op agrees")
+    p.add_argument("--rebuild", action="store_true")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(handler=cmd_localize)

@@ -1,0 +1,1 @@
+"""The web app: its server and the generation loop it runs (also driven from Python)."""

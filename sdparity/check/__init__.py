@@ -1,0 +1,1 @@
+"""Parts of `sdparity check` below the runner: localization, op replay, the own-kernel check."""

@@ -1,0 +1,1 @@
+"""Commands beside `check`: bench, calibrate, the f16 mode, the TVM-versions gate."""
