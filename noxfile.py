@@ -51,8 +51,10 @@ def unit(session):
     _install(session)
     _setup_webgpu(session)
     # default: leave out `slow` tests (a second TVM release installed with pip --target, full-size
-    # models); `nox -s unit -- -m slow` runs them, any other arguments replace this filter
-    args = session.posargs or ["-m", "not slow"]
+    # models); `nox -s unit -- -m slow` runs them, any other arguments replace these. Two
+    # pytest-xdist workers, a test file each at a time (module fixtures stay in one process; the
+    # build cache is shared under per-entry locks): CI's 2 cores
+    args = session.posargs or ["-m", "not slow", "-n", "2", "--dist", "loadfile"]
     session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
 
 
