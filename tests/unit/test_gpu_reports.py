@@ -1,0 +1,66 @@
+"""GPU-tier results are `sdparity.report/1` reports: `sdparity html` renders them and `sdparity
+gate` compares two runs, numbers and speed, with the committed reports of the CUDA tier on the
+lent H200 (docs/results/cuda-h200-*/gpu-report.json, two sessions on the same card)."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+
+from sdparity.cli import main
+from sdparity.reports import gate, speed
+from sdparity.reports.report import load
+
+RESULTS = Path(__file__).resolve().parents[2] / "docs" / "results"
+BASE = RESULTS / "cuda-h200-tuned" / "gpu-report.json"
+CAND = RESULTS / "cuda-h200-winograd" / "gpu-report.json"
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return load(BASE), load(CAND)
+
+
+def test_gpu_report_renders_and_gates_against_a_second_run(reports, tmp_path, capsys):
+    base, cand = reports
+    assert {r["device_class"] for r in base["results"]} == {"gpu"}
+    result = gate.gate(base, cand)
+    assert len(result["rows"]) == len(base["results"]) == 145
+    assert result["regressions"] == 0, [r for r in result["rows"] if r["regression"]][:3]
+    rows = {r["stage"] for r in result["speed"]["rows"]}
+    assert {"unet", "vae", "clip"} <= rows  # GPU timings are compared too, card by card
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "b.json").write_text(json.dumps(cand))
+    assert main(["gate", str(tmp_path / "a.json"), str(tmp_path / "b.json")]) == 0
+    assert main(["html", str(tmp_path / "b.json"), "-o", str(tmp_path / "b.html")]) == 0
+    page = (tmp_path / "b.html").read_text()
+    assert "cuda" in page and "NVIDIA H200" in page
+    capsys.readouterr()
+
+
+def test_a_slowed_kernel_is_flagged_on_the_gpu_report(reports, tmp_path):
+    """The UNet's TVM time 1.5x slower on the same card (PyTorch unchanged): a speed regression;
+    PyTorch 1.5x faster with TVM unchanged is only 'reference-moved'."""
+    base, _ = reports
+    slow = copy.deepcopy(base)
+    for p in slow["performance"]["gpu"]["results"]:
+        if p["stage"] == "unet":
+            p["run_s_all"] = [x * 1.5 for x in p["run_s_all"]]
+            p["run_s"] *= 1.5
+            p["ratio"] *= 1.5
+    rows = {r["stage"]: r for r in speed.compare(base, slow)["rows"]}
+    assert rows["unet"]["status"] == "slower", rows["unet"]
+    assert all(r["status"] != "slower" for s, r in rows.items() if s != "unet")
+    moved = copy.deepcopy(base)
+    for p in moved["performance"]["gpu"]["results"]:
+        if p["stage"] == "unet":
+            p["ref_s_all"] = [x / 1.5 for x in p["ref_s_all"]]
+            p["ref_s"] /= 1.5
+            p["ratio"] *= 1.5
+    assert {r["stage"]: r["status"] for r in speed.compare(base, moved)["rows"]}["unet"] == speed.REFERENCE_MOVED
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    (tmp_path / "slow.json").write_text(json.dumps(slow))
+    assert main(["gate", str(tmp_path / "a.json"), str(tmp_path / "slow.json")]) == 1
