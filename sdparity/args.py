@@ -66,6 +66,26 @@ positive_int = _int_in(1, 2**31 - 1)
 port_arg = _int_in(1, 65535)
 
 
+MAX_SHARDS = 10000  # far beyond any CI matrix; keeps a typo like 2/20000000 from being taken
+
+
+def shard_arg(s: str) -> tuple[int, int]:
+    """``check --shard K/N``: shard K (1-based) of N. Which units of work a shard runs is
+    sdparity.reports.merge.shard_units (every N-th, from the K-th; docs/ci.md)."""
+    k, sep, n = s.partition("/")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected K/N (shard K of N, e.g. 2/4), not {s!r}")
+    try:
+        k, n = int(k), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected K/N with integers K and N (e.g. 2/4), not {s!r}") from None
+    if not 1 <= n <= MAX_SHARDS:
+        raise argparse.ArgumentTypeError(f"the shard count N in {s!r} is outside 1..{MAX_SHARDS}")
+    if not 1 <= k <= n:
+        raise argparse.ArgumentTypeError(f"the shard index K in {s!r} is outside 1..{n} (shards count from 1)")
+    return k, n
+
+
 def _names(s: str, what: str, known) -> list[str]:
     names = list(dict.fromkeys(_csv(s)))  # a repeated name is checked once (order kept)
     if not names:

@@ -13,7 +13,7 @@ from sdparity.errors import SdparityError
 
 from sdparity.args import (  # noqa: F401  (re-exported: tests and docs name them here)
     DEFAULT_REPORT, Parser, add_model_args, backend_list, check_model_arg, existing_file, latent_hw,
-    load_selection, out_file, port_arg, positive_int, report_file, seed_arg, stage_list)
+    load_selection, out_file, port_arg, positive_int, report_file, seed_arg, shard_arg, stage_list)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     c.add_argument("--no-localize", action="store_true", help="do not localize failing stages to a kernel "
                    "(sdparity.check.localize; costs one more build per failing stage)")
+    c.add_argument("--shard", type=shard_arg, default=None, metavar="K/N", help="run only shard K of N: "
+                   "every N-th (stage, backend) pair, from the K-th (stages, then backends, in registry "
+                   "order); 'sdparity merge' joins the N reports (docs/ci.md)")
 
     sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
 
@@ -66,9 +69,9 @@ def _extensions(sub) -> None:
     from sdparity.app import serve
     from sdparity.check import localize
     from sdparity.commands import bench, calibrate, f16, versions_env
-    from sdparity.reports import gate, html
+    from sdparity.reports import gate, html, merge
 
-    for module in (gate, html, bench, serve, versions_env, calibrate, localize, f16):
+    for module in (gate, html, merge, bench, serve, versions_env, calibrate, localize, f16):
         module.add_parser(sub)
 
 
@@ -85,15 +88,42 @@ def cmd_check(args) -> int:
     model, selected, backends, variants = load_selection(args, log)
     report = Report(model)
     report.data["faults"] = args.inject_fault
-    run_checks(selected, backends, model, report, BuildCache(rebuild=args.rebuild), seed=args.seed,
-               log=log, variants=variants, localize=not args.no_localize)
+    runs = [(selected, backends)]
+    if args.shard:  # this shard's (stage, backend) units, one runner call per backend set
+        runs = _shard(args, selected, backends, report)
+    cache = BuildCache(rebuild=args.rebuild)
+    for stages, bes in runs:
+        run_checks(stages, bes, model, report, cache, seed=args.seed, log=log, variants=variants,
+                   localize=not args.no_localize)
+    if args.shard:
+        from sdparity.reports.merge import order_results
+
+        report.data["results"] = order_results(report.results, report.data["shard"]["selection"])
     report.write(args.report)
     print_table(report.data)
     print(f"report: {args.report}")
     from sdparity.reports.html import write_html  # the HTML page beside the JSON (docs/gate.md)
     print(f"html: {write_html(args.report)}")
     _say_why_nothing_ran(report.data)
+    if args.shard and not runs:
+        return 0  # an empty shard is not a failure (_shard said so)
     return 0 if report.ok else 1
+
+
+def _shard(args, selected, backends, report) -> list:
+    """The runner calls of ``--shard K/N`` (sdparity.reports.merge.plan); records the shard in
+    the report and says so when it has no units."""
+    from sdparity.backends import names as backend_names
+    from sdparity.registry import all_stages
+    from sdparity.reports.merge import plan
+
+    k, n = args.shard
+    runs, shard = plan(k, n, selected, backends, list(all_stages()), backend_names(), args.seed, args.latent)
+    report.data["shard"] = shard
+    if not runs:
+        print(f"shard {k}/{n}: no units of work (the selection has {len(shard['selection'])} (stage, backend) "
+              f"pairs for {n} shards): nothing to check, an empty report is written")
+    return runs
 
 
 def _say_why_nothing_ran(data: dict) -> None:
