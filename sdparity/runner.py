@@ -7,6 +7,8 @@ from __future__ import annotations
 import contextlib
 import time
 import traceback
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -16,6 +18,35 @@ from sdparity.compare import compare
 from sdparity.errors import Progress, SdparityError, one_line  # noqa: F401  (Progress re-exported)
 from sdparity.reports.report import Report
 from sdparity.tolerances import lookup
+
+
+def judge_by_table(st, spec, backend, scope, case_label, cand, ref, ref_floor):
+    """The default rule: the tolerance table and the calibrated floor budget (sdparity.tolerances),
+    against the float32 reference, its float64 twin as the noise floor."""
+    tol = lookup(st.name, spec.name, backend.name, scope, case_label)
+    return compare(cand, ref, tol, ref_floor, integer=spec.integer), tol
+
+
+@dataclass(frozen=True)
+class Mode:
+    """How the one check driver builds and judges a stage. The default: the backend's build of
+    the stage, judged against the float32 reference with the float64 one as its noise floor by
+    the tolerance table (``judge_by_table``). Another mode (the f16 mode, commands/f16.py) changes
+    the build (``transform`` of the StageIR, ``key`` added to the build key), the two references
+    (``references``: the one compared with, the one that gives the floor), the rule (``judge``:
+    returns the one Metrics type and the Tolerance applied) and fields every record carries."""
+
+    name: str = "default"
+    references: tuple[str, str] = ("float32", "float64")
+    judge: Callable = judge_by_table
+    transform: Callable | None = None  # StageIR -> StageIR, before the backend's build
+    key: Callable | None = None  # () -> dict merged into the build key
+    extra: dict = field(default_factory=dict)  # fields every record of this mode carries
+    own_kernels: bool = True  # judge the suite's own kernels the build holds (check/own_kernels)
+    prove_known: bool = True  # known issues' proofs by neutralized builds
+
+
+DEFAULT = Mode()
 
 
 
@@ -43,10 +74,11 @@ def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dic
 
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
                log: Progress | None = None, variants: dict | None = None, localize: bool = False,
-               neutralize: list[str] | None = None) -> Report:
+               neutralize: list[str] | None = None, mode: Mode = DEFAULT) -> Report:
     """``localize``: name the first diverging kernel of each failing stage (sdparity.check.localize).
     ``neutralize``: known issues neutralized in every build of a stage with model weights (the
-    calibration measures the suite without its known bugs: compile/neutralize.py)."""
+    calibration measures the suite without its known bugs: compile/neutralize.py). ``mode``: how
+    stages are built and judged (``Mode``; default: as `sdparity check`)."""
     log = log or Progress()
     scope = model.scope if model is not None else "tiny"  # from the architecture, not the name
     report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
@@ -60,7 +92,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
             for st in stages:
                 report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
                            function=None, output=None, shapes=None, verdict=verdict,
-                           message=message, metrics=None, tolerance=None, timings=None)
+                           message=message, metrics=None, tolerance=None, timings=None, **mode.extra)
         live = [b for b in backends if b.name in sessions]
         for st in stages:
             variant = (variants or {}).get(st.name) or st.default_variant(model)
@@ -79,7 +111,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
             refs: dict[str, tuple] = {}
             for b in live:
                 _run_stage(st, b, sessions[b.name], model, variant, cases, refs, report, cache, scope, log,
-                           localize)
+                           localize, mode)
     return report
 
 
@@ -92,26 +124,33 @@ def _check_inputs(stage, case) -> None:
             raise SdparityError(f"stage {stage.name} case {case.label}: input {i} contains NaN or Inf")
 
 
-def _error(report, st, b, case, message, timings=None):
+def _error(report, st, b, case, message, timings=None, extra: dict | None = None):
     return report.add(stage=st.name, backend=b.name, device_class=b.device_class,
-               case=None if case is None else case.label, function=None if case is None else case.function,
-               output=None, shapes=None if case is None else case.shapes, verdict="error",
-               message=message, metrics=None, tolerance=None, timings=timings)
+                      case=None if case is None else case.label, function=None if case is None else case.function,
+                      output=None, shapes=None if case is None else case.shapes, verdict="error",
+                      message=message, metrics=None, tolerance=None, timings=timings, **(extra or {}))
 
 
-def _build(st, b, model, variant, cache, log):
+def _build(st, b, model, variant, cache, log, mode: Mode = DEFAULT):
     """(artifact, meta, build seconds, cached) or raises (SdparityError for a corrupt cache)."""
     t0 = time.perf_counter()
-    art, meta, cached = b.build_cached(lambda: st.build_ir(model, variant), st.build_key(model, variant),
-                                       cache, log=log, label=f"{st.name}/{b.name}")
+
+    def ir():
+        built = st.build_ir(model, variant)
+        return mode.transform(built) if mode.transform else built
+
+    key = {**st.build_key(model, variant), **(mode.key() if mode.key else {})}
+    label = f"{st.name}/{b.name}" + ("" if mode is DEFAULT else f"/{mode.name}")
+    art, meta, cached = b.build_cached(ir, key, cache, log=log, label=label)
     return art, meta, time.perf_counter() - t0, cached
 
 
-def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log, localize=False):
-    tag = f"[{b.name}] {st.name}"
+def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log, localize=False,
+               mode: Mode = DEFAULT):
+    tag = f"[{b.name}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
     log(f"{tag}: building {variant or ''}".rstrip())
     try:
-        art, meta, build_s, cached = _build(st, b, model, variant, cache, log)
+        art, meta, build_s, cached = _build(st, b, model, variant, cache, log, mode)
     except Exception as e:
         if isinstance(e, SdparityError) and "corrupt" in str(e):
             raise
@@ -119,15 +158,16 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         log(f"{tag}: build failed: {why}")
         if not isinstance(e, SdparityError) and log and not log.quiet:
             traceback.print_exc(limit=3)
-        rec = _error(report, st, b, None, f"build failed: {why}")
-        _prove_known(st, b, runner, model, variant, cases, refs, [rec], cache, scope, log)
+        rec = _error(report, st, b, None, f"build failed: {why}", extra=mode.extra)
+        if mode.prove_known:
+            _prove_known(st, b, runner, model, variant, cases, refs, [rec], cache, scope, log)
         return
     log(f"{tag}: {'cached build reused' if cached else 'built'} in {build_s:.1f}s"
         + (f" (original build {meta.get('build_s')}s)" if cached else "") + f" -> {art}")
     timing = {"build_s": round(build_s, 3), "build_cached": cached, "original_build_s": meta.get("build_s")}
     failed = []
     for case in cases:
-        for rec in check_case(st, b, runner, art, case, refs, scope, dict(timing), log):
+        for rec in check_case(st, b, runner, art, case, refs, scope, dict(timing), log, mode):
             image = rec.pop("_image", None)
             rec = report.add(**rec)
             if image is not None:
@@ -144,19 +184,20 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         for rec in failed:
             if rec["case"] == case.label:
                 rec["localization"] = loc
-    _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
-    for k in meta.get("own_kernels", []):  # the suite's own kernels in this build, each alone
+    if mode.prove_known:
+        _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
+    for k in meta.get("own_kernels", []) if mode.own_kernels else []:  # the suite's own kernels, each alone
         from sdparity.check.own_kernels import check
 
         check(st, b, runner, k, report, cache, log=log)
 
 
-def check_case(st, b, runner, art, case, refs, scope, timings, log) -> list[dict]:
-    """Run one case of a built stage and judge each output: the records (not yet in a report).
-    ``refs`` memoizes the float32/float64 references by case label across backends."""
-    tag = f"[{b.name}] {st.name}"
+def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode = DEFAULT) -> list[dict]:
+    """Run one case of a built stage and judge each output by the mode's rule: the records (not
+    yet in a report). ``refs`` memoizes the mode's two references by case label across backends."""
+    tag = f"[{b.name}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
     base = dict(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
-                function=case.function, shapes=case.shapes, model_scope=scope, timings=timings)
+                function=case.function, shapes=case.shapes, model_scope=scope, timings=timings, **mode.extra)
 
     def error(message, output=None):
         log(f"{tag} {case.label}: ERROR {message}")
@@ -168,9 +209,9 @@ def check_case(st, b, runner, art, case, refs, scope, timings, log) -> list[dict
         timings["run_s"] = round(time.perf_counter() - t1, 4)
         if case.label not in refs:
             t2 = time.perf_counter()
-            r32 = case.reference("float32")
+            r32 = case.reference(mode.references[0])
             t3 = time.perf_counter()
-            r64 = case.reference("float64")
+            r64 = case.reference(mode.references[1])
             refs[case.label] = (r32, r64, round(t3 - t2, 4))
         r32, r64, timings["ref_s"] = refs[case.label]
     except SdparityError as e:
@@ -182,11 +223,10 @@ def check_case(st, b, runner, art, case, refs, scope, timings, log) -> list[dict
     records = []
     for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
         try:
-            tol = lookup(st.name, spec.name, b.name, scope, case.label)
+            m, tol = mode.judge(st, spec, b, scope, case.label, cand, ref, ref64)
         except KeyError as e:  # an undeclared tolerance: this check cannot be judged
             records += error(str(e.args[0] if e.args else e), spec.name)
             continue
-        m = compare(cand, ref, tol, ref64, integer=spec.integer)
         rec = dict(base, output=spec.name, verdict="pass" if m.passed else "fail", message=m.why,
                    metrics=m.to_json(), tolerance=tol.to_json(), integer=spec.integer,
                    failed_bound=m.failed_bound)

@@ -264,6 +264,18 @@ F16 = F16Budget(2.0, 1.0, reason=(
     "output may differ by 1 level where PyTorch's happens not to (rounding of values near .5)"))
 
 
+def f16_tolerance(torch16_err: float, integer: bool) -> Tolerance:
+    """The f16 rule as the one comparison applies it (sdparity.compare, reference = float64,
+    floor reference = PyTorch float16, so err/floor is the ratio to PyTorch's own float16 error):
+    every element within F16.factor x PyTorch float16's largest error, at least F16.min_levels
+    for 0..255 integer outputs (any share of elements may differ by that)."""
+    bound = F16.factor * torch16_err
+    note = f"{F16.factor:g}x PyTorch float16's error {torch16_err:.3g}"
+    if integer:
+        return Tolerance(max(bound, F16.min_levels), 0.0, 1.0, reason=F16.reason, floor_note=note)
+    return Tolerance(bound, 0.0, reason=F16.reason, floor_note=note)
+
+
 # ---- the suite's own kernels, each against the TVM chain it replaces (sdparity.check.own_kernels) ----
 @dataclass(frozen=True)
 class OwnKernelBudget:

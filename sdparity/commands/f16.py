@@ -21,12 +21,11 @@ and is reported as a skip.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
 
-from sdparity.errors import SdparityError, one_line
+from sdparity.errors import SdparityError
 
 PRECISION = "f16-mixed (ToMixedPrecision, float32 accumulation)"
 
@@ -114,96 +113,57 @@ def cast_per_use(mod):
     return out
 
 
-def judge(cand: np.ndarray, ref64: np.ndarray, torch16: np.ndarray, integer: bool) -> dict:
-    """Both errors against float64 and the verdict (the F16 budget of sdparity.tolerances)."""
-    from sdparity.tolerances import F16
+def judge(cand: np.ndarray, ref64: np.ndarray, torch16: np.ndarray, integer: bool):
+    """(Metrics, Tolerance): the f16 rule through the one comparison (sdparity.compare): the
+    float16 build's error against float64, within ``F16.factor`` x PyTorch float16's own error
+    (``tolerances.f16_tolerance``); ``floor_ratio`` is that ratio, ``noise_floor`` PyTorch's error."""
+    from sdparity.compare import compare
+    from sdparity.tolerances import f16_tolerance
 
-    c, r, t = (np.asarray(x, np.float64) for x in (cand, ref64, torch16))
-    if c.shape != r.shape:
-        return {"passed": False, "why": f"shape {list(c.shape)} != reference {list(r.shape)}"}
-    if not np.isfinite(c).all():
-        return {"passed": False, "why": f"{int((~np.isfinite(c)).sum())} non-finite values in the float16 build"}
-    err, terr = float(np.abs(c - r).max()), float(np.abs(t - r).max())
-    bound = F16.factor * terr
-    if integer:
-        bound = max(bound, F16.min_levels)
-    passed = err <= bound
-    ratio = err / terr if terr > 0 else (0.0 if err == 0 else float("inf"))
-    why = (f"f16 error {err:.3g} is {ratio:.3g}x PyTorch float16's {terr:.3g} "
-           f"({'within' if passed else 'over'} the bound {bound:.3g} = {F16.factor:g}x"
-           + (f", at least {F16.min_levels:g} level" if integer else "") + ")")
-    return {"passed": passed, "why": why, "max_abs": err, "torch_f16_max_abs": terr, "ratio": ratio,
-            "bound": bound, "factor": F16.factor, "n": int(c.size), "shape": list(c.shape)}
+    r, t = np.asarray(ref64, np.float64), np.asarray(torch16, np.float64)
+    terr = float(np.abs(t - r).max()) if t.shape == r.shape and t.size else 0.0
+    tol = f16_tolerance(terr, integer)
+    m = compare(cand, r, tol, reference64=t, integer=integer)
+    if m.passed or m.failed_bound in ("int", "abs"):
+        err, ratio = m.max_abs, (m.max_abs / terr if terr > 0 else (0.0 if m.max_abs == 0 else float("inf")))
+        m.why = (f"f16 error {err:.3g} is {ratio:.3g}x PyTorch float16's {terr:.3g} "
+                 f"({'within' if m.passed else 'over'} the bound {tol.atol:.3g} = {tol.floor_note}"
+                 + (f", at least {tol.atol:g} level" if integer and tol.atol > 2 * terr else "") + ")")
+    return m, tol
 
 
-def run_f16(stages, backends, model, report, cache, seed: int = 0, log=print) -> None:
-    import contextlib
+def _judge_mode(st, spec, backend, scope, case_label, cand, ref64, torch16):
+    return judge(cand, ref64, torch16, spec.integer)
 
-    from sdparity.runner import open_sessions
-    from sdparity.tolerances import F16
+
+def mode():
+    """The f16 mode for the one check driver (sdparity.runner.Mode): the stage through ``to_f16``
+    (``precision_key`` in its build key), judged against float64 with PyTorch float16 as the floor."""
+    from sdparity.runner import Mode
+
+    return Mode(name="f16", references=("float64", "float16"), judge=_judge_mode, transform=to_f16,
+                key=precision_key, extra={"precision": "f16"}, own_kernels=False, prove_known=False)
+
+
+WEBGPU_F16 = ("float16 on WebGPU needs the adapter's shader-f16 feature and an f16 build of the web runtime; "
+              "not built in sdparity (Dawn on the lent NVIDIA cards offers no shader-f16)")
+
+
+def run_f16(stages, backends, model, report, cache, seed: int = 0, log=None) -> None:
+    """The model stages in the f16 mode through the one check driver; backends without float16
+    (the ``float16`` capability: WebGPU here) are skips with their reason."""
+    from sdparity.runner import run_checks
 
     model_stages = [s for s in stages if s.component]
-    with contextlib.ExitStack() as stack:
-        sessions, problems = open_sessions([b for b in backends if b.name != "webgpu"], stack, log)
-        if any(b.name == "webgpu" for b in backends):
-            problems["webgpu"] = ("skip", "float16 on WebGPU needs the adapter's shader-f16 feature and an f16 "
-                                  "build of the web runtime; not built in sdparity (Dawn on the lent NVIDIA "
-                                  "cards offers no shader-f16)")
-        for b in backends:
-            if b.name in problems:
-                verdict, reason = problems[b.name]
-                for st in model_stages:
-                    report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
-                               function=None, output=None, shapes=None, verdict=verdict, message=reason,
-                               metrics=None, tolerance=F16.to_json(), timings=None, precision="f16")
-                log(f"[{b.name}] f16: {verdict}: {reason}")
-        for st in model_stages:
-            variant = st.default_variant(model)
-            cases = st.cases(model, variant, seed=seed)
-            refs: dict = {}
-            for b in backends:
-                runner = sessions.get(b.name)
-                if runner is None:
-                    continue
-                _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log)
-
-
-def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, log) -> None:
-    from sdparity.tolerances import F16
-
-    tag = f"[{b.name}] {st.name} f16"
-    t0 = time.perf_counter()
-    common = dict(stage=st.name, backend=b.name, device_class=b.device_class, tolerance=F16.to_json(),
-                  precision="f16")
-    try:
-        art, meta, cached = b.build_cached(lambda: to_f16(st.build_ir(model, variant)),
-                                           {**st.build_key(model, variant), **precision_key()}, cache, log=log,
-                                           label=f"{st.name}/{b.name}/f16")
-    except Exception as e:  # noqa: BLE001 - a failed build is this check's result
-        log(f"{tag}: build failed: {one_line(e)}")
-        report.add(**common, case=None, function=None, output=None, shapes=None, verdict="error",
-                   message=f"f16 build failed: {one_line(e)}", metrics=None, timings=None)
-        return
-    timings = {"build_s": round(time.perf_counter() - t0, 3), "build_cached": cached}
-    log(f"{tag}: {'cached build reused' if cached else 'built'} in {timings['build_s']:.1f}s")
-    for case in cases:
-        try:
-            outs = runner.run(art, case.function, case.inputs)
-            if case.label not in refs:
-                refs[case.label] = (case.reference("float64"), case.reference("float16"))
-            r64, r16 = refs[case.label]
-        except Exception as e:  # noqa: BLE001
-            report.add(**common, case=case.label, function=case.function, output=None, shapes=case.shapes,
-                       verdict="error", message=f"run failed: {one_line(e)}", metrics=None, timings=timings)
-            log(f"{tag} {case.label}: ERROR {one_line(e)}")
-            continue
-        for spec, cand, ref64, t16 in zip(case.outputs, outs, r64, r16):
-            m = judge(cand, ref64, t16, spec.integer)
-            verdict = "pass" if m.pop("passed") else "fail"
-            why = m.pop("why")
-            report.add(**common, case=case.label, function=case.function, output=spec.name, shapes=case.shapes,
-                       verdict=verdict, message=why, metrics=m or None, timings=timings, integer=spec.integer)
-            log(f"{tag} {case.label} {spec.name}: {verdict.upper()} {why}")
+    for b in backends:
+        if not b.float16:
+            for st in model_stages:
+                report.add(stage=st.name, backend=b.name, device_class=b.device_class, case=None,
+                           function=None, output=None, shapes=None, verdict="skip",
+                           message=WEBGPU_F16 if b.name == "webgpu" else f"{b.name} has no float16",
+                           metrics=None, tolerance=None, timings=None, precision="f16")
+    run_checks(model_stages, [b for b in backends if b.float16], model, report, cache, seed=seed, log=log,
+               mode=mode())
 
 
 def add_parser(sub) -> None:

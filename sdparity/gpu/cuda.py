@@ -497,16 +497,16 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     # ---- compare and record
     if f16:
         from sdparity.commands.f16 import judge
-        from sdparity.tolerances import F16
     for ci, c in enumerate(cases):
         for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs[ci], refs64[ci]):
             if f16:  # the f16 rule: TVM's error against float64 within a factor of PyTorch float16's
-                m16 = judge(cand, ref64, ref, spec["integer"])
-                ok, why = m16.pop("passed"), m16.pop("why")
+                m, tol = judge(cand, ref64, ref, spec["integer"])
+                ok, why = m.passed, m.why
                 report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
                            function=c["function"], output=spec["name"], shapes=c["shapes"],
-                           verdict="pass" if ok else "fail", message=why, metrics=m16 or None,
-                           tolerance=F16.to_json(), timings=None, precision="f16", integer=spec["integer"])
+                           verdict="pass" if ok else "fail", message=why, metrics=m.to_json(),
+                           tolerance=tol.to_json(), timings=None, precision="f16", integer=spec["integer"],
+                           failed_bound=m.failed_bound)
                 log(f"[cuda f16] {name} {c['label']} {spec['name']}: {'PASS' if ok else 'FAIL'} {why}")
                 continue
             tol = lookup(name, spec["name"], "cuda", meta["scope"], c["label"])

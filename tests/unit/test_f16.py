@@ -27,14 +27,15 @@ def test_f16_builds_pass_with_both_errors_recorded(tiny, llvm, cache):
     results = _run(tiny, llvm, cache)
     assert {r["stage"] for r in results} == set(MODEL_STAGES)
     assert all(r["verdict"] == "pass" for r in results), [r["message"] for r in results if r["verdict"] != "pass"]
-    for r in results:
-        m = r["metrics"]
-        assert m["max_abs"] <= m["bound"] and m["factor"] == F16.factor
+    for r in results:  # the one Metrics of sdparity.compare: noise_floor = PyTorch float16's error
+        m, tol = r["metrics"], r["tolerance"]
+        assert r["precision"] == "f16" and m["max_abs"] <= tol["atol"]
+        assert tol["atol"] == pytest.approx(max(F16.factor * m["noise_floor"], F16.min_levels if r.get("integer") else 0))
         if not r.get("integer"):
             # a real float16 build: far from float32 (tiny CLIP's float32 error is ~1e-6) and of
             # the order of PyTorch's own float16 error
-            assert m["max_abs"] > 1e-4 and m["torch_f16_max_abs"] > 1e-4, r
-            assert 0.25 < m["ratio"] <= F16.factor, r
+            assert m["max_abs"] > 1e-4 and m["noise_floor"] > 1e-4, r
+            assert 0.25 < m["floor_ratio"] <= F16.factor, r
 
 
 @pytest.fixture()
@@ -59,22 +60,27 @@ def test_float16_accumulation_in_tvm_fails(tiny, llvm, tmp_cache, monkeypatch):
     float_checks = [r for r in results if not r.get("integer")]
     assert {r["stage"] for r in float_checks} == set(MODEL_STAGES)
     assert all(r["verdict"] == "fail" for r in float_checks), [(r["stage"], r["message"]) for r in float_checks]
-    assert min(r["metrics"]["ratio"] for r in float_checks) > F16.factor
+    assert min(r["metrics"]["floor_ratio"] for r in float_checks) > F16.factor
 
 
 def test_judge_rules():
+    """The f16 rule through the one comparison: within 2x PyTorch float16's own error against
+    float64 (err/floor is that ratio), non-finite and shape mismatches fail, 0..255 outputs may
+    differ by 1 level where PyTorch's happens not to."""
     ref = np.linspace(-1, 1, 100)
     torch16 = ref + 1e-3
-    assert f16.judge(ref + 1.5e-3, ref, torch16, integer=False)["passed"]
-    assert not f16.judge(ref + 3e-3, ref, torch16, integer=False)["passed"]
+    m, tol = f16.judge(ref + 1.5e-3, ref, torch16, integer=False)
+    assert m.passed and abs(m.floor_ratio - 1.5) < 1e-6 and abs(m.noise_floor - 1e-3) < 1e-12
+    assert tol.atol == pytest.approx(2e-3) and "PyTorch float16" in m.why
+    assert not f16.judge(ref + 3e-3, ref, torch16, integer=False)[0].passed
     bad = ref.copy()
     bad[3] = np.nan
-    m = f16.judge(bad, ref, torch16, integer=False)
-    assert not m["passed"] and "non-finite" in m["why"]
-    assert not f16.judge(ref[:50], ref, torch16, integer=False)["passed"]
+    m, _ = f16.judge(bad, ref, torch16, integer=False)
+    assert not m.passed and "non-finite" in m.why and m.failed_bound == "nonfinite"
+    assert not f16.judge(ref[:50], ref, torch16, integer=False)[0].passed
     img = np.arange(256.0)
-    assert f16.judge(img + 1, img, img, integer=True)["passed"]  # 1 level even where torch is exact
-    assert not f16.judge(img + 2, img, img, integer=True)["passed"]
+    assert f16.judge(img + 1, img, img, integer=True)[0].passed  # 1 level even where torch is exact
+    assert not f16.judge(img + 2, img, img, integer=True)[0].passed
 
 
 def test_cli_refuses_a_selection_without_model_stages(capsys):

@@ -118,7 +118,8 @@ def test_build_error_is_known_when_the_neutralized_build_passes(llvm, run_check)
                                   "tvm_nearest_resize_half_pixel"])
 def test_neutralizers_keep_the_op_they_fix(name):
     """A neutralizer replaces TVM's conversion of one aten op but keeps the Relax op whose
-    lowering a regression would change (so a perturbed lowering still shows neutralized)."""
+    lowering a regression would change (so a perturbed lowering still shows neutralized), except
+    where the op itself is the bug: WGSL's sin/cos builtins are computed from + - * instead."""
     import torch
 
     from sdparity.compile.frontend import export_to_relax
@@ -132,5 +133,6 @@ def test_neutralizers_keep_the_op_they_fix(name):
     plain = export_to_relax(M(), (x,), "f").mod.script()
     fixed = export_to_relax(M(), (x,), "f", neutralize=(name,)).mod.script()
     assert plain != fixed
+    replaced = {"R.sin", "R.cos"} if name == "tvm_webgpu_sin_cos_unreduced" else set()
     for op in ("R.nn.gelu", "R.sin", "R.cos", "R.image.resize2d"):
-        assert op in fixed
+        assert (op in fixed) == (op not in replaced), op
