@@ -132,6 +132,8 @@ def run_seeds(args, log) -> dict[int, list[dict]]:
     for seed in args.seeds:
         t0 = time.time()
         report = Report(model)
+        if not args.validate:
+            report.data["neutralized"] = calibration_neutralizers()
         # calibration measures the suite with its known bugs neutralized; --validate judges the
         # builds as `sdparity check` makes them (a known bug then has to be proven, not budgeted)
         run_checks(stages, backends, model, report, cache, seed=seed, log=log,
@@ -180,15 +182,22 @@ def cmd_calibrate(args) -> int:
         args.model = (data.get("model") or {}).get("name") or args.model
         argv = [str(a) for a in data.get("argv") or []]
         args.argv_tail = argv[argv.index("calibrate") + 1:] if "calibrate" in argv else args.argv_tail
+        command = None if "calibrate" in argv else " ".join(argv)  # e.g. the CUDA tier's device run
+        neutralized = data.get("neutralized") or []
+        cards = sorted({str(b.get("torch_device") or b.get("device_name")) for b in (data.get("backends") or {}).values()
+                        if isinstance(b, dict) and (b.get("torch_device") or b.get("device_name"))})
     else:
         results = run_seeds(args, log)
         v, mach, date = versions(), machine(), time.strftime("%Y-%m-%d")
+        command, neutralized, cards = None, calibration_neutralizers(), []
     if args.validate:
         return _print_validation(results)
     bad = [r for recs in results.values() for r in recs if r["verdict"] in ("fail", "error")]
     measured = {"apache-tvm": v.get("apache-tvm"), "torch": v.get("torch"), "diffusers": v.get("diffusers"),
-                "machine": mach, "date": date, "model": args.model, "neutralized": calibration_neutralizers(),
-                "command": "sdparity calibrate " + " ".join(args.argv_tail)}
+                "machine": mach, "date": date, "model": args.model, "neutralized": neutralized,
+                "command": command or "sdparity calibrate " + " ".join(args.argv_tail)}
+    if cards:
+        measured["card"] = cards[0] if len(cards) == 1 else cards
     groups = calibrate(results, measured)
     # own-kernel records have their own rule and are no calibration input (group_records)
     broken = [r for r in bad if (r.get("metrics") or {}).get("failed_bound") not in ("floor",)
