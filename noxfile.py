@@ -54,7 +54,7 @@ def unit(session):
     # models); `nox -s unit -- -m slow` runs them, any other arguments replace these. Two
     # pytest-xdist workers, a test file each at a time (module fixtures stay in one process; the
     # build cache is shared under per-entry locks): CI's 2 cores
-    args = session.posargs or ["-m", "not slow", "-n", "2", "--dist", "loadfile"]
+    args = session.posargs or ["-m", "not slow", "-n", "2", "--dist", "loadfile", "--durations", "25"]
     session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
 
 

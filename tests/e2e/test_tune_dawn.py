@@ -17,7 +17,8 @@ import subprocess
 
 import pytest
 
-from sdparity.gpu import tune as gpu_tune, gpu_web
+from sdparity.gpu import tune as gpu_tune
+from sdparity.gpu import web as gpu_web
 
 KERNEL = "fused_conv2d_add"
 GOOD = 2  # candidates kept besides the default

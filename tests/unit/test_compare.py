@@ -131,7 +131,11 @@ def test_lookup_gives_calibrated_budgets_with_reasons():
     assert lookup("unet", "noise_pred", "llvm", "tiny", "not-a-case").floor_budget == \
         max(4, math.ceil(30 * unet["max"]) / 10)
     assert lookup("unet", "noise_pred", "cuda", "tiny").floor_budget is None  # not calibrated
-    assert "not calibrated" in lookup("unet", "noise_pred", "llvm", "full").floor_reason
+    assert "not calibrated" in lookup("unet", "noise_pred", "vulkan", "full").floor_reason
+    # the full-size model on llvm and on CUDA (the card is named in the group) are calibrated
+    assert lookup("unet", "noise_pred", "llvm", "full").floor_budget >= 4
+    cuda = groups["unet/noise_pred/cuda/full"]
+    assert cuda["measured"]["card"].startswith("NVIDIA") and lookup("unet", "noise_pred", "cuda", "full").floor_budget
 
 
 def test_nonfinite_candidate_under_a_floor_budget_fails_cleanly():

@@ -43,7 +43,9 @@ def _exp_poly(x, degree: int, round_k: bool = True):
     p = tirx.const(1.0 / math.factorial(degree), f32)
     for i in range(degree - 1, -1, -1):
         p = p * r + tirx.const(1.0 / math.factorial(i), f32)
-    return p * tirx.ldexp(tirx.const(1.0, f32), k.astype("int32"))
+    # 2^k from its bits (exact for k >= -126: x >= -87 above): TVM prints tirx.ldexp for WebGPU as
+    # `ldexpf`, which WGSL does not have (known issue tvm_webgpu_ldexp_printed_as_ldexpf)
+    return p * tirx.reinterpret(f32, (k.astype("int32") + tirx.const(127, "int32")) * tirx.const(1 << 23, "int32"))
 
 
 # ---- the perturbations: fn(bb, call) -> the lowered call ----------------------------------
@@ -195,7 +197,7 @@ def test_perturbation_is_undone(tmp_path):
     stock, before = op.get_attr("FLegalize"), lowered()
     with perturbed("relax.nn.softmax", softmax_floor_exp(6)):
         during = lowered()
-    assert during != before and "ldexp" in during
+    assert during != before and "reinterpret" in during
     assert lowered() == before and op.get_attr("FLegalize").same_as(stock)
 
 
