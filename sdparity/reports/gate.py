@@ -336,6 +336,8 @@ def cmd_gate(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from sdparity.args import out_file
+
     budget_help = "; ".join(f"{k}={v:g}" for k, (v, _) in BUDGETS.items())
     g = sub.add_parser("gate", help="fail when a candidate report loses parity against a baseline report",
                        description="Compare every check (stage, backend, case, output) of CANDIDATE with "
@@ -343,6 +345,7 @@ def add_parser(sub) -> None:
                        f"is skipped or is gone; 0 otherwise. Budgets: {budget_help} (docs/gate.md).")
     g.add_argument("baseline", type=Path)
     g.add_argument("candidate", type=Path)
-    g.add_argument("--json", type=Path, default=None, help="also write the gate result as JSON (atomically)")
+    g.add_argument("--json", type=out_file, default=None, help="also write the gate result as JSON (atomically; "
+                   "the path is checked before the reports are read)")
     g.add_argument("--all", action="store_true", help="list unchanged checks too")
     g.set_defaults(handler=cmd_gate)

@@ -370,9 +370,12 @@ def cmd_html(args) -> int:
 
 
 def add_parser(sub) -> None:
+    from sdparity.args import out_file
+
     h = sub.add_parser("html", help="render a JSON report as one self-contained HTML page",
                        description="Render REPORT.json (schema sdparity.report/1, docs/gate.md) as HTML: "
                        "stage x backend matrix, skips, localizations, images, every check, versions.")
     h.add_argument("report", type=Path)
-    h.add_argument("-o", "--output", type=Path, default=None, help="HTML path (default: REPORT with .html)")
+    h.add_argument("-o", "--output", type=out_file, default=None, help="HTML path (default: REPORT with .html); "
+                   "checked before the report is read")
     h.set_defaults(handler=cmd_html)
