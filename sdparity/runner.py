@@ -1,6 +1,8 @@
-"""Run checks: for every stage, build on every backend (through the cache), run each case,
-compare with the reference, record the result. Stage-major, so each reference is computed
-once and shared by every backend."""
+"""The one check driver: for every stage, build on every backend (through the cache), run each
+case, judge it with the one comparison (sdparity.compare), record the result; prove a failure
+``known`` by rebuilding it with the known issues' neutralizers; judge the suite's own kernels in
+the build. Stage-major, so each reference is computed once and shared by every backend. A
+``Mode`` changes only how stages are built and judged (the f16 mode)."""
 
 from __future__ import annotations
 
@@ -47,10 +49,6 @@ class Mode:
 
 
 DEFAULT = Mode()
-
-
-
-
 
 
 def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dict]:
