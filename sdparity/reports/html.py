@@ -286,6 +286,18 @@ def _tolerances_html(data: dict) -> str:
                    "budget reason"], rows)
 
 
+def _proof(r: dict) -> str:
+    """', as built 18.4x, neutralized 1.46x': what proved a known check (docs/known-issues.md)."""
+    n = r.get("neutralized") if isinstance(r.get("neutralized"), dict) else {}
+    checks = [c for c in n.get("checks") or [] if isinstance(c, dict) and isinstance(c.get("metrics"), dict)]
+    as_built = (r.get("metrics") or {}).get("floor_ratio") if isinstance(r.get("metrics"), dict) else None
+    if not checks:
+        return ""
+    after = checks[0]["metrics"].get("floor_ratio")
+    fmt = lambda x: f"{x:.3g}x" if isinstance(x, (int, float)) else "-"  # noqa: E731
+    return f"; err/floor as built {fmt(as_built)}, with it neutralized {fmt(after)}"
+
+
 def _known_html(data: dict) -> str:
     """Checks whose failure is a known upstream issue (sdparity.known_issues), by issue."""
     from sdparity.known_issues import all_issues
@@ -300,8 +312,8 @@ def _known_html(data: dict) -> str:
         about = (f"<p><b>{_e(issue.title)}</b> (seen on TVM {_e(', '.join(issue.tvm_versions))}; repro "
                  f"<code>python {_e(issue.to_json()['repro'])}</code>)</p><p class='small'>"
                  f"{_e(issue.description)}</p>") if issue else "<p>(not in this sdparity's registry)</p>"
-        checks = ", ".join(f"{r['stage']}/{r['backend']}/{r.get('case')}/{r.get('output')} (was {r.get('known_was')})"
-                           for r in recs)
+        checks = ", ".join(f"{r['stage']}/{r['backend']}/{r.get('case')}/{r.get('output')} (was {r.get('known_was')}"
+                           f"{_proof(r)})" for r in recs)
         out.append(f"<h3 class='known'>{_e(iid)}: {len(recs)} checks</h3>{about}<p class='small'>{_e(checks)}</p>")
     return "".join(out) or "<p>None.</p>"
 
