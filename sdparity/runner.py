@@ -174,6 +174,9 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
                 attach(report, rec, *image)
             if rec["verdict"] in ("fail", "error"):
                 failed.append(rec)
+    if mode.prove_known:
+        _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
+    failed = [r for r in failed if r["verdict"] != "known"]  # a proven known bug needs no localizing
     if failed and localize:  # name the first diverging kernel of the first failing case
         from sdparity.check.localize import localize_check
 
@@ -182,8 +185,6 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         for rec in failed:
             if rec["case"] == case.label:
                 rec["localization"] = loc
-    if mode.prove_known:
-        _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scope, log)
     for k in meta.get("own_kernels", []) if mode.own_kernels else []:  # the suite's own kernels, each alone
         from sdparity.check.own_kernels import check
 
