@@ -127,7 +127,8 @@ def fresh_cache(tmp_path: Path) -> Path:
 
 
 def entries(builds: Path) -> list[Path]:
-    return sorted(p for p in builds.iterdir() if not p.name.startswith("."))
+    """The cache's entries (none yet when a kill landed before the first build made the folder)."""
+    return sorted(p for p in builds.iterdir() if not p.name.startswith(".")) if builds.is_dir() else []
 
 
 def assert_cache_valid(builds: Path) -> None:
