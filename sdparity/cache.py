@@ -129,6 +129,7 @@ class _Interrupts:
 
 class BuildCache:
     def __init__(self, root: Path | None = None, rebuild: bool = False, deep_verify: bool = True):
+        self._swept = False
         self.root = Path(root) if root else default_root()
         self.rebuild = rebuild
         self.deep_verify = deep_verify
@@ -210,6 +211,9 @@ class BuildCache:
         except OSError as e:
             if not final.is_dir():
                 raise SdparityError(f"build cache {self.root} is not usable: {e.strerror or e}") from None
+        if not self._swept:  # once per cache object: what killed builds left, even if all is cached
+            self._swept = True
+            self.collect_stale()
         with self._locked(final, exclusive=False, log=log, label=label):
             meta = self._reusable(final)
             if meta is not None:

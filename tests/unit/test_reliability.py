@@ -617,3 +617,16 @@ def test_model_config_that_is_not_an_object_is_refused_up_front(cfg, text, needl
     target.write_text(text)
     r, cpu = timed("check", "--stages", CHEAP, "--model", folder, "--report", tmp_path / "r.json")
     assert needle in one_error_line(r) and cpu < 1.5, r.stderr
+
+
+def test_a_killed_builds_folder_goes_even_when_its_entry_is_cached(tmp_path):
+    """A build killed after another process had made the same entry leaves `.build-<entry>-*`;
+    the next run only reuses the entry, and still removes the folder (the CI rehearsal's flake)."""
+    first = BuildCache(tmp_path)
+    entry, _, cached = first.get_or_build({"a": 1}, _slow_builder([]), log=lambda *a: None)
+    assert not cached
+    left = tmp_path / f".build-{entry.name}-k1ll3d00"
+    left.mkdir()
+    (left / "half.so").write_bytes(b"half")
+    again, _, cached = BuildCache(tmp_path).get_or_build({"a": 1}, _slow_builder([]), log=lambda *a: None)
+    assert cached and again == entry and not left.exists()
