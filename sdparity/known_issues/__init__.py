@@ -101,8 +101,8 @@ def proven(record: dict, ids, neutralized: list[dict]) -> dict:
     record["verdict"] = "known"
     record["known_issue"], record["known_issues"] = ids[0], ids
     record["neutralized"] = _neutralized(ids, "pass", neutralized)
-    again = "; ".join(r["message"] for r in neutralized[:1])
-    record["message"] = (f"known issue {', '.join(ids)} (proven: passes with it neutralized: {again}); "
+    record["message"] = (f"known issue {', '.join(ids)} (proven: passes with it neutralized: "
+                         f"{neutralized[0]['message']}); "
                          f"as built: {record.get('message') or ''}")
     return record
 
