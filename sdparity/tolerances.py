@@ -106,6 +106,27 @@ TABLE: dict[tuple[str, str, str, str], Tolerance] = {
     ("scheduler_dpm", "prev_sample", "*", "*"): Tolerance(
         2e-6, 2e-6, reason="DPM++ update is 3 fused multiply-adds over float32 constants computed "
         "exactly as diffusers does; the bound is ~10 float32 ulp at |x| ~ 10"),
+    # ---- PNDM (PLMS), Euler, LCM schedulers (docs/schedulers.md; bounds derived there) ---------
+    ("scheduler_pndm", "prev_sample", "*", "*"): Tolerance(
+        2e-6, 2e-6, reason="PLMS combination (up to 55*e, then *float32(1/24)) and x*c - (d*e)/denom "
+        "over float32 constants computed as diffusers does: llvm is bit-exact; an FMA/reciprocal "
+        "backend moves a few ulp of |x| <= ~5 (numpy emulation, tests/unit/test_schedulers.py)"),
+    ("scheduler_euler", "scaled_sample", "*", "*"): Tolerance(
+        1e-6, 1e-6, reason="one division sample/sqrt(sigma^2+1): correctly rounded on llvm (bit-exact), "
+        "WGSL '/' 2.5 ulp: ~3e-7 relative"),
+    ("scheduler_euler", "pred_original_sample", "*", "*"): Tolerance(
+        2e-5, 1e-6, reason="x0 = model_output*a + sample/b cancels terms up to |sample| ~ 60 (initial "
+        "noise * sigma_max 14.6) down to x0 ~ 1: one ulp of 60 is 3.8e-6, an FMA shifts the product's "
+        "rounding (numpy emulation); llvm is bit-exact"),
+    ("scheduler_euler", "prev_sample", "*", "*"): Tolerance(
+        2e-5, 2e-6, reason="sample + ((sample - x0)/sigma)*dt: the last step to sigma 0 cancels "
+        "|sample| ~ 60 down to ~x0, so its rounding is ulp(60)-sized in absolute terms; llvm is bit-exact"),
+    ("scheduler_lcm", "denoised", "*", "*"): Tolerance(
+        2e-5, 1e-6, reason="x0 = (p*x - q*eps)/r amplifies one rounding of the numerator by "
+        "1/sqrt(a_t) (14.6 at t=999) as DPM's x0, then c_out*x0 + c_skip*x; llvm is bit-exact"),
+    ("scheduler_lcm", "prev_sample", "*", "*"): Tolerance(
+        2e-6, 2e-6, reason="sqrt(a_prev)*denoised + sqrt(1-a_prev)*noise: two products and a sum "
+        "at |x| <= ~5, ~a few ulp; llvm is bit-exact"),
     # ---- VAE decode ---------------------------------------------------------------------
     ("vae", "image_float", "*", "tiny"): Tolerance(
         1e-2, 1e-5, reason="0..255-scaled float image before rounding; tiny VAE at 16x16 latents: "
