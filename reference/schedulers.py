@@ -109,9 +109,10 @@ def _header(kind: str, sched, num_steps: int) -> dict:
             "config": cfg, "num_steps": int(num_steps), "timesteps": [float(t) for t in sched.timesteps.tolist()]}
 
 
-def inputs(consts: dict, keys, k: int) -> list[np.ndarray]:
-    """The scalar arguments named ``keys`` at step k, as 0-d float32 arrays, in call order."""
-    return [np.array(consts[key][k], dtype=np.float32) for key in keys]
+def scalars(consts: dict, keys, k: int) -> np.ndarray:
+    """The scalar arguments named ``keys`` at step k as one float32 vector, in call order (the
+    stages' functions take their scalars packed: sdparity/stages/_scheduler.py)."""
+    return np.array([consts[key][k] for key in keys], dtype=np.float32)
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Euler (EulerDiscreteScheduler) stage: three Relax functions with symbolic N, C, H, W.
 
-    euler_scale_model_input(sample, scale) -> sample / scale            scale = sqrt(sigma^2 + 1)
-    euler_convert_model_output(sample, model_output, a, b) -> x0 = (model_output*a) + (sample/b)
-    euler_step(sample, x0, sigma_hat, dt) -> prev = sample + (((sample - x0)/sigma_hat)*dt)
+    euler_scale_model_input(sample, [scale]) -> sample / scale          scale = sqrt(sigma^2 + 1)
+    euler_convert_model_output(sample, model_output, [a, b]) -> x0 = (model_output*a) + (sample/b)
+    euler_step(sample, x0, [sigma_hat, dt]) -> prev = sample + (((sample - x0)/sigma_hat)*dt)
+
+(the bracketed scalars travel as one float32 vector: sdparity/stages/_scheduler.py)
 
 The UNet sees the scaled sample; ``step`` gets the unscaled one. x0 is diffusers'
 ``pred_original_sample``: for epsilon a = -sigma_hat, b = 1, which is exactly ``sample -
@@ -82,12 +84,12 @@ class SchedulerEuler(SchedulerStage):
                           "timestep": r.timestep, "sigma": chain.consts["sigma"][k]}
                 out += [
                     self.case(f"{label}/scale", "euler_scale_model_input",
-                              [r["sample"], *ref.inputs(c, ref.EULER_SCALE_KEYS, k)], chain, k, "scaled_sample", shapes),
+                              [r["sample"], ref.scalars(c, ref.EULER_SCALE_KEYS, k)], chain, k, "scaled_sample", shapes),
                     self.case(f"{label}/convert", "euler_convert_model_output",
-                              [r["sample"], r["model_output"], *ref.inputs(c, ref.EULER_CONVERT_KEYS, k)],
+                              [r["sample"], r["model_output"], ref.scalars(c, ref.EULER_CONVERT_KEYS, k)],
                               chain, k, "pred_original_sample", shapes),
                     self.case(f"{label}/step", "euler_step",
-                              [r["sample"], r["pred_original_sample"], *ref.inputs(c, ref.EULER_STEP_KEYS, k)],
+                              [r["sample"], r["pred_original_sample"], ref.scalars(c, ref.EULER_STEP_KEYS, k)],
                               chain, k, "prev_sample", shapes),
                 ]
         return out

@@ -1,9 +1,9 @@
 """LCM (LCMScheduler) stage: two Relax functions with symbolic N, C, H, W.
 
-    lcm_denoise(sample, model_output, p, q, r, c_out, c_skip) -> denoised
+    lcm_denoise(sample, model_output, scalars=[p, q, r, c_out, c_skip]) -> denoised
         x0       = ((p*sample) - (q*model_output)) / r
         denoised = (c_out*x0) + (c_skip*sample)
-    lcm_add_noise(denoised, noise, sqrt_alpha_prev, sqrt_beta_prev) -> prev_sample
+    lcm_add_noise(denoised, noise, scalars=[sqrt_alpha_prev, sqrt_beta_prev]) -> prev_sample
         prev     = (sqrt_alpha_prev*denoised) + (sqrt_beta_prev*noise)
 
 epsilon: p = 1, q = sqrt(1-a_t), r = sqrt(a_t) (1*sample and /1 are exact, so this is diffusers'
@@ -12,6 +12,7 @@ c_out are the consistency model's boundary-condition scalings (``get_scalings_fo
 of the timestep as a tensor, as pipelines pass it). Every step but the last adds noise; the last
 returns ``denoised`` (no ``lcm_add_noise`` call). The noise is an input: the stage never draws
 random numbers; the reference records what diffusers drew (``reference.schedulers.run_lcm``).
+Scalars travel packed in one float32 vector (sdparity/stages/_scheduler.py: WebGPU's buffer limit).
 """
 
 from __future__ import annotations
@@ -62,16 +63,16 @@ class SchedulerLCM(SchedulerStage):
                 c = ref.lcm_constants({**cfg, "prediction_type": "epsilon"}, n)
             for k in indices:
                 r = chain.records("float32")[k]
-                denoise = ref.inputs(c, ref.LCM_DENOISE_KEYS, k)
+                denoise = ref.scalars(c, ref.LCM_DENOISE_KEYS, k)
                 if self.fault == "c_skip_c_out_swapped":
                     denoise[3], denoise[4] = denoise[4], denoise[3]
                 label = f"{cfg_name}/n{n}/k{k}"
                 shapes = {"latent": list(r["sample"].shape), "num_steps": n, "step_index": k,
                           "timestep": r.timestep, "add_noise": c["add_noise"][k]}
-                out.append(self.case(f"{label}/denoise", "lcm_denoise", [r["sample"], r["model_output"], *denoise],
+                out.append(self.case(f"{label}/denoise", "lcm_denoise", [r["sample"], r["model_output"], denoise],
                                      chain, k, "denoised", shapes))
                 if c["add_noise"][k]:
                     out.append(self.case(f"{label}/add_noise", "lcm_add_noise",
-                                         [r["denoised"], r["noise"], *ref.inputs(c, ref.LCM_NOISE_KEYS, k)],
+                                         [r["denoised"], r["noise"], ref.scalars(c, ref.LCM_NOISE_KEYS, k)],
                                          chain, k, "prev_sample", shapes))
         return out

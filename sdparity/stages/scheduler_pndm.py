@@ -1,7 +1,7 @@
 """PNDM (PLMS) scheduler stage: one Relax function with symbolic N, C, H, W.
 
-    pndm_step(sample, model_output, h1, h2, h3, c0, c1, c2, c3, mul, div, va, vb,
-              sample_coeff, eps_coeff, denom) -> prev_sample
+    pndm_step(sample, model_output, h1, h2, h3, scalars) -> prev_sample
+        scalars = [c0, c1, c2, c3, mul, div, va, vb, sample_coeff, eps_coeff, denom] (float32[11])
         e    = (((((c0*model_output) - (c1*h1)) + (c2*h2)) - (c3*h3)) * mul) / div
         e    = (va*e) + (vb*sample)                 # v_prediction; epsilon: va=1, vb=0 (exact)
         prev = (sample_coeff*sample) - ((eps_coeff*e) / denom)
@@ -18,8 +18,6 @@ h3, ...); if push[k]: h3, h2, h1 = h2, h1, eps`` (saved = the sample of step 0).
 """
 
 from __future__ import annotations
-
-import numpy as np
 
 from sdparity.registry import Output, register
 from sdparity.stages._scheduler import LATENT, LATENT_OTHER, SchedulerStage
@@ -67,13 +65,13 @@ class SchedulerPNDM(SchedulerStage):
             c = chain.consts
             for k in indices:
                 r = chain.records("float32")[k]
-                scalars = ref.inputs(c, ref.PNDM_STEP_KEYS, k)
+                scalars = ref.scalars(c, ref.PNDM_STEP_KEYS, k)
                 if self.fault == "warmup_skipped":
-                    scalars[:6] = [np.array(v, np.float32) for v in ref.PLMS_COEFFS[4]]
+                    scalars[:6] = ref.PLMS_COEFFS[4]
                 x_in = r["sample"] if self.fault == "heun_from_current_sample" else r["sample_in"]
                 shapes = {"latent": list(r["sample"].shape), "num_steps": n, "call": k, "timestep": r.timestep,
                           "terms": c["terms"][k], "saved_sample": c["saved_sample"][k]}
                 out.append(self.case(f"{cfg_name}/n{n}/k{k}", "pndm_step",
-                                     [x_in, r["model_output"], r["h1"], r["h2"], r["h3"], *scalars],
+                                     [x_in, r["model_output"], r["h1"], r["h2"], r["h3"], scalars],
                                      chain, k, "prev_sample", shapes))
         return out
