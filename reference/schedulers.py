@@ -90,12 +90,20 @@ def _check_supported(kind: str, cfg) -> None:
         raise ValueError(f"scheduler_{kind} does not support " + ", ".join(problems))
 
 
-def set_timesteps(sched, num_steps: int, strictly_decreasing: bool = True) -> None:
+def set_timesteps(sched, num_steps: int, calls: int | None = None, strictly_decreasing: bool = True) -> None:
+    """set_timesteps, refusing what the constants cannot describe: a step count out of range, a
+    number of timesteps other than ``calls`` (default num_steps: diffusers' "trailing" spacing
+    gives n+1 timesteps, the last -1, for n = 61, 103, ... from float rounding in np.arange; see
+    docs/schedulers.md), timesteps that repeat where the scheduler looks them up."""
     n_train = int(sched.config.num_train_timesteps)
     if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= n_train:
         raise ValueError(f"num_steps must be an integer in 1..{n_train}, got {num_steps!r}")
     sched.set_timesteps(int(num_steps))
     ts = sched.timesteps.tolist()
+    calls = num_steps if calls is None else calls
+    if len(ts) != calls:
+        raise ValueError(f"diffusers gives {len(ts)} timesteps for num_steps={num_steps} (expected {calls}), "
+                         f"ending {ts[-3:]}: refused")
     if strictly_decreasing and any(a <= b for a, b in zip(ts, ts[1:])):
         # repeated timesteps make diffusers' index_for_timestep ambiguous
         raise ValueError(f"diffusers gives timesteps for num_steps={num_steps} that are not strictly "
@@ -170,6 +178,11 @@ def _model_fn(model_outputs, k, t, x):
 
 # ---- PNDM (PLMS) -----------------------------------------------------------------------------
 
+def pndm_calls(num_steps: int) -> int:
+    """UNet calls of PLMS with skip_prk_steps: the second timestep is repeated (n >= 2)."""
+    return num_steps + 1 if num_steps > 1 else 1
+
+
 def pndm_constants(config: dict, num_steps: int) -> dict:
     """Per PLMS call k (len(timesteps) of them): the combination (c0..c3, mul, div; see
     PLMS_COEFFS), v-prediction (va, vb: 1, 0 for epsilon) and _get_prev_sample's scalars;
@@ -178,7 +191,7 @@ def pndm_constants(config: dict, num_steps: int) -> dict:
     import torch
 
     sched = make("pndm", config)
-    set_timesteps(sched, num_steps, strictly_decreasing=False)
+    set_timesteps(sched, num_steps, pndm_calls(num_steps), strictly_decreasing=False)
     ratio = sched.config.num_train_timesteps // num_steps
     out = {k: [] for k in (*PNDM_STEP_KEYS, "t", "prev_t", "alpha_prod_t", "saved_sample", "push", "terms")}
     n_ets = 0
@@ -218,7 +231,7 @@ def run_pndm(config: dict, num_steps: int, sample: np.ndarray, model_outputs, dt
 
     td = _tdtype(dtype)
     sched = make("pndm", config)
-    set_timesteps(sched, num_steps, strictly_decreasing=False)
+    set_timesteps(sched, num_steps, pndm_calls(num_steps), strictly_decreasing=False)
     x = torch.tensor(np.asarray(sample), dtype=td)
     records = []
     for k, t in enumerate(sched.timesteps):
