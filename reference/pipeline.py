@@ -68,3 +68,56 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
         "timesteps": [int(t) for t in pipe.scheduler.timesteps],
         "image01": image, "image_u8": np.round(image * 255.0).astype(np.uint8),
     }
+
+
+def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
+                     latents: np.ndarray, device: str = "cpu") -> dict:
+    """The float64 twin of ``diffusers_generate``: the noise floor of every step of a generation.
+
+    diffusers' pipeline cannot be run in float64 as a whole: ``DPMSolverMultistepScheduler.step``
+    casts the sample to float32 and back ("upcast to avoid precision issues"), so a float64
+    pipeline still rounds every step to float32. This loop does what the pipeline does, with the
+    real text encoder and UNet in float64 (copies of the model's modules): the prompt encoded as
+    ``encode_prompt`` does (max-length padding, last hidden state), classifier-free guidance
+    ``uncond + g * (cond - uncond)`` on the doubled batch, and the DPM-Solver++ step written out
+    with the suite's constants (reference.dpm: the float32 values diffusers uses, widened).
+    ``max |float64 - float32 diffusers|`` after each step is then what float32 arithmetic alone
+    costs along the trajectory: the floor a correct float32 build's error is measured against.
+
+    Returns positive/negative embeddings and the latents after every step, float64 numpy."""
+    import copy
+
+    import torch
+
+    from reference.dpm import compute_constants
+
+    pipe = getattr(model, "pipe", model)
+    te = copy.deepcopy(pipe.text_encoder).double().to(device).eval()
+    unet = copy.deepcopy(pipe.unet).double().to(device).eval()  # .double(): every module, no warning
+    tok = pipe.tokenizer
+    consts = compute_constants(dict(pipe.scheduler.config), steps)
+
+    def encode(text: str):
+        ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                  return_tensors="pt").input_ids.to(device)
+        return te(ids)[0]
+
+    def scalar(key: str, k: int):
+        return float(np.float32(consts[key][k]))
+
+    trace = []
+    with torch.no_grad():
+        pos, neg = encode(prompt), encode(negative_prompt)
+        emb = torch.cat([neg, pos])
+        x = torch.from_numpy(np.asarray(latents, np.float64)).to(device)
+        hist = torch.zeros_like(x)
+        for k in range(steps):
+            t = torch.tensor(int(consts["timesteps"][k]), device=device)
+            uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
+            eps = uncond + guidance * (cond - uncond)
+            x0 = (x - scalar("sigma", k) * eps) / scalar("alpha", k)
+            x = (scalar("c0", k) * x - scalar("c1", k) * x0) - scalar("half_c1", k) * (scalar("inv_r0", k) * (x0 - hist))
+            hist = x0
+            trace.append(x.cpu().numpy())
+    return {"positive": pos.cpu().numpy(), "negative": neg.cpu().numpy(), "latents": trace,
+            "timesteps": [int(t) for t in consts["timesteps"]]}

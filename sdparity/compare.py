@@ -160,13 +160,3 @@ def compare(
     return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), max_abs, max_rel, mismatches,
                    frac, floor, ratio, scale, floor_rel, budget, failed, nonfinite, worst, passed, why,
                    tol.floor_stat)
-
-
-def first_divergence(trace, ref_trace, tol: Tolerance):
-    """(index, Metrics) of the first step of ``trace`` outside ``tol`` against ``ref_trace``,
-    or (None, None): per-step latents of a generation loop against diffusers'."""
-    for k, (a, b) in enumerate(zip(trace, ref_trace)):
-        m = compare(a, b, tol)
-        if not m.passed:
-            return k, m
-    return None, None

@@ -22,10 +22,10 @@ from sdparity.reports.report import Report
 from sdparity.tolerances import lookup
 
 
-def judge_by_table(st, spec, backend, scope, case_label, cand, ref, ref_floor):
+def judge_by_table(st, spec, backend: str, scope, case_label, cand, ref, ref_floor):
     """The default rule: the tolerance table and the calibrated floor budget (sdparity.tolerances),
     against the float32 reference, its float64 twin as the noise floor."""
-    tol = lookup(st.name, spec.name, backend.name, scope, case_label)
+    tol = lookup(st.name, spec.name, backend, scope, case_label)
     return compare(cand, ref, tol, ref_floor, integer=spec.integer), tol
 
 
@@ -219,12 +219,29 @@ def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode =
         return error(f"run failed: {one_line(e)}")
     if len(outs) != len(case.outputs):
         return error(f"backend returned {len(outs)} outputs, expected {len(case.outputs)}")
+    return judge_case(st, b.name, b.device_class, case, outs, r32, r64, scope, timings, log, mode)
+
+
+def judge_case(st, backend: str, device_class: str, case, outs, r32, r64, scope, timings, log,
+               mode: Mode = DEFAULT, **fields) -> list[dict]:
+    """The records of one case's outputs, each judged by the mode's rule: the one place a record
+    is made from a comparison, whoever ran the case (``check_case`` here; the CUDA device half,
+    sdparity.gpu.cuda, on outputs it ran and timed itself). ``fields``: more fields each record
+    carries."""
+    tag = f"[{backend}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
+    base = dict(stage=st.name, backend=backend, device_class=device_class, case=case.label,
+                function=case.function, shapes=case.shapes, model_scope=scope, timings=timings,
+                **mode.extra, **fields)
+    run_s = f" ({timings['run_s']:.3f}s)" if timings and "run_s" in timings else ""
     records = []
     for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):
         try:
-            m, tol = mode.judge(st, spec, b, scope, case.label, cand, ref, ref64)
+            m, tol = mode.judge(st, spec, backend, scope, case.label, cand, ref, ref64)
         except KeyError as e:  # an undeclared tolerance: this check cannot be judged
-            records += error(str(e.args[0] if e.args else e), spec.name)
+            message = str(e.args[0] if e.args else e)
+            log(f"{tag} {case.label}: ERROR {message}")
+            records.append(dict(base, output=spec.name, verdict="error", message=message, metrics=None,
+                                tolerance=None))
             continue
         rec = dict(base, output=spec.name, verdict="pass" if m.passed else "fail", message=m.why,
                    metrics=m.to_json(), tolerance=tol.to_json(), integer=spec.integer,
@@ -236,7 +253,7 @@ def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode =
         ratio = "" if m.floor_ratio is None else f" err/floor={m.floor_ratio:.3g}x" + (
             f" (budget {m.floor_budget:g}x)" if m.floor_budget is not None else "")
         log(f"{tag} {case.label} {spec.name}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
-            f"floor={floor}{ratio} ({timings['run_s']:.3f}s)")
+            f"floor={floor}{ratio}{run_s}")
     return records
 
 

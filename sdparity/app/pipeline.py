@@ -15,14 +15,18 @@ from sdparity.registry import get_stage
 from sdparity.stages import PIPELINE_STAGES
 
 
-def build_stages(backend, model, cache, latent_hw, log=print) -> dict[str, Path]:
-    """function name -> artifact folder, for every function the pipeline calls."""
+def build_stages(backend, model, cache, latent_hw, log=print, neutralize: list[str] | None = None
+                 ) -> dict[str, Path]:
+    """function name -> artifact folder, for every function the pipeline calls. ``neutralize``:
+    known issues neutralized in the builds of stages with weights (as runner.run_checks)."""
     arts = {}
     for name in PIPELINE_STAGES:
         st = get_stage(name)
         variant = st.default_variant(model)
         if "latent" in variant:
             variant = {**variant, "latent": list(latent_hw)}
+        if neutralize and st.component:
+            variant = {**variant, "neutralize": sorted(neutralize)}
         art, _, cached = backend.build_cached(lambda s=st, v=variant: s.build_ir(model, v),
                                               st.build_key(model, variant), cache, log=log,
                                               label=f"{name}/{backend.name}")
@@ -66,3 +70,70 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
 def rgba_to_u8(rgba: np.ndarray) -> np.ndarray:
     """(H,W) uint32 -> (H,W,3) uint8 (little-endian r,g,b)."""
     return rgba.astype("<u4").view(np.uint8).reshape(*rgba.shape, 4)[..., :3]
+
+
+def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str,
+                     device_class: str = "cpu", **extra) -> list[dict]:
+    """A generation judged against diffusers': ``sdparity.report/1`` records of stage "pipeline".
+
+    gen: the generation's embeddings, per-step latents and final pixels (``positive``,
+    ``negative``, ``latents``: a list, ``pixels``: HxWx3 uint8), from any driver (this module,
+    the browser app, Node on Dawn). ref: reference.pipeline.diffusers_generate; ref64:
+    reference.pipeline.float64_generate, the noise floor of the embeddings and of every step.
+    Each output is judged by the one comparison (sdparity.compare) with the table's tolerance
+    and the calibrated err/floor budget of its (pipeline, output, backend, scope) group; cases:
+    "prompt", "negative prompt", "step 01".."step NN", "image". ``extra``: fields every record
+    carries (e.g. the card)."""
+    from sdparity.compare import compare
+    from sdparity.tolerances import lookup
+
+    records = []
+
+    def judge(case, output, cand, r32, r64=None, integer=False):
+        # the group's budget, not a step's own: step k of a 3-step run is not step k of 20
+        tol = lookup("pipeline", output, backend, scope)
+        cand = np.asarray(cand)
+        m = compare(cand, np.asarray(r32), tol, None if r64 is None else np.asarray(r64), integer=integer)
+        records.append(dict(stage="pipeline", backend=backend, device_class=device_class, case=case,
+                            function="generate", output=output, shapes={output: list(cand.shape)},
+                            model_scope=scope, verdict="pass" if m.passed else "fail", message=m.why,
+                            metrics=m.to_json(), tolerance=tol.to_json(), integer=integer,
+                            failed_bound=m.failed_bound, timings=None, **extra))
+
+    judge("prompt", "embeddings", gen["positive"], ref["positive"], ref64["positive"])
+    judge("negative prompt", "embeddings", gen["negative"], ref["negative"], ref64["negative"])
+    if len(gen["latents"]) != len(ref["latents"]):
+        records.append(dict(records[-1], case="steps", output="latents", verdict="fail", metrics=None,
+                            failed_bound="shape", message=f"{len(gen['latents'])} steps, diffusers ran "
+                            f"{len(ref['latents'])}"))
+    for k, (a, b, b64) in enumerate(zip(gen["latents"], ref["latents"], ref64["latents"])):
+        judge(f"step {k + 1:02d}", "latents", a, b, b64)
+    judge("image", "pixels", gen["pixels"], ref["image_u8"], integer=True)
+    return records
+
+
+def first_failing_step(records: list[dict]) -> dict | None:
+    """The first per-step latents record that did not pass (None: every step passed)."""
+    return next((r for r in records if r["output"] == "latents" and r["verdict"] != "pass"), None)
+
+
+PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
+
+
+def generation_records(backend, model, cache, seed: int, latent_hw, log=print, prompt: str = PROMPT,
+                       negative_prompt: str = NEGATIVE, steps: int = STEPS, guidance: float = GUIDANCE,
+                       neutralize: list[str] | None = None) -> list[dict]:
+    """One generation through ``backend``'s stage builds from seeded latents, judged against
+    diffusers (float32) with the float64 loop as its floor: the records of ``judge_generation``.
+    ``neutralize``: known issues neutralized in the builds (the calibration's)."""
+    from reference.pipeline import diffusers_generate, float64_generate, initial_latents
+
+    lat = initial_latents(model, tuple(latent_hw), seed)
+    ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat)
+    ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat)
+    arts = build_stages(backend, model, cache, latent_hw, log=log, neutralize=neutralize)
+    with backend.session() as runner:
+        out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat)
+    out["pixels"] = rgba_to_u8(out["rgba"])
+    return judge_generation(out, ref, ref64, backend.name, model.scope, backend.device_class,
+                            seed=seed, latent=list(latent_hw))

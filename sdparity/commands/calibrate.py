@@ -136,8 +136,17 @@ def run_seeds(args, log) -> dict[int, list[dict]]:
             report.data["neutralized"] = calibration_neutralizers()
         # calibration measures the suite with its known bugs neutralized; --validate judges the
         # builds as `sdparity check` makes them (a known bug then has to be proven, not budgeted)
-        run_checks(stages, backends, model, report, cache, seed=seed, log=log,
-                   neutralize=None if args.validate else calibration_neutralizers())
+        neutralize = None if args.validate else calibration_neutralizers()
+        if args.pipeline:  # one generation per backend (sdparity.app.pipeline), not the stage checks
+            from sdparity.app.pipeline import generation_records
+
+            report.data["model_scope"] = model.scope
+            for b in backends:
+                for rec in generation_records(b, model, cache, seed, model.default_latent_hw, log=log,
+                                              neutralize=neutralize):
+                    report.add(**rec)
+        else:
+            run_checks(stages, backends, model, report, cache, seed=seed, log=log, neutralize=neutralize)
         if args.report_dir:
             report.write(Path(args.report_dir) / f"calibrate-seed{seed}.json")
         s = report.summary()
@@ -280,6 +289,9 @@ def add_parser(sub) -> None:
     c.add_argument("--out", type=out_file, default=CALIBRATION, help=f"calibration file (default: {CALIBRATION})")
     c.add_argument("--validate", action="store_true", help="judge with the committed budgets, write nothing "
                    "(use held-out seeds, e.g. --seeds 5-9)")
+    c.add_argument("--pipeline", action="store_true", help="calibrate the whole generation (embeddings and "
+                   "the latents after every step, against a float64 loop: sdparity.app.pipeline) instead of "
+                   "the stage checks")
     c.add_argument("--report-dir", type=Path, default=None, help="also write each seed's report here")
     c.add_argument("--from-reports", type=Path, default=None, metavar="DIR", help="summarize the reports an "
                    "earlier run wrote with --report-dir instead of running the checks")

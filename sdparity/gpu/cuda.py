@@ -412,9 +412,6 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
 
     from sdparity.backends.native import to_numpy_list
     from sdparity.commands.bench import PeakSampler, device_used_mib
-    from sdparity.compare import compare
-    from sdparity.tolerances import lookup
-
     name = meta["stage"]
     z = dict(np.load(folder / "cases.npz"))
     if seed:
@@ -494,31 +491,27 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
             ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
         kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
 
-    # ---- compare and record
-    if f16:
-        from sdparity.commands.f16 import judge
+    # ---- judge and record: the one check driver's judge (runner.judge_case), by the mode's rule
+    from sdparity.registry import Case, Output
+    from sdparity.runner import DEFAULT, judge_case
+
+    md = DEFAULT
+    if f16:  # the f16 rule: against float64, PyTorch float16's own error as the floor
+        from sdparity.commands.f16 import mode as f16_mode
+
+        md = f16_mode()
+    quiet = lambda *_: None  # noqa: E731  (a line per failure below, not per check)
     for ci, c in enumerate(cases):
-        for spec, cand, ref, ref64 in zip(c["outputs"], cands[ci], refs[ci], refs64[ci]):
-            if f16:  # the f16 rule: TVM's error against float64 within a factor of PyTorch float16's
-                m, tol = judge(cand, ref64, ref, spec["integer"])
-                ok, why = m.passed, m.why
-                report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
-                           function=c["function"], output=spec["name"], shapes=c["shapes"],
-                           verdict="pass" if ok else "fail", message=why, metrics=m.to_json(),
-                           tolerance=tol.to_json(), timings=None, precision="f16", integer=spec["integer"],
-                           failed_bound=m.failed_bound)
-                log(f"[cuda f16] {name} {c['label']} {spec['name']}: {'PASS' if ok else 'FAIL'} {why}")
-                continue
-            tol = lookup(name, spec["name"], "cuda", meta["scope"], c["label"])
-            m = compare(cand, ref, tol, ref64, integer=spec["integer"])
-            report.add(stage=name, backend="cuda", device_class="gpu", case=c["label"],
-                       function=c["function"], output=spec["name"], shapes=c["shapes"],
-                       verdict="pass" if m.passed else "fail", message=m.why, metrics=m.to_json(),
-                       tolerance=tol.to_json(), timings=None, integer=spec["integer"],
-                       failed_bound=m.failed_bound)
-            if ci < 8 or not m.passed:
-                log(f"[cuda] {name} {c['label']} {spec['name']}: {'PASS' if m.passed else 'FAIL'} "
-                    f"max_abs={m.max_abs:.3g} floor={m.noise_floor}")
+        case = Case(c["label"], c["function"], [], None,
+                    tuple(Output(o["name"], bool(o["integer"])) for o in c["outputs"]), c["shapes"])
+        first, second = (refs64[ci], refs[ci]) if f16 else (refs[ci], refs64[ci])
+        for rec in judge_case(stage, "cuda", "gpu", case, cands[ci], first, second, meta["scope"], None,
+                              quiet, md):
+            rec.pop("_image", None)
+            report.add(**rec)
+            if ci < 8 or rec["verdict"] != "pass":
+                log(f"[cuda{' f16' if f16 else ''}] {name} {c['label']} {rec['output']}: "
+                    f"{rec['verdict'].upper()} {rec['message']}")
     for fn, ci in timed.items():
         run_s, ref_s = float(np.median(tvm_times[fn])), float(np.median(ref_times[fn]))
         perf.append({"stage": name, "backend": "cuda", "device_class": "gpu", "card": card,

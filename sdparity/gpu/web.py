@@ -22,9 +22,12 @@ and writes DIR:
 ``device`` (there) recreates the seeded model (reference.models.random_components), writes
 the weight shards from it and checks their sha256 against prepare's, runs the Node runner
 (first run cold, then warm), then the real diffusers StableDiffusionPipeline on the same card
-with the same latents, and writes ``webgpu-gpu.json`` (per-step and total times for both,
-latents after every step compared with the declared tolerances) and PNGs (webgpu, diffusers,
-difference).
+with the same latents, and the float64 loop (reference.pipeline.float64_generate: each step's
+noise floor), and writes ``gpu-report.json``, a ``sdparity.report/1`` report (the generation's
+records; per-step and total times of both sides as bench records under ``performance.gpu``)
+and PNGs (webgpu, diffusers, difference). Reports of the older schema ``sdparity.webgpu_gpu/1``
+(``webgpu-gpu.json``, committed under docs/results) are read by docs/performance.md's generator
+only.
 
     python -m sdparity.gpu.web prepare --model sd15-random --dir out/webgpu-gpu
     python -m sdparity.gpu.web device --dir out/webgpu-gpu --out $OUT     (docs/performance.md)
@@ -57,7 +60,6 @@ def components() -> tuple[str, ...]:
 
     return tuple(dict.fromkeys(s.component for s in all_stages().values() if s.component))
 
-SCHEMA = "sdparity.webgpu_gpu/1"
 
 
 def _digest(data: bytes) -> str:
@@ -294,49 +296,66 @@ def webgpu_profile(res: dict) -> dict | None:
 
 def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False,
            profile: bool = False) -> int:
+    """Run the prepared app in Node on Dawn and diffusers on the same card; write
+    ``gpu-report.json``, a ``sdparity.report/1`` report (read by ``sdparity html``/``gate``):
+    the generation judged by ``sdparity.app.pipeline.judge_generation`` (embeddings, latents
+    after every step against the float64 loop's floor, pixels), and under
+    ``performance.gpu`` the per-step and whole-generation times of both sides (bench records,
+    so the speed gate compares them), the WebGPU run's details and its profile."""
     import torch
 
     folder, out = folder.resolve(), out.resolve()
     from reference.models import random_components
-    from reference.pipeline import diffusers_generate
+    from reference.pipeline import diffusers_generate, float64_generate
 
-    from sdparity.compare import compare
+    from sdparity.app.pipeline import first_failing_step, judge_generation
     from sdparity.reports.images import diff_heatmap, write_png
-    from sdparity.files import write_atomic
-    from sdparity.reports.report import versions
-    from sdparity.tolerances import lookup
+    from sdparity.reports.report import Report, versions
 
     out.mkdir(parents=True, exist_ok=True)
     job = json.loads((folder / "job.json").read_text())
     cuda = torch.cuda.is_available()
     tdev = "cuda" if cuda else "cpu"
     card = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)"
-    rep = {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "job": job, "card": card,
-           "device_class": "gpu" if cuda else "cpu", "versions_device": versions(), "errors": []}
-    # at the top like a CPU report's: what ran here, plus the TVM that built the WGSL (prepare)
-    rep["versions"] = {**job.get("versions_prepare", {}),
-                       **{k: v for k, v in rep["versions_device"].items() if v is not None}}
+    dclass = "gpu" if cuda else "cpu"
+    scope = job["model"]["scope"]  # the architecture's (reference.models.architecture_scope)
+    report = Report(None)
+    report.data.update(model={"name": job["model"]["name"], "digest": None, "path": None}, model_scope=scope,
+                       seed=job.get("seed"), job=job, versions_device=versions(), errors=[])
+    # the TVM that built the WGSL (prepare) and what ran here
+    report.data["versions"] = {**job.get("versions_prepare", {}),
+                               **{k: v for k, v in report.data["versions_device"].items() if v is not None}}
+    report.data["backends"]["webgpu"] = {"name": "webgpu", "device_class": dclass, "card": card,
+                                         "runtime": "Node + Dawn (npm webgpu)"}
+    perf = report.data.setdefault("performance", {}).setdefault(dclass, {"card": card, "results": []})
+    path = out / "gpu-report.json"
 
-    def save():
-        write_atomic(out / "webgpu-gpu.json", json.dumps(rep, indent=1, default=str))
+    def fail(why: str) -> int:
+        report.data["errors"].append(why)
+        report.add(stage="pipeline", backend="webgpu", device_class=dclass, case=None, function="generate",
+                   output=None, shapes=None, verdict="error", message=why, metrics=None, tolerance=None,
+                   timings=None, card=card)
+        report.write(path)
+        log(f"error: {why}")
+        return 1
 
     t0 = time.perf_counter()
     parts = random_components(job["model"]["name"])
-    rep["create_model_s"] = round(time.perf_counter() - t0, 1)
-    rep["weights_same_as_prepare"] = write_weights(folder, parts, log)
-    if not rep["weights_same_as_prepare"]:
-        rep["errors"].append("recreated weights differ from the ones built against (sha256)")
-        save()
-        return 1
+    report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
+    same = write_weights(folder, parts, log)
+    report.data["backends"]["webgpu"]["weights_same_as_prepare"] = same
+    if not same:
+        return fail("recreated weights differ from the ones built against (sha256)")
 
     node_out = Path("/tmp/sdparity-node-out")
     shutil.rmtree(node_out, ignore_errors=True)
     res = run_node(folder, node_out, job, runs, log, software, profile)
-    rep["webgpu"] = {k: res.get(k) for k in ("adapter", "submitEvery", "loadMs", "runs", "timings", "errors",
-                                             "returncode", "wall_s", "node_version", "width", "height")}
+    perf["webgpu"] = {k: res.get(k) for k in ("adapter", "submitEvery", "loadMs", "runs", "timings", "errors",
+                                              "returncode", "wall_s", "node_version", "width", "height")}
+    report.data["backends"]["webgpu"]["adapter"] = res.get("adapter")
     prof = webgpu_profile(res)
     if prof:
-        rep["performance"] = {"gpu": {"card": card, "webgpu_kernels": prof}}
+        perf["webgpu_kernels"] = prof
         st = prof["step"]
         log(f"profile: step {st['wall_ms_median']:.1f} ms wall, {st['record_ms_median']:.1f} ms recording the work, "
             f"{st['gpu_busy_ms']:.1f} ms GPU busy (timestamp queries)")
@@ -346,9 +365,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     if (node_out / "node.log").is_file():
         shutil.copyfile(node_out / "node.log", out / "node.log")
     if res.get("errors") or res.get("returncode"):
-        rep["errors"] += [f"webgpu (node/dawn): {e}" for e in res.get("errors") or ["failed"]]
-        save()
-        return 1
+        return fail("; ".join(f"webgpu (node/dawn): {e}" for e in res.get("errors") or ["failed"]))
     shutil.copyfile(node_out / "result.json", out / "node-result.json")
 
     latents = np.fromfile(folder / "latents.f32", np.float32).reshape(job["latent_shape"])
@@ -359,52 +376,60 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
         ref = diffusers_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], latents,
                                  device=tdev, timings=timings)
         ref_runs.append(timings)
-    rep["torch"] = {"device": tdev, "torch": torch.__version__, "tf32": False, "runs": ref_runs}
+    perf["torch"] = {"device": tdev, "torch": torch.__version__, "tf32": False, "runs": ref_runs}
+    t0 = time.perf_counter()
+    ref64 = float64_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], latents,
+                             device=tdev)
+    log(f"float64 loop (the per-step floor) on {tdev}: {time.perf_counter() - t0:.1f}s")
 
-    # ---- parity: embeddings, latents after every step, final pixels (declared tolerances)
-    scope = job["model"]["scope"]  # the architecture's (reference.models.architecture_scope)
+    # ---- parity: embeddings, latents after every step (floor-relative), final pixels
     shape = ref["latents"][0].shape
     lat = np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)
     emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
     h, w = ref["image_u8"].shape[:2]
     rgba = np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)
-    checks = []
-
-    def check(what, a, b, tol_key, **kw):
-        m = compare(a, b, lookup("pipeline", tol_key, "webgpu", scope), **kw)
-        checks.append({"what": what, "passed": m.passed, "max_abs": m.max_abs, "max_rel": m.max_rel, "why": m.why})
-        return m
-
-    check("embeddings positive", emb[0], ref["positive"], "embeddings")
-    check("embeddings negative", emb[1], ref["negative"], "embeddings")
-    first_fail = None
-    for k, (a, b) in enumerate(zip(lat, ref["latents"])):
-        if not check(f"latents step {k + 1}", a, b, "latents").passed and first_fail is None:
-            first_fail = k + 1
-    check("pixels", rgba[..., :3], ref["image_u8"], "pixels", integer=True)
-    rep["parity"] = {"checks": checks, "passed": all(c["passed"] for c in checks),
-                     "first_failing_step": first_fail, "timesteps_equal": res.get("timesteps") == ref["timesteps"]}
+    gen = {"positive": emb[0], "negative": emb[1], "latents": list(lat), "pixels": rgba[..., :3]}
+    for rec in judge_generation(gen, ref, ref64, "webgpu", scope, dclass, card=card):
+        report.add(**rec)
+    if res.get("timesteps") != ref["timesteps"]:
+        report.add(**dict(report.results[-1], case="timesteps", output=None, verdict="fail", metrics=None,
+                          failed_bound="shape", message=f"timesteps {res.get('timesteps')} != diffusers' "
+                          f"{ref['timesteps']}"))
     write_png(out / "webgpu.png", rgba[..., :3])
     write_png(out / "diffusers.png", ref["image_u8"])
     write_png(out / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
 
-    # ---- summary (last run of each: warm)
-    wt, tt = rep["webgpu"]["timings"], ref_runs[-1]
-    rep["summary"] = {
+    # ---- speed: the warm run of each side, as bench records (the speed gate's input)
+    wt, tt = perf["webgpu"]["timings"], ref_runs[-1]
+    step_w = [x / 1e3 for x in wt["stepMs"]]
+    base = dict(stage="pipeline", backend="webgpu", device_class=dclass, card=card,
+                shapes={"latents": list(shape)}, reference_kind=f"diffusers StableDiffusionPipeline, torch {tdev}")
+    perf["results"] = [
+        dict(base, function="step", case=f"median of {job['steps']} steps (UNet with CFG + DPM update)",
+             run_s=float(np.median(step_w)), run_s_all=step_w, ref_s=float(np.median(tt["step_s"])),
+             ref_s_all=list(tt["step_s"]), ratio=float(np.median(step_w)) / float(np.median(tt["step_s"]))),
+        dict(base, function="generate", case=f"{job['steps']} steps + text encoding + VAE decode, warm",
+             run_s=wt["totalMs"] / 1e3, run_s_all=[r["totalMs"] / 1e3 for r in perf["webgpu"]["runs"]],
+             ref_s=tt["total_s"], ref_s_all=[r["total_s"] for r in ref_runs],
+             ratio=(wt["totalMs"] / 1e3) / tt["total_s"]),
+    ]
+    perf["generation"] = {
         "steps": job["steps"], "card": card,
         "webgpu_step_ms_median": float(np.median(wt["stepMs"])), "torch_step_ms_median": 1e3 * float(np.median(tt["step_s"])),
         "webgpu_total_s": wt["totalMs"] / 1e3, "torch_total_s": tt["total_s"],
-        "webgpu_load_s": rep["webgpu"]["loadMs"] / 1e3,
+        "webgpu_load_s": perf["webgpu"]["loadMs"] / 1e3,
     }
-    rep["summary"]["step_ratio"] = rep["summary"]["webgpu_step_ms_median"] / rep["summary"]["torch_step_ms_median"]
-    rep["summary"]["total_ratio"] = rep["summary"]["webgpu_total_s"] / rep["summary"]["torch_total_s"]
-    save()
-    s = rep["summary"]
+    s = perf["generation"]
+    s["step_ratio"] = s["webgpu_step_ms_median"] / s["torch_step_ms_median"]
+    s["total_ratio"] = s["webgpu_total_s"] / s["torch_total_s"]
+    report.write(path)
+    first = first_failing_step(report.results)
+    ok = report.ok
     log(f"{card}: WebGPU (Dawn) {s['webgpu_step_ms_median']:.1f} ms/step, {s['webgpu_total_s']:.2f} s total; "
         f"PyTorch {tdev} {s['torch_step_ms_median']:.1f} ms/step, {s['torch_total_s']:.2f} s total; "
-        f"ratio {s['step_ratio']:.2f}x/step; parity {'pass' if rep['parity']['passed'] else 'FAIL'}"
-        + (f" (first failing step {first_fail})" if first_fail else ""))
-    return 0 if rep["parity"]["passed"] else 1
+        f"ratio {s['step_ratio']:.2f}x/step; parity {'pass' if ok else 'FAIL'} {report.summary()}"
+        + (f" (first failing: {first['case']}: {first['message']})" if first else ""))
+    return 0 if ok else 1
 
 
 def main(argv=None) -> int:

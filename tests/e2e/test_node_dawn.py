@@ -25,18 +25,24 @@ def prepared(tmp_path_factory):
 
 
 def test_node_dawn_generation_matches_diffusers(prepared, tmp_path):
+    from sdparity.reports.report import load
+
     out = tmp_path / "out"
     rc = gpu_web.device(prepared, out, runs=1, log=print, software=True)
-    rep = json.loads((out / "webgpu-gpu.json").read_text())
-    assert rep["weights_same_as_prepare"] is True
+    rep = load(out / "gpu-report.json")  # a sdparity.report/1 report: schema-validated here
+    perf = rep["performance"]["cpu"]
+    assert rep["backends"]["webgpu"]["weights_same_as_prepare"] is True
     assert not rep["errors"], rep["errors"]
-    assert rep["webgpu"]["adapter"]["architecture"] == "swiftshader"  # Dawn, not a stand-in
-    checks = {c["what"]: c for c in rep["parity"]["checks"]}
-    assert len([k for k in checks if k.startswith("latents step")]) == STEPS
-    assert rep["parity"]["timesteps_equal"]
-    assert rep["parity"]["passed"] and rc == 0, [c for c in checks.values() if not c["passed"]]
-    assert 0 < checks[f"latents step {STEPS}"]["max_abs"] < 1e-3  # really computed, and close
-    assert len(rep["webgpu"]["timings"]["stepMs"]) == STEPS and len(rep["torch"]["runs"][0]["step_s"]) == STEPS
+    assert perf["webgpu"]["adapter"]["architecture"] == "swiftshader"  # Dawn, not a stand-in
+    steps = [r for r in rep["results"] if r["output"] == "latents"]
+    assert len(steps) == STEPS
+    bad = [f"{r['case']} {r['output']}: {r['message']}" for r in rep["results"] if r["verdict"] != "pass"]
+    assert not bad and rc == 0, bad
+    assert all(r["metrics"]["floor_budget"] is not None for r in steps), steps[0]["message"]  # floor-judged
+    assert 0 < steps[-1]["metrics"]["max_abs"] < 1e-3  # really computed, and close
+    assert len(perf["webgpu"]["timings"]["stepMs"]) == STEPS and len(perf["torch"]["runs"][0]["step_s"]) == STEPS
+    assert {r["function"] for r in perf["results"]} == {"step", "generate"}
+    assert all(r["ratio"] > 0 for r in perf["results"])
     for f in ("webgpu.png", "diffusers.png", "difference.png"):
         assert (out / f).stat().st_size > 0
 
