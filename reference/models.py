@@ -4,7 +4,12 @@ Three kinds of model, one code path:
 
 * ``tiny``        a seeded random SD-architecture model made here (seconds on a CPU).
 * ``sd15-random`` the full-size SD 1.5 architecture with seeded random weights.
-* a folder        a local diffusers-layout SD 1.x checkpoint.
+* ``tiny-sd2``    a seeded random SD 2.x-architecture model (OpenCLIP-style text tower, linear
+                  projections, per-block heads, v-prediction scheduler config), tiny.
+* ``tiny-sdxl``   a seeded random SDXL-architecture model (two text encoders, text_time added
+                  conditions, VAE factor 0.13025), tiny; loaded by StableDiffusionXLPipeline.
+* a folder        a local diffusers-layout SD 1.x, 2.x or XL checkpoint, recognized by its configs
+                  (``architecture_of``), never by its name.
 
 The two built-in models are created with real diffusers/transformers classes, written
 with ``save_pretrained`` into the cache, and then loaded back with ``from_pretrained``
@@ -27,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-BUILTIN_MODELS = ("tiny", "sd15-random")
+BUILTIN_MODELS = ("tiny", "sd15-random", "tiny-sd2", "tiny-sdxl")
 # Bump when a factory below changes what it writes: it is part of the cache folder name.
 FACTORY_VERSION = 1
 
@@ -68,14 +73,19 @@ class ModelError(Exception):
 
 @dataclass
 class LoadedModel:
-    name: str  # "tiny", "sd15-random" or the folder path
+    name: str  # "tiny", "sd15-random", "tiny-sd2", "tiny-sdxl" or the folder path
     path: Path
     digest: str  # content hash of the folder: part of every cache key
-    pipe: object  # diffusers.StableDiffusionPipeline (float32, CPU, eval)
+    pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline (float32, CPU, eval)
 
     @property
     def text_encoder(self):
         return self.pipe.text_encoder
+
+    @property
+    def text_encoder_2(self):
+        """SDXL's second text encoder (CLIPTextModelWithProjection); None for SD 1.x/2.x."""
+        return getattr(self.pipe, "text_encoder_2", None)
 
     @property
     def unet(self):
@@ -90,8 +100,22 @@ class LoadedModel:
         return self.pipe.tokenizer
 
     @property
+    def tokenizer_2(self):
+        return getattr(self.pipe, "tokenizer_2", None)
+
+    @property
+    def architecture(self) -> str:
+        """"sd1", "sd2" or "sdxl", from the loaded configs (``architecture_of``), not the name."""
+        te2 = self.text_encoder_2
+        return architecture_of(self.text_encoder.config.to_dict(), dict(self.unet.config),
+                               None if te2 is None else te2.config.to_dict())
+
+    @property
     def hidden_size(self) -> int:
-        return int(self.text_encoder.config.hidden_size)
+        """Width of the prompt embeddings the UNet attends to: the text encoder's hidden size
+        (SDXL: its two encoders' penultimate states side by side, so their sum)."""
+        te2 = self.text_encoder_2
+        return int(self.text_encoder.config.hidden_size) + (0 if te2 is None else int(te2.config.hidden_size))
 
     @property
     def vae_scale_factor(self) -> int:
@@ -99,9 +123,11 @@ class LoadedModel:
 
     @property
     def scope(self) -> str:
-        """Tolerance scope ("tiny" | "full") of this architecture: see ``architecture_scope``."""
+        """Tolerance scope of this architecture: "tiny" | "full" for SD 1.x, "<arch>-tiny" |
+        "<arch>-full" for the others (see ``architecture_scope``)."""
+        te2 = self.text_encoder_2
         return architecture_scope(self.text_encoder.config.to_dict(), dict(self.unet.config),
-                                  dict(self.vae.config))
+                                  dict(self.vae.config), None if te2 is None else te2.config.to_dict())
 
     @property
     def default_latent_hw(self) -> tuple[int, int]:
@@ -158,12 +184,17 @@ def write_clip_tokenizer(folder: Path) -> None:
     )
 
 
-def make_tokenizer(folder: Path):
+#: the pad token of each tokenizer family (numerics notes, pitfall 8): SD 1.x and SDXL's first
+#: tokenizer pad with EOS (49407), SD 2.x and SDXL's second (OpenCLIP) with "!" (id 0)
+PAD_EOS, PAD_ZERO = "<|endoftext|>", "!"
+
+
+def make_tokenizer(folder: Path, pad_token: str = PAD_EOS):
     from transformers import CLIPTokenizer
 
     write_clip_tokenizer(folder)
     (folder / "tokenizer_config.json").write_text(
-        json.dumps({"model_max_length": 77, "pad_token": "<|endoftext|>"})
+        json.dumps({"model_max_length": 77, "pad_token": pad_token})
     )
     return CLIPTokenizer.from_pretrained(str(folder), local_files_only=True)
 
@@ -171,6 +202,16 @@ def make_tokenizer(folder: Path):
 # --------------------------------------------------------------------------------------
 # Architectures
 # --------------------------------------------------------------------------------------
+
+def _tiny_vae(scaling_factor: float, force_upcast: bool) -> dict:
+    """The tiny VAE: four blocks like SD's, so it upsamples 8x as SD's does."""
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+        block_out_channels=(16, 16, 32, 32), norm_num_groups=8,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64, scaling_factor=scaling_factor, force_upcast=force_upcast,
+    )
+
 
 def _configs(kind: str) -> dict:
     if kind == "tiny":
@@ -214,6 +255,65 @@ def _configs(kind: str) -> dict:
                 sample_size=512, scaling_factor=0.18215,
             ),
         }
+    if kind == "tiny-sd2":
+        # SD 2.x at tiny size. The text tower is configured like OpenCLIP ViT-H's as SD 2 ships
+        # it (hidden_act "gelu", not CLIP's quick_gelu; bos/eos/pad ids 0/2/1 as in SD 2's
+        # text_encoder/config.json: eos 2 selects transformers' legacy argmax pooling, unused by
+        # SD 2, which takes the last hidden state). The UNet as SD 2's: linear proj_in/proj_out,
+        # attention upcast to float32, a head count per block (SD 2: 5, 10, 20, 20 heads of 64;
+        # here 2 and 4 heads of 16), cross-attention width = the text encoder's hidden size.
+        return {
+            "text_encoder": dict(
+                vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "unet": dict(
+                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=16,
+                use_linear_projection=True, upcast_attention=True,
+            ),
+            "vae": _tiny_vae(0.18215, force_upcast=True),  # SD 2's VAE is SD 1's
+            "tokenizer_pad": PAD_ZERO,
+            "scheduler": {**PINNED_SCHEDULER, "prediction_type": "v_prediction"},
+        }
+    if kind == "tiny-sdxl":
+        # SDXL at tiny size: text encoder 1 like CLIP ViT-L (quick_gelu), text encoder 2 like
+        # OpenCLIP bigG (gelu, with a projection: its pooled text_embeds), both with SDXL's
+        # bos/eos/pad ids 0/2/1; the prompt embeddings are both encoders' penultimate hidden
+        # states side by side (32 + 64). The UNet as SDXL's: no attention in the first block,
+        # more transformer layers deeper (SDXL 1, 2, 10; here 1, 2), linear projections, heads
+        # per block, added conditions "text_time" (pooled text_embeds and 6 size ids, each
+        # embedded with addition_time_embed_dim sinusoids: 32 + 6 * 8 = 80 inputs).
+        return {
+            "text_encoder": dict(
+                vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, hidden_act="quick_gelu",
+                projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "text_encoder_2": dict(
+                vocab_size=49408, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                num_attention_heads=4, max_position_embeddings=77, hidden_act="gelu",
+                projection_dim=32, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "unet": dict(
+                sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
+                block_out_channels=(32, 64),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=96, attention_head_dim=(2, 4), transformer_layers_per_block=(1, 2),
+                norm_num_groups=16, use_linear_projection=True,
+                addition_embed_type="text_time", addition_time_embed_dim=8,
+                projection_class_embeddings_input_dim=80,
+            ),
+            "vae": _tiny_vae(0.13025, force_upcast=True),
+            "tokenizer_pad": PAD_EOS,
+            "tokenizer_2_pad": PAD_ZERO,
+            "scheduler": dict(PINNED_SCHEDULER),
+        }
     raise ModelError(f"unknown built-in model {kind!r}; choose one of {', '.join(BUILTIN_MODELS)}")
 
 
@@ -221,43 +321,73 @@ def _largest(v) -> int:
     return max(v) if isinstance(v, (list, tuple)) else int(v)
 
 
-def architecture_dims(text_encoder: dict, unet: dict, vae: dict) -> dict[str, int]:
+#: the architectures sdparity knows, each with the built-in tiny model that bounds its "tiny" scope
+ARCHITECTURES = {"sd1": "tiny", "sd2": "tiny-sd2", "sdxl": "tiny-sdxl"}
+
+
+def architecture_of(text_encoder: dict, unet: dict, text_encoder_2: dict | None = None) -> str:
+    """"sd1", "sd2" or "sdxl" from a model's configs (never its name or folder name):
+
+    * sdxl: the UNet takes SDXL's added conditions (``addition_embed_type == "text_time"``:
+      pooled text embeddings and size ids), or there is a second text encoder;
+    * sd2:  the UNet's transformers use linear proj_in/proj_out (``use_linear_projection``,
+      every SD 2.x UNet) or the text tower is OpenCLIP's (``hidden_act == "gelu"``);
+    * sd1:  otherwise (1x1-conv projections, CLIP ViT-L's quick_gelu)."""
+    if unet.get("addition_embed_type") == "text_time" or text_encoder_2 is not None:
+        return "sdxl"
+    if unet.get("use_linear_projection") or text_encoder.get("hidden_act") == "gelu":
+        return "sd2"
+    return "sd1"
+
+
+def architecture_dims(text_encoder: dict, unet: dict, vae: dict,
+                      text_encoder_2: dict | None = None) -> dict[str, int]:
     """The sizes that set how much float32 rounding error a stage accumulates: width (the length
     of every dot product and normalization), depth (how many layers the error passes through)
     and the UNet's native latent size (attention and GroupNorm reduce over it)."""
+    te2 = text_encoder_2 or {"hidden_size": 0, "intermediate_size": 0, "num_hidden_layers": 0}
     return {
         "clip_width": text_encoder["hidden_size"], "clip_mlp": text_encoder["intermediate_size"],
         "clip_layers": text_encoder["num_hidden_layers"],
+        "clip2_width": te2["hidden_size"], "clip2_mlp": te2["intermediate_size"],
+        "clip2_layers": te2["num_hidden_layers"],
         "unet_width": _largest(unet["block_out_channels"]), "unet_blocks": len(unet["block_out_channels"]),
         "unet_layers": _largest(unet["layers_per_block"]), "unet_cross": _largest(unet["cross_attention_dim"]),
+        "unet_transformer_layers": _largest(unet.get("transformer_layers_per_block") or 1),
         "unet_sample": _largest(unet["sample_size"]),
         "vae_width": _largest(vae["block_out_channels"]), "vae_blocks": len(vae["block_out_channels"]),
         "vae_layers": _largest(vae["layers_per_block"]),
     }
 
 
-def architecture_scope(text_encoder: dict, unet: dict, vae: dict) -> str:
-    """"tiny" when no size exceeds the built-in tiny model's, else "full".
+def architecture_scope(text_encoder: dict, unet: dict, vae: dict, text_encoder_2: dict | None = None) -> str:
+    """"tiny" when no size exceeds the built-in tiny model's, else "full"; for SD 2.x and SDXL
+    the architecture is part of the scope ("sd2-tiny", "sdxl-full", ...), measured against that
+    architecture's own tiny model.
 
     The "tiny" tolerances were measured on the built-in tiny model; error grows with width and
     depth, so anything larger in any of these sizes is judged with the "full" tolerances
     (measured on SD 1.5's sizes, and never tighter). The name of the model plays no part: a
-    copy of tiny in a folder is tiny, a folder holding SD 1.5 is full."""
-    tiny = _configs("tiny")
-    limit = architecture_dims(tiny["text_encoder"], tiny["unet"], tiny["vae"])
-    dims = architecture_dims(text_encoder, unet, vae)
-    return "tiny" if all(dims[k] <= limit[k] for k in limit) else "full"
+    copy of tiny in a folder is tiny, a folder holding SD 1.5 is full. The architecture is in
+    the scope because its budgets were calibrated on it: the calibration file's groups are keyed
+    (stage, output, backend, scope), and SD 1.x keeps its "tiny"/"full" keys unchanged."""
+    arch = architecture_of(text_encoder, unet, text_encoder_2)
+    ref = _configs(ARCHITECTURES[arch])
+    limit = architecture_dims(ref["text_encoder"], ref["unet"], ref["vae"], ref.get("text_encoder_2"))
+    dims = architecture_dims(text_encoder, unet, vae, text_encoder_2)
+    size = "tiny" if all(dims[k] <= limit[k] for k in limit) else "full"
+    return size if arch == "sd1" else f"{arch}-{size}"
 
 
 def random_components(kind: str, seed: int = 0) -> dict:
-    """The seeded random text encoder, UNet and VAE of a built-in model (eval mode).
+    """The seeded random text encoder(s), UNet and VAE of a built-in model (eval mode).
 
     The GPU machine recreates the weights with this (sdparity.gpu.cuda, sdparity.gpu.web)
     instead of carrying gigabytes; a fingerprint of the bytes tells whether they came out the
     same there."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = _configs(kind)
     torch.manual_seed(seed)
@@ -267,28 +397,42 @@ def random_components(kind: str, seed: int = 0) -> dict:
     torch.manual_seed(seed + 2)
     vae = AutoencoderKL(**cfg["vae"])
     parts = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
+    if "text_encoder_2" in cfg:
+        torch.manual_seed(seed + 3)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"]))
     for m in parts.values():
         m.eval()
     return parts
 
 
 def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:
-    """Create a seeded random SD-architecture pipeline and save_pretrained it into folder."""
-    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+    """Create a seeded random pipeline of the kind's architecture and save_pretrained it."""
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    cfg = _configs(kind)
     parts = random_components(kind, seed)
-    text_encoder, unet, vae = parts["text_encoder"], parts["unet"], parts["vae"]
     with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = make_tokenizer(Path(tmp))
-    scheduler = DPMSolverMultistepScheduler(**PINNED_SCHEDULER)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False,
-    )
+        tokenizer = make_tokenizer(Path(tmp) / "1", cfg.get("tokenizer_pad", PAD_EOS))
+        tokenizer_2 = (make_tokenizer(Path(tmp) / "2", cfg["tokenizer_2_pad"])
+                       if "tokenizer_2_pad" in cfg else None)
+    scheduler = DPMSolverMultistepScheduler(**cfg.get("scheduler", PINNED_SCHEDULER))
+    if "text_encoder_2" in parts:
+        pipe = StableDiffusionXLPipeline(
+            vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=parts["unet"], scheduler=scheduler,
+            force_zeros_for_empty_prompt=True, add_watermarker=False,
+        )
+    else:
+        pipe = StableDiffusionPipeline(
+            vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=tokenizer, unet=parts["unet"],
+            scheduler=scheduler, safety_checker=None, feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.save_pretrained(str(folder), safe_serialization=True)
-    # transformers 5 writes tokenizer.json; SD 1.x checkpoints also carry the slow files.
+    # transformers 5 writes tokenizer.json; SD checkpoints also carry the slow files.
     write_clip_tokenizer(folder / "tokenizer")
+    if tokenizer_2 is not None:
+        write_clip_tokenizer(folder / "tokenizer_2")
 
 
 # --------------------------------------------------------------------------------------
@@ -342,7 +486,18 @@ def validate_folder(path: Path, allow_pickle: bool = False) -> None:
         missing.append("tokenizer/tokenizer.json (or tokenizer/vocab.json + merges.txt)")
     if missing:
         raise ModelError(f"model folder {path} is not a diffusers SD checkpoint: missing {', '.join(missing)}")
-    for sub in ("text_encoder", "unet", "vae"):
+    subs = ["text_encoder", "unet", "vae"]
+    if (path / "text_encoder_2").is_dir() or (path / "tokenizer_2").is_dir():  # SDXL's second encoder
+        subs.append("text_encoder_2")
+        missing = [p for p in ("text_encoder_2/config.json",) if not (path / p).is_file()]
+        tok2 = path / "tokenizer_2"
+        if not (tok2 / "tokenizer.json").is_file() and not (
+            (tok2 / "vocab.json").is_file() and (tok2 / "merges.txt").is_file()
+        ):
+            missing.append("tokenizer_2/tokenizer.json (or tokenizer_2/vocab.json + merges.txt)")
+        if missing:
+            raise ModelError(f"model folder {path} has a second text encoder but is missing {', '.join(missing)}")
+    for sub in subs:
         if any((path / sub).glob("*.safetensors")):
             continue
         pickles = sorted(p.name for p in (path / sub).iterdir() if p.suffix in PICKLE_SUFFIXES)
@@ -398,9 +553,20 @@ def folder_digest(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def folder_architecture(path: Path) -> str:
+    """The architecture of a (validated) model folder, read from its config files."""
+    def cfg(sub):
+        f = path / sub / "config.json"
+        return json.loads(f.read_text()) if f.is_file() else None
+
+    return architecture_of(cfg("text_encoder"), cfg("unet"), cfg("text_encoder_2"))
+
+
 def load_model(spec: str | os.PathLike, log=print, allow_pickle: bool = False) -> LoadedModel:
-    """Load 'tiny', 'sd15-random' or a local folder through StableDiffusionPipeline.from_pretrained.
-    Weights are read from safetensors only, unless ``allow_pickle`` (a folder is untrusted input)."""
+    """Load a built-in model or a local folder through the real diffusers pipeline of its
+    architecture (read from its configs): StableDiffusionPipeline.from_pretrained for SD 1.x and
+    2.x, StableDiffusionXLPipeline.from_pretrained for SDXL. Weights are read from safetensors
+    only, unless ``allow_pickle`` (a folder is untrusted input)."""
     spec_s = str(spec)
     if spec_s in BUILTIN_MODELS:
         path = ensure_builtin(spec_s, log=log)
@@ -410,17 +576,20 @@ def load_model(spec: str | os.PathLike, log=print, allow_pickle: bool = False) -
         name = str(path)
     validate_folder(path, allow_pickle)
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
+    common = dict(local_files_only=True, dtype=torch.float32,
+                  use_safetensors=None if allow_pickle else True)  # None: safetensors first, else pickle
     try:
-        pipe = StableDiffusionPipeline.from_pretrained(
-            str(path), local_files_only=True, safety_checker=None, feature_extractor=None,
-            requires_safety_checker=False, dtype=torch.float32,
-            use_safetensors=None if allow_pickle else True,  # None: safetensors first, else pickle
-        )
+        if folder_architecture(path) == "sdxl":
+            pipe = StableDiffusionXLPipeline.from_pretrained(str(path), add_watermarker=False, **common)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(path), safety_checker=None, feature_extractor=None, requires_safety_checker=False, **common)
     except Exception as e:  # diffusers raises many kinds; the user needs one line
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"could not load model folder {path}: {msg}") from None
-    for m in (pipe.text_encoder, pipe.unet, pipe.vae):
-        m.eval()
+    for m in (pipe.text_encoder, getattr(pipe, "text_encoder_2", None), pipe.unet, pipe.vae):
+        if m is not None:
+            m.eval()
     return LoadedModel(name=name, path=path, digest=folder_digest(path), pipe=pipe)

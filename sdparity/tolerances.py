@@ -368,3 +368,23 @@ def transcendental_tolerance(name: str) -> Tolerance:
     the ulp budget; no floor rule."""
     b = OWN_TRANSCENDENTALS[name]
     return Tolerance(b.max_ulp, 0.0, reason=b.reason)
+
+
+# ---- SD 2.x and SDXL (issue 25; reference/models.py architecture_scope, docs/models.md) ----------
+# Their scopes carry the architecture ("sd2-tiny", "sdxl-full", ...) so their floor budgets are
+# their own calibration groups; the absolute bounds are SD 1.x's of the same size (same building
+# blocks: CLIP text towers, UNet2DConditionModel, AutoencoderKL), measured clean on the tiny models
+# well inside them (docs/models.md). Backend rows keyed "*" in scope (webgpu) apply as they are.
+_SD1_SCOPED = [(k, v) for k, v in TABLE.items() if k[3] in ("tiny", "full")]
+for _arch in ("sd2", "sdxl"):
+    for (_st, _out, _be, _scope), _tol in _SD1_SCOPED:
+        TABLE[(_st, _out, _be, f"{_arch}-{_scope}")] = replace(
+            _tol, reason=f"as SD 1.x {_scope} (same building blocks, {_arch} measured well inside: "
+            f"docs/models.md): {_tol.reason}")
+for _scope in ("sdxl-tiny", "sdxl-full"):  # SDXL's CLIP stage also returns text encoder 2's pooled output
+    TABLE[("clip", "pooled", "*", _scope)] = replace(
+        TABLE[("clip", "hidden", "*", _scope)],
+        reason="text encoder 2's pooled text_embeds: final LayerNorm at the EOS position and one "
+        "projection, no deeper than the hidden states it comes from: their bound")
+TABLE[("clip", "pooled", "webgpu", "*")] = replace(
+    TABLE[("clip", "hidden", "webgpu", "*")], reason="pooled text_embeds via WGSL: as the hidden states")

@@ -20,8 +20,9 @@ def VAEDecode(torch):
             super().__init__()
             self.vae = vae
             self.scaling_factor = float(vae.config.scaling_factor)
-            if fault == "wrong_scaling_factor":  # SDXL's factor on an SD1 VAE (web-stable-diffusion #60)
-                self.scaling_factor = 0.13025
+            if fault == "wrong_scaling_factor":  # the other family's factor (web-stable-diffusion #60):
+                # SDXL's 0.13025 on an SD 1.x/2.x VAE, SD 1's 0.18215 on SDXL's
+                self.scaling_factor = 0.18215 if abs(self.scaling_factor - 0.13025) < 1e-6 else 0.13025
             self.fault = fault
 
         def forward(self, latents):
@@ -46,7 +47,8 @@ class VAE(TorchStage):
     outputs = (Output("image_float", image=True), Output("image", integer=True, image=True))
     functions = ("vae",)
     faults = {
-        "wrong_scaling_factor": "SDXL's 0.13025 instead of the VAE config's factor",
+        "wrong_scaling_factor": "the other family's factor instead of the VAE config's: SDXL's 0.13025 "
+        "on SD 1.x/2.x, SD 1's 0.18215 on SDXL",
         "skip_normalize": "clamps [-1,1] to [0,1] without (x/2+0.5)",
     }
 
