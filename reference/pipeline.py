@@ -116,7 +116,8 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
             uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
             eps = uncond + guidance * (cond - uncond)
             x0 = (x - scalar("sigma", k) * eps) / scalar("alpha", k)
-            x = (scalar("c0", k) * x - scalar("c1", k) * x0) - scalar("half_c1", k) * (scalar("inv_r0", k) * (x0 - hist))
+            second = scalar("half_c1", k) * (scalar("inv_r0", k) * (x0 - hist))
+            x = (scalar("c0", k) * x - scalar("c1", k) * x0) - second
             hist = x0
             trace.append(x.cpu().numpy())
     return {"positive": pos.cpu().numpy(), "negative": neg.cpu().numpy(), "latents": trace,

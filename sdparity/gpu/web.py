@@ -231,12 +231,12 @@ def vulkan_env(software: bool = False) -> dict:
 
 
 def run_node(folder: Path, out: Path, job: dict, runs: int, log=print, software: bool = False,
-             profile: bool = False, submit_every: int | None = None) -> dict:
+             profile: bool = False, submit_every: int | None = None, latents: Path | None = None) -> dict:
     node = node_binary(folder)
     dawn = unpack_dawn(folder)
     art_root = unpack_art(folder)
     cmd = [node, str(WEB / "node" / "generate.mjs"), "--data", str(folder / "data"), "--art", str(art_root),
-           "--out", str(out), "--latents", str(folder / "latents.f32"), "--prompt", job["prompt"],
+           "--out", str(out), "--latents", str(latents or folder / "latents.f32"), "--prompt", job["prompt"],
            "--negative", job["negative"], "--steps", str(job["steps"]), "--guidance", str(job["guidance"]),
            "--runs", str(runs), "--trace", "--dawn", str(dawn), "--tvmjs", str(folder / "tvmjs"),
            "--tokenizers", str(folder / "tokenizers")] + (["--profile"] if profile else []) \
@@ -295,13 +295,16 @@ def webgpu_profile(res: dict) -> dict | None:
 
 
 def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = False,
-           profile: bool = False) -> int:
+           profile: bool = False, seeds: tuple[int, ...] = ()) -> int:
     """Run the prepared app in Node on Dawn and diffusers on the same card; write
     ``gpu-report.json``, a ``sdparity.report/1`` report (read by ``sdparity html``/``gate``):
     the generation judged by ``sdparity.app.pipeline.judge_generation`` (embeddings, latents
     after every step against the float64 loop's floor, pixels), and under
     ``performance.gpu`` the per-step and whole-generation times of both sides (bench records,
-    so the speed gate compares them), the WebGPU run's details and its profile."""
+    so the speed gate compares them), the WebGPU run's details and its profile. ``seeds``: more
+    generations from other seeded latents (one run each, parity only), each written as
+    ``calibrate-seed<N>.json`` beside a copy of the main one (``sdparity calibrate --from-reports
+    OUT`` turns them into the calibration group of this card's generation)."""
     import torch
 
     folder, out = folder.resolve(), out.resolve()
@@ -326,7 +329,7 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     report.data["versions"] = {**job.get("versions_prepare", {}),
                                **{k: v for k, v in report.data["versions_device"].items() if v is not None}}
     report.data["backends"]["webgpu"] = {"name": "webgpu", "device_class": dclass, "card": card,
-                                         "runtime": "Node + Dawn (npm webgpu)"}
+                                         "device_name": card, "runtime": "Node + Dawn (npm webgpu)"}
     perf = report.data.setdefault("performance", {}).setdefault(dclass, {"card": card, "results": []})
     path = out / "gpu-report.json"
 
@@ -415,7 +418,8 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     ]
     perf["generation"] = {
         "steps": job["steps"], "card": card,
-        "webgpu_step_ms_median": float(np.median(wt["stepMs"])), "torch_step_ms_median": 1e3 * float(np.median(tt["step_s"])),
+        "webgpu_step_ms_median": float(np.median(wt["stepMs"])),
+        "torch_step_ms_median": 1e3 * float(np.median(tt["step_s"])),
         "webgpu_total_s": wt["totalMs"] / 1e3, "torch_total_s": tt["total_s"],
         "webgpu_load_s": perf["webgpu"]["loadMs"] / 1e3,
     }
@@ -425,11 +429,61 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     report.write(path)
     first = first_failing_step(report.results)
     ok = report.ok
+    if seeds:
+        ok = _more_seeds(folder, out, report, job, pipe, tdev, dclass, card, seeds, log, software) and ok
     log(f"{card}: WebGPU (Dawn) {s['webgpu_step_ms_median']:.1f} ms/step, {s['webgpu_total_s']:.2f} s total; "
         f"PyTorch {tdev} {s['torch_step_ms_median']:.1f} ms/step, {s['torch_total_s']:.2f} s total; "
         f"ratio {s['step_ratio']:.2f}x/step; parity {'pass' if ok else 'FAIL'} {report.summary()}"
         + (f" (first failing: {first['case']}: {first['message']})" if first else ""))
     return 0 if ok else 1
+
+
+def _more_seeds(folder: Path, out: Path, report, job: dict, pipe, tdev: str, dclass: str, card: str,
+                seeds, log, software: bool) -> bool:
+    """One more generation per seed (Node once, diffusers once, the float64 loop), judged like
+    the main one; each seed's records in ``calibrate-seed<N>.json`` (the main seed's too)."""
+    import copy
+
+    from reference.pipeline import diffusers_generate, float64_generate, initial_latents
+
+    from sdparity.app.pipeline import judge_generation
+
+    report.write(out / f"calibrate-seed{job.get('seed', 0)}.json")
+    ok = True
+    hw = tuple(job["latent_shape"][2:])
+    for seed in [s for s in seeds if s != job.get("seed", 0)]:
+        lat = initial_latents(pipe, hw, seed)
+        lat_file = Path(f"/tmp/sdparity-latents-seed{seed}.f32")
+        lat_file.write_bytes(lat.astype(np.float32).tobytes())
+        node_out = Path(f"/tmp/sdparity-node-out-seed{seed}")
+        shutil.rmtree(node_out, ignore_errors=True)
+        res = run_node(folder, node_out, job, 1, log, software, latents=lat_file)
+        rep = copy.deepcopy(report)
+        rep.data.update(seed=seed, results=[], errors=[])
+        rep.data.pop("performance", None)
+        if res.get("errors") or res.get("returncode"):
+            rep.data["errors"] = [f"webgpu (node/dawn): {e}" for e in res.get("errors") or ["failed"]]
+            ok = False
+        else:
+            ref = diffusers_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], lat,
+                                     device=tdev)
+            ref64 = float64_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], lat,
+                                     device=tdev)
+            shape = ref["latents"][0].shape
+            h, w = ref["image_u8"].shape[:2]
+            emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
+            gen = {"positive": emb[0], "negative": emb[1],
+                   "latents": list(np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)),
+                   "pixels": np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)[..., :3]}
+            for rec in judge_generation(gen, ref, ref64, "webgpu", report.data["model_scope"], dclass,
+                                        card=card, seed=seed):
+                rep.add(**rec)
+            ok = ok and rep.ok
+        rep.write(out / f"calibrate-seed{seed}.json")
+        worst = max(((r.get("metrics") or {}).get("floor_ratio") or 0.0 for r in rep.results
+                     if r["output"] == "latents"), default=None)
+        log(f"seed {seed}: {rep.summary()}, worst step err/floor {worst}")
+    return ok
 
 
 def main(argv=None) -> int:
@@ -451,6 +505,8 @@ def main(argv=None) -> int:
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--runs", type=int, default=2, help="generations per side (first cold; default 2)")
     b.add_argument("--swiftshader", action="store_true", help="Dawn on chromium's SwiftShader (no GPU: tests)")
+    b.add_argument("--seeds", default="", help="comma-separated: one more generation per seed (parity only), "
+                   "each written as calibrate-seed<N>.json for `sdparity calibrate --from-reports`")
     b.add_argument("--profile", action="store_true",
                    help="one more generation with a timestamp query around every GPU pass: per-kernel times "
                         "under performance.gpu.webgpu_kernels (needs the adapter's timestamp-query)")
@@ -462,7 +518,8 @@ def main(argv=None) -> int:
                "guidance": args.guidance, "seed": args.seed}
         prepare(args.model, args.dir, latent, job, log)
         return 0
-    return device(args.dir, args.out, args.runs, log, software=args.swiftshader, profile=args.profile)
+    return device(args.dir, args.out, args.runs, log, software=args.swiftshader, profile=args.profile,
+                  seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()))
 
 
 if __name__ == "__main__":

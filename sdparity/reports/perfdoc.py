@@ -589,12 +589,25 @@ WEBGPU_RUNS = [
 ]
 
 
-def _pixels(d: dict) -> str:
-    for c in d["parity"]["checks"]:
-        if c["what"] == "pixels":
-            m = re.match(r"(\d+) of (\d+) elements differ", c.get("why") or "")
-            return f"{m.group(1)} of {m.group(2)} one level off" if m else c.get("why", "")
-    return ""
+def _webgpu_view(d: dict) -> dict:
+    """A WebGPU-on-GPU run in one shape, whichever schema wrote it: ``sdparity.report/1``
+    (gpu/web since the tenth session: records of stage "pipeline", times under
+    performance.<class>) or the older ``sdparity.webgpu_gpu/1`` (summary, webgpu, torch, parity)."""
+    if d.get("schema") != "sdparity.report/1":
+        pixels = next((c.get("why") or "" for c in d["parity"]["checks"] if c["what"] == "pixels"), "")
+        return {"summary": d["summary"], "webgpu": d["webgpu"], "torch": d["torch"],
+                "passed": d["parity"]["passed"], "pixels": pixels, "profile": (
+                    (d.get("performance") or {}).get("gpu") or {}).get("webgpu_kernels")}
+    perf = next(iter(d["performance"].values()))
+    pixels = next((r.get("message") or "" for r in d["results"] if r.get("output") == "pixels"), "")
+    return {"summary": perf["generation"], "webgpu": perf["webgpu"], "torch": perf["torch"],
+            "passed": all(r["verdict"] == "pass" for r in d["results"]) and bool(d["results"]),
+            "pixels": pixels, "profile": perf.get("webgpu_kernels")}
+
+
+def _pixels(v: dict) -> str:
+    m = re.match(r"(\d+) of (\d+) elements differ", v["pixels"])
+    return f"{m.group(1)} of {m.group(2)} one level off" if m else v["pixels"]
 
 
 @table("webgpu-runs")
@@ -603,19 +616,19 @@ def _webgpu_runs(R: Reports) -> Table:
                "GPU busy a step", "parity"])
     for rel, label in WEBGPU_RUNS:
         d = R(rel)
-        s, w = d["summary"], d["webgpu"]
-        prof = ((d.get("performance") or {}).get("gpu") or {}).get("webgpu_kernels")
+        v = _webgpu_view(d)
+        s, w, prof = v["summary"], v["webgpu"], v["profile"]
         t.add([f"{label} ({day(d)})", str(w.get("submitEvery") or "(no early submits)"),
                f"{num(s['webgpu_step_ms_median'])} / {num(s['torch_step_ms_median'])} ms ({fixed(s['step_ratio'])}x)",
                f"{num(s['webgpu_total_s'])} / {num(s['torch_total_s'])} s ({fixed(s['total_ratio'])}x)",
                f"{num(prof['step']['gpu_busy_ms'])} ms" if prof else "",
-               ("pass" if d["parity"]["passed"] else "FAIL") + f"; pixels {_pixels(d)}"], rel)
+               ("pass" if v["passed"] else "FAIL") + f"; pixels {_pixels(v)}"], rel)
     return t
 
 
 def _webgpu_card(R: Reports, rel: str) -> Table:
-    d = R(rel)
-    s, w, tr = d["summary"], d["webgpu"], d["torch"]
+    v = _webgpu_view(R(rel))
+    s, w, tr = v["summary"], v["webgpu"], v["torch"]
     first_w, first_t = w["runs"][0], tr["runs"][0]
     t = Table([f"{s['card']}", "WebGPU (Dawn, TVM WGSL)", "PyTorch CUDA (diffusers)", "ratio"])
     t.add([f"one denoising step (UNet with CFG + DPM update), median of {s['steps']}, warm run",

@@ -28,7 +28,7 @@ def test_node_dawn_generation_matches_diffusers(prepared, tmp_path):
     from sdparity.reports.report import load
 
     out = tmp_path / "out"
-    rc = gpu_web.device(prepared, out, runs=1, log=print, software=True)
+    rc = gpu_web.device(prepared, out, runs=1, log=print, software=True, seeds=(0, 1))
     rep = load(out / "gpu-report.json")  # a sdparity.report/1 report: schema-validated here
     perf = rep["performance"]["cpu"]
     assert rep["backends"]["webgpu"]["weights_same_as_prepare"] is True
@@ -43,6 +43,11 @@ def test_node_dawn_generation_matches_diffusers(prepared, tmp_path):
     assert len(perf["webgpu"]["timings"]["stepMs"]) == STEPS and len(perf["torch"]["runs"][0]["step_s"]) == STEPS
     assert {r["function"] for r in perf["results"]} == {"step", "generate"}
     assert all(r["ratio"] > 0 for r in perf["results"])
+    # --seeds: one report per seed, the input of `sdparity calibrate --from-reports`
+    other = load(out / "calibrate-seed1.json")
+    assert other["seed"] == 1 and len([r for r in other["results"] if r["output"] == "latents"]) == STEPS
+    assert all(r["verdict"] == "pass" for r in other["results"]), [r["message"] for r in other["results"]]
+    assert other["results"][2]["metrics"]["max_abs"] != steps[0]["metrics"]["max_abs"]  # other latents
     for f in ("webgpu.png", "diffusers.png", "difference.png"):
         assert (out / f).stat().st_size > 0
 

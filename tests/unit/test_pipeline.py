@@ -22,8 +22,8 @@ def ref(tiny):
             float64_generate(tiny, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
 
 
-def _generate(backend, tiny, cache, lat, **kw):
-    arts = build_stages(backend, tiny, cache, LATENT, log=lambda *a: None)
+def _generate(backend, tiny, cache, lat, arts=None, **kw):
+    arts = {**build_stages(backend, tiny, cache, LATENT, log=lambda *a: None), **(arts or {})}
     with backend.session() as r:
         out = generate(r, arts, tiny, **{"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": STEPS,
                                          "guidance": GUIDANCE, "latents": lat, **kw})
@@ -56,16 +56,21 @@ def test_tutorial_constants_diverge_at_the_last_step(llvm, tiny, cache, ref):
     print(f"tutorial constants: first divergence at {bad['case']}: {bad['message']}")
 
 
-def test_gelu_as_tanh_fails_the_generation_by_its_floor(llvm, tiny, tmp_path, ref):
+def test_gelu_as_tanh_fails_the_generation_by_its_floor(llvm, tiny, cache, tmp_path, ref):
     """A lowering change the absolute bound lets through: GELU lowered as its tanh approximation
     (through TVM's op-attribute registry) in every build of the pipeline. Each step's latents
     stay within the absolute 2e-4, but err/floor leaves the calibrated budget."""
     from sdparity.cache import BuildCache
+    from sdparity.registry import get_stage
     from tests.perturb import gelu_tanh_lowered
 
     lat, r, r64 = ref
-    with gelu_tanh_lowered():  # perturbed builds go to a cache of their own
-        out = _generate(llvm, tiny, BuildCache(root=tmp_path / "cache"), lat)
+    unet = get_stage("unet")  # the one pipeline stage with a GELU (CLIP's is quick_gelu, the VAE's SiLU)
+    variant = {**unet.default_variant(tiny), "latent": list(LATENT)}
+    with gelu_tanh_lowered():  # the perturbed build goes to a cache of its own
+        art, _, _ = llvm.build_cached(lambda: unet.build_ir(tiny, variant), unet.build_key(tiny, variant),
+                                      BuildCache(root=tmp_path / "cache"), log=lambda *a: None, label="unet")
+    out = _generate(llvm, tiny, cache, lat, arts={"unet": art})
     recs = judge_generation(out, r, r64, "llvm", "tiny")
     bad = first_failing_step(recs)
     assert bad is not None, "GELU as tanh went unnoticed by the generation's check"
