@@ -193,13 +193,23 @@ def test_arch_fault_on_another_architecture_is_an_error(tiny, llvm, run_check):
     assert "applies to sd2/sdxl models" in results[0]["message"]
 
 
-# ---- WebGPU (headless Chromium): the UNet of each new architecture ------------------------------
+# ---- WebGPU (headless Chromium): SDXL's UNet ------------------------------------------------------
+# SDXL's UNet has every UNet feature the new architectures add (linear projections, heads per
+# block, two transformer layers, the text_time added conditions); SD 2.x's adds only
+# upcast_attention (a no-op in float32). One test, not two: measured warm 56 s (SDXL) and 80 s
+# (SD 2.x) on the shared 2 cores, each mostly Chromium and the known issue's proof build.
+# `sdparity check --model tiny-sd2 --backends webgpu` covers SD 2.x (docs/models.md).
 
 @pytest.mark.webgpu
-@pytest.mark.parametrize("kind", ["tiny-sd2", "tiny-sdxl"])
-def test_unet_passes_on_webgpu(kind, sd2, sdxl, run_check):
-    model = {"tiny-sd2": sd2, "tiny-sdxl": sdxl}[kind]
-    results = run_check(get_stage("unet"), backends.get("webgpu"), model=model)
-    assert results and not _bad(results), _bad(results)[:2]
-    assert {r["case"] for r in results if r["output"] == "noise_pred"} == {
-        "t999_g7.5", "t500_g7.5", "t1_g7.5", "t500_g1.0"}
+def test_sdxl_unet_passes_on_webgpu(sdxl, run_check):
+    results = [r for r in run_check(get_stage("unet"), backends.get("webgpu"), model=sdxl)
+               if r["output"] == "noise_pred"]
+    assert {r["case"] for r in results} == {"t999_g7.5", "t500_g7.5", "t1_g7.5", "t500_g1.0"}
+    assert not _bad(results), _bad(results)[:2]
+    # as built, WGSL's unreduced sin/cos of the size ids (up to 1024) puts every case over its
+    # floor budget (known issue tvm_webgpu_sin_cos_unreduced): accepted only where proven, i.e.
+    # the neutralized build passes its calibrated budget
+    for r in results:
+        if r["verdict"] == "known":
+            (n,) = [c for c in r["neutralized"]["checks"] if (c["case"], c["output"]) == (r["case"], r["output"])]
+            assert n["verdict"] == "pass" and n["metrics"]["floor_ratio"] <= n["metrics"]["floor_budget"]
