@@ -322,3 +322,18 @@ register(KnownIssue(
     tvm_versions=("0.27.0.post1",),
     upstream="not reported upstream yet",
 ))
+
+register(KnownIssue(
+    id="tvm_webgpu_int64_argmax",
+    title="An argmax cannot be built for WebGPU: its int64 index reaches a WGSL kernel",
+    description="torch's argmax returns int64 and TVM 0.27 keeps that dtype through the reduction "
+    "(its shared-memory index buffer included); the WebGPU target refuses any kernel with a 64-bit "
+    "integer buffer ('... allocated in the function has dtype T.int64'), since WGSL has no 64-bit "
+    "integers. Met by sdparity's SDXL check (issue 25): transformers pools SDXL's second text "
+    "encoder at input_ids.argmax(-1), so tiny-sdxl's clip stage does not build on WebGPU (an error "
+    "in the report; llvm builds it and agrees with torch). No neutralizer: the stage keeps "
+    "transformers' code path, so the check stays an error rather than a known pass.",
+    covers=no_check,
+    tvm_versions=("0.27.0.post1",),
+    upstream="not reported upstream yet",
+))
