@@ -23,9 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
         "against PyTorch/diffusers. Each stage is built per backend, run on generated inputs, and "
         "compared with the diffusers reference against a declared tolerance; the float32 noise "
         "floor of the reference (float64 vs float32) is reported next to every error.",
-        epilog="Models: 'tiny' (default; seeded random, made locally), 'sd15-random' (full SD 1.5 "
-        "architecture, random weights) or a local diffusers SD 1.x folder. Cache: $SDPARITY_CACHE "
-        "(default ~/.cache/sdparity).",
+        epilog="Models: 'tiny' (default; seeded random SD 1.x, made locally), 'tiny-sd2', 'tiny-sdxl' "
+        "(SD 2.x and SDXL architectures, the same way), 'sd15-random' (full SD 1.5 architecture, "
+        "random weights) or a local diffusers folder (its architecture read from its configs). Cache: "
+        "$SDPARITY_CACHE (default ~/.cache/sdparity).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -54,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("stages", help="list stages, their outputs, tolerances and injectable faults")
 
-    m = sub.add_parser("make-model", help="create a built-in model folder (tiny | sd15-random)")
-    m.add_argument("kind", choices=["tiny", "sd15-random"])
+    from reference.models import BUILTIN_MODELS
+
+    m = sub.add_parser("make-model", help=f"create a built-in model folder ({' | '.join(BUILTIN_MODELS)})")
+    m.add_argument("kind", choices=list(BUILTIN_MODELS))
 
     k = sub.add_parser("cache", help="show or clear the build cache")
     k.add_argument("action", choices=["path", "clear"])
