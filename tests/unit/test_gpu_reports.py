@@ -24,6 +24,18 @@ def reports():
     return load(BASE), load(CAND)
 
 
+def _slowed(report: dict, which, factor: float = 1.5) -> dict:
+    """A copy of ``report`` whose TVM times of the bench records ``which`` picks are ``factor``
+    slower (PyTorch's unchanged)."""
+    slow = copy.deepcopy(report)
+    for p in slow["performance"]["gpu"]["results"]:
+        if which(p):
+            p["run_s_all"] = [x * factor for x in p["run_s_all"]]
+            p["run_s"] *= factor
+            p["ratio"] *= factor
+    return slow
+
+
 def test_gpu_report_renders_and_gates_against_a_second_run(reports, tmp_path, capsys):
     base, cand = reports
     assert {r["device_class"] for r in base["results"]} == {"gpu"}
@@ -45,12 +57,7 @@ def test_a_slowed_kernel_is_flagged_on_the_gpu_report(reports, tmp_path):
     """The UNet's TVM time 1.5x slower on the same card (PyTorch unchanged): a speed regression;
     PyTorch 1.5x faster with TVM unchanged is only 'reference-moved'."""
     base, _ = reports
-    slow = copy.deepcopy(base)
-    for p in slow["performance"]["gpu"]["results"]:
-        if p["stage"] == "unet":
-            p["run_s_all"] = [x * 1.5 for x in p["run_s_all"]]
-            p["run_s"] *= 1.5
-            p["ratio"] *= 1.5
+    slow = _slowed(base, lambda p: p["stage"] == "unet")
     rows = {r["stage"]: r for r in speed.compare(base, slow)["rows"]}
     assert rows["unet"]["status"] == "slower", rows["unet"]
     assert all(r["status"] != "slower" for s, r in rows.items() if s != "unet")
@@ -93,12 +100,7 @@ def test_webgpu_on_dawn_report_renders_and_gates(tmp_path, capsys):
     assert main(["html", str(WEB_CAND), "-o", str(tmp_path / "w.html")]) == 0
     page = (tmp_path / "w.html").read_text()
     assert "NVIDIA H100" in page and "step 20" in page
-    slow = copy.deepcopy(cand)
-    for p in slow["performance"]["gpu"]["results"]:
-        if p["function"] == "generate":
-            p["run_s_all"] = [x * 1.5 for x in p["run_s_all"]]
-            p["run_s"] *= 1.5
-            p["ratio"] *= 1.5
+    slow = _slowed(cand, lambda p: p["function"] == "generate")
     rows = {r["function"]: r for r in speed.compare(base, slow)["rows"]}
     assert rows["generate"]["status"] == "slower", rows["generate"]
     (tmp_path / "a.json").write_text(json.dumps(base))
