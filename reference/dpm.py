@@ -59,14 +59,14 @@ def _check_supported(cfg) -> None:
         problems.append(f"solver_order={cfg.solver_order} (only 1 or 2)")
     if cfg.solver_order == 2 and cfg.solver_type != "midpoint":
         problems.append(f"solver_type={cfg.solver_type!r} (only 'midpoint')")
-    if cfg.prediction_type != "epsilon":
-        problems.append(f"prediction_type={cfg.prediction_type!r} (only 'epsilon')")
+    if cfg.prediction_type not in ("epsilon", "v_prediction"):
+        problems.append(f"prediction_type={cfg.prediction_type!r} (only 'epsilon' or 'v_prediction')")
     if cfg.thresholding:
         problems.append("thresholding=True")
     if cfg.variance_type is not None:
         problems.append(f"variance_type={cfg.variance_type!r}")
     if problems:
-        raise ValueError("scheduler_dpm supports DPM-Solver++ 2M with epsilon prediction; this config has "
+        raise ValueError("scheduler_dpm supports DPM-Solver++ 2M with epsilon or v prediction; this config has "
                          + ", ".join(problems))
 
 

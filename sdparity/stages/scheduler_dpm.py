@@ -2,6 +2,8 @@
 
     dpm_convert_model_output(sample, model_output, alpha, sigma) -> x0
         x0 = (sample - sigma * model_output) / alpha
+    dpm_convert_v_prediction(sample, model_output, alpha, sigma) -> x0   (v-prediction: SD 2.x)
+        x0 = alpha * sample - sigma * model_output
     dpm_step(sample, model_output, last_model_output, c0, c1, half_c1, inv_r0) -> prev_sample
         prev = ((c0 * sample) - (c1 * m0)) - (half_c1 * (inv_r0 * (m0 - m1)))
 
@@ -28,7 +30,9 @@ def _scheduler_configs(model) -> dict[str, dict]:
     from reference.models import PINNED_SCHEDULER
 
     base = dict(model.pipe.scheduler.config) if model is not None else dict(PINNED_SCHEDULER)
-    return {"default": base, "sigma_min": {**base, "final_sigmas_type": "sigma_min"}}
+    other = "epsilon" if base.get("prediction_type") == "v_prediction" else "v_prediction"
+    return {"default": base, "sigma_min": {**base, "final_sigmas_type": "sigma_min"},
+            other: {**base, "prediction_type": other}}  # both predictions, whatever the model's
 
 
 @register
@@ -37,8 +41,10 @@ class SchedulerDPM(Stage):
     description = "DPM-Solver++ 2M: convert_model_output and step, vs diffusers DPMSolverMultistepScheduler"
     uses_model = False
     outputs = (Output("model_output"), Output("prev_sample"))
-    functions = ("dpm_convert_model_output", "dpm_step")
+    functions = ("dpm_convert_model_output", "dpm_convert_v_prediction", "dpm_step")
     faults = {
+        "v_prediction_as_epsilon": "v-prediction cases convert with the epsilon formula "
+        "((sample - sigma * v) / alpha)",
         "tutorial_last_step": "the default-config cases get the tutorial-era constant table "
         "(2nd-order last step to sigma_min instead of first order to sigma 0)",
         "uninitialized_history": "step 0 gets a NaN-filled last_model_output instead of zeros",
@@ -50,6 +56,8 @@ class SchedulerDPM(Stage):
     def torch_eager(self, function):
         if function == "dpm_convert_model_output":
             return lambda x, eps, alpha, sigma: (x - sigma * eps) / alpha
+        if function == "dpm_convert_v_prediction":
+            return lambda x, v, alpha, sigma: alpha * x - sigma * v
         return lambda x, m0, m1, c0, c1, half_c1, inv_r0: (c0 * x - c1 * m0) - half_c1 * (inv_r0 * (m0 - m1))
 
     @property
@@ -86,8 +94,12 @@ class SchedulerDPM(Stage):
         shapes = {"latent": list(r.sample.shape), "num_steps": chain.n, "step_index": k,
                   "timestep": r.timestep, "final_sigmas_type": chain.final_sigmas_type,
                   "order": chain.consts["order"][k]}
+        convert = "dpm_convert_v_prediction" if cfg.get("prediction_type") == "v_prediction" else \
+            "dpm_convert_model_output"
+        if self.fault == "v_prediction_as_epsilon":
+            convert = "dpm_convert_model_output"
         return [
-            Case(f"{label}/convert", "dpm_convert_model_output",
+            Case(f"{label}/convert", convert,
                  [r.sample, r.model_output, *dpm.convert_inputs(consts, k)],
                  lambda dtype, k=k: [chain.records(dtype)[k].x0], (Output("model_output"),), shapes),
             Case(f"{label}/step", "dpm_step",
@@ -143,6 +155,12 @@ def build_module():
     with bb.function("dpm_convert_model_output", [x, eps, alpha, sigma]):
         with bb.dataflow():
             x0 = bb.emit_output(op.divide(op.subtract(x, op.multiply(sigma, eps)), alpha))
+        bb.emit_func_output(x0)
+
+    x, v, alpha, sigma = tensor("sample"), tensor("model_output"), scalar("alpha"), scalar("sigma")
+    with bb.function("dpm_convert_v_prediction", [x, v, alpha, sigma]):
+        with bb.dataflow():  # diffusers: x0_pred = alpha_t * sample - sigma_t * model_output
+            x0 = bb.emit_output(op.subtract(op.multiply(alpha, x), op.multiply(sigma, v)))
         bb.emit_func_output(x0)
 
     x, m0, m1 = tensor("sample"), tensor("model_output"), tensor("last_model_output")

@@ -166,7 +166,7 @@ def _run_cases(tvm_dpm, cases):
 def test_stage_cases_pass(tvm_dpm):
     stage = get_stage("scheduler_dpm")
     cases = stage.cases(None, stage.default_variant(None), seed=0)
-    assert 100 <= len(cases) < 150
+    assert 150 <= len(cases) < 200  # 3 configs (default, sigma_min, v-prediction) x 32 steps x 2
     for case in cases:  # history starts as zeros, never uninitialized memory
         if case.function == "dpm_step" and case.shapes["step_index"] == 0:
             assert not np.any(case.inputs[2])
@@ -176,7 +176,10 @@ def test_stage_cases_pass(tvm_dpm):
     assert max(m.max_abs for m in results.values()) == 0  # bit-exact on llvm
     assert max(m.noise_floor for m in results.values()) > 0  # the float64 reference is real
     labels = set(results)
-    assert {"default/n20/k19/step", "sigma_min/n20/k19/step", "default/n1/k0/step", "sigma_min/n100/k99/step"} <= labels
+    assert {"default/n20/k19/step", "sigma_min/n20/k19/step", "default/n1/k0/step", "sigma_min/n100/k99/step",
+            "v_prediction/n20/k0/convert", "v_prediction/n20/k19/step"} <= labels
+    assert {c.function for c in cases if c.label.startswith("v_prediction/")} == {"dpm_convert_v_prediction",
+                                                                                  "dpm_step"}
 
 
 # ---- negative tests ---------------------------------------------------------------------

@@ -152,13 +152,7 @@ def test_every_stage_passes_on_llvm(kind, sd2, sdxl, llvm, run_check):
     for name in PIPELINE:
         results = run_check(get_stage(name), llvm, model=model)
         assert results, name
-        if name.startswith("scheduler") and model.pipe.scheduler.config.prediction_type != "epsilon":
-            # a scheduler stage without v-prediction refuses the config (its engineer adds it):
-            # passes once supported, else errors saying why; never a silent pass of wrong math
-            assert all(r["verdict"] == "pass" for r in results) or all(
-                r["verdict"] == "error" and "prediction" in r["message"] for r in results), results[:2]
-            continue
-        assert not _bad(results), (name, _bad(results)[:2])
+        assert not _bad(results), (name, _bad(results)[:2])  # DPM with v-prediction on SD 2.x too
         assert {r["model_scope"] for r in results} == {model.scope}
         if name == "clip":
             assert {r["output"] for r in results} == ({"hidden", "pooled"} if kind == "tiny-sdxl" else {"hidden"})
