@@ -171,3 +171,33 @@ def test_floor_rule_needs_enough_elements():
         ref64 = ref.astype(np.float64) + 1e-7  # floor 1e-7, above 2^-24 of the scale
         m = compare(ref + np.float32(1e-6), ref, tol, ref64)  # 10 floors, well inside atol
         assert (m.floor_budget is not None) == applies and m.passed == (not applies)
+
+
+def test_judge_case_is_the_record_maker_of_every_driver():
+    """runner.judge_case: what check_case and the CUDA device half (which runs its cases itself)
+    turn outputs into records with: the table's rule by default, the f16 rule in the f16 mode."""
+    from sdparity.commands.f16 import mode as f16_mode
+    from sdparity.registry import Case, Output, get_stage
+    from sdparity.runner import DEFAULT, judge_case
+
+    st = get_stage("vae")
+    case = Case("latents0", "vae", [], None, (Output("image_float"), Output("image", integer=True)), {"x": [1]})
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 255, (1, 64, 64, 3)).astype(np.float32)
+    r64 = img.astype(np.float64) + rng.normal(0, 1e-5, img.shape)  # a float32 floor of ~4e-5
+    px = np.round(img)
+    quiet = lambda *a: None  # noqa: E731
+    ok = judge_case(st, "cuda", "gpu", case, [img + np.float32(1e-4), px], [img, px], [r64, px], "full", None,
+                    quiet, DEFAULT, card="H100")
+    assert [r["verdict"] for r in ok] == ["pass", "pass"]
+    assert ok[0]["tolerance"]["atol"] == lookup("vae", "image_float", "cuda", "full").atol
+    facts = {(r["backend"], r["device_class"], r["card"], r["model_scope"]) for r in ok}
+    assert facts == {("cuda", "gpu", "H100", "full")}
+    bad = judge_case(st, "cuda", "gpu", case, [img + np.float32(1.0), px + 2], [img, px], [r64, px], "full", None,
+                     quiet, DEFAULT)
+    assert [r["verdict"] for r in bad] == ["fail", "fail"] and bad[0]["failed_bound"] is not None
+    # the f16 mode: judged against float64 with PyTorch float16's own error as the floor
+    f16 = judge_case(st, "cuda", "gpu", case, [img + np.float32(0.5), px], [r64, px], [img + np.float32(0.4), px],
+                     "full", None, quiet, f16_mode())
+    assert f16[0]["precision"] == "f16" and f16[0]["verdict"] == "pass"
+    assert "PyTorch float16" in f16[0]["tolerance"]["floor_note"]
