@@ -331,7 +331,9 @@ register(KnownIssue(
     "integer buffer ('... allocated in the function has dtype T.int64'), since WGSL has no 64-bit "
     "integers. Met by sdparity's SDXL check (issue 25): transformers pools SDXL's second text "
     "encoder at input_ids.argmax(-1), so tiny-sdxl's clip stage does not build on WebGPU (an error "
-    "in the report; llvm builds it and agrees with torch). No neutralizer: the stage keeps "
+    "in the report; llvm builds it and agrees with torch). No neutralizer: tried, an argmax built from "
+    "int32 max/where/min (and arange as int32) builds, but the pooling's gather still carries int64 "
+    "values into a WGSL kernel ('Check failed: t.bits() != 64', CodeGenWebGPU); the stage keeps "
     "transformers' code path, so the check stays an error rather than a known pass.",
     covers=no_check,
     tvm_versions=("0.27.0.post1",),
