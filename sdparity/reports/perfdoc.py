@@ -586,6 +586,9 @@ WEBGPU_RUNS = [
     ("webgpu-gpu-h200-tiles/webgpu-gpu.json", "+ round 1 Dawn-timed tiles"),
     ("webgpu-gpu-h200-tiles2/webgpu-gpu.json", "+ every tile Dawn-timed (round 3)"),
     ("webgpu-gpu-h200-tiles2-rerun/webgpu-gpu.json", "same, second call without the profile"),
+    ("webgpu-gpu-h100-report1/gpu-report.json", "all tuned, H100, as `sdparity.report/1` (+ seeds 1-4)"),
+    ("webgpu-gpu-h100-report2/gpu-report.json", "same, 3 generations a run"),
+    ("webgpu-gpu-h100-report3/gpu-report.json", "same, again"),
 ]
 
 
