@@ -188,8 +188,6 @@ def pndm_constants(config: dict, num_steps: int) -> dict:
     PLMS_COEFFS), v-prediction (va, vb: 1, 0 for epsilon) and _get_prev_sample's scalars;
     ``saved_sample[k]``: the step starts from step 0's sample (counter 1); ``push[k]``: this
     step's model output enters the history. Every float is a float32 value."""
-    import torch
-
     sched = make("pndm", config)
     set_timesteps(sched, num_steps, pndm_calls(num_steps), strictly_decreasing=False)
     ratio = sched.config.num_train_timesteps // num_steps
@@ -250,20 +248,29 @@ def run_pndm(config: dict, num_steps: int, sample: np.ndarray, model_outputs, dt
 
 def pndm_chain(config: dict, n: int, shape, seed: int) -> Chain:
     consts = pndm_constants(config, n)
+    return _toy_chain(run_pndm, config, n, consts, shape, seed, lambda k: consts["alpha_prod_t"][k])
+
+
+def _toy_chain(run_fn, config: dict, n: int, consts: dict, shape, seed: int, alpha, init_scale: float = 1.0
+               ) -> Chain:
+    """The float32 chain of ``run_fn`` (run_pndm, run_euler) on the toy model from seeded
+    latents scaled by ``init_scale`` (``alpha(k)``: the alpha_prod the model sees at step k); its
+    float64 twin teacher-forced with the float32 run's samples and model outputs."""
     pred = consts["config"]["prediction_type"]
 
     def run(dtype, teacher):
         if teacher is not None:
-            return run_pndm(config, n, teacher[0]["sample"], [r["model_output"] for r in teacher], dtype,
-                            samples=[r["sample"] for r in teacher])
+            return run_fn(config, n, teacher[0]["sample"], [r["model_output"] for r in teacher], dtype,
+                          samples=[r["sample"] for r in teacher])
         rng = np.random.default_rng([seed, n])
-        x, target = rng.standard_normal(shape).astype(np.float32), rng.standard_normal(shape)
+        x = (rng.standard_normal(shape) * init_scale).astype(np.float32)
+        target = rng.standard_normal(shape)
 
-        def model(k, t, x):
+        def model(k, t, x):  # Euler's model sees the scaled (variance-preserving) sample
             z = np.random.default_rng([seed, n, k]).standard_normal(x.shape)
-            return toy_output(x, consts["alpha_prod_t"][k], target, z, pred)
+            return toy_output(x, alpha(k), target, z, pred)
 
-        return run_pndm(config, n, x, model, dtype)
+        return run_fn(config, n, x, model, dtype)
 
     return Chain(run, n, consts)
 
@@ -318,23 +325,8 @@ def run_euler(config: dict, num_steps: int, sample: np.ndarray, model_outputs, d
 
 def euler_chain(config: dict, n: int, shape, seed: int) -> Chain:
     consts = euler_constants(config, n)
-    pred = consts["config"]["prediction_type"]
-
-    def run(dtype, teacher):
-        if teacher is not None:
-            return run_euler(config, n, teacher[0]["sample"], [r["model_output"] for r in teacher], dtype,
-                             samples=[r["sample"] for r in teacher])
-        rng = np.random.default_rng([seed, n])
-        x = (rng.standard_normal(shape) * consts["init_noise_sigma"]).astype(np.float32)
-        target = rng.standard_normal(shape)
-
-        def model(k, t, xs):  # the model sees the scaled (variance-preserving) sample
-            z = np.random.default_rng([seed, n, k]).standard_normal(xs.shape)
-            return toy_output(xs, 1.0 / (consts["sigma"][k] ** 2 + 1.0), target, z, pred)
-
-        return run_euler(config, n, x, model, dtype)
-
-    return Chain(run, n, consts)
+    return _toy_chain(run_euler, config, n, consts, shape, seed, lambda k: 1.0 / (consts["sigma"][k] ** 2 + 1.0),
+                      init_scale=consts["init_noise_sigma"])
 
 
 # ---- LCM ------------------------------------------------------------------------------------
