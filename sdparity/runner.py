@@ -275,9 +275,8 @@ def _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scop
     for ids, recs in groups.items():
         ids, redo, why = list(ids), {}, ""
         for _ in range(len(NEUTRALIZERS)):
-            missing = [i for i in ids if i not in NEUTRALIZERS]
-            if missing:
-                why = f"{', '.join(missing)} has no neutralizer (compile/neutralize.py): nothing proves it"
+            why = known_issues.no_neutralizer(ids)
+            if why:
                 break
             log(f"{tag}: {len(recs)} failing check(s) pre-selected by {', '.join(ids)}: rebuilding neutralized")
             try:
@@ -292,16 +291,8 @@ def _prove_known(st, b, runner, model, variant, cases, refs, failed, cache, scop
                 break
             ids = sorted(set(ids) | more)
         for rec in recs:
-            if why:
-                known_issues.not_proven(rec, ids, why)
-                continue
             again = [r for c, rs in redo.items() if rec["case"] in (None, c) for r in rs
                      if rec["case"] is None or rec.get("output") in (None, r["output"])]
-            if again and all(r["verdict"] == "pass" for r in again):
-                known_issues.proven(rec, ids, again)
-            else:
-                bad = next((r for r in again if r["verdict"] != "pass"), None)
-                known_issues.not_proven(rec, ids, "still fails with them neutralized: " +
-                                        (bad["message"] if bad else "no result"), again)
+            known_issues.settle(rec, ids, why, again)
             log(f"{tag} {rec.get('case') or ''} {rec.get('output') or ''}: {rec['verdict'].upper()} "
                 f"after neutralizing {', '.join(ids)}")

@@ -148,17 +148,9 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
     failed = [r for r in records if r["verdict"] in ("fail", "error")]
     ids = sorted({i.id for r in failed for i in known_issues.candidates(r)} - set(neutralize or ()))
     if prove_known and ids:
-        from sdparity.compile.neutralize import NEUTRALIZERS
-
-        missing = [i for i in ids if i not in NEUTRALIZERS]
-        again = {} if missing else {(r["case"], r["output"]): r for r in run(sorted({*ids, *(neutralize or ())}))}
+        why = known_issues.no_neutralizer(ids)
+        again = {} if why else {(r["case"], r["output"]): r for r in run(sorted({*ids, *(neutralize or ())}))}
         for rec in failed:
             redo = again.get((rec["case"], rec["output"]))
-            if missing:
-                known_issues.not_proven(rec, ids, f"{', '.join(missing)} has no neutralizer: nothing proves it")
-            elif redo is not None and redo["verdict"] == "pass":
-                known_issues.proven(rec, ids, [redo])
-            else:
-                known_issues.not_proven(rec, ids, "still fails with them neutralized: "
-                                        + (redo["message"] if redo else "no result"), [redo] if redo else [])
+            known_issues.settle(rec, ids, why, [redo] if redo else [])
     return records

@@ -387,20 +387,16 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
 
     # ---- parity: embeddings, latents after every step (floor-relative), final pixels
     shape = ref["latents"][0].shape
-    lat = np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)
-    emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
-    h, w = ref["image_u8"].shape[:2]
-    rgba = np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)
-    gen = {"positive": emb[0], "negative": emb[1], "latents": list(lat), "pixels": rgba[..., :3]}
+    gen = _node_generation(node_out, ref)
     for rec in judge_generation(gen, ref, ref64, "webgpu", scope, dclass, card=card):
         report.add(**rec)
     if res.get("timesteps") != ref["timesteps"]:
         report.add(**dict(report.results[-1], case="timesteps", output=None, verdict="fail", metrics=None,
                           failed_bound="shape", message=f"timesteps {res.get('timesteps')} != diffusers' "
                           f"{ref['timesteps']}"))
-    write_png(out / "webgpu.png", rgba[..., :3])
+    write_png(out / "webgpu.png", gen["pixels"])
     write_png(out / "diffusers.png", ref["image_u8"])
-    write_png(out / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
+    write_png(out / "difference.png", diff_heatmap(gen["pixels"], ref["image_u8"]))
 
     # ---- speed: bench records (the speed gate's input). A round is one generation of each side
     # (the first cold), so the gate's noise is the spread between runs, not between the steps of
@@ -441,6 +437,16 @@ def device(folder: Path, out: Path, runs: int = 2, log=print, software: bool = F
     return 0 if ok else 1
 
 
+def _node_generation(node_out: Path, ref: dict) -> dict:
+    """What generate.mjs wrote (embeddings, latents after every step, RGBA) in the shapes of
+    diffusers' run ``ref``, as ``app.pipeline.judge_generation`` takes it."""
+    h, w = ref["image_u8"].shape[:2]
+    emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
+    lat = np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *ref["latents"][0].shape)
+    rgba = np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)
+    return {"positive": emb[0], "negative": emb[1], "latents": list(lat), "pixels": rgba[..., :3]}
+
+
 def _more_seeds(folder: Path, out: Path, report, job: dict, pipe, tdev: str, dclass: str, card: str,
                 seeds, log, software: bool) -> bool:
     """One more generation per seed (Node once, diffusers once, the float64 loop), judged like
@@ -472,14 +478,8 @@ def _more_seeds(folder: Path, out: Path, report, job: dict, pipe, tdev: str, dcl
                                      device=tdev)
             ref64 = float64_generate(pipe, job["prompt"], job["negative"], job["steps"], job["guidance"], lat,
                                      device=tdev)
-            shape = ref["latents"][0].shape
-            h, w = ref["image_u8"].shape[:2]
-            emb = np.fromfile(node_out / "embeddings.f32", np.float32).reshape(2, *ref["positive"].shape)
-            gen = {"positive": emb[0], "negative": emb[1],
-                   "latents": list(np.fromfile(node_out / "latents.f32", np.float32).reshape(-1, *shape)),
-                   "pixels": np.fromfile(node_out / "rgba.bin", np.uint8).reshape(h, w, 4)[..., :3]}
-            for rec in judge_generation(gen, ref, ref64, "webgpu", report.data["model_scope"], dclass,
-                                        card=card, seed=seed):
+            for rec in judge_generation(_node_generation(node_out, ref), ref, ref64, "webgpu",
+                                        report.data["model_scope"], dclass, card=card, seed=seed):
                 rep.add(**rec)
             ok = ok and rep.ok
         rep.write(out / f"calibrate-seed{seed}.json")

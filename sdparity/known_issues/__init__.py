@@ -115,6 +115,27 @@ def not_proven(record: dict, ids, why: str, neutralized: list[dict] | None = Non
     return record
 
 
+def settle(record: dict, ids, why: str, again: list[dict]) -> dict:
+    """The proof's verdict on a failing record (in place): ``known`` when the checks made again
+    with ``ids`` neutralized (``again``) all pass, else a failure saying why (``why``: the
+    neutralized build could not be made)."""
+    if why:
+        return not_proven(record, ids, why)
+    if again and all(r["verdict"] == "pass" for r in again):
+        return proven(record, ids, again)
+    bad = next((r for r in again if r["verdict"] != "pass"), None)
+    return not_proven(record, ids, "still fails with them neutralized: " + (bad["message"] if bad else "no result"),
+                      again)
+
+
+def no_neutralizer(ids) -> str:
+    """Why nothing proves ``ids`` ("" when each has a neutralizer: compile/neutralize.py)."""
+    from sdparity.compile.neutralize import NEUTRALIZERS
+
+    missing = [i for i in ids if i not in NEUTRALIZERS]
+    return f"{', '.join(missing)} has no neutralizer (compile/neutralize.py): nothing proves it" if missing else ""
+
+
 def _neutralized(ids, verdict, records, why: str = "") -> dict:
     def facts(r):
         return {"output": r.get("output"), "case": r.get("case"), "verdict": r["verdict"],

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+# the generation every driver runs (sdparity.app.pipeline, the browser app, Node on Dawn)
+from sdparity.app.pipeline import GUIDANCE, NEGATIVE, PROMPT, STEPS  # noqa: F401
 
 LATENT = (16, 16)
-PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
 TIMEOUT_MS = 600_000
 
 
