@@ -96,6 +96,7 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     unet = copy.deepcopy(pipe.unet).double().to(device).eval()  # .double(): every module, no warning
     tok = pipe.tokenizer
     consts = compute_constants(dict(pipe.scheduler.config), steps)
+    v_prediction = pipe.scheduler.config.get("prediction_type") == "v_prediction"  # SD 2.x
 
     def encode(text: str):
         ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
@@ -114,8 +115,11 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
         for k in range(steps):
             t = torch.tensor(int(consts["timesteps"][k]), device=device)
             uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
-            eps = uncond + guidance * (cond - uncond)
-            x0 = (x - scalar("sigma", k) * eps) / scalar("alpha", k)
+            out = uncond + guidance * (cond - uncond)
+            if v_prediction:  # diffusers' DPMSolverMultistepScheduler.convert_model_output
+                x0 = scalar("alpha", k) * x - scalar("sigma", k) * out
+            else:
+                x0 = (x - scalar("sigma", k) * out) / scalar("alpha", k)
             second = scalar("half_c1", k) * (scalar("inv_r0", k) * (x0 - hist))
             x = (scalar("c0", k) * x - scalar("c1", k) * x0) - second
             hist = x0

@@ -54,6 +54,11 @@ model_latents = st.tuples(st.integers(1, 2), latent_side, latent_side)  # (batch
 _DEV = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "dev"
 UNET_EXAMPLES = 300 if _DEV else 4
 VAE_EXAMPLES = 300 if _DEV else 8
+#: drawn statistics per op in the op-statistics fuzz (tests/opstats.py), after its 9 EDGE_STATS.
+#: ci draws 3: every breakage the 8 draws of earlier runs found (out/opstats, 2026-12-06: WGSL
+#: sin/cos, GELU's erf constants) an edge example also found, and a WebGPU example is a browser
+#: round trip (~0.06-0.18 s; 748 of them for the UNet's ops)
+OPSTATS_EXAMPLES = 200 if _DEV else 3
 
 _WORDS = ["a", "photo", "of", "cat", "astronaut", "riding", "horse", "naïve", "café", "東京", "🐱", "👩‍🚀",
           "Ω", "ﬁ", "e\u0301", ",", "...", "!!", "(", ")", "<", "|", "\t", "\n", "12345", "-", "'s"]

@@ -41,11 +41,13 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
     from reference.dpm import STEP_KEYS, compute_constants
 
     from sdparity.stages.clip import tokenize
+    from sdparity.stages.scheduler_dpm import convert_function
 
     def call(fn, *inputs):
         return runner.run(arts[fn], fn, [np.asarray(x) for x in inputs])
 
     consts = constants or compute_constants(dict(model.pipe.scheduler.config), steps)
+    convert = convert_function(dict(model.pipe.scheduler.config))  # SD 2.x: v-prediction
     (pos,) = call("clip", tokenize(model.tokenizer, prompt))
     (neg,) = call("clip", tokenize(model.tokenizer, negative_prompt))
     (emb,) = call("concat_embeddings", neg, pos)
@@ -56,7 +58,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
     for k in range(steps):
         t = np.array(consts["timesteps"][k], np.int32)
         (eps,) = call("unet", x, t, emb, np.array(guidance, f32))
-        (x0,) = call("dpm_convert_model_output", x, eps, np.array(consts["alpha"][k], f32),
+        (x0,) = call(convert, x, eps, np.array(consts["alpha"][k], f32),
                      np.array(consts["sigma"][k], f32))
         (x,) = call("dpm_step", x, x0, hist, *[np.array(consts[key][k], f32) for key in STEP_KEYS])
         hist = x0

@@ -1,9 +1,10 @@
 """The browser app: build its artifacts for a model and serve it on 127.0.0.1.
 
-`sdparity serve [--model tiny] [--port 8000]` builds (or reuses from the cache) one WebGPU
-wasm holding every stage function, its weights as a float32 tvmjs tensor cache, the
-tokenizer, and the DPM-Solver constants for 1..100 steps, then serves web/app. The
-browser_e2e tests use the same build_app() and LocalServer.
+`sdparity serve [--model tiny[,tiny-sd2,...]] [--port 8000]` builds (or reuses from the cache)
+one WebGPU wasm per model holding every stage function, its weights as a float32 tvmjs tensor
+cache, the tokenizer, and the DPM-Solver constants for 1..100 steps, then serves web/app (with
+a model picker when several are given). The browser_e2e tests use the same build_app() and
+LocalServer.
 """
 
 from __future__ import annotations
@@ -24,14 +25,21 @@ NODE = WEB / "node_modules" / "@mlc-ai"
 MAX_STEPS = 100
 
 
-def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | None = None) -> Path:
-    """Build everything the app needs into a folder (cached); return it (served as /data/)."""
+def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | None = None,
+              prefix: str = "/data/") -> Path:
+    """Build everything the app needs into a folder (cached); return it (served at ``prefix``:
+    /data/ for one model, /m/NAME/ for each of several: ``app_mounts``)."""
     from reference.dpm import compute_constants
 
     from sdparity.backends import get_backend
     from sdparity.stages import PIPELINE_FUNCTIONS, PIPELINE_STAGES
+    from sdparity.stages.scheduler_dpm import convert_function
 
     backend = backend or get_backend("webgpu")
+    if model.architecture == "sdxl":  # one line now, not a failed build of the whole app later
+        raise SdparityError(f"the web app generates with SD 1.x and SD 2.x models; {model.name} is SDXL (two "
+                            f"text encoders, pooled embeddings and time ids are not in its pipeline, and "
+                            f"SDXL's CLIP does not build for WebGPU: known issue tvm_webgpu_int64_argmax)")
     reason = backend.unavailable_reason()
     if reason:
         raise SdparityError(f"cannot build the web app: {reason}")
@@ -55,7 +63,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
 
     # keyed by what fills it, this file's code included (the config's layout is written here)
     data = cache.root.parent / "app" / digest({"art": art.name, "model": model.digest, "latent": latent_hw,
-                                               "code": digest(Path(__file__).read_text())})
+                                               "prefix": prefix, "code": digest(Path(__file__).read_text())})
     if (data / "config.json").is_file():
         return data
     data.mkdir(parents=True, exist_ok=True)
@@ -69,14 +77,18 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     tok = model.tokenizer
     c = int(model.unet.config.in_channels)
     h, w = latent_hw
+    convert = convert_function(cfg)  # SD 2.x's v-prediction: another x0 conversion, the same step
     config = {
-        "model": {"name": model.name, "digest": model.digest},
+        "model": {"name": model.name, "digest": model.digest, "architecture": model.architecture},
         "artifact": f"/art/{art.name}/",
-        "functions": list(PIPELINE_FUNCTIONS),  # sdparity/stages/pipeline.json
-        "tokenizer": {"url": "/data/tokenizer.json", "max_length": int(tok.model_max_length),
+        # sdparity/stages/pipeline.json, with the model's conversion
+        "functions": [convert if f == "dpm_convert_model_output" else f for f in PIPELINE_FUNCTIONS],
+        "convert_function": convert,
+        "prediction_type": cfg.get("prediction_type", "epsilon"),
+        "tokenizer": {"url": f"{prefix}tokenizer.json", "max_length": int(tok.model_max_length),
                       "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
                       "eos_token_id": int(tok.eos_token_id)},
-        "scheduler_url": "/data/dpm_consts.json",
+        "scheduler_url": f"{prefix}dpm_consts.json",
         "max_steps": MAX_STEPS,
         "latent_shape": [c, h, w],
         "image_size": [h * model.vae_scale_factor, w * model.vae_scale_factor],
@@ -92,24 +104,54 @@ def check_web_runtime() -> None:
             raise SdparityError(f"web/node_modules/@mlc-ai/{pkg} is missing: run scripts/setup_webgpu.sh")
 
 
-def app_mounts(data: Path, cache) -> dict[str, Path]:
-    """What the app loads, and nothing more: its pages and modules, the data folder, the two
-    tvmjs libraries and its one wasm build (``config.json``'s ``artifact``), never the rest of
-    the build cache."""
+def app_mounts(data: Path | dict[str, Path], cache) -> dict[str, Path]:
+    """What the app loads, and nothing more: its pages and modules, the data folder of each
+    model (one: at /data/; several, ``{name: folder}`` as built with prefix /m/NAME/: at
+    /m/NAME/), the model list of the app's picker (/models/models.json), the two tvmjs
+    libraries and each model's one wasm build (``config.json``'s ``artifact``), never the rest
+    of the build cache."""
     check_web_runtime()
-    art = json.loads((data / "config.json").read_text())["artifact"].strip("/").split("/")[-1]
-    return {"app": WEB / "app", "common": WEB / "common", "data": data, f"art/{art}": cache.root / art,
-            "tvmjs": NODE / "web-runtime" / "lib", "tokenizers": NODE / "web-tokenizers" / "lib"}
+    folders = {"data": data} if isinstance(data, Path) else {f"m/{name}": d for name, d in data.items()}
+    mounts = {"app": WEB / "app", "common": WEB / "common", "tvmjs": NODE / "web-runtime" / "lib",
+              "tokenizers": NODE / "web-tokenizers" / "lib"}
+    models = []
+    for where, folder in folders.items():
+        cfg = json.loads((folder / "config.json").read_text())
+        art = cfg["artifact"].strip("/").split("/")[-1]
+        mounts.update({where: folder, f"art/{art}": cache.root / art})
+        about = cfg.get("model") or {}
+        models.append({"name": about.get("name", where), "architecture": about.get("architecture"),
+                       "config": f"/{where}/config.json"})
+    listing = cache.root.parent / "app" / f"models-{digest(models)}"
+    if not (listing / "models.json").is_file():
+        listing.mkdir(parents=True, exist_ok=True)
+        write_atomic(listing / "models.json", json.dumps(models, indent=1))
+    mounts["models"] = listing
+    return mounts
 
 
-def app_server(data: Path, cache, port: int = 0) -> LocalServer:
+def app_server(data: Path | dict[str, Path], cache, port: int = 0) -> LocalServer:
     return LocalServer(app_mounts(data, cache), port=port)
+
+
+def build_apps(models: list, latent_hw, cache, log=print) -> Path | dict[str, Path]:
+    """One model: its data folder (served at /data/); several: {name: folder} (at /m/NAME/)."""
+    if len(models) == 1:
+        m = models[0]
+        return build_app(m, latent_hw or m.default_latent_hw, cache, log=log)
+    names = [m.name for m in models]
+    if len(set(names)) != len(names):
+        raise SdparityError(f"--model names a model twice: {','.join(names)}")
+    return {m.name: build_app(m, latent_hw or m.default_latent_hw, cache, log=log, prefix=f"/m/{m.name}/")
+            for m in models}
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
                        description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
-                       "tokenizer and the scheduler constants, then serve the Stable Diffusion web app.")
+                       "tokenizer and the scheduler constants, then serve the Stable Diffusion web app. "
+                       "--model takes a comma-separated list (SD 1.x and SD 2.x models): the app then "
+                       "has a model picker.")
     from sdparity.args import latent_hw, add_model_args, port_arg
 
     add_model_args(p)
@@ -124,7 +166,11 @@ def cmd_serve(args) -> int:
     from sdparity.cache import BuildCache
     from sdparity.args import check_model_arg
 
-    check_model_arg(args.model, args.allow_pickle)
+    specs = [m.strip() for m in args.model.split(",") if m.strip()]  # several: the app's model picker
+    if not specs:
+        raise SdparityError("--model names no model")
+    for spec in specs:
+        check_model_arg(spec, args.allow_pickle)
     check_web_runtime()
     try:  # the port first: one in use is one line now, not after building the whole app
         server = LocalServer({}, port=args.port)
@@ -132,12 +178,11 @@ def cmd_serve(args) -> int:
         raise SdparityError(f"cannot listen on 127.0.0.1:{args.port}: {e.strerror or e}") from None
     try:
         try:
-            model = load_model(args.model, allow_pickle=args.allow_pickle)
+            models = [load_model(spec, allow_pickle=args.allow_pickle) for spec in specs]
         except ModelError as e:
             raise SdparityError(str(e)) from None
-        latent = tuple(args.latent) if args.latent else model.default_latent_hw
         cache = BuildCache()
-        data = build_app(model, latent, cache)
+        data = build_apps(models, tuple(args.latent) if args.latent else None, cache)
         server.mounts.update(app_mounts(data, cache))
         print(f"serving the app at {server.url}/app/  (Ctrl-C stops)", flush=True)
         try:

@@ -4,23 +4,67 @@ torch.export.export -> from_exported_program(keep_params_as_input=True) -> detac
 The resulting function takes the example inputs followed by its weights as separate
 parameters; it is renamed to the stage's function name so stages can be merged into one
 module (the browser pipeline loads them all from one wasm).
+
+Importing is half the cost of a tiny build (measured: 89 of 168 s of a UNet shape fuzz, most
+of it torch.export and PyTorch's decomposition), and a process often imports one stage
+several times: for llvm and for WebGPU, for the f16 mode, with a TVM lowering perturbed
+(after the import), with known issues neutralized (the same decomposed program, other
+converters). So a caller that names what it imports (``memo``: a key of everything that
+changes the exported program) gets the decomposed program and the Relax module from a small
+in-process memo. Only small programs are kept (``MEMO_MAX_BYTES`` of weights): a full-size
+model is imported as before.
 """
 
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 
 from sdparity.errors import SdparityError
 from sdparity.ir import StageIR
 
+MEMO_ENTRIES = 6
+MEMO_MAX_BYTES = 256 << 20
+_EXPORTED: OrderedDict = OrderedDict()  # memo -> torch's decomposed ExportedProgram
+_IMPORTED: OrderedDict = OrderedDict()  # (memo, patch_upsample, neutralize) -> StageIR
+
+
+def _remember(table: OrderedDict, key, value, nbytes: int):
+    if nbytes <= MEMO_MAX_BYTES:
+        table[key] = value
+        while len(table) > MEMO_ENTRIES:
+            table.popitem(last=False)
+    return value
+
+
+def _recall(table: OrderedDict, key):
+    if key is None or key not in table:
+        return None
+    table.move_to_end(key)
+    return table[key]
+
 
 def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=None,
-                    patch_upsample: bool = True, neutralize=()) -> StageIR:
+                    patch_upsample: bool = True, neutralize=(), memo: str | None = None) -> StageIR:
     """``dynamic_shapes`` (torch.export's argument) makes a symbolic-shape build; its nearest
     upsamplings then go through ``_symbolic_upsample_nearest`` unless ``patch_upsample`` is
     False (known issue tvm_symbolic_upsample: TVM's own conversion cannot take a symbolic size;
     its neutralizer switches the patch back on). ``neutralize``: names of known issues whose
-    neutralizers (compile/neutralize.py) replace TVM's conversion of the ops they are in."""
+    neutralizers (compile/neutralize.py) replace TVM's conversion of the ops they are in.
+    ``memo``: see the module's docstring (None: no memo)."""
+    ikey = None if memo is None else (memo, bool(patch_upsample), tuple(sorted(neutralize)))
+    held = _recall(_IMPORTED, ikey)
+    if held is not None:  # a fresh StageIR around the same (immutable) module and arrays
+        return StageIR(held.mod, {f: list(ws) for f, ws in held.params.items()})
+    ir = _import(module, example_args, function, dynamic_shapes, patch_upsample, neutralize, memo)
+    if ikey is not None:
+        _remember(_IMPORTED, ikey, ir, sum(w.nbytes for ws in ir.params.values() for w in ws))
+        return StageIR(ir.mod, {f: list(ws) for f, ws in ir.params.items()})
+    return ir
+
+
+def _import(module, example_args, function, dynamic_shapes, patch_upsample, neutralize, memo) -> StageIR:
     from sdparity.compile.neutralize import convert_map
     import torch
     import tvm
@@ -31,17 +75,27 @@ def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=N
     except ImportError as e:  # a TVM whose API differs
         raise SdparityError(f"this TVM ({tvm.__version__}) has no relax.frontend.torch."
                             f"from_exported_program: {e}") from None
-    module = module.eval()
-    with torch.no_grad():
-        try:
-            ep = torch.export.export(module, example_args, dynamic_shapes=dynamic_shapes)
+    ep = _recall(_EXPORTED, memo)
+    if ep is None:
+        module = module.eval()
+        with torch.no_grad():
+            try:
+                ep = torch.export.export(module, example_args, dynamic_shapes=dynamic_shapes)
+            except Exception as e:
+                raise SdparityError(f"torch.export of {function} failed: {str(e).splitlines()[0]}") from e
+        try:  # what from_exported_program does first (its run_ep_decomposition), done here once
+            ep = ep.run_decompositions()
         except Exception as e:
-            raise SdparityError(f"torch.export of {function} failed: {str(e).splitlines()[0]}") from e
+            raise SdparityError(f"TVM {tvm.__version__} could not import {function}: PyTorch's decomposition "
+                                f"failed: {str(e).strip().splitlines()[-1]}") from e
+        if memo is not None:
+            _remember(_EXPORTED, memo, ep, sum(t.nbytes for t in ep.state_dict.values()))
     try:
         patch = dynamic_shapes is not None and (patch_upsample or "tvm_symbolic_upsample" in neutralize)
         convert = {"upsample_nearest2d.vec": _symbolic_upsample_nearest} if patch else {}
         convert.update(convert_map(neutralize))
-        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert or None)
+        mod = from_exported_program(ep, keep_params_as_input=True, custom_convert_map=convert or None,
+                                    run_ep_decomposition=False)
     except Exception as e:
         raise SdparityError(f"TVM {tvm.__version__} could not import {function}: "
                             f"{str(e).strip().splitlines()[-1]}") from e

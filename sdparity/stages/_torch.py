@@ -77,11 +77,18 @@ class TorchStage(Stage):
     def build_ir(self, model, variant: dict) -> StageIR:
         import torch
 
+        from sdparity.ir import digest
+
         variant = self._build_variant(model, variant)
         args = tuple(torch.from_numpy(np.array(a)) for a in self.example_inputs(model, variant))
+        # the exported program depends on the stage's code, fault, model and shapes (the build
+        # key without the converters: patch_upsample and neutralize act after the export)
+        exported = {k: v for k, v in variant.items() if k not in ("patch_upsample", "neutralize")}
+        memo = digest([type(self).__module__, type(self).__qualname__,
+                       Stage.build_key(self, model, exported)])
         return export_to_relax(self.export_module(model, variant), args, self.function,
                                self.dynamic_shapes(model, variant), variant.get("patch_upsample", True),
-                               tuple(variant.get("neutralize", ())))
+                               tuple(variant.get("neutralize", ())), memo=memo)
 
     # -- symbolic-shape builds: a variant with "symbolic": True (shape fuzzing) -----------------
     # "patch_upsample": False builds them with TVM's own upsample conversion, which fails

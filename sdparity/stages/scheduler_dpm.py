@@ -26,6 +26,14 @@ LATENT_OTHER = (2, 4, 8, 16)  # other step counts: a second shape through the sa
 OTHER_COUNTS = {1: (0,), 2: (0, 1), 3: (0, 1, 2), 25: (0, 12, 24), 100: (0, 50, 99)}
 
 
+def convert_function(scheduler_config: dict) -> str:
+    """The function that turns the UNet's output into x0 for a scheduler config: the one choice
+    of every driver (these checks, the Python pipeline, the app's config.json for the browser)."""
+    if scheduler_config.get("prediction_type") == "v_prediction":
+        return "dpm_convert_v_prediction"
+    return "dpm_convert_model_output"
+
+
 def _scheduler_configs(model) -> dict[str, dict]:
     from reference.models import PINNED_SCHEDULER
 
@@ -94,8 +102,7 @@ class SchedulerDPM(Stage):
         shapes = {"latent": list(r.sample.shape), "num_steps": chain.n, "step_index": k,
                   "timestep": r.timestep, "final_sigmas_type": chain.final_sigmas_type,
                   "order": chain.consts["order"][k]}
-        convert = "dpm_convert_v_prediction" if cfg.get("prediction_type") == "v_prediction" else \
-            "dpm_convert_model_output"
+        convert = convert_function(cfg)
         if self.fault == "v_prediction_as_epsilon":
             convert = "dpm_convert_model_output"
         return [

@@ -15,9 +15,24 @@ def open_app(page, app, query: str = ""):
     page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.goto(f"{app.url}/app/index.html{query}")
+    _wait_ready(page)
+    return page, problems
+
+
+def _wait_ready(page):
     page.wait_for_function("() => window.sdparityApp && (window.sdparityApp.state.ready || "
                            "window.sdparityApp.state.errors.length > 0)", timeout=TIMEOUT_MS)
-    return page, problems
+
+
+def pick_model(page, name: str):
+    """Choose a model in the app's picker, as a person would: the page reloads with it."""
+    value = page.evaluate("(n) => [...document.querySelectorAll('#model-picker option')]"
+                          ".find((o) => o.textContent.startsWith(n + ' '))?.value", name)
+    assert value, f"{name} is not in the app's model picker"
+    with page.expect_navigation():
+        page.select_option("#model-picker", value)
+    _wait_ready(page)
+    return page
 
 
 def run_generation(page, latents, schedule=None):

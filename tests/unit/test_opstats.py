@@ -19,6 +19,7 @@ import pytest
 
 from sdparity.check import opreplay
 from tests import opstats as OS
+from tests import strategies as S
 
 STAGES = ("clip", "unet", "vae")
 OUT = Path(os.environ.get("SDPARITY_OPSTATS_OUT", Path(__file__).resolve().parents[2] / "out" / "opstats"))
@@ -71,7 +72,7 @@ def fuzz_stage(stage_name, model, backend, cache, ops=None) -> list[dict]:
             if ops is not None and call.op not in ops:
                 continue
             t0 = time.perf_counter()
-            f = OS.fuzz_op(call, eng)
+            f = OS.fuzz_op(call, eng, max_examples=S.OPSTATS_EXAMPLES)
             rows.append({"stage": stage_name, "op": call.op, "module": call.module, "shapes": call.shapes(),
                          "attributes": call.attributes(), **f,
                          "kinds": sorted({k for b in f["broke"] for k in b["kinds"]}),

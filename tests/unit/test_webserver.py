@@ -147,6 +147,49 @@ def test_the_app_server_mounts_one_build_not_the_cache(tmp_path):
         s.stop()
 
 
+def test_the_app_serves_several_models_each_with_its_own_build(tmp_path):
+    """`sdparity serve --model tiny,tiny-sd2`: each model's data at /m/NAME/, its one build, and
+    the picker's list at /models/models.json (read by web/app/app.js)."""
+    import json
+
+    from sdparity.app import serve
+
+    class Cache:
+        root = tmp_path / "cache" / "builds"
+
+    datas = {}
+    for name, arch in (("tiny", "sd1"), ("tiny-sd2", "sd2")):
+        (Cache.root / f"b-{name}").mkdir(parents=True)
+        datas[name] = tmp_path / name
+        datas[name].mkdir()
+        (datas[name] / "config.json").write_text(json.dumps(
+            {"artifact": f"/art/b-{name}/", "model": {"name": name, "architecture": arch}}))
+    mounts = serve.app_mounts(datas, Cache)
+    assert "data" not in mounts and mounts["m/tiny-sd2"] == datas["tiny-sd2"]
+    assert {k for k in mounts if k.startswith("art/")} == {"art/b-tiny", "art/b-tiny-sd2"}
+    s = LocalServer(mounts).start()
+    try:
+        status, body = _req(s, "GET", "/models/models.json")
+        assert status == 200 and json.loads(body) == [
+            {"name": "tiny", "architecture": "sd1", "config": "/m/tiny/config.json"},
+            {"name": "tiny-sd2", "architecture": "sd2", "config": "/m/tiny-sd2/config.json"}]
+        assert _req(s, "GET", "/m/tiny-sd2/config.json")[0] == 200
+    finally:
+        s.stop()
+
+
+def test_the_app_refuses_sdxl_in_one_line(tmp_path):
+    from sdparity.app.serve import build_app
+    from sdparity.errors import SdparityError
+
+    class SDXL:
+        architecture, name = "sdxl", "tiny-sdxl"
+
+    with pytest.raises(SdparityError, match=r"^the web app generates with SD 1.x and SD 2.x models; tiny-sdxl is "
+                                            r"SDXL .*tvm_webgpu_int64_argmax\)$"):
+        build_app(SDXL(), (8, 8), None)
+
+
 def test_dropped_keep_alive_connections_print_no_traceback(tmp_path, capfd):
     """Before: a passing `nox -s check` printed a ConnectionResetError traceback from the server
     thread when Chromium dropped a keep-alive connection."""

@@ -74,7 +74,18 @@ async function onGenerate(ev) {
 
 async function main() {
   window.addEventListener("unhandledrejection", (ev) => fail(`unhandled error: ${ev.reason}`));
-  const configUrl = new URLSearchParams(location.search).get("config") || "/data/config.json";
+  // the models served (sdparity serve --model a,b: /models/models.json); ?config= picks one
+  let models = [];
+  try {
+    models = await (await fetchOk("/models/models.json")).json();
+  } catch (e) {
+    return fail(`cannot load the model list /models/models.json: ${e.message}`);
+  }
+  const configUrl = new URLSearchParams(location.search).get("config") || models[0]?.config || "/data/config.json";
+  const picker = $("model-picker");
+  for (const m of models) picker.add(new Option(`${m.name} (${m.architecture})`, m.config));
+  picker.value = configUrl;
+  picker.addEventListener("change", () => { location.search = `?config=${encodeURIComponent(picker.value)}`; });
   try {
     state.config = await (await fetchOk(configUrl)).json();
   } catch (e) {

@@ -3,7 +3,8 @@
 // sdparity/app/pipeline.py, which checks it natively; the function list comes from
 // sdparity/stages/pipeline.json through the app's config.json):
 //   tokenize(prompt), tokenize(negative) -> clip x2 -> concat_embeddings [negative; positive]
-//   -> N x { unet (CFG) -> dpm_convert_model_output -> dpm_step (history starts at zeros) }
+//   -> N x { unet (CFG) -> dpm_convert_model_output (SD 2.x: dpm_convert_v_prediction)
+//            -> dpm_step (history starts at zeros) }
 //   -> vae -> image_to_rgba.
 
 
@@ -92,7 +93,8 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
     for (let k = 0; k < opts.steps; ++k) {
       const ts = performance.now();
       const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, g);
-      const x0 = call("dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
+      // SD 2.x (v-prediction) converts with dpm_convert_v_prediction: config.convert_function
+      const x0 = call(config.convert_function ?? "dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
                       scalar(table.sigma[k], "float32"));
       x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
       hist = x0;
