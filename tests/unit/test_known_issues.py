@@ -136,3 +136,25 @@ def test_neutralizers_keep_the_op_they_fix(name):
     replaced = {"R.sin", "R.cos"} if name == "tvm_webgpu_sin_cos_unreduced" else set()
     for op in ("R.nn.gelu", "R.sin", "R.cos", "R.image.resize2d"):
         assert (op in fixed) == (op not in replaced), op
+
+
+def test_the_import_memo_shares_the_export_not_the_converters(tiny):
+    """compile/frontend.py's memo: a second import of the same stage, model and shapes is the
+    same Relax module; a neutralized import shares torch's decomposed program but is converted
+    (and kept) on its own; a fault is another program."""
+    from sdparity.compile import frontend
+    from sdparity.registry import get_stage
+
+    st = get_stage("clip")
+    v = st.default_variant(tiny)
+    frontend._EXPORTED.clear()
+    frontend._IMPORTED.clear()
+    a = st.build_ir(tiny, v)
+    b = st.build_ir(tiny, v)
+    assert b.mod.same_as(a.mod) and b.params is not a.params and b.params == a.params
+    assert (len(frontend._EXPORTED), len(frontend._IMPORTED)) == (1, 1)
+    n = st.build_ir(tiny, {**v, "neutralize": ["tvm_webgpu_gelu_erf_constants"]})
+    assert not n.mod.same_as(a.mod) and (len(frontend._EXPORTED), len(frontend._IMPORTED)) == (1, 2)
+    f = st.with_fault("truncate_layers").build_ir(tiny, v)
+    assert not f.mod.same_as(a.mod) and (len(frontend._EXPORTED), len(frontend._IMPORTED)) == (2, 3)
+    assert len(f.params["clip"]) < len(a.params["clip"])  # one encoder layer fewer: its weights
