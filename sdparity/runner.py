@@ -72,11 +72,12 @@ def open_sessions(backends, stack: contextlib.ExitStack, log) -> tuple[dict, dic
 
 def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed: int = 0,
                log: Progress | None = None, variants: dict | None = None, localize: bool = False,
-               neutralize: list[str] | None = None, mode: Mode = DEFAULT) -> Report:
+               neutralize: list[str] | None = None, mode: Mode = DEFAULT, only_cases=None) -> Report:
     """``localize``: name the first diverging kernel of each failing stage (sdparity.check.localize).
     ``neutralize``: known issues neutralized in every build of a stage with model weights (the
     calibration measures the suite without its known bugs: compile/neutralize.py). ``mode``: how
-    stages are built and judged (``Mode``; default: as `sdparity check`)."""
+    stages are built and judged (``Mode``; default: as `sdparity check`). ``only_cases``: run
+    only the cases with these labels (each must exist)."""
     log = log or Progress()
     scope = model.scope if model is not None else "tiny"  # from the architecture, not the name
     report.data["model_scope"] = scope  # records carry it (tolerances and known issues use it)
@@ -98,6 +99,11 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
                 variant = {**variant, "neutralize": sorted(neutralize)}
             try:
                 cases = st.cases(model, variant, seed)
+                if only_cases is not None:
+                    missing = set(only_cases) - {c.label for c in cases}
+                    if missing:
+                        raise SdparityError(f"stage {st.name} has no case {sorted(missing)[0]}")
+                    cases = [c for c in cases if c.label in only_cases]
                 for c in cases:
                     _check_inputs(st, c)
             except SdparityError:

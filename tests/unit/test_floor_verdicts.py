@@ -107,10 +107,10 @@ def layer_norm_rsqrt(steps: int):
 
 
 # ---- running a stage, clean and perturbed ---------------------------------------------------
-def check_stage(stage, backend, model, cache, variant=None, seed=0) -> list[dict]:
+def check_stage(stage, backend, model, cache, variant=None, seed=0, only_cases=None) -> list[dict]:
     report = Report(model)
     run_checks([stage], [backend], model, report, cache, seed=seed, log=Progress(quiet=True),
-               variants={stage.name: variant} if variant else None)
+               variants={stage.name: variant} if variant else None, only_cases=only_cases)
     return report.results
 
 
@@ -127,7 +127,10 @@ PERTURBATIONS = [
 # known issues (sin/cos, GELU's erf constants): it must come out ``fail``, not ``known``. Its
 # clean check is tests/unit/test_parity.py::test_stage_passes[unet-webgpu] (the same build); the
 # VAE's SiLU is left to llvm here (a WebGPU VAE load compiles its shaders for ~60 s on
-# SwiftShader, and CLIP's quick_gelu exercises the same sigmoid lowering on WebGPU).
+# SwiftShader, and CLIP's quick_gelu exercises the same sigmoid lowering on WebGPU). The WebGPU
+# UNet runs two of its four cases, a CFG one and the guidance-1 one (the case its known issues
+# pre-select as built): each case costs a 16x16 SwiftShader run as built and again in the proof.
+WEBGPU_UNET_CASES = {"t999_g7.5", "t500_g1.0"}
 WEBGPU = [p for p in PERTURBATIONS if p[0] == "clip"] + [("unet", None, *PERTURBATIONS[3][2:])]
 CASES = [pytest.param(p, "llvm", id=f"{p[0]}-{p[2].split('.')[-1]}") for p in PERTURBATIONS] + [
     pytest.param(p, "webgpu", marks=pytest.mark.webgpu, id=f"{p[0]}-{p[2].split('.')[-1]}-webgpu") for p in WEBGPU]
@@ -161,8 +164,11 @@ def test_perturbed_lowering_passes_atol_but_fails_floor_budget(perturbation, bac
 
     calls: list = []
     with perturbed(op, _counting(fn, calls)):
-        bad = [r for r in check_stage(stage, backend, tiny, BuildCache(root=tmp_path), variant)
+        only = WEBGPU_UNET_CASES if (backend_name, stage_name) == ("webgpu", "unet") else None
+        bad = [r for r in check_stage(stage, backend, tiny, BuildCache(root=tmp_path), variant, only_cases=only)
                if not r.get("integer") and not r.get("own_kernel")]
+    if only:
+        assert {r["case"] for r in bad} == only
     assert calls, f"{op} never reached legalization: the stage's module has no such op"
     assert all(r["verdict"] != "error" for r in bad), [r["message"] for r in bad]
     for r in bad:  # the old absolute rule alone passes every element ...
