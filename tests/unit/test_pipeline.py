@@ -78,3 +78,30 @@ def test_gelu_as_tanh_fails_the_generation_by_its_floor(llvm, tiny, cache, tmp_p
     m = bad["metrics"]
     assert m["floor_ratio"] > m["floor_budget"]
     print(f"GELU as tanh: first failing {bad['case']}: {bad['message']}")
+
+
+@pytest.fixture(scope="module")
+def sd2():
+    from reference.models import load_model
+
+    return load_model("tiny-sd2", log=lambda *a: None)
+
+
+def test_sd2_generation_converts_v_prediction_and_matches_diffusers(llvm, sd2, cache, monkeypatch):
+    """SD 2.x (v-prediction) through the same loop, judged per step by its own scope's budgets;
+    the loop converting its output as epsilon (an app that ignores prediction_type) fails at
+    step 1."""
+    lat = initial_latents(sd2, LATENT, seed=0)
+    r = diffusers_generate(sd2, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
+    r64 = float64_generate(sd2, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
+    recs = judge_generation(_generate(llvm, sd2, cache, lat), r, r64, "llvm", sd2.scope)
+    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
+    assert not bad, bad
+    assert all(x["metrics"]["floor_budget"] for x in recs if x["output"] == "latents"), "no sd2-tiny budget"
+
+    from sdparity.stages import scheduler_dpm
+
+    monkeypatch.setattr(scheduler_dpm, "convert_function", lambda cfg: "dpm_convert_model_output")
+    wrong = judge_generation(_generate(llvm, sd2, cache, lat), r, r64, "llvm", sd2.scope)
+    first = first_failing_step(wrong)
+    assert first is not None and first["case"] == "step 01", first
