@@ -132,8 +132,6 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
     again with every issue that pre-selects a failure neutralized, and that record passing."""
     from reference.pipeline import diffusers_generate, float64_generate, initial_latents
 
-    from sdparity import known_issues
-
     lat = initial_latents(model, tuple(latent_hw), seed)
     ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat)
     ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat)
@@ -147,12 +145,27 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
                                 seed=seed, latent=list(latent_hw))
 
     records = run(neutralize)
+    if prove_known:
+        prove_generation(records, lambda ids: run(sorted({*ids, *(neutralize or ())})), neutralize)
+    return records
+
+
+def prove_generation(records: list[dict], again, already=None) -> list[dict]:
+    """A failing generation record is ``known`` only as proven (in place): ``again(ids)`` makes
+    the whole generation again with every issue that pre-selects a failure neutralized and
+    returns its records; each failing record is settled by its own case and output there
+    (sdparity.known_issues.settle). ``already``: issues neutralized in ``records`` themselves.
+    Every driver's generation goes through here: the Python one (``generation_records``) and
+    the browser app (tests/e2e)."""
+    from sdparity import known_issues
+
     failed = [r for r in records if r["verdict"] in ("fail", "error")]
-    ids = sorted({i.id for r in failed for i in known_issues.candidates(r)} - set(neutralize or ()))
-    if prove_known and ids:
-        why = known_issues.no_neutralizer(ids)
-        again = {} if why else {(r["case"], r["output"]): r for r in run(sorted({*ids, *(neutralize or ())}))}
-        for rec in failed:
-            redo = again.get((rec["case"], rec["output"]))
-            known_issues.settle(rec, ids, why, [redo] if redo else [])
+    ids = sorted({i.id for r in failed for i in known_issues.candidates(r)} - set(already or ()))
+    if not ids:
+        return records
+    why = known_issues.no_neutralizer(ids)
+    redo = {} if why else {(r["case"], r["output"]): r for r in again(ids)}
+    for rec in failed:
+        r = redo.get((rec["case"], rec["output"]))
+        known_issues.settle(rec, ids, why, [r] if r else [])
     return records

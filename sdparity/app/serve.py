@@ -26,9 +26,10 @@ MAX_STEPS = 100
 
 
 def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | None = None,
-              prefix: str = "/data/") -> Path:
+              prefix: str = "/data/", neutralize: list[str] | None = None) -> Path:
     """Build everything the app needs into a folder (cached); return it (served at ``prefix``:
-    /data/ for one model, /m/NAME/ for each of several: ``app_mounts``)."""
+    /data/ for one model, /m/NAME/ for each of several: ``app_mounts``). ``neutralize``: known
+    issues neutralized in the stages with weights (a generation's proof: app.pipeline.prove_generation)."""
     from reference.dpm import compute_constants
 
     from sdparity.backends import get_backend
@@ -46,16 +47,17 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     stages = {n: get_stage(n) for n in PIPELINE_STAGES}
     for name, fault in (faults or {}).items():
         stages[name] = stages[name].with_fault(fault)
-    keys = [s.build_key(model, {**s.default_variant(model), "latent": list(latent_hw)}) for s in stages.values()]
+    def variant(s):
+        v = s.default_variant(model)
+        v = {**v, "latent": list(latent_hw)} if "latent" in v else v
+        return {**v, "neutralize": sorted(neutralize)} if (neutralize and s.component) else v
+
+    keys = [s.build_key(model, {**variant(s), "latent": list(latent_hw)}) for s in stages.values()]
 
     def ir():
         from sdparity.compile.frontend import merge
 
-        irs = []
-        for s in stages.values():
-            v = s.default_variant(model)
-            irs.append(s.build_ir(model, {**v, "latent": list(latent_hw)} if "latent" in v else v))
-        return merge(irs)
+        return merge([s.build_ir(model, variant(s)) for s in stages.values()])
 
     t0 = time.perf_counter()
     art, meta, cached = backend.build_cached(ir, {"app": keys}, cache, log=log, label="web app")

@@ -1,7 +1,9 @@
 """End-to-end: the web app generates an image in Chromium (WebGPU), driven like a person
 would (fill the form, click Generate), with initial latents injected through the test hook.
 Compared with diffusers.StableDiffusionPipeline on the same weights and latents: text
-embeddings, latents after every step, and the final pixels."""
+embeddings, latents after every step, and the final pixels. One generation per architecture
+the app runs: SD 1.x (``tiny``) and SD 2.x (``tiny-sd2``: v-prediction, OpenCLIP-style text
+tower, linear projections). SDXL is refused by the app (docs/models.md)."""
 
 from __future__ import annotations
 
@@ -9,15 +11,38 @@ import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, float64_generate, initial_latents
-from tests.e2e.apphelpers import GUIDANCE, LATENT, NEGATIVE, PROMPT, STEPS, open_app, run_generation
-from sdparity.app.pipeline import first_failing_step, judge_generation
+from tests.e2e.apphelpers import GUIDANCE, LATENT, NEGATIVE, PROMPT, STEPS, open_app, pick_model, run_generation
+from sdparity.app.pipeline import first_failing_step, judge_generation, prove_generation
 
 
 @pytest.fixture(scope="module")
 def reference(tiny):
-    lat = initial_latents(tiny, LATENT, seed=0)
-    return lat, (diffusers_generate(tiny, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat),
-                 float64_generate(tiny, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
+    return _reference(tiny)
+
+
+def _reference(model):
+    lat = initial_latents(model, LATENT, seed=0)
+    return lat, (diffusers_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat),
+                 float64_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny-sd2"])
+def served(request, tiny, app, cache):
+    """(model, the app serving it, its reference generation): SD 1.x on the session's app (one
+    model), SD 2.x chosen in the picker of an app serving both (``sdparity serve --model
+    tiny,tiny-sd2``)."""
+    if request.param == "tiny":
+        yield tiny, app, _reference(tiny)
+        return
+    from reference.models import load_model
+    from sdparity.app.serve import app_server, build_apps
+
+    model = load_model(request.param, log=lambda *a: None)
+    server = app_server(build_apps([tiny, model], LATENT, cache, log=print), cache).start()
+    try:
+        yield model, server, _reference(model)
+    finally:
+        server.stop()
 
 
 def _as_arrays(res, ref):
@@ -30,11 +55,24 @@ def _as_arrays(res, ref):
     return pos, neg, lat, rgba
 
 
-def test_generation_matches_diffusers(page, app, reference, artifacts, tiny):
+def _judge(res, ref, ref64, model):
+    pos, neg, lat, rgba = _as_arrays(res, ref)
+    return judge_generation({"positive": pos, "negative": neg, "latents": lat, "pixels": rgba[..., :3]},
+                            ref, ref64, "webgpu", model.scope)
+
+
+def test_generation_matches_diffusers(page, served, artifacts, cache):
+    from sdparity.app.serve import app_server, build_app
     from sdparity.reports.images import diff_heatmap, write_png
 
-    lat0, (ref, ref64) = reference
+    model, app, (lat0, (ref, ref64)) = served
+    if model.name != "tiny":  # SD 1.x's pictures stay where they were; others beside them
+        artifacts = artifacts / model.name
+        artifacts.mkdir(exist_ok=True)
     page, problems = open_app(page, app)
+    if model.name != "tiny":
+        page = pick_model(page, model.name)
+    assert page.evaluate("() => window.sdparityApp.state.config.model.architecture") == model.architecture
     res = run_generation(page, lat0)
     page.screenshot(path=str(artifacts / "app_after_generation.png"), full_page=True)
     assert not res["errors"] and not problems, res["errors"] + problems
@@ -43,23 +81,38 @@ def test_generation_matches_diffusers(page, app, reference, artifacts, tiny):
     write_png(artifacts / "diffusers.png", ref["image_u8"])
     write_png(artifacts / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
 
-    recs = judge_generation({"positive": pos, "negative": neg, "latents": lat, "pixels": rgba[..., :3]},
-                            ref, ref64, "webgpu", "tiny")
+    recs = _judge(res, ref, ref64, model)
+
+    def again(ids):  # the proof of a failing record: the same generation, the issues neutralized
+        server = app_server(build_app(model, LATENT, cache, log=print, neutralize=ids), cache).start()
+        try:
+            p2, problems2 = open_app(page.context.new_page(), server)
+            res2 = run_generation(p2, lat0)
+            assert not res2["errors"] and not problems2, res2["errors"] + problems2
+            p2.close()
+            return _judge(res2, ref, ref64, model)
+        finally:
+            server.stop()
+
+    prove_generation(recs, again)
     steps = [r for r in recs if r["output"] == "latents"]
-    write_e2e_html(artifacts / "index.html", steps, res)
+    write_e2e_html(artifacts / "index.html", steps, res, model)
 
     assert len(lat) == STEPS and res["trace"]["timesteps"] == ref["timesteps"]
     assert (rgba[..., 3] == 255).all()
     last, px = steps[-1]["metrics"], recs[-1]
-    print(f"browser vs diffusers: final latents max abs {last['max_abs']:.3g}, err/floor {last['floor_ratio']:.3g}x "
+    print(f"{model.name} ({model.architecture}) browser vs diffusers: final latents max abs {last['max_abs']:.3g}, err/floor {last['floor_ratio']:.3g}x "
           f"(budget {last['floor_budget']}), pixels {px['message']}, generation {res['lastMs'] / 1000:.1f}s")
-    bad = [f"{r['case']} {r['output']}: {r['message']}" for r in recs if r["verdict"] != "pass"]
+    # as built, or `known` as proven: SwiftShader's WGSL sin/cos and TVM's WebGPU erf constants
+    # (the two WebGPU known issues) take SD 2.x's generation a little over its budget
+    bad = [f"{r['case']} {r['output']}: {r['message']}" for r in recs if r["verdict"] != "pass" and not (
+        r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
     assert not bad, bad
     assert all(r["metrics"]["floor_budget"] is not None for r in steps), steps[0]["message"]
     page.close()
 
 
-def write_e2e_html(path, steps, res):
+def write_e2e_html(path, steps, res, model):
     """A page with the browser image, the diffusers image and their difference side by side,
     and the per-step latent error."""
     from sdparity.files import write_atomic
@@ -72,8 +125,8 @@ def write_e2e_html(path, steps, res):
     write_atomic(path, f"""<!doctype html><meta charset="utf-8"><title>sdparity browser e2e</title>
 <style>body{{font-family:system-ui;margin:2em}} figure{{display:inline-block;margin:0 1em}}
 td,th{{padding:0 1em;text-align:right}}</style>
-<h1>Browser (WebGPU) vs diffusers.StableDiffusionPipeline</h1>
-<p>{STEPS} DPM-Solver++ steps, guidance {GUIDANCE}, prompt "{PROMPT}", negative "{NEGATIVE}",
+<h1>Browser (WebGPU) vs diffusers.StableDiffusionPipeline: {model.name} ({model.architecture})</h1>
+<p>{STEPS} DPM-Solver++ steps ({model.pipe.scheduler.config.get("prediction_type")}), guidance {GUIDANCE}, prompt "{PROMPT}", negative "{NEGATIVE}",
 generation {res['lastMs'] / 1000:.1f} s in the browser.</p>{imgs}
 <h2>Latents after each step</h2><table><tr><th>step</th><th>max abs</th><th>err/floor</th><th>budget</th><th>verdict</th></tr>
 {rows}</table><p><img src="app_after_generation.png" width="640"></p>""")
