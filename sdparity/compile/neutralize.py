@@ -120,6 +120,68 @@ def upsample_size(node, importer):
     return None
 
 
+def _argmax_int32(node, importer):
+    """aten.argmax over one axis as TVM imports it, but in 32-bit arithmetic only: the first index
+    of the maximum, min(where(x == max(x), iota, n)), int32 (WGSL has no 64-bit integers:
+    tvm_webgpu_int64_argmax). Torch's argmax also returns the first maximal index. The maximum
+    of integers is taken as -min(-x): the identity of an int32 max, INT32_MIN, prints as a WGSL
+    literal WGSL rejects (backends/webgpu/wgsl.py); exact unless x holds INT32_MIN itself, which
+    token ids (the pooling's argmax input) never do."""
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    axis = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    keepdim = (node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)) or False
+    shape = importer.shape_of(x)
+    if axis is None or len(shape) == 0:
+        raise SdparityError("neutralizer tvm_webgpu_int64_argmax: an argmax over all axes")
+    axis = int(axis) % len(shape)
+    n = int(shape[axis])
+    op, bb = relax.op, importer.block_builder
+    iota = op.reshape(op.arange(0, n, 1, "int32"), [n if i == axis else 1 for i in range(len(shape))])
+    if str(_dtype(x)).startswith("int"):
+        top = op.negative(op.min(op.negative(x), axis=[axis], keepdims=True))
+    else:
+        top = op.max(x, axis=[axis], keepdims=True)
+    first = bb.emit(op.where(op.equal(x, top), iota, relax.const(n, "int32")))
+    return bb.emit(op.min(first, axis=[axis], keepdims=bool(keepdim)))
+
+
+def _pooled_rows_int32(node, importer):
+    """aten.index.Tensor for ``x[arange(B), j]`` on x (B, S, H) (the text encoders' pooling at the
+    end-of-text token) as a gather of rows B*S -> B with int32 indices i*S + j; any other
+    indexing as TVM imports it."""
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    idx = node.args[1]
+    first = idx[0] if len(idx) == 2 else None
+    shape = importer.shape_of(x)
+    rows = (first is not None and getattr(first, "target", None) is not None
+            and "arange" in str(first.target) and len(shape) == 3
+            and [int(a) for a in first.args] in ([int(shape[0])], [0, int(shape[0])], [0, int(shape[0]), 1]))
+    if not rows:
+        return importer._index_tensor(node)
+    b, n, h = (int(d) for d in shape)
+    op, bb = relax.op, importer.block_builder
+    j = op.astype(importer.env[idx[1]], "int32")
+    flat = bb.emit(op.add(op.multiply(op.arange(0, b, 1, "int32"), relax.const(n, "int32")), j))
+    return bb.emit(op.take(op.reshape(x, [b * n, h]), flat, axis=0))
+
+
+def _int32_stays_int32(node, importer):
+    """aten._to_copy of int32 values (the prompt's token ids) to int64 kept in int32: the same
+    values (below 2^31); TVM materializes the int64 copy where it has two users (SDXL's second
+    encoder embeds the ids and pools at their argmax), a buffer WGSL cannot hold. Any other
+    copy as TVM imports it."""
+    import torch
+
+    x = importer.env[node.args[0]]
+    if node.kwargs.get("dtype") == torch.int64 and str(_dtype(x)) == "int32":
+        return x
+    return importer._to_copy(node)
+
+
 def _dtype(x) -> str:
     from sdparity.compile.compat import type_info
 
@@ -132,6 +194,8 @@ NEUTRALIZERS: dict[str, dict] = {
     "tvm_webgpu_sin_cos_unreduced": {"sin.default": _sin_cos_software("sin"),
                                      "cos.default": _sin_cos_software("cos")},
     "tvm_webgpu_gelu_erf_constants": {"gelu.default": _gelu_exact_tail},
+    "tvm_webgpu_int64_argmax": {"argmax.default": _argmax_int32, "index.Tensor": _pooled_rows_int32,
+                                "_to_copy.default": _int32_stays_int32},
     # the symbolic-size conversion (frontend._symbolic_upsample_nearest), switched on by name
     "tvm_symbolic_upsample": {},
 }

@@ -87,6 +87,16 @@ def _first_line(text: str) -> str:
     return lines[0] if lines else "(no message)"
 
 
+def _build_error_line(e: Exception) -> str:
+    """The line of a TVM build error that says why: the last, unless the first is a message
+    followed by the failing function's text (the WebGPU target's dtype checks), whose last line
+    is a line of TIR."""
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()] or [type(e).__name__]
+    if " The function is " in lines[0]:
+        return lines[0].split(" The function is ")[0]
+    return lines[-1]
+
+
 def _find_module(mod, kind: str):
     """The imported module of a kind (the webgpu device module hangs below the host module)."""
     if mod.kind == kind:
@@ -187,8 +197,7 @@ class WebGPUBackend(Backend):
         try:
             ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target, float64=self.float64), target)
         except Exception as e:
-            last = (str(e).strip().splitlines() or [type(e).__name__])[-1]
-            raise SdparityError(f"relax.build for webgpu failed: {last.strip()}") from e
+            raise SdparityError(f"relax.build for webgpu failed: {_build_error_line(e)}") from e
         t1 = time.perf_counter()
         device_mod = _find_module(ex.mod, "webgpu")
         wgsl = device_mod.inspect_source() if device_mod is not None else ""
