@@ -47,12 +47,13 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     stages = {n: get_stage(n) for n in PIPELINE_STAGES}
     for name, fault in (faults or {}).items():
         stages[name] = stages[name].with_fault(fault)
+
     def variant(s):
         v = s.default_variant(model)
         v = {**v, "latent": list(latent_hw)} if "latent" in v else v
         return {**v, "neutralize": sorted(neutralize)} if (neutralize and s.component) else v
 
-    keys = [s.build_key(model, {**variant(s), "latent": list(latent_hw)}) for s in stages.values()]
+    keys = [s.build_key(model, variant(s)) for s in stages.values()]
 
     def ir():
         from sdparity.compile.frontend import merge
@@ -86,7 +87,6 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
         # sdparity/stages/pipeline.json, with the model's conversion
         "functions": [convert if f == "dpm_convert_model_output" else f for f in PIPELINE_FUNCTIONS],
         "convert_function": convert,
-        "prediction_type": cfg.get("prediction_type", "epsilon"),
         "tokenizer": {"url": f"{prefix}tokenizer.json", "max_length": int(tok.model_max_length),
                       "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
                       "eos_token_id": int(tok.eos_token_id)},

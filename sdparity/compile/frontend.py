@@ -30,12 +30,11 @@ _EXPORTED: OrderedDict = OrderedDict()  # memo -> torch's decomposed ExportedPro
 _IMPORTED: OrderedDict = OrderedDict()  # (memo, patch_upsample, neutralize) -> StageIR
 
 
-def _remember(table: OrderedDict, key, value, nbytes: int):
+def _remember(table: OrderedDict, key, value, nbytes: int) -> None:
     if nbytes <= MEMO_MAX_BYTES:
         table[key] = value
         while len(table) > MEMO_ENTRIES:
             table.popitem(last=False)
-    return value
 
 
 def _recall(table: OrderedDict, key):
@@ -55,13 +54,13 @@ def export_to_relax(module, example_args: tuple, function: str, dynamic_shapes=N
     ``memo``: see the module's docstring (None: no memo)."""
     ikey = None if memo is None else (memo, bool(patch_upsample), tuple(sorted(neutralize)))
     held = _recall(_IMPORTED, ikey)
-    if held is not None:  # a fresh StageIR around the same (immutable) module and arrays
-        return StageIR(held.mod, {f: list(ws) for f, ws in held.params.items()})
-    ir = _import(module, example_args, function, dynamic_shapes, patch_upsample, neutralize, memo)
-    if ikey is not None:
-        _remember(_IMPORTED, ikey, ir, sum(w.nbytes for ws in ir.params.values() for w in ws))
-        return StageIR(ir.mod, {f: list(ws) for f, ws in ir.params.items()})
-    return ir
+    if held is None:
+        held = _import(module, example_args, function, dynamic_shapes, patch_upsample, neutralize, memo)
+        if ikey is None:
+            return held
+        _remember(_IMPORTED, ikey, held, sum(w.nbytes for ws in held.params.values() for w in ws))
+    # each caller its own StageIR around the same (immutable) module and arrays
+    return StageIR(held.mod, {f: list(ws) for f, ws in held.params.items()})
 
 
 def _import(module, example_args, function, dynamic_shapes, patch_upsample, neutralize, memo) -> StageIR:

@@ -139,7 +139,7 @@ def _argmax_int32(node, importer):
     n = int(shape[axis])
     op, bb = relax.op, importer.block_builder
     iota = op.reshape(op.arange(0, n, 1, "int32"), [n if i == axis else 1 for i in range(len(shape))])
-    if str(_dtype(x)).startswith("int"):
+    if _dtype(x).startswith("int"):
         top = op.negative(op.min(op.negative(x), axis=[axis], keepdims=True))
     else:
         top = op.max(x, axis=[axis], keepdims=True)
@@ -159,7 +159,7 @@ def _pooled_rows_int32(node, importer):
     shape = importer.shape_of(x)
     rows = (first is not None and getattr(first, "target", None) is not None
             and "arange" in str(first.target) and len(shape) == 3
-            and [int(a) for a in first.args] in ([int(shape[0])], [0, int(shape[0])], [0, int(shape[0]), 1]))
+            and list(first.args) in ([int(shape[0])], [0, int(shape[0])], [0, int(shape[0]), 1]))
     if not rows:
         return importer._index_tensor(node)
     b, n, h = (int(d) for d in shape)
@@ -177,7 +177,7 @@ def _int32_stays_int32(node, importer):
     import torch
 
     x = importer.env[node.args[0]]
-    if node.kwargs.get("dtype") == torch.int64 and str(_dtype(x)) == "int32":
+    if node.kwargs.get("dtype") == torch.int64 and _dtype(x) == "int32":
         return x
     return importer._to_copy(node)
 
@@ -185,7 +185,7 @@ def _int32_stays_int32(node, importer):
 def _dtype(x) -> str:
     from sdparity.compile.compat import type_info
 
-    return type_info(x).dtype
+    return str(type_info(x).dtype)
 
 
 #: known-issue id -> aten converters that remove that bug

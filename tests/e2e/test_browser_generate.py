@@ -141,7 +141,5 @@ def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, ti
     table = tutorial_constants(dict(tiny.pipe.scheduler.config), STEPS)
     res = run_generation(page, lat0, schedule=table)
     assert not res["errors"] and not problems
-    pos, neg, lat, rgba = _as_arrays(res, ref)
-    bad = first_failing_step(judge_generation({"positive": pos, "negative": neg, "latents": lat,
-                                               "pixels": rgba[..., :3]}, ref, ref64, "webgpu", "tiny"))
+    bad = first_failing_step(_judge(res, ref, ref64, tiny))
     assert bad is not None and bad["case"] == f"step {STEPS:02d}", bad
