@@ -8,6 +8,11 @@ Three kinds of model, one code path:
                   projections, per-block heads, v-prediction scheduler config), tiny.
 * ``tiny-sdxl``   a seeded random SDXL-architecture model (two text encoders, text_time added
                   conditions, VAE factor 0.13025), tiny; loaded by StableDiffusionXLPipeline.
+* ``sd21-random`` the full-size SD 2.1 architecture (OpenCLIP ViT-H text tower, 768x768), seeded
+                  random weights (5.2 GB in float32).
+* ``sdxl-random`` the full-size SDXL 1.0 base architecture (CLIP ViT-L + OpenCLIP bigG, 1024x1024),
+                  seeded random weights (13.9 GB in float32: more than a 24 GB machine can hold
+                  twice; the CUDA tier builds it from ``seeded_model`` instead, docs/models.md).
 * a folder        a local diffusers-layout SD 1.x, 2.x or XL checkpoint, recognized by its configs
                   (``architecture_of``), never by its name.
 
@@ -32,7 +37,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
-BUILTIN_MODELS = ("tiny", "sd15-random", "tiny-sd2", "tiny-sdxl")
+BUILTIN_MODELS = ("tiny", "sd15-random", "tiny-sd2", "tiny-sdxl", "sd21-random", "sdxl-random")
+#: the full-size built-in models: never created by the tests (tests/conftest.py)
+FULL_SIZE_MODELS = ("sd15-random", "sd21-random", "sdxl-random")
 # Bump when a factory below changes what it writes: it is part of the cache folder name.
 FACTORY_VERSION = 1
 
@@ -73,10 +80,10 @@ class ModelError(Exception):
 
 @dataclass
 class LoadedModel:
-    name: str  # "tiny", "sd15-random", "tiny-sd2", "tiny-sdxl" or the folder path
-    path: Path
+    name: str  # a built-in model's name (BUILTIN_MODELS) or the folder path
+    path: Path | None  # None: made in memory, never saved (``seeded_model``)
     digest: str  # content hash of the folder: part of every cache key
-    pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline (float32, CPU, eval)
+    pipe: object  # diffusers StableDiffusionPipeline or StableDiffusionXLPipeline (float32, CPU, eval); seeded_model: its parts
 
     @property
     def text_encoder(self):
@@ -213,6 +220,16 @@ def _tiny_vae(scaling_factor: float, force_upcast: bool) -> dict:
     )
 
 
+def _sd_vae(sample_size: int, scaling_factor: float) -> dict:
+    """SD's VAE at full size (SD 1.x, 2.x and SDXL share the architecture)."""
+    return dict(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=sample_size, scaling_factor=scaling_factor, force_upcast=True,
+    )
+
+
 def _configs(kind: str) -> dict:
     if kind == "tiny":
         return {
@@ -314,6 +331,59 @@ def _configs(kind: str) -> dict:
             "tokenizer_2_pad": PAD_ZERO,
             "scheduler": dict(PINNED_SCHEDULER),
         }
+    if kind == "sd21-random":
+        # SD 2.1 (768x768) as its published configs: the text encoder is OpenCLIP ViT-H's text tower
+        # as SD 2 ships it (24 layers, the last dropped: SD 2 takes the penultimate state, so the
+        # diffusers config has 23; width 1024, 16 heads, erf gelu, bos/eos/pad 0/2/1); the UNet has
+        # SD 1.5's blocks with linear projections, 5/10/20/20 heads of 64, cross-attention over
+        # 1024, attention upcast, native latent 96; the VAE is SD 1's; v-prediction.
+        return {
+            "text_encoder": dict(
+                vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
+                projection_dim=512, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "unet": dict(
+                sample_size=96, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                use_linear_projection=True, upcast_attention=True,
+            ),
+            "vae": _sd_vae(768, 0.18215),
+            "tokenizer_pad": PAD_ZERO,
+            "scheduler": {**PINNED_SCHEDULER, "prediction_type": "v_prediction"},
+        }
+    if kind == "sdxl-random":
+        # SDXL 1.0 base as its published configs: text encoder 1 CLIP ViT-L (768, 12 layers,
+        # quick_gelu), text encoder 2 OpenCLIP bigG (1280, 32 layers, 20 heads, gelu, projection
+        # 1280: the pooled text_embeds), both with bos/eos/pad 0/2/1; the UNet with three blocks
+        # (320, 640, 1280), none in the first, 2 and 10 transformer layers in the others, 5/10/20
+        # heads of 64, cross-attention over 768 + 1280 = 2048, added conditions text_time (1280
+        # pooled + 6 size ids x 256 sinusoids = 2816 inputs), native latent 128; the VAE is SD's
+        # with factor 0.13025.
+        return {
+            "text_encoder": dict(
+                vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                projection_dim=768, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "text_encoder_2": dict(
+                vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32,
+                num_attention_heads=20, max_position_embeddings=77, hidden_act="gelu",
+                projection_dim=1280, bos_token_id=0, eos_token_id=2, pad_token_id=1,
+            ),
+            "unet": dict(
+                sample_size=128, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(320, 640, 1280),
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+                cross_attention_dim=2048, attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10),
+                use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+                projection_class_embeddings_input_dim=2816,
+            ),
+            "vae": _sd_vae(1024, 0.13025),
+            "tokenizer_pad": PAD_EOS,
+            "tokenizer_2_pad": PAD_ZERO,
+            "scheduler": dict(PINNED_SCHEDULER),
+        }
     raise ModelError(f"unknown built-in model {kind!r}; choose one of {', '.join(BUILTIN_MODELS)}")
 
 
@@ -379,30 +449,68 @@ def architecture_scope(text_encoder: dict, unet: dict, vae: dict, text_encoder_2
     return size if arch == "sd1" else f"{arch}-{size}"
 
 
-def random_components(kind: str, seed: int = 0) -> dict:
-    """The seeded random text encoder(s), UNet and VAE of a built-in model (eval mode).
+#: each component's seed offset: a component made alone gets the weights it gets beside the others
+COMPONENT_SEEDS = {"text_encoder": 0, "unet": 1, "vae": 2, "text_encoder_2": 3}
+
+
+def _component(cfg: dict, name: str):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    if name == "unet":
+        return UNet2DConditionModel(**cfg["unet"])
+    if name == "vae":
+        return AutoencoderKL(**cfg["vae"])
+    cls = CLIPTextModelWithProjection if name == "text_encoder_2" else CLIPTextModel
+    return cls(CLIPTextConfig(**cfg[name]))
+
+
+def random_components(kind: str, seed: int = 0, parts=None) -> dict:
+    """The seeded random text encoder(s), UNet and VAE of a built-in model (eval mode); ``parts``:
+    only these (each component has its own seed, ``COMPONENT_SEEDS``: the same weights alone).
 
     The GPU machine recreates the weights with this (sdparity.gpu.cuda, sdparity.gpu.web)
     instead of carrying gigabytes; a fingerprint of the bytes tells whether they came out the
     same there."""
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     cfg = _configs(kind)
-    torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(**cfg["text_encoder"]))
-    torch.manual_seed(seed + 1)
-    unet = UNet2DConditionModel(**cfg["unet"])
-    torch.manual_seed(seed + 2)
-    vae = AutoencoderKL(**cfg["vae"])
-    parts = {"text_encoder": text_encoder, "unet": unet, "vae": vae}
-    if "text_encoder_2" in cfg:
-        torch.manual_seed(seed + 3)
-        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(**cfg["text_encoder_2"]))
-    for m in parts.values():
-        m.eval()
-    return parts
+    out = {}
+    for name, offset in COMPONENT_SEEDS.items():
+        if name in cfg and (parts is None or name in parts):
+            torch.manual_seed(seed + offset)
+            out[name] = _component(cfg, name).eval()
+    return out
+
+
+def seeded_model(kind: str, parts=(), seed: int = 0) -> LoadedModel:
+    """A built-in model made in memory and never saved: the components named in ``parts`` with
+    their seeded weights (exactly ``random_components``'), the others built on torch's meta device
+    (configs and shapes, no memory), with the model's tokenizer(s) and scheduler.
+
+    For the GPU tiers' prepare step: a build depends on shapes only and the device recreates the
+    weights itself (a fingerprint compares them), so a model need not be saved and loaded back
+    here. sdxl-random through ``load_model`` would hold its 13.9 GB of float32 weights (10.3 GB of
+    them the UNet) at once on a 24 GB machine; made this way a stage holds only its component's."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    cfg = _configs(kind)
+    comps = random_components(kind, seed, parts)
+    with torch.device("meta"):
+        for name in COMPONENT_SEEDS:
+            if name in cfg and name not in comps:
+                comps[name] = _component(cfg, name).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        comps["tokenizer"] = make_tokenizer(Path(tmp) / "1", cfg.get("tokenizer_pad", PAD_EOS))
+        if "tokenizer_2_pad" in cfg:
+            comps["tokenizer_2"] = make_tokenizer(Path(tmp) / "2", cfg["tokenizer_2_pad"])
+    comps["scheduler"] = DPMSolverMultistepScheduler(**cfg.get("scheduler", PINNED_SCHEDULER))
+    key = json.dumps([kind, FACTORY_VERSION, seed, {k: v for k, v in cfg.items()}], sort_keys=True, default=str)
+    digest = "seeded-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+    from types import SimpleNamespace
+
+    return LoadedModel(name=kind, path=None, digest=digest, pipe=SimpleNamespace(**comps))
 
 
 def create_random_model(kind: str, folder: Path, seed: int = 0) -> None:

@@ -166,8 +166,8 @@ def check_model_arg(spec: str, allow_pickle: bool) -> None:
 
 
 def add_model_args(p) -> None:
-    p.add_argument("--model", default="tiny", help="tiny | tiny-sd2 | tiny-sdxl | sd15-random | PATH "
-                   "(default: tiny); a folder is read as safetensors only")
+    p.add_argument("--model", default="tiny", help="tiny | tiny-sd2 | tiny-sdxl | sd15-random | sd21-random | "
+                   "sdxl-random | PATH (default: tiny); a folder is read as safetensors only")
     p.add_argument("--allow-pickle", action="store_true", help="also load pickle weights (.bin, .ckpt, "
                    ".pt, .pth) from a --model folder: pickle can run code, pass this only for a folder you trust")
 

@@ -24,9 +24,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compared with the diffusers reference against a declared tolerance; the float32 noise "
         "floor of the reference (float64 vs float32) is reported next to every error.",
         epilog="Models: 'tiny' (default; seeded random SD 1.x, made locally), 'tiny-sd2', 'tiny-sdxl' "
-        "(SD 2.x and SDXL architectures, the same way), 'sd15-random' (full SD 1.5 architecture, "
-        "random weights) or a local diffusers folder (its architecture read from its configs). Cache: "
-        "$SDPARITY_CACHE (default ~/.cache/sdparity).",
+        "(SD 2.x and SDXL architectures, the same way), 'sd15-random', 'sd21-random', 'sdxl-random' (full "
+        "SD 1.5, SD 2.1 and SDXL base architectures, random weights) or a local diffusers folder (its "
+        "architecture read from its configs). Cache: $SDPARITY_CACHE (default ~/.cache/sdparity).",
     )
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 

@@ -93,21 +93,23 @@ def artifacts():
     return ARTIFACTS
 
 
-# The test sessions never create the full-size model: it is 4 GB of weights, and a test that
-# made it on a clean CI machine (a CLI run with its default --model) filled the disk there.
-def _full_size_model_exists() -> bool:
-    from reference.models import builtin_model_path
+# The test sessions never create a full-size model: sd15-random is 4 GB of weights, sd21-random
+# 5.2 GB, sdxl-random 13.9 GB, and a test that made one on a clean CI machine (a CLI run with its
+# default --model) filled the disk there.
+def _full_size_models() -> set[str]:
+    from reference.models import FULL_SIZE_MODELS, builtin_model_path
 
-    return (builtin_model_path("sd15-random") / "model_index.json").is_file()
+    return {k for k in FULL_SIZE_MODELS if (builtin_model_path(k) / "model_index.json").is_file()}
 
 
 def pytest_sessionstart(session):
-    session.config._sd15_before = _full_size_model_exists()
+    session.config._full_size_before = _full_size_models()
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if not session.config._sd15_before and _full_size_model_exists():
+    made = sorted(_full_size_models() - session.config._full_size_before)
+    if made:
         session.config.get_terminal_writer().line(
-            "conftest: error: a test created the full-size sd15-random model (4 GB); tests must use "
-            "the tiny model or refuse before loading one", red=True)
+            f"conftest: error: a test created the full-size model(s) {', '.join(made)}; tests must use "
+            "the tiny models or refuse before loading one", red=True)
         session.exitstatus = 1
