@@ -101,8 +101,16 @@ def _import(module, example_args, function, dynamic_shapes, patch_upsample, neut
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"].with_attr("global_symbol", function)
     new = tvm.IRModule({function: main})
-    weights = [np.asarray(p.numpy()) for p in params.get("main", [])]
+    # views, not copies: TVM took torch's parameters through DLPack, so the arrays share the
+    # model's memory (a full-size SDXL UNet is 10.3 GB: a copy here would be a second); read-only,
+    # so nothing written into a build's weights can reach the reference's
+    weights = [_read_only(np.from_dlpack(p)) for p in params.get("main", [])]
     return StageIR(new, {function: weights})
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _symbolic_upsample_nearest(node, importer):

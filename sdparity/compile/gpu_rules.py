@@ -211,6 +211,25 @@ def choose(entry: dict, kind: str) -> tuple[int, ...] | None:
     return None if best is None else best[1]
 
 
+#: the most blocks on a grid's y and z axes: CUDA's gridDim.y/z and WebGPU's
+#: maxComputeWorkgroupsPerDimension (tvmjs folds only x)
+MAX_GRID_YZ = 65535
+
+
+def _grid_fits(sch) -> bool:
+    """Whether every blockIdx.y/z loop of a scheduled kernel has at most MAX_GRID_YZ blocks."""
+    import tvm
+
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        for loop in sch.get_loops(block):
+            node = sch.get(loop)
+            tag = node.thread_binding.thread_tag if node.thread_binding is not None else ""
+            if tag in ("blockIdx.y", "blockIdx.z") and not (
+                    isinstance(node.extent, tvm.tirx.IntImm) and int(node.extent) <= MAX_GRID_YZ):
+                return False
+    return True
+
+
 def _has_float16(func) -> bool:
     return any(str(b.dtype) == "float16" for b in getattr(func, "params", []) if hasattr(b, "dtype"))
 
@@ -260,7 +279,21 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
                 import tvm
 
                 target = tvm.target.Target({"kind": "cuda", "max_num_threads": 1024, "thread_warp_size": 32})
-            return super().apply(func, target, tunable)
+            sch = super().apply(func, target, tunable)
+            if sch is None or force is not None or _grid_fits(sch):
+                return sch
+            # dlight puts the batch and the row tiles on blockIdx.y unfolded: SDXL's VAE at
+            # 1024x1024 (Winograd GEMMs of 16 x 262144 rows) asked for 65536 blocks there and its
+            # launch failed (CUDA_ERROR_INVALID_VALUE, lent H100). A larger row tile launches;
+            # every tile adds each output's terms in the same order (above), so the sums are
+            # the same: the first candidate whose grid fits
+            for values in candidates(target.kind.name):
+                if values is not None and not isinstance(values, mma.MmaConfig):
+                    self._values = values
+                    tiled = super().apply(func, target, tunable)
+                    if tiled is not None and _grid_fits(tiled):
+                        return tiled
+            return sch
 
         def get_configs(self, target):
             config = super().get_configs(target)

@@ -13,7 +13,10 @@ Two halves, one module (it travels with the repository):
       <stage>/cases.npz        case inputs; for stages without weights also the float32 and
                                float64 references (numpy / diffusers on the CPU, exact definitions)
     Weights are not carried (UNet alone is 3.4 GB): the device recreates the seeded random
-    SD 1.5 model with the carried diffusers wheel and looks the weights up by name.
+    model with the carried diffusers wheel and looks the weights up by name. A built-in model is
+    made here in memory, never saved (``reference.models.seeded_model``), each stage with only
+    its own component's weights, released before its build: sdxl-random's UNet (10.3 GB) fits a
+    24 GB machine that could not hold the whole model twice, as saving and loading it back would.
 
 ``device`` (there, with DIR and the wheels carried)
     imports TVM runtime-only, creates the model, and per stage: runs the TVM module on CUDA,
@@ -31,6 +34,7 @@ Usage (docs/performance.md has the exact commands):
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -41,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from sdparity.gpu.toolchain import ARCH, KERNEL_DIRS, cuda_backend, load_tvm_runtime, slim_tvm_package
+from sdparity.ir import StageIR
 
 
 # ============================================================================ prepare (here)
@@ -108,19 +113,35 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     from sdparity.reports.report import versions  # the TVM that builds the kernels: the device report's
 
     (dest / "versions.json").write_text(json.dumps(versions(), indent=1, default=str))
-    model = load_model(model_name, log=log)
+    folder_model = None if model_name in BUILTIN_MODELS else load_model(model_name, log=log)
     backend = cuda_backend()
     lifting = cuda_backend(lift=True, graphs=cuda_graphs or None)  # f16 mode's model stages
     for name in stage_names or list(stages):
         st = stages[name]
+        t0 = time.perf_counter()
+        model = folder_model or _seeded(model_name, st, log)
         variant = st.default_variant(model)
         folder = dest / name
         if folder.exists():
             shutil.rmtree(folder)
         folder.mkdir()
-        t0 = time.perf_counter()
+        t1 = time.perf_counter()
         ir = st.build_ir(model, variant)
+        import_s = time.perf_counter() - t1
+        weights = {}
+        if st.component:  # from the weights, before they are released
+            weights["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
+            weights["weights_sha256"] = _fingerprint(ir.params[st.functions[0]])
+        cases, scope = st.cases(model, variant, seed=0), model.scope
+        more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
+        meta_cases = _write_cases(st, cases, more, folder)
+        ir = StageIR(ir.mod, {})  # a build needs no weights (they are its parameters)
+        del cases, more
+        if folder_model is None:
+            del model
+            gc.collect()
         lifted = precision == "f16" and st.component
+        t2 = time.perf_counter()
         if lifted:
             from sdparity.commands.f16 import to_f16
 
@@ -129,37 +150,51 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
             lifting.build(to_f16(ir), folder, log=log)
         else:
             backend.build(ir, folder, log=log)
-        build_s = time.perf_counter() - t0
-        cases = st.cases(model, variant, seed=0)
-        arrays, meta_cases = {}, []
-        for ci, c in enumerate(cases):
-            for k, a in enumerate(c.inputs):
-                arrays[f"{ci}/in/{k}"] = np.asarray(a)
-            if not st.component:  # exact CPU definitions: computed here, once
-                for dtype in ("float32", "float64"):
-                    for k, a in enumerate(c.reference(dtype)):
-                        arrays[f"{ci}/{dtype}/{k}"] = np.asarray(a)
-            meta_cases.append({"label": c.label, "function": c.function, "shapes": c.shapes,
-                               "n_inputs": len(c.inputs),
-                               "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
-        np.savez(folder / "cases.npz", **arrays)
-        if st.component:  # more seeds of the model stages' inputs, for `device --seed N` (calibration)
-            for sd in range(1, seeds):
-                more = st.cases(model, variant, seed=sd)
-                np.savez(folder / f"cases-seed{sd}.npz",
-                         **{f"{ci}/in/{k}": np.asarray(a) for ci, c in enumerate(more) for k, a in enumerate(c.inputs)})
+        build_s = import_s + time.perf_counter() - t2
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "arch": ARCH,
                 "precision": precision if st.component else "f32", "lifted": bool(lifted),
                 "cuda_graphs_built": bool(lifted and cuda_graphs),
-                "model": model_name, "scope": model.scope, "build_s": round(build_s, 1), "cases": meta_cases,
+                "model": model_name, "scope": scope, "build_s": round(build_s, 1),
+                "prepare_s": round(time.perf_counter() - t0, 1), "cases": meta_cases,
                 "seeds": list(range(seeds if st.component else 1))}
         if st.component:
             meta["component"] = st.component
-            meta["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
-            meta["weights_sha256"] = _fingerprint(ir.params[st.functions[0]])
+            meta.update(weights)
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
         log(f"{name}: built for cuda/{ARCH} in {build_s:.1f}s, {size:.1f} MiB")
+
+
+def _seeded(model_name: str, st, log):
+    """A built-in model made in memory with the seeded weights of the stage's component only
+    (the device recreates the same, ``random_components``); the others shapes on the meta device."""
+    from reference.models import seeded_model
+
+    parts = {"": (), "text_encoder": ("text_encoder", "text_encoder_2")}.get(st.component, (st.component,))
+    if parts:
+        log(f"{st.name}: creating the seeded {model_name} {st.component} in memory")
+    return seeded_model(model_name, parts)
+
+
+def _write_cases(st, cases, more, folder: Path) -> list[dict]:
+    """cases.npz (inputs; for stages without weights also the float32/float64 references) and
+    cases-seed<N>.npz (model stages: inputs of further seeds, for `device --seeds`)."""
+    arrays, meta_cases = {}, []
+    for ci, c in enumerate(cases):
+        for k, a in enumerate(c.inputs):
+            arrays[f"{ci}/in/{k}"] = np.asarray(a)
+        if not st.component:  # exact CPU definitions: computed here, once
+            for dtype in ("float32", "float64"):
+                for k, a in enumerate(c.reference(dtype)):
+                    arrays[f"{ci}/{dtype}/{k}"] = np.asarray(a)
+        meta_cases.append({"label": c.label, "function": c.function, "shapes": c.shapes,
+                           "n_inputs": len(c.inputs),
+                           "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
+    np.savez(folder / "cases.npz", **arrays)
+    for sd, extra in enumerate(more, start=1):
+        np.savez(folder / f"cases-seed{sd}.npz",
+                 **{f"{ci}/in/{k}": np.asarray(a) for ci, c in enumerate(extra) for k, a in enumerate(c.inputs)})
+    return meta_cases
 
 
 # ============================================================================ device (there)
@@ -312,23 +347,28 @@ def _device_seed(tvm, dev, card, folder, out, repeat, stage_names, log, profile,
     gen = None
     for name in names:
         meta = json.loads((folder / name / "meta.json").read_text())
-        report.data["model"] = {"name": meta["model"], "digest": None, "path": None}
+        report.data["model"] = {**(report.data.get("model") or {}), "name": meta["model"], "digest": None,
+                                "path": None}  # keeps create_s
         report.data["model_scope"] = meta["scope"]  # records carry it: tolerances and calibration groups
         try:
-            if meta.get("component") and not parts:
+            need = {"text_encoder": {"text_encoder", "text_encoder_2"}}.get(meta.get("component"),
+                                                                          {meta.get("component")} - {None})
+            if need - set(parts):  # only the components of the stages run (sdxl-random's: 13.9 GB)
                 from reference.models import random_components
 
-                log(f"creating the {meta['model']} model (seeded) ...")
+                log(f"creating the {meta['model']} {', '.join(sorted(need - set(parts)))} (seeded) ...")
                 t0 = time.perf_counter()
-                parts.update(random_components(meta["model"]))
-                report.data["model"]["create_s"] = round(time.perf_counter() - t0, 1)
+                parts.update(random_components(meta["model"], parts=need - set(parts)))
+                made = report.data["model"].get("create_s", 0.0) + time.perf_counter() - t0
+                report.data["model"]["create_s"] = round(made, 1)
             _device_stage(tvm, dev, folder / name, meta, parts, repeat, report, perf, card, log,
                           profile=profile and bool(meta.get("component")), graphs=graphs, seed=seed)
         except Exception as e:  # record and go on: a later stage may still work
             import traceback
 
             traceback.print_exc()
-            msg = str(e).strip().splitlines()[-1][:300] if str(e).strip() else ""
+            lines = str(e).strip().splitlines()  # TVM's launch errors end with the kernel's source
+            msg = next((ln for ln in lines if "Error" in ln), lines[-1] if lines else "")[:300]
             report.add(stage=name, backend="cuda", device_class="gpu", case=None, function=None,
                        output=None, shapes=None, verdict="error", message=f"{type(e).__name__}: {msg}",
                        metrics=None, tolerance=None, timings=None)

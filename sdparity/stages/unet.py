@@ -144,7 +144,10 @@ class UNet(TorchStage):
     component = "unet"
 
     def wrap(self, unet, fault):
-        return UNetWithCFG(unet, fault)
+        """The wrapper of a UNet alone (the GPU device half has its parts, no pipeline): SDXL's
+        when the UNet takes SDXL's added conditions, as ``wrapper`` picks by the architecture."""
+        xl = unet.config.get("addition_embed_type") == "text_time"
+        return UNetXLWithCFG(unet, fault) if xl else UNetWithCFG(unet, fault)
 
     def wrapper(self, model, fault):
         arch = model.architecture

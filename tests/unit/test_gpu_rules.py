@@ -249,3 +249,34 @@ def _f16_matmul():
     r = te.reduce_axis((0, 64), name="r")
     return [a, b, te.compute((128, 96), lambda i, j: te.sum(a[i, r].astype("float32") * b[r, j].astype("float32"),
                                                           axis=r), name="c")]
+
+
+def _winograd_gemm(p, k=128, c=128):
+    """M[e, k, p] = sum_c U[e, k, c] V[e, c, p]: the 16 GEMMs of compile/winograd.py, p the tiles."""
+    u = te.placeholder((16, k, c), name="u")
+    v = te.placeholder((16, c, p), name="v")
+    r = te.reduce_axis((0, c), name="r")
+    m = te.compute((16, k, p), lambda e, i, j: te.sum(u[e, i, r] * v[e, r, j], axis=r), name="m")
+    return te.create_prim_func([u, v, m])
+
+
+@pytest.mark.parametrize("target", [CUDA, WEBGPU], ids=["cuda", "webgpu"])
+def test_a_grid_over_65535_blocks_on_y_takes_a_tile_that_launches(target):
+    """SDXL's VAE at 1024x1024: 16 Winograd GEMMs of 262144 rows. dlight's own tile asks for
+    65536 blocks on y (CUDA: CUDA_ERROR_INVALID_VALUE on the lent H100; WebGPU's per-dimension
+    limit is the same); the rule takes the first candidate whose grid fits. Every tile adds each
+    output's terms in the same order, so the numbers cannot change; a kernel that fits keeps its
+    tile."""
+    func = _winograd_gemm(262144)
+    from sdparity.compile.compat import dlight
+
+    plain = dlight().gpu.Matmul().apply(func, target, False)
+    assert _thread_extents(plain)["blockIdx.y"] > gpu_rules.MAX_GRID_YZ
+    with target:
+        fixed = tuned_matmul(database={}).apply(func, target, False)
+    grid = _thread_extents(fixed)
+    assert grid["blockIdx.y"] <= gpu_rules.MAX_GRID_YZ and grid.get("blockIdx.z", 1) <= gpu_rules.MAX_GRID_YZ
+    small = _winograd_gemm(65536)  # SD 1.5's VAE at 512x512: dlight's tile as it was
+    with target:
+        same = tuned_matmul(database={}).apply(small, target, False)
+    assert _thread_extents(same) == _thread_extents(dlight().gpu.Matmul().apply(small, target, False))
