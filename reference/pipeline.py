@@ -1,5 +1,6 @@
-"""End-to-end reference: the real diffusers.StableDiffusionPipeline with injected latents,
-traced at every step. The browser app and sdparity.app.pipeline are compared against this."""
+"""End-to-end reference: the real diffusers pipeline (StableDiffusionPipeline, for SDXL
+StableDiffusionXLPipeline) with injected latents, traced at every step. The browser app and
+sdparity.app.pipeline are compared against this."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ def initial_latents(model, latent_hw: tuple[int, int], seed: int) -> np.ndarray:
 
 def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
                        latents: np.ndarray, device: str = "cpu", timings: dict | None = None) -> dict:
-    """Run StableDiffusionPipeline (pinned DPM-Solver++ scheduler from the model folder).
+    """Run the model's diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)
+    with the pinned DPM-Solver++ scheduler from the model folder.
 
     model: a reference.models.LoadedModel, or a StableDiffusionPipeline itself (the GPU
     machine builds one from recreated components). device: where the pipeline runs (it must
@@ -46,7 +48,7 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
 
     h, w = latents.shape[2] * pipe.vae_scale_factor, latents.shape[3] * pipe.vae_scale_factor
     with torch.no_grad():
-        pos, neg = pipe.encode_prompt(prompt, device, 1, True, negative_prompt)
+        enc = encode_prompt(pipe, prompt, negative_prompt, device)
         sync()
         t0 = time.perf_counter()
         out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
@@ -64,10 +66,30 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
         timings["decode_s"] = t1 - marks[-1]
     image = out.images[0].astype(np.float32)
     return {
-        "positive": pos.float().cpu().numpy(), "negative": neg.float().cpu().numpy(), "latents": trace,
+        **{k: v.float().cpu().numpy() for k, v in enc.items()}, "latents": trace,
         "timesteps": [int(t) for t in pipe.scheduler.timesteps],
         "image01": image, "image_u8": np.round(image * 255.0).astype(np.uint8),
     }
+
+
+def encode_prompt(pipe, prompt: str, negative_prompt: str, device: str = "cpu") -> dict:
+    """The pipeline's own prompt encoding: {"positive", "negative"} embeddings, and for SDXL
+    (StableDiffusionXLPipeline: two text encoders) encoder 2's pooled text_embeds of each,
+    {"pooled", "negative_pooled"}, which its UNet takes as an added condition."""
+    if getattr(pipe, "text_encoder_2", None) is None:
+        pos, neg = pipe.encode_prompt(prompt, device, 1, True, negative_prompt)
+        return {"positive": pos, "negative": neg}
+    pos, neg, pooled, neg_pooled = pipe.encode_prompt(prompt, device=device, num_images_per_prompt=1,
+                                                      do_classifier_free_guidance=True,
+                                                      negative_prompt=negative_prompt)
+    return {"positive": pos, "negative": neg, "pooled": pooled, "negative_pooled": neg_pooled}
+
+
+def sdxl_time_ids(pipe, latent_hw) -> list[int]:
+    """SDXL's add_time_ids as the pipeline makes them when no sizes are given: original size,
+    crop top-left (0, 0), target size, the sizes being the image's (height, width)."""
+    h, w = (int(n) * pipe.vae_scale_factor for n in latent_hw)
+    return [h, w, 0, 0, h, w]
 
 
 def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
@@ -84,7 +106,11 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     ``max |float64 - float32 diffusers|`` after each step is then what float32 arithmetic alone
     costs along the trajectory: the floor a correct float32 build's error is measured against.
 
-    Returns positive/negative embeddings and the latents after every step, float64 numpy."""
+    SDXL (two text encoders): the embeddings as StableDiffusionXLPipeline.encode_prompt makes
+    them, encoder 2's pooled text_embeds and the default add_time_ids as added conditions.
+
+    Returns positive/negative embeddings (SDXL: and pooled/negative_pooled) and the latents
+    after every step, float64 numpy."""
     import copy
 
     import torch
@@ -92,29 +118,44 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     from reference.dpm import compute_constants
 
     pipe = getattr(model, "pipe", model)
-    te = copy.deepcopy(pipe.text_encoder).double().to(device).eval()
     unet = copy.deepcopy(pipe.unet).double().to(device).eval()  # .double(): every module, no warning
-    tok = pipe.tokenizer
+    towers = [(pipe.tokenizer, pipe.text_encoder)]
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
+        towers.append((pipe.tokenizer_2, pipe.text_encoder_2))
+    towers = [(tok, copy.deepcopy(te).double().to(device).eval()) for tok, te in towers]
     consts = compute_constants(dict(pipe.scheduler.config), steps)
     v_prediction = pipe.scheduler.config.get("prediction_type") == "v_prediction"  # SD 2.x
 
+    def ids(tok, text: str):
+        return tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids.to(device)
+
     def encode(text: str):
-        ids = tok(text, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                  return_tensors="pt").input_ids.to(device)
-        return te(ids)[0]
+        """(embeddings, pooled or None): SD 1.x/2.x the last hidden state; SDXL both encoders'
+        penultimate hidden states side by side and encoder 2's text_embeds, as encode_prompt."""
+        if len(towers) == 1:
+            (tok, te), = towers
+            return te(ids(tok, text))[0], None
+        outs = [te(ids(tok, text), output_hidden_states=True) for tok, te in towers]
+        return torch.cat([o.hidden_states[-2] for o in outs], dim=-1), outs[-1].text_embeds
 
     def scalar(key: str, k: int):
         return float(np.float32(consts[key][k]))
 
     trace = []
     with torch.no_grad():
-        pos, neg = encode(prompt), encode(negative_prompt)
+        (pos, pooled), (neg, neg_pooled) = encode(prompt), encode(negative_prompt)
         emb = torch.cat([neg, pos])
+        added = None
+        if pooled is not None:  # SDXL's added conditions, [uncond; cond] as the embeddings
+            ids6 = torch.tensor([sdxl_time_ids(pipe, latents.shape[2:])] * 2, dtype=torch.float64, device=device)
+            added = {"text_embeds": torch.cat([neg_pooled, pooled]), "time_ids": ids6}
         x = torch.from_numpy(np.asarray(latents, np.float64)).to(device)
         hist = torch.zeros_like(x)
         for k in range(steps):
             t = torch.tensor(int(consts["timesteps"][k]), device=device)
-            uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb).sample.chunk(2)
+            uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb,
+                                added_cond_kwargs=added).sample.chunk(2)
             out = uncond + guidance * (cond - uncond)
             if v_prediction:  # diffusers' DPMSolverMultistepScheduler.convert_model_output
                 x0 = scalar("alpha", k) * x - scalar("sigma", k) * out
@@ -124,5 +165,7 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
             x = (scalar("c0", k) * x - scalar("c1", k) * x0) - second
             hist = x0
             trace.append(x.cpu().numpy())
-    return {"positive": pos.cpu().numpy(), "negative": neg.cpu().numpy(), "latents": trace,
+    out = {"positive": pos, "negative": neg} if pooled is None else {
+        "positive": pos, "negative": neg, "pooled": pooled, "negative_pooled": neg_pooled}
+    return {**{k: v.cpu().numpy() for k, v in out.items()}, "latents": trace,
             "timesteps": [int(t) for t in consts["timesteps"]]}

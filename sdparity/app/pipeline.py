@@ -15,10 +15,29 @@ from sdparity.registry import get_stage
 from sdparity.stages import PIPELINE_STAGES
 
 
+#: known issues a generation's builds must neutralize to build at all, by architecture and
+#: backend: SDXL's CLIP (its EOS argmax and pooling gather in int64) does not build for WebGPU
+#: as TVM stands. Declared, never silent: the build says so, the app's config.json names it
+#: (``neutralized``), the page shows it, every generation record carries it
+#: (``neutralized_in_build``), and ``sdparity check`` proves it a known issue.
+BUILD_NEUTRALIZE = {("sdxl", "webgpu"): ("tvm_webgpu_int64_argmax",)}
+
+
+def build_neutralize(model, backend, neutralize=None, log=print) -> list[str]:
+    """``neutralize`` with what BUILD_NEUTRALIZE requires for this model and backend."""
+    required = BUILD_NEUTRALIZE.get((model.architecture, backend.name), ())
+    if required:
+        log(f"{model.name} on {backend.name}: built with known issue(s) {', '.join(required)} neutralized: "
+            f"as TVM stands it cannot build otherwise (docs/known-issues.md)")
+    return sorted({*required, *(neutralize or ())})
+
+
 def build_stages(backend, model, cache, latent_hw, log=print, neutralize: list[str] | None = None
                  ) -> dict[str, Path]:
     """function name -> artifact folder, for every function the pipeline calls. ``neutralize``:
-    known issues neutralized in the builds of stages with weights (as runner.run_checks)."""
+    known issues neutralized in the builds of stages with weights (as runner.run_checks), with
+    those BUILD_NEUTRALIZE requires."""
+    neutralize = build_neutralize(model, backend, neutralize, log)
     arts = {}
     for name in PIPELINE_STAGES:
         st = get_stage(name)
@@ -46,18 +65,28 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
     def call(fn, *inputs):
         return runner.run(arts[fn], fn, [np.asarray(x) for x in inputs])
 
+    from reference.pipeline import sdxl_time_ids
+
     consts = constants or compute_constants(dict(model.pipe.scheduler.config), steps)
     convert = convert_function(dict(model.pipe.scheduler.config))  # SD 2.x: v-prediction
-    (pos,) = call("clip", tokenize(model.tokenizer, prompt))
-    (neg,) = call("clip", tokenize(model.tokenizer, negative_prompt))
+    tokenizers = [model.tokenizer] + ([model.tokenizer_2] if model.architecture == "sdxl" else [])
+    # SD 1.x/2.x: (embeddings,); SDXL: (embeddings, encoder 2's pooled text_embeds)
+    pos, *pooled = call("clip", *(tokenize(tok, prompt) for tok in tokenizers))
+    neg, *neg_pooled = call("clip", *(tokenize(tok, negative_prompt) for tok in tokenizers))
     (emb,) = call("concat_embeddings", neg, pos)
     x = np.asarray(latents, np.float32)
+    added, texts = [], {"positive": pos, "negative": neg}
+    if pooled:  # SDXL's added conditions: pooled [uncond; cond] (stacked on the host, as the
+        # page does), then the sizes
+        ids = np.array(sdxl_time_ids(model.pipe, x.shape[2:]), np.int32)
+        added = [np.concatenate([neg_pooled[0], pooled[0]]), ids[0:2], ids[2:4], ids[4:6]]
+        texts.update(pooled=pooled[0], negative_pooled=neg_pooled[0])
     hist = np.zeros_like(x)  # never uninitialized: first-order steps multiply it by 0
     trace = []
     f32 = np.float32
     for k in range(steps):
         t = np.array(consts["timesteps"][k], np.int32)
-        (eps,) = call("unet", x, t, emb, np.array(guidance, f32))
+        (eps,) = call("unet", x, t, emb, *added, np.array(guidance, f32))
         (x0,) = call(convert, x, eps, np.array(consts["alpha"][k], f32),
                      np.array(consts["sigma"][k], f32))
         (x,) = call("dpm_step", x, x0, hist, *[np.array(consts[key][k], f32) for key in STEP_KEYS])
@@ -65,7 +94,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
         trace.append(x)
     image_float, image = call("vae", x)
     (rgba,) = call("image_to_rgba", image)
-    return {"positive": pos, "negative": neg, "latents": trace, "timesteps": consts["timesteps"],
+    return {**texts, "latents": trace, "timesteps": consts["timesteps"],
             "image_float": image_float, "image": image, "rgba": rgba}
 
 
@@ -79,7 +108,8 @@ def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str
     """A generation judged against diffusers': ``sdparity.report/1`` records of stage "pipeline".
 
     gen: the generation's embeddings, per-step latents and final pixels (``positive``,
-    ``negative``, ``latents``: a list, ``pixels``: HxWx3 uint8), from any driver (this module,
+    ``negative``, SDXL also ``pooled`` and ``negative_pooled``, ``latents``: a list,
+    ``pixels``: HxWx3 uint8), from any driver (this module,
     the browser app, Node on Dawn). ref: reference.pipeline.diffusers_generate; ref64:
     reference.pipeline.float64_generate, the noise floor of the embeddings and of every step.
     Each output is judged by the one comparison (sdparity.compare) with the table's tolerance
@@ -104,6 +134,9 @@ def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str
 
     judge("prompt", "embeddings", gen["positive"], ref["positive"], ref64["positive"])
     judge("negative prompt", "embeddings", gen["negative"], ref["negative"], ref64["negative"])
+    if "pooled" in ref:  # SDXL: encoder 2's pooled text_embeds, an added condition of its UNet
+        judge("prompt", "pooled", gen["pooled"], ref["pooled"], ref64["pooled"])
+        judge("negative prompt", "pooled", gen["negative_pooled"], ref["negative_pooled"], ref64["negative_pooled"])
     if len(gen["latents"]) != len(ref["latents"]):
         records.append(dict(records[-1], case="steps", output="latents", verdict="fail", metrics=None,
                             failed_bound="shape", message=f"{len(gen['latents'])} steps, diffusers ran "
@@ -142,11 +175,13 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
             out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat)
         out["pixels"] = rgba_to_u8(out["rgba"])
         return judge_generation(out, ref, ref64, backend.name, model.scope, backend.device_class,
-                                seed=seed, latent=list(latent_hw))
+                                seed=seed, latent=list(latent_hw),
+                                neutralized_in_build=build_neutralize(model, backend, issues, log=lambda *a: None))
 
     records = run(neutralize)
     if prove_known:
-        prove_generation(records, lambda ids: run(sorted({*ids, *(neutralize or ())})), neutralize)
+        already = build_neutralize(model, backend, neutralize, log=lambda *a: None)
+        prove_generation(records, lambda ids: run(sorted({*ids, *already})), already)
     return records
 
 

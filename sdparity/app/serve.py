@@ -2,8 +2,8 @@
 
 `sdparity serve [--model tiny[,tiny-sd2,...]] [--port 8000]` builds (or reuses from the cache)
 one WebGPU wasm per model holding every stage function, its weights as a float32 tvmjs tensor
-cache, the tokenizer, and the DPM-Solver constants for 1..100 steps, then serves web/app (with
-a model picker when several are given). The browser_e2e tests use the same build_app() and
+cache, the tokenizer (SDXL: both), and the DPM-Solver constants for 1..100 steps, then serves
+web/app (with a model picker when several are given). The browser_e2e tests use the same build_app() and
 LocalServer.
 """
 
@@ -14,6 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
+from sdparity.app.pipeline import build_neutralize
 from sdparity.errors import SdparityError
 from sdparity.ir import digest
 from sdparity.registry import get_stage
@@ -31,19 +32,17 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     /data/ for one model, /m/NAME/ for each of several: ``app_mounts``). ``neutralize``: known
     issues neutralized in the stages with weights (a generation's proof: app.pipeline.prove_generation)."""
     from reference.dpm import compute_constants
+    from reference.pipeline import sdxl_time_ids
 
     from sdparity.backends import get_backend
     from sdparity.stages import PIPELINE_FUNCTIONS, PIPELINE_STAGES
     from sdparity.stages.scheduler_dpm import convert_function
 
     backend = backend or get_backend("webgpu")
-    if model.architecture == "sdxl":  # one line now, not a failed build of the whole app later
-        raise SdparityError(f"the web app generates with SD 1.x and SD 2.x models; {model.name} is SDXL (two "
-                            f"text encoders, pooled embeddings and time ids are not in its pipeline, and "
-                            f"SDXL's CLIP does not build for WebGPU: known issue tvm_webgpu_int64_argmax)")
     reason = backend.unavailable_reason()
     if reason:
         raise SdparityError(f"cannot build the web app: {reason}")
+    neutralize = build_neutralize(model, backend, neutralize, log)
     stages = {n: get_stage(n) for n in PIPELINE_STAGES}
     for name, fault in (faults or {}).items():
         stages[name] = stages[name].with_fault(fault)
@@ -70,14 +69,17 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     if (data / "config.json").is_file():
         return data
     data.mkdir(parents=True, exist_ok=True)
-    tok_json = model.path / "tokenizer" / "tokenizer.json"
-    if not tok_json.is_file():
-        raise SdparityError(f"{model.path}/tokenizer has no tokenizer.json: the browser tokenizer needs it")
-    shutil.copyfile(tok_json, data / "tokenizer.json")
+    tokenizers = {"tokenizer": model.tokenizer}  # SDXL: and tokenizer_2, its second text encoder's
+    if model.architecture == "sdxl":
+        tokenizers["tokenizer_2"] = model.tokenizer_2
+    for sub in tokenizers:
+        tok_json = model.path / sub / "tokenizer.json"
+        if not tok_json.is_file():
+            raise SdparityError(f"{model.path}/{sub} has no tokenizer.json: the browser tokenizer needs it")
+        shutil.copyfile(tok_json, data / f"{sub}.json")
     cfg = dict(model.pipe.scheduler.config)
     tables = {str(n): compute_constants(cfg, n) for n in range(1, MAX_STEPS + 1)}
     write_atomic(data / "dpm_consts.json", json.dumps({"tables": tables}, allow_nan=False))
-    tok = model.tokenizer
     c = int(model.unet.config.in_channels)
     h, w = latent_hw
     convert = convert_function(cfg)  # SD 2.x's v-prediction: another x0 conversion, the same step
@@ -87,15 +89,18 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
         # sdparity/stages/pipeline.json, with the model's conversion
         "functions": [convert if f == "dpm_convert_model_output" else f for f in PIPELINE_FUNCTIONS],
         "convert_function": convert,
-        "tokenizer": {"url": f"{prefix}tokenizer.json", "max_length": int(tok.model_max_length),
-                      "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
-                      "eos_token_id": int(tok.eos_token_id)},
+        **{sub: {"url": f"{prefix}{sub}.json", "max_length": int(tok.model_max_length),
+                 "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
+                 "eos_token_id": int(tok.eos_token_id)} for sub, tok in tokenizers.items()},
+        "neutralized": list(neutralize or ()),  # known issues neutralized in this build
         "scheduler_url": f"{prefix}dpm_consts.json",
         "max_steps": MAX_STEPS,
         "latent_shape": [c, h, w],
         "image_size": [h * model.vae_scale_factor, w * model.vae_scale_factor],
         "vae_scaling_factor": float(model.vae.config.scaling_factor),
     }
+    if model.architecture == "sdxl":  # the UNet's added condition besides the pooled embeddings
+        config["time_ids"] = sdxl_time_ids(model.pipe, latent_hw)
     write_atomic(data / "config.json", json.dumps(config, indent=1))  # last: marks the folder complete
     return data
 
@@ -152,8 +157,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="build the browser app for a model and serve it on 127.0.0.1",
                        description="Build (or reuse) the WebGPU wasm of every stage, the weights, the "
                        "tokenizer and the scheduler constants, then serve the Stable Diffusion web app. "
-                       "--model takes a comma-separated list (SD 1.x and SD 2.x models): the app then "
-                       "has a model picker.")
+                       "--model takes a comma-separated list (SD 1.x, SD 2.x and SDXL models): the app "
+                       "then has a model picker.")
     from sdparity.args import latent_hw, add_model_args, port_arg
 
     add_model_args(p)

@@ -1,9 +1,10 @@
 """End-to-end: the web app generates an image in Chromium (WebGPU), driven like a person
 would (fill the form, click Generate), with initial latents injected through the test hook.
 Compared with diffusers.StableDiffusionPipeline on the same weights and latents: text
-embeddings, latents after every step, and the final pixels. One generation per architecture
-the app runs: SD 1.x (``tiny``) and SD 2.x (``tiny-sd2``: v-prediction, OpenCLIP-style text
-tower, linear projections). SDXL is refused by the app (docs/models.md)."""
+embeddings, latents after every step, and the final pixels. One generation per architecture:
+SD 1.x (``tiny``), SD 2.x (``tiny-sd2``: v-prediction, OpenCLIP-style text tower, linear
+projections) and SDXL (``tiny-sdxl``: two text encoders, pooled embeddings and time ids as the
+UNet's added conditions; compared with StableDiffusionXLPipeline)."""
 
 from __future__ import annotations
 
@@ -26,11 +27,11 @@ def _reference(model):
                  float64_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny-sd2"])
+@pytest.fixture(scope="module", params=["tiny", "tiny-sd2", "tiny-sdxl"])
 def served(request, tiny, app, cache):
     """(model, the app serving it, its reference generation): SD 1.x on the session's app (one
-    model), SD 2.x chosen in the picker of an app serving both (``sdparity serve --model
-    tiny,tiny-sd2``)."""
+    model), SD 2.x and SDXL each chosen in the picker of an app serving it beside SD 1.x
+    (``sdparity serve --model tiny,tiny-sd2``)."""
     if request.param == "tiny":
         yield tiny, app, _reference(tiny)
         return
@@ -46,23 +47,29 @@ def served(request, tiny, app, cache):
 
 
 def _as_arrays(res, ref):
+    """The page's trace as the references' arrays: {positive, negative (SDXL: pooled,
+    negative_pooled)}, the latents after every step, the RGBA pixels."""
     shape = ref["latents"][0].shape
     lat = [np.array(x, np.float32).reshape(shape) for x in res["trace"]["latents"]]
-    pos = np.array(res["trace"]["positive"], np.float32).reshape(ref["positive"].shape)
-    neg = np.array(res["trace"]["negative"], np.float32).reshape(ref["negative"].shape)
+    texts = {k: np.array(res["trace"][k], np.float32).reshape(ref[k].shape)
+             for k in ("positive", "negative", "pooled", "negative_pooled") if k in ref}
     h, w = ref["image_u8"].shape[:2]
     rgba = np.array(res["rgba"], np.uint8).reshape(h, w, 4)
-    return pos, neg, lat, rgba
+    return texts, lat, rgba
 
 
-def _judge(res, ref, ref64, model):
-    pos, neg, lat, rgba = _as_arrays(res, ref)
-    return judge_generation({"positive": pos, "negative": neg, "latents": lat, "pixels": rgba[..., :3]},
-                            ref, ref64, "webgpu", model.scope)
+def _judge(res, ref, ref64, model, page):
+    texts, lat, rgba = _as_arrays(res, ref)
+    # known issues the app was built with neutralized (SDXL on WebGPU: serve.BUILD_NEUTRALIZE)
+    built = page.evaluate("() => window.sdparityApp.state.config.neutralized")
+    return judge_generation({**texts, "latents": lat, "pixels": rgba[..., :3]}, ref, ref64, "webgpu",
+                            model.scope, neutralized_in_build=built)
 
 
 def test_generation_matches_diffusers(page, served, artifacts, cache):
+    from sdparity.app.pipeline import build_neutralize
     from sdparity.app.serve import app_server, build_app
+    from sdparity.backends import get_backend
     from sdparity.reports.images import diff_heatmap, write_png
 
     model, app, (lat0, (ref, ref64)) = served
@@ -76,12 +83,14 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     res = run_generation(page, lat0)
     page.screenshot(path=str(artifacts / "app_after_generation.png"), full_page=True)
     assert not res["errors"] and not problems, res["errors"] + problems
-    pos, neg, lat, rgba = _as_arrays(res, ref)
+    _, lat, rgba = _as_arrays(res, ref)
     write_png(artifacts / "browser.png", rgba[..., :3])
     write_png(artifacts / "diffusers.png", ref["image_u8"])
     write_png(artifacts / "difference.png", diff_heatmap(rgba[..., :3], ref["image_u8"]))
 
-    recs = _judge(res, ref, ref64, model)
+    recs = _judge(res, ref, ref64, model, page)
+    built = recs[0]["neutralized_in_build"]
+    assert built == build_neutralize(model, get_backend("webgpu"), log=lambda *a: None)
 
     def again(ids):  # the proof of a failing record: the same generation, the issues neutralized
         server = app_server(build_app(model, LATENT, cache, log=print, neutralize=ids), cache).start()
@@ -89,12 +98,13 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
             p2, problems2 = open_app(page.context.new_page(), server)
             res2 = run_generation(p2, lat0)
             assert not res2["errors"] and not problems2, res2["errors"] + problems2
+            recs2 = _judge(res2, ref, ref64, model, p2)
             p2.close()
-            return _judge(res2, ref, ref64, model)
+            return recs2
         finally:
             server.stop()
 
-    prove_generation(recs, again)
+    prove_generation(recs, again, already=built)
     steps = [r for r in recs if r["output"] == "latents"]
     write_e2e_html(artifacts / "index.html", steps, res, model)
 
@@ -102,13 +112,16 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     assert (rgba[..., 3] == 255).all()
     last, px = steps[-1]["metrics"], recs[-1]
     print(f"{model.name} ({model.architecture}) browser vs diffusers: final latents max abs {last['max_abs']:.3g}, err/floor {last['floor_ratio']:.3g}x "
-          f"(budget {last['floor_budget']}), pixels {px['message']}, generation {res['lastMs'] / 1000:.1f}s")
+          f"(budget {last['floor_budget']}), pixels {px['message']}, generation {res['lastMs'] / 1000:.1f}s"
+          + (f", built with {', '.join(built)} neutralized" if built else ""))
     # as built, or `known` as proven: SwiftShader's WGSL sin/cos and TVM's WebGPU erf constants
     # (the two WebGPU known issues) take SD 2.x's generation a little over its budget
     bad = [f"{r['case']} {r['output']}: {r['message']}" for r in recs if r["verdict"] != "pass" and not (
         r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
     assert not bad, bad
     assert all(r["metrics"]["floor_budget"] is not None for r in steps), steps[0]["message"]
+    if model.architecture == "sdxl":  # its pooled text_embeds were read back and judged
+        assert sum(r["output"] == "pooled" for r in recs) == 2
     page.close()
 
 
@@ -125,7 +138,7 @@ def write_e2e_html(path, steps, res, model):
     write_atomic(path, f"""<!doctype html><meta charset="utf-8"><title>sdparity browser e2e</title>
 <style>body{{font-family:system-ui;margin:2em}} figure{{display:inline-block;margin:0 1em}}
 td,th{{padding:0 1em;text-align:right}}</style>
-<h1>Browser (WebGPU) vs diffusers.StableDiffusionPipeline: {model.name} ({model.architecture})</h1>
+<h1>Browser (WebGPU) vs diffusers' {type(model.pipe).__name__}: {model.name} ({model.architecture})</h1>
 <p>{STEPS} DPM-Solver++ steps ({model.pipe.scheduler.config.get("prediction_type")}), guidance {GUIDANCE}, prompt "{PROMPT}", negative "{NEGATIVE}",
 generation {res['lastMs'] / 1000:.1f} s in the browser.</p>{imgs}
 <h2>Latents after each step</h2><table><tr><th>step</th><th>max abs</th><th>err/floor</th><th>budget</th><th>verdict</th></tr>
@@ -141,5 +154,5 @@ def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, ti
     table = tutorial_constants(dict(tiny.pipe.scheduler.config), STEPS)
     res = run_generation(page, lat0, schedule=table)
     assert not res["errors"] and not problems
-    bad = first_failing_step(_judge(res, ref, ref64, tiny))
+    bad = first_failing_step(_judge(res, ref, ref64, tiny, page))
     assert bad is not None and bad["case"] == f"step {STEPS:02d}", bad

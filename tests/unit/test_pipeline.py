@@ -105,3 +105,32 @@ def test_sd2_generation_converts_v_prediction_and_matches_diffusers(llvm, sd2, c
     wrong = judge_generation(_generate(llvm, sd2, cache, lat), r, r64, "llvm", sd2.scope)
     first = first_failing_step(wrong)
     assert first is not None and first["case"] == "step 01", first
+
+
+@pytest.fixture(scope="module")
+def sdxl():
+    from reference.models import load_model
+
+    return load_model("tiny-sdxl", log=lambda *a: None)
+
+
+def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl, cache, monkeypatch):
+    """SDXL through the same loop (two tokenizers and text encoders, the pooled text_embeds and
+    the time ids as the UNet's added conditions) against StableDiffusionXLPipeline, judged per
+    step by its own scope's budgets; the sizes of add_time_ids given in latent units instead of
+    pixels (16 where the pipeline says 128) fails at step 1."""
+    import reference.pipeline
+
+    lat = initial_latents(sdxl, LATENT, seed=0)
+    r = diffusers_generate(sdxl, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
+    r64 = float64_generate(sdxl, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
+    recs = judge_generation(_generate(llvm, sdxl, cache, lat), r, r64, "llvm", sdxl.scope)
+    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
+    assert not bad, bad
+    assert {x["output"] for x in recs} == {"embeddings", "pooled", "latents", "pixels"}
+    assert all(x["metrics"]["floor_budget"] for x in recs if x["output"] == "latents"), "no sdxl-tiny budget"
+
+    monkeypatch.setattr(reference.pipeline, "sdxl_time_ids", lambda pipe, hw: [*hw, 0, 0, *hw])
+    wrong = judge_generation(_generate(llvm, sdxl, cache, lat), r, r64, "llvm", sdxl.scope)
+    first = first_failing_step(wrong)
+    assert first is not None and first["case"] == "step 01", first

@@ -7,7 +7,7 @@ import { describeAdapter, fetchOk, loadArtifact, requestAdapter } from "../commo
 import * as pipeline from "../common/pipeline.js";
 
 const $ = (id) => document.getElementById(id);
-const state = { scheduleOverride: null, config: null, model: null, tokenizer: null, schedules: null, busy: false,
+const state = { scheduleOverride: null, config: null, model: null, tokenizers: null, schedules: null, busy: false,
                 injected: null, trace: null, rgba: null, errors: [], ready: false, adapter: null };
 
 function fail(message) {
@@ -24,12 +24,12 @@ function status(message) {
 }
 
 function tokenize(text) {
-  return pipeline.tokenize(state.tokenizer, state.config.tokenizer, text);
+  return pipeline.tokenize(state.tokenizers[0], state.config.tokenizer, text);
 }
 
 async function generate(opts) {
   const table = state.scheduleOverride ?? state.schedules[String(opts.steps)];
-  const r = await pipeline.generate(state.model, state.config, state.tokenizer, table,
+  const r = await pipeline.generate(state.model, state.config, state.tokenizers, table,
                                     { ...opts, latents: state.injected }, (k, steps) => {
     $("progress").value = (k + 1) / (steps + 1);
     status(`step ${k + 1}/${steps}`);
@@ -92,16 +92,17 @@ async function main() {
     return fail(`cannot load the app configuration ${configUrl}: ${e.message}`);
   }
   const cfg = state.config;
-  $("model").textContent = `model: ${cfg.model.name} (${cfg.model.digest}), image ${cfg.image_size.join("x")}`;
+  $("model").textContent = `model: ${cfg.model.name} (${cfg.model.digest}), image ${cfg.image_size.join("x")}` +
+    (cfg.neutralized?.length ? `; built with known issue(s) ${cfg.neutralized.join(", ")} neutralized` : "");
   try {
     state.adapter = await requestAdapter();
     $("adapter").textContent = JSON.stringify(describeAdapter(state.adapter), null, 1);
     status("loading tokenizer, scheduler constants and model…");
-    const [tok, sched] = await Promise.all([
-      fetchOk(cfg.tokenizer.url).then((r) => r.arrayBuffer()),
+    const [toks, sched] = await Promise.all([
+      pipeline.loadTokenizers(cfg, (url) => fetchOk(url).then((r) => r.arrayBuffer())),
       fetchOk(cfg.scheduler_url).then((r) => r.json()),
     ]);
-    state.tokenizer = await globalThis.tokenizers.Tokenizer.fromJSON(tok);
+    state.tokenizers = toks;
     state.schedules = sched.tables;
     state.model = await loadArtifact(cfg.artifact, state.adapter, "app", fail);
   } catch (e) {

@@ -6,6 +6,9 @@
 //   -> N x { unet (CFG) -> dpm_convert_model_output (SD 2.x: dpm_convert_v_prediction)
 //            -> dpm_step (history starts at zeros) }
 //   -> vae -> image_to_rgba.
+// SDXL (config.tokenizer_2): clip takes both tokenizers' ids and also returns encoder 2's
+// pooled text_embeds; stacked [negative; positive], they go to the UNet with the image's time
+// ids (config.time_ids) after the embeddings.
 
 
 // CLIPTokenizer: [bos] + first (max_length - 2) content tokens + [eos], padded with pad id.
@@ -17,6 +20,21 @@ export function tokenize(tokenizer, c, text) {
   const ids = [c.bos_token_id, ...body.slice(0, c.max_length - 2), c.eos_token_id];
   while (ids.length < c.max_length) ids.push(c.pad_token_id);
   return Int32Array.from(ids);
+}
+
+// The tokenizers a model's config names: SD 1.x/2.x one, SDXL two (its text encoders').
+export function tokenizerConfigs(config) {
+  return [config.tokenizer, config.tokenizer_2].filter(Boolean);
+}
+
+// Every tokenizer of the config; fetchBytes(url) -> ArrayBuffer of its tokenizer.json. One
+// after the other: @mlc-ai/web-tokenizers 0.1.6 initializes its wasm module on the first
+// fromJSON without a lock, so two concurrent calls make two modules and the first tokenizer's
+// encode() then fails ("Expected null or instance of VectorInt, got an instance of VectorInt").
+export async function loadTokenizers(config, fetchBytes) {
+  const out = [];
+  for (const c of tokenizerConfigs(config)) out.push(await globalThis.tokenizers.Tokenizer.fromJSON(await fetchBytes(c.url)));
+  return out;
 }
 
 // Seeded Box-Muller noise (NOT torch.randn; tests inject latents instead).
@@ -41,13 +59,13 @@ export async function rawBytes(inst, tensor) {
 }
 
 // model: {inst, vm, meta} from gpu.js loadArtifact; config: the app's config.json;
-// table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
+// tokenizers: loadTokenizers(config); table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
 // latents (Float32Array or null), trace, onCall (optional: called with the function's name
 // before each call; the profiler tags GPU work with it)}; onStep(k, steps) after every step.
 // Returns {trace, rgba (RGBA bytes), width, height, timings (ms), calls ({fn: count})};
 // timings.encodeMs: per step, the time until the step's last call returned (tvmjs records the GPU work then and
 // submits it at the sync), timings.stepMs: the same plus the wait for the GPU.
-export async function generate(model, config, tokenizer, table, opts, onStep = () => {}) {
+export async function generate(model, config, tokenizers, table, opts, onStep = () => {}) {
   const { inst, vm, meta } = model;
   const gpu = inst.webgpu();
   if (!table) throw new Error(`no scheduler constants for ${opts.steps} steps (1..${config.max_steps})`);
@@ -74,14 +92,29 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
   const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
   const read = async (t) => new Float32Array((await rawBytes(inst, t)).buffer.slice(0));
   const timings = { stepMs: [], encodeMs: [] };
-  const tok = config.tokenizer;
+  const toks = tokenizerConfigs(config);
+  // [embeddings] (SD 1.x/2.x) or [embeddings, pooled] (SDXL)
+  const encode = (text) => callAll("clip", ...toks.map(
+    (c, i) => tensor(tokenize(tokenizers[i], c, text), [1, c.max_length], "int32")));
 
   inst.beginScope();
   try {
     const t0 = performance.now();
-    const pos = call("clip", tensor(tokenize(tokenizer, tok, opts.prompt), [1, tok.max_length], "int32"));
-    const neg = call("clip", tensor(tokenize(tokenizer, tok, opts.negative), [1, tok.max_length], "int32"));
+    const [pos, pooled] = encode(opts.prompt);
+    const [neg, negPooled] = encode(opts.negative);
     const emb = call("concat_embeddings", neg, pos);
+    let added = []; // SDXL's added conditions: pooled [negative; positive], then the three sizes
+    if (pooled) {
+      // stacked on the host (a few hundred bytes, read back anyway for the trace)
+      const [np, pp] = [await read(negPooled), await read(pooled)];
+      if (opts.trace) { trace.negative_pooled = np; trace.pooled = pp; }
+      const both = new Float32Array(np.length + pp.length);
+      both.set(np);
+      both.set(pp, np.length);
+      const ids = config.time_ids; // [h, w, 0, 0, h, w]: original size, crop top-left, target size
+      added = [tensor(both, [2, pp.length], "float32"),
+               ...[0, 2, 4].map((i) => tensor(Int32Array.from(ids.slice(i, i + 2)), [2], "int32"))];
+    }
     await gpu.sync();
     timings.textMs = performance.now() - t0;
     if (opts.trace) { trace.positive = await read(pos); trace.negative = await read(neg); }
@@ -92,7 +125,7 @@ export async function generate(model, config, tokenizer, table, opts, onStep = (
     const g = scalar(opts.guidance, "float32");
     for (let k = 0; k < opts.steps; ++k) {
       const ts = performance.now();
-      const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, g);
+      const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, ...added, g);
       // SD 2.x (v-prediction) converts with dpm_convert_v_prediction: config.convert_function
       const x0 = call(config.convert_function ?? "dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
                       scalar(table.sigma[k], "float32"));

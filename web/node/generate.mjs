@@ -117,8 +117,7 @@ async function main() {
     }
     result.adapter = describeAdapter(adapter);
     result.submitEvery = o.submitEvery ?? SUBMIT_EVERY;
-    const tok = await (await fetchOk(base + config.tokenizer.url)).arrayBuffer();
-    const tokenizer = await globalThis.tokenizers.Tokenizer.fromJSON(tok);
+    const tokenizers = await pipeline.loadTokenizers(config, async (url) => (await fetchOk(base + url)).arrayBuffer());
     const tables = (await (await fetchOk(base + config.scheduler_url)).json()).tables;
     let profiler = null;
     const model = await loadArtifact(base + config.artifact, adapter, "node", onError, {
@@ -142,14 +141,14 @@ async function main() {
     let r;
     result.runs = [];
     for (let i = 0; i < o.runs; ++i) {
-      r = await pipeline.generate(model, config, tokenizer, tables[String(o.steps)], opts,
+      r = await pipeline.generate(model, config, tokenizers, tables[String(o.steps)], opts,
                                   (k, n) => console.log(`run ${i + 1}/${o.runs} step ${k + 1}/${n}`));
       result.runs.push(r.timings);
     }
     result.timings = r.timings;
     if (profiler) {
       profiler.start();
-      const p = await pipeline.generate(model, config, tokenizer, tables[String(o.steps)],
+      const p = await pipeline.generate(model, config, tokenizers, tables[String(o.steps)],
                                         { ...opts, trace: false, onCall: profiler.setTag },
                                         (k, n) => console.log(`profiled run step ${k + 1}/${n}`));
       const { passes, untimed } = await profiler.collect();
