@@ -256,6 +256,7 @@ BENCH_1126, BENCH2_1126 = CPU + "bench_sd15.json", CPU + "bench2_sd15.json"
 CPU_REPORT = CPU + "report-sd15.json"
 H200_WINOGRAD, H200_TUNED = "cuda-h200-winograd/gpu-report.json", "cuda-h200-tuned/gpu-report.json"
 H200_BEFORE, H100 = "cuda-h200/gpu-report.json", "cuda-h100/gpu-report.json"
+SDXL_H100_RUN1 = "cuda-sdxl-h100-run1/gpu-report.json"  # sdxl-random at 1024x1024 (128x128 latents)
 
 TABLES: dict[str, Callable[[Reports], Table]] = {}
 
@@ -367,6 +368,9 @@ def _parity(R: Reports, rel: str) -> Table:
     t = Table(["function", "output", "checks", "max abs error", "float32 noise floor", "max err / floor",
                "elements that differ (of n)"])
     for (f, out), recs in groups.items():
+        if any(r["verdict"] == "error" for r in recs):  # a stage that did not build or run
+            t.add([f or recs[0]["stage"], out, f"{len(recs)} error: {recs[0]['message']}", "", "", "", ""], rel)
+            continue
         ms = [r["metrics"] for r in recs]
         errs = [m["max_abs"] for m in ms]
         floors = [m["noise_floor"] for m in ms if m.get("noise_floor") is not None]
@@ -427,6 +431,16 @@ def _h200_before(R: Reports) -> Table:
 @table("cuda-h100")
 def _h100(R: Reports) -> Table:
     return _cuda_times(R, H100)
+
+
+@table("cuda-sdxl-h100-run1")
+def _sdxl_h100_run1(R: Reports) -> Table:
+    return _cuda_times(R, SDXL_H100_RUN1)
+
+
+@table("cuda-sdxl-h100-run1-parity")
+def _sdxl_h100_run1_parity(R: Reports) -> Table:
+    return _parity(R, SDXL_H100_RUN1)
 
 
 def _profiles(R: Reports, rels: list[str], note: str = "") -> Table:
