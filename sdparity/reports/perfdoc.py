@@ -256,7 +256,9 @@ BENCH_1126, BENCH2_1126 = CPU + "bench_sd15.json", CPU + "bench2_sd15.json"
 CPU_REPORT = CPU + "report-sd15.json"
 H200_WINOGRAD, H200_TUNED = "cuda-h200-winograd/gpu-report.json", "cuda-h200-tuned/gpu-report.json"
 H200_BEFORE, H100 = "cuda-h200/gpu-report.json", "cuda-h100/gpu-report.json"
-SDXL_H100_RUN1 = "cuda-sdxl-h100-run1/gpu-report.json"  # sdxl-random at 1024x1024 (128x128 latents)
+# sdxl-random at 1024x1024 (128x128 latents): the run whose VAE did not launch, then the fixed one
+SDXL_H100_RUN1, SDXL_H100 = "cuda-sdxl-h100-run1/gpu-report.json", "cuda-sdxl-h100/gpu-report.json"
+SDXL_H100_SEEDS = [SDXL_H100] + [f"cuda-sdxl-h100/calibrate-seed{n}.json" for n in (1, 2)]
 
 TABLES: dict[str, Callable[[Reports], Table]] = {}
 
@@ -441,6 +443,30 @@ def _sdxl_h100_run1(R: Reports) -> Table:
 @table("cuda-sdxl-h100-run1-parity")
 def _sdxl_h100_run1_parity(R: Reports) -> Table:
     return _parity(R, SDXL_H100_RUN1)
+
+
+@table("cuda-sdxl-h100")
+def _sdxl_h100(R: Reports) -> Table:
+    """One row per function and seed: the three seeds' runs were one device call."""
+    t = Table(["function", "seed", "TVM CUDA", "torch CUDA", "ratio", "TVM device memory (rise)",
+               "torch peak allocated"])
+    for f in functions_in_order(R(SDXL_H100)):
+        for rel in SDXL_H100_SEEDS:
+            d = R(rel)
+            r = by_function(d)[f]
+            t.add([f, str(d.get("seed", 0)), f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms",
+                   ratio(r), mib(r["device_mem_delta_mib"]), mib(r.get("ref_peak_allocated_mib"))], rel)
+    return t
+
+
+@table("cuda-sdxl-h100-parity")
+def _sdxl_h100_parity(R: Reports) -> Table:
+    t = Table(["seed"] + _parity(R, SDXL_H100).header)
+    for rel in SDXL_H100_SEEDS:
+        seed = str(R(rel).get("seed", 0))
+        for cells, reports in _parity(R, rel).rows:
+            t.add([seed] + cells, *reports)
+    return t
 
 
 def _profiles(R: Reports, rels: list[str], note: str = "") -> Table:
