@@ -16,10 +16,65 @@ def initial_latents(model, latent_hw: tuple[int, int], seed: int) -> np.ndarray:
     return torch.randn((1, c, *latent_hw), generator=g, dtype=torch.float32).numpy()
 
 
+#: the schedulers a generation runs with (the app's picker): DPM-Solver++ 2M (the model's own
+#: config), Euler with trailing spacing (SD-Turbo's: 1-4 steps) and PNDM/PLMS (SD 1.x's first)
+SCHEDULERS = ("dpm", "euler", "pndm")
+
+
+def scheduler_config(base: dict, kind: str) -> dict:
+    """The scheduler config a generation with ``kind`` uses, from the model's (DPM) config: the
+    prediction type and betas stay the model's; Euler takes SD-Turbo's trailing spacing, PNDM
+    SD 1.x's shipped settings (PLMS without the Runge-Kutta warm-up, leading spacing, offset 1)."""
+    base = {k: v for k, v in base.items() if not k.startswith("_")}
+    if kind == "dpm":
+        return base
+    import inspect
+
+    import diffusers
+
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "pndm": diffusers.PNDMScheduler}.get(kind)
+    if cls is not None:  # only what that scheduler takes: DPM's lambda_min_clipped is -inf, not JSON
+        base = {k: v for k, v in base.items() if k in inspect.signature(cls.__init__).parameters}
+    if kind == "euler":
+        return {**base, "timestep_spacing": "trailing", "steps_offset": 1}
+    if kind == "pndm":
+        return {**base, "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1,
+                "timestep_spacing": "leading"}
+    raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+def scheduler_constants(base: dict, kind: str, steps: int) -> dict:
+    """The per-step constants of a ``kind`` generation of ``steps`` steps (reference.dpm,
+    reference.schedulers): every float a float32 value. ``timesteps``: one per UNet call
+    (PNDM: steps + 1 for steps > 1), integers (the UNet stage takes int32)."""
+    from reference import dpm, schedulers
+
+    cfg = scheduler_config(base, kind)
+    consts = {"dpm": dpm.compute_constants, "euler": schedulers.euler_constants,
+              "pndm": schedulers.pndm_constants}[kind](cfg, steps)
+    if any(float(t) != int(t) for t in consts["timesteps"]):
+        raise ValueError(f"{kind} gives non-integer timesteps for {steps} steps ({consts['timesteps'][:4]}...): "
+                         f"the UNet stage takes int32 timesteps")
+    return consts
+
+
+def make_scheduler(base: dict, kind: str):
+    """The real diffusers scheduler of a ``kind`` generation."""
+    from reference import schedulers
+
+    if kind == "dpm":
+        from diffusers import DPMSolverMultistepScheduler
+
+        return DPMSolverMultistepScheduler.from_config(scheduler_config(base, kind))
+    return schedulers.make(kind, scheduler_config(base, kind))
+
+
 def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
-                       latents: np.ndarray, device: str = "cpu", timings: dict | None = None) -> dict:
+                       latents: np.ndarray, device: str = "cpu", timings: dict | None = None,
+                       scheduler: str = "dpm") -> dict:
     """Run the model's diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)
-    with the pinned DPM-Solver++ scheduler from the model folder.
+    with the pinned DPM-Solver++ scheduler from the model folder, or another of SCHEDULERS
+    (``scheduler_config``; the pipeline scales the injected latents by its init_noise_sigma).
 
     model: a reference.models.LoadedModel, or a StableDiffusionPipeline itself (the GPU
     machine builds one from recreated components). device: where the pipeline runs (it must
@@ -31,10 +86,9 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
     import time
 
     import torch
-    from diffusers import DPMSolverMultistepScheduler
 
     pipe = getattr(model, "pipe", model)
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config)
+    own = pipe.scheduler  # the model's; put back after the run
     pipe.set_progress_bar_config(disable=True)
     trace: list[np.ndarray] = []
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -47,17 +101,22 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
         return kw
 
     h, w = latents.shape[2] * pipe.vae_scale_factor, latents.shape[3] * pipe.vae_scale_factor
-    with torch.no_grad():
-        enc = encode_prompt(pipe, prompt, negative_prompt, device)
-        sync()
-        t0 = time.perf_counter()
-        out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
-                   guidance_scale=guidance, height=h, width=w,
-                   latents=torch.from_numpy(latents.copy()).to(device),
-                   output_type="np", callback_on_step_end=on_step,
-                   callback_on_step_end_tensor_inputs=["latents"])
-        sync()
-        t1 = time.perf_counter()
+    try:
+        pipe.scheduler = make_scheduler(dict(own.config), scheduler)
+        with torch.no_grad():
+            enc = encode_prompt(pipe, prompt, negative_prompt, device)
+            sync()
+            t0 = time.perf_counter()
+            out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
+                       guidance_scale=guidance, height=h, width=w,
+                       latents=torch.from_numpy(latents.copy()).to(device),
+                       output_type="np", callback_on_step_end=on_step,
+                       callback_on_step_end_tensor_inputs=["latents"])
+            sync()
+            t1 = time.perf_counter()
+        timesteps = [int(t) for t in pipe.scheduler.timesteps]
+    finally:
+        pipe.scheduler = own
     if timings is not None:
         # step k's time runs from the previous step's end (the first: from the call, which
         # also encodes the prompt); the latents copied out for the trace are included
@@ -67,7 +126,7 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
     image = out.images[0].astype(np.float32)
     return {
         **{k: v.float().cpu().numpy() for k, v in enc.items()}, "latents": trace,
-        "timesteps": [int(t) for t in pipe.scheduler.timesteps],
+        "timesteps": timesteps,
         "image01": image, "image_u8": np.round(image * 255.0).astype(np.uint8),
     }
 
@@ -93,7 +152,7 @@ def sdxl_time_ids(pipe, latent_hw) -> list[int]:
 
 
 def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
-                     latents: np.ndarray, device: str = "cpu") -> dict:
+                     latents: np.ndarray, device: str = "cpu", scheduler: str = "dpm") -> dict:
     """The float64 twin of ``diffusers_generate``: the noise floor of every step of a generation.
 
     diffusers' pipeline cannot be run in float64 as a whole: ``DPMSolverMultistepScheduler.step``
@@ -101,8 +160,10 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     pipeline still rounds every step to float32. This loop does what the pipeline does, with the
     real text encoder and UNet in float64 (copies of the model's modules): the prompt encoded as
     ``encode_prompt`` does (max-length padding, last hidden state), classifier-free guidance
-    ``uncond + g * (cond - uncond)`` on the doubled batch, and the DPM-Solver++ step written out
-    with the suite's constants (reference.dpm: the float32 values diffusers uses, widened).
+    ``uncond + g * (cond - uncond)`` on the doubled batch, and the scheduler's step written out
+    with the suite's constants (``scheduler_constants``: the float32 values diffusers uses,
+    widened): DPM-Solver++ 2M, Euler (the injected latents scaled by init_noise_sigma, the UNet
+    fed the scaled sample) or PLMS (the warm-up's saved sample and the three-output history).
     ``max |float64 - float32 diffusers|`` after each step is then what float32 arithmetic alone
     costs along the trajectory: the floor a correct float32 build's error is measured against.
 
@@ -115,15 +176,13 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
 
     import torch
 
-    from reference.dpm import compute_constants
-
     pipe = getattr(model, "pipe", model)
     unet = copy.deepcopy(pipe.unet).double().to(device).eval()  # .double(): every module, no warning
     towers = [(pipe.tokenizer, pipe.text_encoder)]
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
         towers.append((pipe.tokenizer_2, pipe.text_encoder_2))
     towers = [(tok, copy.deepcopy(te).double().to(device).eval()) for tok, te in towers]
-    consts = compute_constants(dict(pipe.scheduler.config), steps)
+    consts = scheduler_constants(dict(pipe.scheduler.config), scheduler, steps)
     v_prediction = pipe.scheduler.config.get("prediction_type") == "v_prediction"  # SD 2.x
 
     def ids(tok, text: str):
@@ -151,21 +210,58 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
             ids6 = torch.tensor([sdxl_time_ids(pipe, latents.shape[2:])] * 2, dtype=torch.float64, device=device)
             added = {"text_embeds": torch.cat([neg_pooled, pooled]), "time_ids": ids6}
         x = torch.from_numpy(np.asarray(latents, np.float64)).to(device)
-        hist = torch.zeros_like(x)
-        for k in range(steps):
+
+        def guided(x_in, k):  # the UNet on the doubled batch at call k, guided
             t = torch.tensor(int(consts["timesteps"][k]), device=device)
-            uncond, cond = unet(torch.cat([x, x]), t, encoder_hidden_states=emb,
+            uncond, cond = unet(torch.cat([x_in, x_in]), t, encoder_hidden_states=emb,
                                 added_cond_kwargs=added).sample.chunk(2)
-            out = uncond + guidance * (cond - uncond)
-            if v_prediction:  # diffusers' DPMSolverMultistepScheduler.convert_model_output
-                x0 = scalar("alpha", k) * x - scalar("sigma", k) * out
-            else:
-                x0 = (x - scalar("sigma", k) * out) / scalar("alpha", k)
-            second = scalar("half_c1", k) * (scalar("inv_r0", k) * (x0 - hist))
-            x = (scalar("c0", k) * x - scalar("c1", k) * x0) - second
-            hist = x0
+            return uncond + guidance * (cond - uncond)
+
+        for x in LOOPS[scheduler](x, guided, lambda key, k: float(np.float32(consts[key][k])), consts, v_prediction):
             trace.append(x.cpu().numpy())
     out = {"positive": pos, "negative": neg} if pooled is None else {
         "positive": pos, "negative": neg, "pooled": pooled, "negative_pooled": neg_pooled}
     return {**{k: v.cpu().numpy() for k, v in out.items()}, "latents": trace,
             "timesteps": [int(t) for t in consts["timesteps"]]}
+
+
+# The float64 twin's loops, one per scheduler, each diffusers' step written out: x the injected
+# latents (float64), guided(x_in, k) the guided UNet output at call k, c(key, k) a constant.
+# Each yields the latents after every UNet call.
+
+def _dpm_loop(x, guided, c, consts, v_prediction):
+    hist = x * 0.0
+    for k in range(len(consts["timesteps"])):
+        out = guided(x, k)
+        if v_prediction:  # diffusers' DPMSolverMultistepScheduler.convert_model_output
+            x0 = c("alpha", k) * x - c("sigma", k) * out
+        else:
+            x0 = (x - c("sigma", k) * out) / c("alpha", k)
+        x = (c("c0", k) * x - c("c1", k) * x0) - c("half_c1", k) * (c("inv_r0", k) * (x0 - hist))
+        hist = x0
+        yield x
+
+
+def _euler_loop(x, guided, c, consts, v_prediction):
+    x = x * float(np.float32(consts["init_noise_sigma"]))  # prepare_latents
+    for k in range(len(consts["timesteps"])):
+        out = guided(x / c("scale", k), k)  # scale_model_input
+        x0 = out * c("a", k) + x / c("b", k)  # epsilon: x - sigma*out; v: diffusers' expression
+        x = x + ((x - x0) / c("sigma_hat", k)) * c("dt", k)
+        yield x
+
+
+def _pndm_loop(x, guided, c, consts, v_prediction):
+    saved, h1, h2, h3 = x, x * 0.0, x * 0.0, x * 0.0
+    for k in range(len(consts["timesteps"])):
+        out = guided(x, k)
+        x_in = saved if consts["saved_sample"][k] else x  # counter 1 redoes step 0 from its sample
+        e = (((c("c0", k) * out - c("c1", k) * h1) + c("c2", k) * h2) - c("c3", k) * h3) * c("mul", k) / c("div", k)
+        e = c("va", k) * e + c("vb", k) * x_in
+        if consts["push"][k]:
+            h1, h2, h3 = out, h1, h2
+        x = c("sample_coeff", k) * x_in - (c("eps_coeff", k) * e) / c("denom", k)
+        yield x
+
+
+LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop}

@@ -39,7 +39,7 @@ def build_stages(backend, model, cache, latent_hw, log=print, neutralize: list[s
     those BUILD_NEUTRALIZE requires."""
     neutralize = build_neutralize(model, backend, neutralize, log)
     arts = {}
-    for name in PIPELINE_STAGES:
+    for name in APP_STAGES:
         st = get_stage(name)
         variant = st.default_variant(model)
         if "latent" in variant:
@@ -54,10 +54,25 @@ def build_stages(backend, model, cache, latent_hw, log=print, neutralize: list[s
     return arts
 
 
+#: the scheduler stage each of reference.pipeline.SCHEDULERS steps with; the app builds them all
+SCHEDULER_STAGES = {"dpm": "scheduler_dpm", "euler": "scheduler_euler", "pndm": "scheduler_pndm"}
+#: every stage the app and this driver build: the pipeline's (stages/pipeline.json), then the
+#: other schedulers'
+APP_STAGES = PIPELINE_STAGES + tuple(s for s in SCHEDULER_STAGES.values() if s not in PIPELINE_STAGES)
+
+
+def generation_stage(scheduler: str) -> str:
+    """The records' stage of a generation: "pipeline" with DPM-Solver++ (the app's default),
+    "pipeline_euler", "pipeline_pndm": each scheduler's trajectory has its own budgets."""
+    return "pipeline" if scheduler == "dpm" else f"pipeline_{scheduler}"
+
+
 def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt: str, steps: int,
-             guidance: float, latents: np.ndarray, constants: dict | None = None) -> dict:
-    """Run the pipeline; return the same trace as reference.pipeline.diffusers_generate."""
-    from reference.dpm import STEP_KEYS, compute_constants
+             guidance: float, latents: np.ndarray, constants: dict | None = None,
+             scheduler: str = "dpm") -> dict:
+    """Run the pipeline; return the same trace as reference.pipeline.diffusers_generate.
+    ``scheduler``: one of reference.pipeline.SCHEDULERS (the constants: scheduler_constants)."""
+    from reference.pipeline import scheduler_constants, sdxl_time_ids
 
     from sdparity.stages.clip import tokenize
     from sdparity.stages.scheduler_dpm import convert_function
@@ -65,9 +80,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
     def call(fn, *inputs):
         return runner.run(arts[fn], fn, [np.asarray(x) for x in inputs])
 
-    from reference.pipeline import sdxl_time_ids
-
-    consts = constants or compute_constants(dict(model.pipe.scheduler.config), steps)
+    consts = constants or scheduler_constants(dict(model.pipe.scheduler.config), scheduler, steps)
     convert = convert_function(dict(model.pipe.scheduler.config))  # SD 2.x: v-prediction
     tokenizers = [model.tokenizer] + ([model.tokenizer_2] if model.architecture == "sdxl" else [])
     # SD 1.x/2.x: (embeddings,); SDXL: (embeddings, encoder 2's pooled text_embeds)
@@ -81,21 +94,64 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
         ids = np.array(sdxl_time_ids(model.pipe, x.shape[2:]), np.int32)
         added = [np.concatenate([neg_pooled[0], pooled[0]]), ids[0:2], ids[2:4], ids[4:6]]
         texts.update(pooled=pooled[0], negative_pooled=neg_pooled[0])
-    hist = np.zeros_like(x)  # never uninitialized: first-order steps multiply it by 0
-    trace = []
-    f32 = np.float32
-    for k in range(steps):
-        t = np.array(consts["timesteps"][k], np.int32)
-        (eps,) = call("unet", x, t, emb, *added, np.array(guidance, f32))
-        (x0,) = call(convert, x, eps, np.array(consts["alpha"][k], f32),
-                     np.array(consts["sigma"][k], f32))
-        (x,) = call("dpm_step", x, x0, hist, *[np.array(consts[key][k], f32) for key in STEP_KEYS])
-        hist = x0
-        trace.append(x)
-    image_float, image = call("vae", x)
+
+    def unet(x_in, k):  # the guided UNet output at call k
+        t = np.array(int(consts["timesteps"][k]), np.int32)
+        return call("unet", x_in, t, emb, *added, np.array(guidance, np.float32))[0]
+
+    trace = list(_LOOPS[scheduler](x, unet, call, consts, convert))
+    image_float, image = call("vae", trace[-1])
     (rgba,) = call("image_to_rgba", image)
     return {**texts, "latents": trace, "timesteps": consts["timesteps"],
             "image_float": image_float, "image": image, "rgba": rgba}
+
+
+# The denoising loops, one per scheduler, through the stages' functions (web/common/pipeline.js
+# has the same three): x the injected latents, unet(x_in, k) the guided output at call k,
+# call(function, *inputs) a built function. Each yields the latents after every UNet call.
+
+def _dpm_loop(x, unet, call, consts, convert):
+    from reference.dpm import STEP_KEYS
+
+    def c(key, k):
+        return np.array(consts[key][k], np.float32)
+
+    hist = np.zeros_like(x)  # never uninitialized: first-order steps multiply it by 0
+    for k in range(len(consts["timesteps"])):
+        eps = unet(x, k)
+        (x0,) = call(convert, x, eps, c("alpha", k), c("sigma", k))
+        (x,) = call("dpm_step", x, x0, hist, *[c(key, k) for key in STEP_KEYS])
+        hist = x0
+        yield x
+
+
+def _euler_loop(x, unet, call, consts, convert):
+    from reference.schedulers import EULER_CONVERT_KEYS, EULER_SCALE_KEYS, EULER_STEP_KEYS, scalars
+
+    x = x * np.float32(consts["init_noise_sigma"])  # the pipeline's prepare_latents, float32
+    for k in range(len(consts["timesteps"])):
+        (xs,) = call("euler_scale_model_input", x, scalars(consts, EULER_SCALE_KEYS, k))
+        eps = unet(xs, k)
+        (x0,) = call("euler_convert_model_output", x, eps, scalars(consts, EULER_CONVERT_KEYS, k))
+        (x,) = call("euler_step", x, x0, scalars(consts, EULER_STEP_KEYS, k))
+        yield x
+
+
+def _pndm_loop(x, unet, call, consts, convert):
+    from reference.schedulers import PNDM_STEP_KEYS, scalars
+
+    zero = np.zeros_like(x)
+    saved, h1, h2, h3 = x, zero, zero, zero
+    for k in range(len(consts["timesteps"])):
+        eps = unet(x, k)
+        x_in = saved if consts["saved_sample"][k] else x  # counter 1 redoes step 0 from its sample
+        (x,) = call("pndm_step", x_in, eps, h1, h2, h3, scalars(consts, PNDM_STEP_KEYS, k))
+        if consts["push"][k]:
+            h1, h2, h3 = eps, h1, h2
+        yield x
+
+
+_LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop}
 
 
 def rgba_to_u8(rgba: np.ndarray) -> np.ndarray:
@@ -104,8 +160,9 @@ def rgba_to_u8(rgba: np.ndarray) -> np.ndarray:
 
 
 def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str,
-                     device_class: str = "cpu", **extra) -> list[dict]:
-    """A generation judged against diffusers': ``sdparity.report/1`` records of stage "pipeline".
+                     device_class: str = "cpu", scheduler: str = "dpm", **extra) -> list[dict]:
+    """A generation judged against diffusers': ``sdparity.report/1`` records of stage "pipeline"
+    (another scheduler than DPM-Solver++: ``generation_stage``, its own budgets).
 
     gen: the generation's embeddings, per-step latents and final pixels (``positive``,
     ``negative``, SDXL also ``pooled`` and ``negative_pooled``, ``latents``: a list,
@@ -119,14 +176,14 @@ def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str
     from sdparity.compare import compare
     from sdparity.tolerances import lookup
 
-    records = []
+    records, stage = [], generation_stage(scheduler)
 
     def judge(case, output, cand, r32, r64=None, integer=False):
         # the group's budget, not a step's own: step k of a 3-step run is not step k of 20
-        tol = lookup("pipeline", output, backend, scope)
+        tol = lookup(stage, output, backend, scope)
         cand = np.asarray(cand)
         m = compare(cand, np.asarray(r32), tol, None if r64 is None else np.asarray(r64), integer=integer)
-        records.append(dict(stage="pipeline", backend=backend, device_class=device_class, case=case,
+        records.append(dict(stage=stage, backend=backend, device_class=device_class, case=case,
                             function="generate", output=output, shapes={output: list(cand.shape)},
                             model_scope=scope, verdict="pass" if m.passed else "fail", message=m.why,
                             metrics=m.to_json(), tolerance=tol.to_json(), integer=integer,
@@ -153,11 +210,16 @@ def first_failing_step(records: list[dict]) -> dict | None:
 
 
 PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
+#: the step count of a generation with each scheduler (the tests' and the calibration's): the
+#: app's 20 DPM-Solver++ steps, SD-Turbo's 4 for Euler with trailing spacing, 10 for PLMS
+#: (11 UNet calls, its warm-up included)
+SCHEDULER_STEPS = {"dpm": STEPS, "euler": 4, "pndm": 10}
 
 
 def generation_records(backend, model, cache, seed: int, latent_hw, log=print, prompt: str = PROMPT,
-                       negative_prompt: str = NEGATIVE, steps: int = STEPS, guidance: float = GUIDANCE,
-                       neutralize: list[str] | None = None, prove_known: bool = True) -> list[dict]:
+                       negative_prompt: str = NEGATIVE, steps: int | None = None, guidance: float = GUIDANCE,
+                       neutralize: list[str] | None = None, prove_known: bool = True,
+                       scheduler: str = "dpm") -> list[dict]:
     """One generation through ``backend``'s stage builds from seeded latents, judged against
     diffusers (float32) with the float64 loop as its floor: the records of ``judge_generation``.
     ``neutralize``: known issues neutralized in the builds (the calibration's). A failing record
@@ -165,17 +227,18 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
     again with every issue that pre-selects a failure neutralized, and that record passing."""
     from reference.pipeline import diffusers_generate, float64_generate, initial_latents
 
+    steps = SCHEDULER_STEPS[scheduler] if steps is None else steps
     lat = initial_latents(model, tuple(latent_hw), seed)
-    ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat)
-    ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat)
+    ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
+    ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
 
     def run(issues):
         arts = build_stages(backend, model, cache, latent_hw, log=log, neutralize=issues)
         with backend.session() as runner:
-            out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat)
+            out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
         out["pixels"] = rgba_to_u8(out["rgba"])
         return judge_generation(out, ref, ref64, backend.name, model.scope, backend.device_class,
-                                seed=seed, latent=list(latent_hw),
+                                scheduler=scheduler, seed=seed, latent=list(latent_hw),
                                 neutralized_in_build=build_neutralize(model, backend, issues, log=lambda *a: None))
 
     records = run(neutralize)

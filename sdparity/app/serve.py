@@ -2,7 +2,7 @@
 
 `sdparity serve [--model tiny[,tiny-sd2,...]] [--port 8000]` builds (or reuses from the cache)
 one WebGPU wasm per model holding every stage function, its weights as a float32 tvmjs tensor
-cache, the tokenizer (SDXL: both), and the DPM-Solver constants for 1..100 steps, then serves
+cache, the tokenizer (SDXL: both), and each scheduler's constants for 1..100 steps, then serves
 web/app (with a model picker when several are given). The browser_e2e tests use the same build_app() and
 LocalServer.
 """
@@ -14,7 +14,7 @@ import shutil
 import time
 from pathlib import Path
 
-from sdparity.app.pipeline import build_neutralize
+from sdparity.app.pipeline import APP_STAGES, SCHEDULER_STEPS, build_neutralize
 from sdparity.errors import SdparityError
 from sdparity.ir import digest
 from sdparity.registry import get_stage
@@ -22,6 +22,8 @@ from sdparity.files import write_atomic
 from sdparity.backends.webgpu.server import LocalServer
 
 WEB = Path(__file__).resolve().parents[2] / "web"
+#: the page's names of reference.pipeline.SCHEDULERS
+SCHEDULER_LABELS = {"dpm": "DPM-Solver++ 2M", "euler": "Euler, trailing spacing (SD-Turbo's)", "pndm": "PNDM (PLMS)"}
 NODE = WEB / "node_modules" / "@mlc-ai"
 MAX_STEPS = 100
 
@@ -31,8 +33,7 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     """Build everything the app needs into a folder (cached); return it (served at ``prefix``:
     /data/ for one model, /m/NAME/ for each of several: ``app_mounts``). ``neutralize``: known
     issues neutralized in the stages with weights (a generation's proof: app.pipeline.prove_generation)."""
-    from reference.dpm import compute_constants
-    from reference.pipeline import sdxl_time_ids
+    from reference.pipeline import SCHEDULERS, scheduler_constants, sdxl_time_ids
 
     from sdparity.backends import get_backend
     from sdparity.stages import PIPELINE_FUNCTIONS, PIPELINE_STAGES
@@ -43,7 +44,8 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
     if reason:
         raise SdparityError(f"cannot build the web app: {reason}")
     neutralize = build_neutralize(model, backend, neutralize, log)
-    stages = {n: get_stage(n) for n in PIPELINE_STAGES}
+    stages = {n: get_stage(n) for n in APP_STAGES}  # the pipeline's, then the other schedulers'
+
     for name, fault in (faults or {}).items():
         stages[name] = stages[name].with_fault(fault)
 
@@ -78,22 +80,32 @@ def build_app(model, latent_hw, cache, log=print, backend=None, faults: dict | N
             raise SdparityError(f"{model.path}/{sub} has no tokenizer.json: the browser tokenizer needs it")
         shutil.copyfile(tok_json, data / f"{sub}.json")
     cfg = dict(model.pipe.scheduler.config)
-    tables = {str(n): compute_constants(cfg, n) for n in range(1, MAX_STEPS + 1)}
-    write_atomic(data / "dpm_consts.json", json.dumps({"tables": tables}, allow_nan=False))
+    schedulers = {}
+    for kind in SCHEDULERS:  # each scheduler's constants for 1..MAX_STEPS steps, and why not where not
+        tables, refused = {}, {}
+        for n in range(1, MAX_STEPS + 1):
+            try:
+                tables[str(n)] = scheduler_constants(cfg, kind, n)
+            except ValueError as e:  # e.g. trailing spacing's n+1 timesteps (docs/schedulers.md)
+                refused[str(n)] = str(e)
+        write_atomic(data / f"{kind}_consts.json", json.dumps({"tables": tables, "refused": refused}, allow_nan=False))
+        schedulers[kind] = {"url": f"{prefix}{kind}_consts.json", "label": SCHEDULER_LABELS[kind],
+                            "steps": SCHEDULER_STEPS[kind]}
     c = int(model.unet.config.in_channels)
     h, w = latent_hw
     convert = convert_function(cfg)  # SD 2.x's v-prediction: another x0 conversion, the same step
     config = {
         "model": {"name": model.name, "digest": model.digest, "architecture": model.architecture},
         "artifact": f"/art/{art.name}/",
-        # sdparity/stages/pipeline.json, with the model's conversion
-        "functions": [convert if f == "dpm_convert_model_output" else f for f in PIPELINE_FUNCTIONS],
+        # sdparity/stages/pipeline.json, with the model's conversion, then the other schedulers'
+        "functions": [convert if f == "dpm_convert_model_output" else f for f in PIPELINE_FUNCTIONS]
+        + [f for n in APP_STAGES if n not in PIPELINE_STAGES for f in stages[n].functions],
         "convert_function": convert,
         **{sub: {"url": f"{prefix}{sub}.json", "max_length": int(tok.model_max_length),
                  "pad_token_id": int(tok.pad_token_id), "bos_token_id": int(tok.bos_token_id),
                  "eos_token_id": int(tok.eos_token_id)} for sub, tok in tokenizers.items()},
         "neutralized": list(neutralize or ()),  # known issues neutralized in this build
-        "scheduler_url": f"{prefix}dpm_consts.json",
+        "schedulers": schedulers,  # the page's picker; the first is the default
         "max_steps": MAX_STEPS,
         "latent_shape": [c, h, w],
         "image_size": [h * model.vae_scale_factor, w * model.vae_scale_factor],

@@ -143,7 +143,7 @@ def run_seeds(args, log) -> dict[int, list[dict]]:
             report.data["model_scope"] = model.scope
             for b in backends:
                 for rec in generation_records(b, model, cache, seed, model.default_latent_hw, log=log,
-                                              neutralize=neutralize):
+                                              neutralize=neutralize, scheduler=args.scheduler):
                     report.add(**rec)
         else:
             run_checks(stages, backends, model, report, cache, seed=seed, log=log, neutralize=neutralize)
@@ -249,7 +249,7 @@ def _print_validation(results: dict[int, list[dict]]) -> int:
 
     bad = []
     for key, recs in sorted(group_records([r for rs in results.values() for r in rs]).items()):
-        worst, fails = None, 0
+        worst = None
         for r in recs:
             failed = judge(r)
             if failed:
@@ -275,6 +275,8 @@ def _print_validation(results: dict[int, list[dict]]) -> int:
 
 
 def add_parser(sub) -> None:
+    from reference.pipeline import SCHEDULERS
+
     from sdparity.args import add_model_args, backend_list, out_file, stage_list
     from sdparity.tolerances import CALIBRATION
 
@@ -292,6 +294,9 @@ def add_parser(sub) -> None:
     c.add_argument("--pipeline", action="store_true", help="calibrate the whole generation (embeddings and "
                    "the latents after every step, against a float64 loop: sdparity.app.pipeline) instead of "
                    "the stage checks")
+    c.add_argument("--scheduler", choices=SCHEDULERS, default="dpm", help="with --pipeline: the generation's "
+                   "scheduler (default dpm; euler and pndm generations have their own groups, stage "
+                   "pipeline_<scheduler>, and step counts: sdparity.app.pipeline.SCHEDULER_STEPS)")
     c.add_argument("--report-dir", type=Path, default=None, help="also write each seed's report here")
     c.add_argument("--from-reports", type=Path, default=None, metavar="DIR", help="summarize the reports an "
                    "earlier run wrote with --report-dir instead of running the checks")

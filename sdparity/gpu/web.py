@@ -8,7 +8,7 @@ implementation inside Chromium) instead of a page.
 
 ``prepare`` (here; no GPU needed) builds the app for a model (``sdparity.app.serve.build_app``)
 and writes DIR:
-    data/            config.json, tokenizer.json, dpm_consts.json (as served to the browser)
+    data/            config.json, tokenizer.json, <scheduler>_consts.json (as served to the browser)
     art/<name>/      sdparity.json, the wasm (xz), params/tensor-cache.json (the shards, i.e. the
                      weights, are not carried: UNet alone is 3.4 GB)
     weights.json     for every weight record: which component's state-dict entry holds its

@@ -35,13 +35,14 @@ def pick_model(page, name: str):
     return page
 
 
-def run_generation(page, latents, schedule=None):
+def run_generation(page, latents, schedule=None, scheduler: str = "dpm", steps: int = STEPS):
     page.evaluate("(a) => window.sdparityApp.injectLatents(a)", latents.reshape(-1).tolist())
     if schedule is not None:
         page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)
+    page.select_option("#scheduler", scheduler)
     page.fill("#prompt", PROMPT)
     page.fill("#negative", NEGATIVE)
-    page.fill("#steps", str(STEPS))
+    page.fill("#steps", str(steps))
     page.fill("#guidance", str(GUIDANCE))
     page.click("#generate")
     page.wait_for_function("() => { const r = window.sdparityApp.state; return r.done || r.errors.length > 0; }",

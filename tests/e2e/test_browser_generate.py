@@ -21,8 +21,14 @@ def reference(tiny):
     return _reference(tiny)
 
 
+def _latent(model):
+    """Each model at its own sample size, as calibrated (`calibrate --pipeline`): SD 1.x's tiny
+    16x16 (LATENT, the session's app), the SD 2.x and SDXL tiny models 8x8."""
+    return tuple(model.default_latent_hw)
+
+
 def _reference(model):
-    lat = initial_latents(model, LATENT, seed=0)
+    lat = initial_latents(model, _latent(model), seed=0)
     return lat, (diffusers_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat),
                  float64_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
 
@@ -39,7 +45,7 @@ def served(request, tiny, app, cache):
     from sdparity.app.serve import app_server, build_apps
 
     model = load_model(request.param, log=lambda *a: None)
-    server = app_server(build_apps([tiny, model], LATENT, cache, log=print), cache).start()
+    server = app_server(build_apps([tiny, model], None, cache, log=print), cache).start()
     try:
         yield model, server, _reference(model)
     finally:
@@ -58,12 +64,18 @@ def _as_arrays(res, ref):
     return texts, lat, rgba
 
 
-def _judge(res, ref, ref64, model, page):
+def _judge(res, ref, ref64, model, page, scheduler="dpm"):
     texts, lat, rgba = _as_arrays(res, ref)
-    # known issues the app was built with neutralized (SDXL on WebGPU: serve.BUILD_NEUTRALIZE)
+    # known issues the app was built with neutralized (SDXL on WebGPU: app.pipeline.BUILD_NEUTRALIZE)
     built = page.evaluate("() => window.sdparityApp.state.config.neutralized")
     return judge_generation({**texts, "latents": lat, "pixels": rgba[..., :3]}, ref, ref64, "webgpu",
-                            model.scope, neutralized_in_build=built)
+                            model.scope, scheduler=scheduler, neutralized_in_build=built)
+
+
+def _proven_or_passing(recs):
+    """What did not pass and is not a proven ``known``."""
+    return [f"{r['case']} {r['output']}: {r['message']}" for r in recs if r["verdict"] != "pass" and not (
+        r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
 
 
 def test_generation_matches_diffusers(page, served, artifacts, cache):
@@ -93,7 +105,7 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     assert built == build_neutralize(model, get_backend("webgpu"), log=lambda *a: None)
 
     def again(ids):  # the proof of a failing record: the same generation, the issues neutralized
-        server = app_server(build_app(model, LATENT, cache, log=print, neutralize=ids), cache).start()
+        server = app_server(build_app(model, _latent(model), cache, log=print, neutralize=ids), cache).start()
         try:
             p2, problems2 = open_app(page.context.new_page(), server)
             res2 = run_generation(p2, lat0)
@@ -116,8 +128,7 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
           + (f", built with {', '.join(built)} neutralized" if built else ""))
     # as built, or `known` as proven: SwiftShader's WGSL sin/cos and TVM's WebGPU erf constants
     # (the two WebGPU known issues) take SD 2.x's generation a little over its budget
-    bad = [f"{r['case']} {r['output']}: {r['message']}" for r in recs if r["verdict"] != "pass" and not (
-        r["verdict"] == "known" and r["neutralized"]["verdict"] == "pass")]
+    bad = _proven_or_passing(recs)
     assert not bad, bad
     assert all(r["metrics"]["floor_budget"] is not None for r in steps), steps[0]["message"]
     if model.architecture == "sdxl":  # its pooled text_embeds were read back and judged
@@ -156,3 +167,42 @@ def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, ti
     assert not res["errors"] and not problems
     bad = first_failing_step(_judge(res, ref, ref64, tiny, page))
     assert bad is not None and bad["case"] == f"step {STEPS:02d}", bad
+
+
+@pytest.mark.parametrize("scheduler", ["euler", "pndm"])
+def test_other_schedulers_generate_as_diffusers(page, app, tiny, cache, scheduler):
+    """The scheduler picker: Euler with trailing spacing (4 steps, SD-Turbo's) and PNDM (10
+    steps: 11 UNet calls with its warm-up) on the SD 1.x app, each compared per step with
+    StableDiffusionPipeline running that scheduler, by its own group's budgets."""
+    from sdparity.app.pipeline import SCHEDULER_STEPS
+    from sdparity.app.serve import app_server, build_app
+
+    steps = SCHEDULER_STEPS[scheduler]
+    lat0 = initial_latents(tiny, LATENT, seed=0)
+    ref = diffusers_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat0, scheduler=scheduler)
+    ref64 = float64_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat0, scheduler=scheduler)
+    page, problems = open_app(page, app)
+    res = run_generation(page, lat0, scheduler=scheduler, steps=steps)
+    assert not res["errors"] and not problems, res["errors"] + problems
+    recs = _judge(res, ref, ref64, tiny, page, scheduler)
+
+    def again(ids):
+        server = app_server(build_app(tiny, LATENT, cache, log=print, neutralize=ids), cache).start()
+        try:
+            p2, problems2 = open_app(page.context.new_page(), server)
+            res2 = run_generation(p2, lat0, scheduler=scheduler, steps=steps)
+            assert not res2["errors"] and not problems2, res2["errors"] + problems2
+            recs2 = _judge(res2, ref, ref64, tiny, p2, scheduler)
+            p2.close()
+            return recs2
+        finally:
+            server.stop()
+
+    prove_generation(recs, again)
+    steps_recs = [r for r in recs if r["output"] == "latents"]
+    assert len(steps_recs) == len(ref["latents"]) and res["trace"]["timesteps"] == ref["timesteps"]
+    assert all(r["metrics"]["floor_budget"] is not None for r in steps_recs)
+    print(f"{scheduler} in the browser: " + ", ".join(f"{r['case']} {r['metrics']['floor_ratio']:.2f}x"
+                                                     for r in steps_recs) + f" (budget {steps_recs[0]['metrics']['floor_budget']})")
+    bad = _proven_or_passing(recs)
+    assert not bad, bad

@@ -134,3 +134,41 @@ def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl,
     wrong = judge_generation(_generate(llvm, sdxl, cache, lat), r, r64, "llvm", sdxl.scope)
     first = first_failing_step(wrong)
     assert first is not None and first["case"] == "step 01", first
+
+
+@pytest.mark.parametrize("scheduler, fault, first_bad", [
+    ("euler", "init_noise_sigma", "step 01"),  # the injected noise not scaled by sigma_max
+    ("pndm", "saved_sample", "step 02"),  # the warm-up's second call from the current sample
+])
+def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm, tiny, cache, scheduler, fault,
+                                                                          first_bad):
+    """Euler (trailing spacing, 4 steps) and PNDM (10 steps, 11 UNet calls) through the same
+    stage builds and the same judge, against StableDiffusionPipeline with that scheduler, each
+    by its own group's budgets (stage pipeline_<scheduler>); a loop that gets the scheduler's
+    bookkeeping wrong fails at the first step it touches."""
+    from reference.pipeline import scheduler_constants
+    from sdparity.app.pipeline import SCHEDULER_STEPS
+
+    steps = SCHEDULER_STEPS[scheduler]
+    lat = initial_latents(tiny, LATENT, seed=0)
+    r = diffusers_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler)
+    r64 = float64_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler)
+
+    def judged(**kw):
+        gen = _generate(llvm, tiny, cache, lat, steps=steps, scheduler=scheduler, **kw)
+        return judge_generation(gen, r, r64, "llvm", tiny.scope, scheduler=scheduler)
+
+    recs = judged()
+    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
+    assert not bad, bad
+    lat_recs = [x for x in recs if x["output"] == "latents"]
+    assert len(lat_recs) == len(r["latents"]) == len(scheduler_constants(dict(tiny.pipe.scheduler.config), scheduler,
+                                                                         steps)["timesteps"])
+    assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"}
+    assert all(x["metrics"]["floor_budget"] for x in lat_recs), f"no pipeline_{scheduler} budget"
+
+    consts = scheduler_constants(dict(tiny.pipe.scheduler.config), scheduler, steps)
+    wrong = {"init_noise_sigma": {**consts, "init_noise_sigma": 1.0},
+             "saved_sample": {**consts, "saved_sample": [False] * len(consts["timesteps"])}}[fault]
+    first = first_failing_step(judged(constants=wrong))
+    assert first is not None and first["case"] == first_bad, first

@@ -28,7 +28,9 @@ function tokenize(text) {
 }
 
 async function generate(opts) {
-  const table = state.scheduleOverride ?? state.schedules[String(opts.steps)];
+  const sched = state.schedules[opts.scheduler];
+  const table = state.scheduleOverride ?? sched.tables[String(opts.steps)];
+  if (!table && sched.refused[String(opts.steps)]) throw new Error(sched.refused[String(opts.steps)]);
   const r = await pipeline.generate(state.model, state.config, state.tokenizers, table,
                                     { ...opts, latents: state.injected }, (k, steps) => {
     $("progress").value = (k + 1) / (steps + 1);
@@ -56,6 +58,7 @@ async function onGenerate(ev) {
   const t0 = performance.now();
   try {
     const opts = { prompt: $("prompt").value, negative: $("negative").value, steps: Number($("steps").value),
+                   scheduler: $("scheduler").value,
                    guidance: Number($("guidance").value), seed: Number($("seed").value), trace: true };
     const r = await generate(opts);
     state.trace = r.trace;
@@ -97,13 +100,18 @@ async function main() {
   try {
     state.adapter = await requestAdapter();
     $("adapter").textContent = JSON.stringify(describeAdapter(state.adapter), null, 1);
-    status("loading tokenizer, scheduler constants and model…");
-    const [toks, sched] = await Promise.all([
+    status("loading tokenizers, scheduler constants and model…");
+    const kinds = Object.keys(cfg.schedulers);
+    const [toks, ...tables] = await Promise.all([
       pipeline.loadTokenizers(cfg, (url) => fetchOk(url).then((r) => r.arrayBuffer())),
-      fetchOk(cfg.scheduler_url).then((r) => r.json()),
+      ...kinds.map((k) => fetchOk(cfg.schedulers[k].url).then((r) => r.json())),
     ]);
     state.tokenizers = toks;
-    state.schedules = sched.tables;
+    state.schedules = Object.fromEntries(kinds.map((k, i) => [k, tables[i]]));
+    // the scheduler picker: choosing one sets its usual step count
+    const picker = $("scheduler");
+    for (const k of kinds) picker.add(new Option(cfg.schedulers[k].label, k));
+    picker.addEventListener("change", () => { $("steps").value = cfg.schedulers[picker.value].steps; });
     state.model = await loadArtifact(cfg.artifact, state.adapter, "app", fail);
   } catch (e) {
     return fail(e.message);

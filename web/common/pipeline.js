@@ -58,6 +58,52 @@ export async function rawBytes(inst, tensor) {
   return host.toRawBytes();
 }
 
+// The denoising loops, one per scheduler (sdparity/app/pipeline.py has the same three), each
+// yielding the latents after every UNet call. ctx: unet(xIn, k) the guided output at call k,
+// call(f, ...args) a function's first output, table the scheduler's constants for this step
+// count, init the injected latents (Float32Array), scalar(v) a 0-d float32, vector(keys, k) the
+// scalars of call k as one float32 vector (the PNDM/Euler functions take them packed).
+const PNDM_STEP_KEYS = ["c0", "c1", "c2", "c3", "mul", "div", "va", "vb", "sample_coeff", "eps_coeff", "denom"];
+const LOOPS = {
+  // DPM-Solver++ 2M; SD 2.x (v-prediction) converts with dpm_convert_v_prediction (config.convert_function)
+  *dpm({ config, table, call, unet, init, zeros, upload, scalar }) {
+    let x = upload(init);
+    let hist = zeros(); // never uninitialized memory: first-order steps multiply it by 0
+    for (let k = 0; k < table.timesteps.length; ++k) {
+      const eps = unet(x, k);
+      const x0 = call(config.convert_function ?? "dpm_convert_model_output", x, eps, scalar(table.alpha[k]),
+                      scalar(table.sigma[k]));
+      x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k])));
+      hist = x0;
+      yield x;
+    }
+  },
+  // Euler: the injected latents times init_noise_sigma (float32, as the pipeline's
+  // prepare_latents: a product of two float32 values rounded once), the UNet fed the scaled sample
+  *euler({ table, call, unet, init, upload, vector }) {
+    const s = Math.fround(table.init_noise_sigma);
+    let x = upload(init.map((v) => Math.fround(v * s)));
+    for (let k = 0; k < table.timesteps.length; ++k) {
+      const eps = unet(call("euler_scale_model_input", x, vector(["scale"], k)), k);
+      const x0 = call("euler_convert_model_output", x, eps, vector(["a", "b"], k));
+      x = call("euler_step", x, x0, vector(["sigma_hat", "dt"], k));
+      yield x;
+    }
+  },
+  // PNDM (PLMS): call 1 redoes step 0 from its saved sample; the last three outputs are the history
+  *pndm({ table, call, unet, init, zeros, upload, vector }) {
+    let x = upload(init);
+    const saved = x;
+    let [h1, h2, h3] = [zeros(), zeros(), zeros()];
+    for (let k = 0; k < table.timesteps.length; ++k) {
+      const eps = unet(x, k);
+      x = call("pndm_step", table.saved_sample[k] ? saved : x, eps, h1, h2, h3, vector(PNDM_STEP_KEYS, k));
+      if (table.push[k]) [h1, h2, h3] = [eps, h1, h2];
+      yield x;
+    }
+  },
+};
+
 // model: {inst, vm, meta} from gpu.js loadArtifact; config: the app's config.json;
 // tokenizers: loadTokenizers(config); table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
 // latents (Float32Array or null), trace, onCall (optional: called with the function's name
@@ -69,10 +115,13 @@ export async function generate(model, config, tokenizers, table, opts, onStep = 
   const { inst, vm, meta } = model;
   const gpu = inst.webgpu();
   if (!table) throw new Error(`no scheduler constants for ${opts.steps} steps (1..${config.max_steps})`);
+  if (table.num_steps !== undefined && table.num_steps !== opts.steps) {
+    throw new Error(`the constants are for ${table.num_steps} steps, not ${opts.steps}`);
+  }
   const shape = [1, ...config.latent_shape];
   const n = shape.reduce((a, b) => a * b, 1);
   const params = (fn) => (meta.params[fn] || []).map((name) => inst.tensorCacheGet(name));
-  // config.functions: the pipeline's functions, from sdparity/stages/pipeline.json
+  // config.functions: the pipeline's functions (sdparity/stages/pipeline.json), then the other schedulers'
   const fns = Object.fromEntries(config.functions.map((f) => [f, vm.getFunction(f)]));
   // Every function's outputs as a flat list (exported model functions return tuples).
   const flatten = (v, out = []) => {
@@ -89,7 +138,7 @@ export async function generate(model, config, tokenizers, table, opts, onStep = 
   const call = (f, ...args) => callAll(f, ...args)[0];
   const tensor = (arr, shp, dtype) => inst.empty(shp, dtype, gpu).copyFrom(arr);
   const scalar = (v, dtype) => tensor(dtype === "int32" ? Int32Array.of(v) : Float32Array.of(v), [], dtype);
-  const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice(0, opts.steps) };
+  const trace = { positive: null, negative: null, latents: [], timesteps: table.timesteps.slice() };
   const read = async (t) => new Float32Array((await rawBytes(inst, t)).buffer.slice(0));
   const timings = { stepMs: [], encodeMs: [] };
   const toks = tokenizerConfigs(config);
@@ -120,22 +169,26 @@ export async function generate(model, config, tokenizers, table, opts, onStep = 
     if (opts.trace) { trace.positive = await read(pos); trace.negative = await read(neg); }
     const init = opts.latents ?? seededNormal(n, opts.seed);
     if (init.length !== n) throw new Error(`injected latents have ${init.length} values, expected ${n}`);
-    let x = tensor(init, shape, "float32");
-    let hist = tensor(new Float32Array(n), shape, "float32"); // zeros: never uninitialized memory
     const g = scalar(opts.guidance, "float32");
-    for (let k = 0; k < opts.steps; ++k) {
-      const ts = performance.now();
-      const eps = call("unet", x, scalar(table.timesteps[k], "int32"), emb, ...added, g);
-      // SD 2.x (v-prediction) converts with dpm_convert_v_prediction: config.convert_function
-      const x0 = call(config.convert_function ?? "dpm_convert_model_output", x, eps, scalar(table.alpha[k], "float32"),
-                      scalar(table.sigma[k], "float32"));
-      x = call("dpm_step", x, x0, hist, ...["c0", "c1", "half_c1", "inv_r0"].map((c) => scalar(table[c][k], "float32")));
-      hist = x0;
+    const unet = (xIn, k) => call("unet", xIn, scalar(table.timesteps[k], "int32"), emb, ...added, g);
+    const kind = opts.scheduler ?? "dpm";
+    if (!LOOPS[kind]) throw new Error(`unknown scheduler ${kind} (${Object.keys(LOOPS).join(", ")})`);
+    const ctx = { config, table, call, unet, init, shape,
+                  zeros: () => tensor(new Float32Array(n), shape, "float32"),
+                  upload: (arr) => tensor(arr, shape, "float32"),
+                  scalar: (v) => scalar(v, "float32"),
+                  vector: (keys, k) => tensor(Float32Array.from(keys.map((key) => table[key][k])), [keys.length], "float32") };
+    const nCalls = table.timesteps.length; // UNet calls: PNDM's warm-up makes steps + 1
+    let x = null;
+    let k = 0;
+    let ts = performance.now();
+    for (x of LOOPS[kind](ctx)) {
       timings.encodeMs.push(performance.now() - ts);
       await gpu.sync();
       timings.stepMs.push(performance.now() - ts);
       if (opts.trace) trace.latents.push(await read(x));
-      onStep(k, opts.steps);
+      onStep(k++, nCalls);
+      ts = performance.now();
     }
     const tv = performance.now();
     const image = callAll("vae", x)[1]; // (float image, rounded image)

@@ -118,7 +118,7 @@ async function main() {
     result.adapter = describeAdapter(adapter);
     result.submitEvery = o.submitEvery ?? SUBMIT_EVERY;
     const tokenizers = await pipeline.loadTokenizers(config, async (url) => (await fetchOk(base + url)).arrayBuffer());
-    const tables = (await (await fetchOk(base + config.scheduler_url)).json()).tables;
+    const tables = (await (await fetchOk(base + config.schedulers.dpm.url)).json()).tables; // DPM-Solver++
     let profiler = null;
     const model = await loadArtifact(base + config.artifact, adapter, "node", onError, {
       submitEvery: o.submitEvery ?? undefined,
