@@ -31,6 +31,26 @@ def _generate(backend, tiny, cache, lat, arts=None, **kw):
     return out
 
 
+def _references(model, scheduler="dpm", steps=STEPS):
+    """(injected latents, diffusers' generation, its float64 twin) for seed 0."""
+    lat = initial_latents(model, LATENT, seed=0)
+    return (lat, diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler),
+            float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler))
+
+
+def _judged(backend, model, cache, refs, scheduler="dpm", steps=STEPS, **kw):
+    """The llvm driver's generation from ``refs``' latents, judged against them."""
+    lat, r, r64 = refs
+    gen = _generate(backend, model, cache, lat, steps=steps, scheduler=scheduler, **kw)
+    return judge_generation(gen, r, r64, backend.name, model.scope, scheduler=scheduler)
+
+
+def _assert_passes(recs, group):
+    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
+    assert not bad, bad
+    assert all(x["metrics"]["floor_budget"] for x in recs if x["output"] == "latents"), f"no {group} budget"
+
+
 def test_native_pipeline_matches_diffusers(llvm, tiny, cache, ref):
     lat, r, r64 = ref
     out = _generate(llvm, tiny, cache, lat)
@@ -91,19 +111,13 @@ def test_sd2_generation_converts_v_prediction_and_matches_diffusers(llvm, sd2, c
     """SD 2.x (v-prediction) through the same loop, judged per step by its own scope's budgets;
     the loop converting its output as epsilon (an app that ignores prediction_type) fails at
     step 1."""
-    lat = initial_latents(sd2, LATENT, seed=0)
-    r = diffusers_generate(sd2, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
-    r64 = float64_generate(sd2, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
-    recs = judge_generation(_generate(llvm, sd2, cache, lat), r, r64, "llvm", sd2.scope)
-    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
-    assert not bad, bad
-    assert all(x["metrics"]["floor_budget"] for x in recs if x["output"] == "latents"), "no sd2-tiny budget"
+    refs = _references(sd2)
+    _assert_passes(_judged(llvm, sd2, cache, refs), "sd2-tiny")
 
     from sdparity.stages import scheduler_dpm
 
     monkeypatch.setattr(scheduler_dpm, "convert_function", lambda cfg: "dpm_convert_model_output")
-    wrong = judge_generation(_generate(llvm, sd2, cache, lat), r, r64, "llvm", sd2.scope)
-    first = first_failing_step(wrong)
+    first = first_failing_step(_judged(llvm, sd2, cache, refs))
     assert first is not None and first["case"] == "step 01", first
 
 
@@ -121,18 +135,13 @@ def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl,
     pixels (16 where the pipeline says 128) fails at step 1."""
     import reference.pipeline
 
-    lat = initial_latents(sdxl, LATENT, seed=0)
-    r = diffusers_generate(sdxl, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
-    r64 = float64_generate(sdxl, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat)
-    recs = judge_generation(_generate(llvm, sdxl, cache, lat), r, r64, "llvm", sdxl.scope)
-    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
-    assert not bad, bad
+    refs = _references(sdxl)
+    recs = _judged(llvm, sdxl, cache, refs)
+    _assert_passes(recs, "sdxl-tiny")
     assert {x["output"] for x in recs} == {"embeddings", "pooled", "latents", "pixels"}
-    assert all(x["metrics"]["floor_budget"] for x in recs if x["output"] == "latents"), "no sdxl-tiny budget"
 
     monkeypatch.setattr(reference.pipeline, "sdxl_time_ids", lambda pipe, hw: [*hw, 0, 0, *hw])
-    wrong = judge_generation(_generate(llvm, sdxl, cache, lat), r, r64, "llvm", sdxl.scope)
-    first = first_failing_step(wrong)
+    first = first_failing_step(_judged(llvm, sdxl, cache, refs))
     assert first is not None and first["case"] == "step 01", first
 
 
@@ -150,25 +159,14 @@ def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm,
     from sdparity.app.pipeline import SCHEDULER_STEPS
 
     steps = SCHEDULER_STEPS[scheduler]
-    lat = initial_latents(tiny, LATENT, seed=0)
-    r = diffusers_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler)
-    r64 = float64_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler)
-
-    def judged(**kw):
-        gen = _generate(llvm, tiny, cache, lat, steps=steps, scheduler=scheduler, **kw)
-        return judge_generation(gen, r, r64, "llvm", tiny.scope, scheduler=scheduler)
-
-    recs = judged()
-    bad = [f"{x['case']} {x['output']}: {x['message']}" for x in recs if x["verdict"] != "pass"]
-    assert not bad, bad
-    lat_recs = [x for x in recs if x["output"] == "latents"]
-    assert len(lat_recs) == len(r["latents"]) == len(scheduler_constants(dict(tiny.pipe.scheduler.config), scheduler,
-                                                                         steps)["timesteps"])
-    assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"}
-    assert all(x["metrics"]["floor_budget"] for x in lat_recs), f"no pipeline_{scheduler} budget"
-
+    refs = _references(tiny, scheduler, steps)
+    recs = _judged(llvm, tiny, cache, refs, scheduler, steps)
+    _assert_passes(recs, f"pipeline_{scheduler}")
     consts = scheduler_constants(dict(tiny.pipe.scheduler.config), scheduler, steps)
+    assert len([x for x in recs if x["output"] == "latents"]) == len(refs[1]["latents"]) == len(consts["timesteps"])
+    assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"}
+
     wrong = {"init_noise_sigma": {**consts, "init_noise_sigma": 1.0},
              "saved_sample": {**consts, "saved_sample": [False] * len(consts["timesteps"])}}[fault]
-    first = first_failing_step(judged(constants=wrong))
+    first = first_failing_step(_judged(llvm, tiny, cache, refs, scheduler, steps, constants=wrong))
     assert first is not None and first["case"] == first_bad, first
