@@ -185,6 +185,11 @@ def cmd_calibrate(args) -> int:
     from sdparity.errors import Progress
 
     log = Progress(quiet=args.quiet)
+    if args.scheduler != "dpm" and not args.pipeline:
+        from sdparity.errors import SdparityError
+
+        raise SdparityError(f"--scheduler {args.scheduler} needs --pipeline: it picks a generation's scheduler "
+                            f"(the scheduler stages are calibrated with --stages)")
     if args.from_reports:
         results, data = from_reports(args.from_reports)
         v, mach, date = data.get("versions") or {}, data.get("machine"), str(data.get("created"))[:10]

@@ -170,3 +170,12 @@ def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm,
              "saved_sample": {**consts, "saved_sample": [False] * len(consts["timesteps"])}}[fault]
     first = first_failing_step(_judged(llvm, tiny, cache, refs, scheduler, steps, constants=wrong))
     assert first is not None and first["case"] == first_bad, first
+
+
+def test_calibrate_refuses_a_scheduler_without_pipeline(capsys):
+    """--scheduler picks a generation's scheduler: without --pipeline it would be ignored
+    silently, so it is one line and exit 2, before any work."""
+    from sdparity.cli import main
+
+    assert main(["calibrate", "--scheduler", "pndm", "-q"]) == 2
+    assert "--scheduler pndm needs --pipeline" in capsys.readouterr().err
