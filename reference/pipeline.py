@@ -217,7 +217,7 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
                                 added_cond_kwargs=added).sample.chunk(2)
             return uncond + guidance * (cond - uncond)
 
-        for x in LOOPS[scheduler](x, guided, lambda key, k: float(np.float32(consts[key][k])), consts, v_prediction):
+        for x in LOOPS[scheduler](x, guided, scalar, consts, v_prediction):
             trace.append(x.cpu().numpy())
     out = {"positive": pos, "negative": neg} if pooled is None else {
         "positive": pos, "negative": neg, "pooled": pooled, "negative_pooled": neg_pooled}

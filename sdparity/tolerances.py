@@ -374,18 +374,20 @@ def transcendental_tolerance(name: str) -> Tolerance:
     return Tolerance(b.max_ulp, 0.0, reason=b.reason)
 
 
-# ---- SD 2.x and SDXL (issue 25; reference/models.py architecture_scope, docs/models.md) ----------
-# Their scopes carry the architecture ("sd2-tiny", "sdxl-full", ...) so their floor budgets are
-# their own calibration groups; the absolute bounds are SD 1.x's of the same size (same building
-# blocks: CLIP text towers, UNet2DConditionModel, AutoencoderKL), measured clean on the tiny models
-# well inside them (docs/models.md). Backend rows keyed "*" in scope (webgpu) apply as they are.
-# A generation with another scheduler (sdparity.app.pipeline.generation_stage): the same outputs
-# and bounds as the DPM-Solver++ generation's; its own floor budgets (its own trajectory).
+# ---- a generation with another scheduler (issue 25; sdparity.app.pipeline.generation_stage) ------
+# The same outputs and bounds as the DPM-Solver++ generation's; its own floor budgets (its own
+# trajectory). Pipeline rows are scoped "*", so the SD 2.x/SDXL copies below do not repeat them.
 for (_st, _out, _be, _scope), _tol in [(k, v) for k, v in TABLE.items() if k[0] == "pipeline"]:
     for _sched in ("euler", "pndm"):
         TABLE[(f"pipeline_{_sched}", _out, _be, _scope)] = replace(
             _tol, reason=f"a {_sched} generation, as the DPM-Solver++ one: {_tol.reason}")
 
+
+# ---- SD 2.x and SDXL (issue 25; reference/models.py architecture_scope, docs/models.md) ----------
+# Their scopes carry the architecture ("sd2-tiny", "sdxl-full", ...) so their floor budgets are
+# their own calibration groups; the absolute bounds are SD 1.x's of the same size (same building
+# blocks: CLIP text towers, UNet2DConditionModel, AutoencoderKL), measured clean on the tiny models
+# well inside them (docs/models.md). Backend rows keyed "*" in scope (webgpu) apply as they are.
 _SD1_SCOPED = [(k, v) for k, v in TABLE.items() if k[3] in ("tiny", "full")]
 for _arch in ("sd2", "sdxl"):
     for (_st, _out, _be, _scope), _tol in _SD1_SCOPED:

@@ -232,18 +232,17 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
     ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
     ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
 
-    def run(issues):
+    def run(issues):  # issues: everything neutralized in this generation's builds
         arts = build_stages(backend, model, cache, latent_hw, log=log, neutralize=issues)
         with backend.session() as runner:
             out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
         out["pixels"] = rgba_to_u8(out["rgba"])
         return judge_generation(out, ref, ref64, backend.name, model.scope, backend.device_class,
-                                scheduler=scheduler, seed=seed, latent=list(latent_hw),
-                                neutralized_in_build=build_neutralize(model, backend, issues, log=lambda *a: None))
+                                scheduler=scheduler, seed=seed, latent=list(latent_hw), neutralized_in_build=issues)
 
-    records = run(neutralize)
+    already = build_neutralize(model, backend, neutralize, log=lambda *a: None)  # with what the build requires
+    records = run(already)
     if prove_known:
-        already = build_neutralize(model, backend, neutralize, log=lambda *a: None)
         prove_generation(records, lambda ids: run(sorted({*ids, *already})), already)
     return records
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from reference.pipeline import diffusers_generate, float64_generate, initial_latents
-from tests.e2e.apphelpers import GUIDANCE, LATENT, NEGATIVE, PROMPT, STEPS, open_app, pick_model, run_generation
+from tests.e2e.apphelpers import GUIDANCE, NEGATIVE, PROMPT, STEPS, open_app, pick_model, run_generation
 from sdparity.app.pipeline import first_failing_step, judge_generation, prove_generation
 
 
@@ -27,10 +27,33 @@ def _latent(model):
     return tuple(model.default_latent_hw)
 
 
-def _reference(model):
+def _reference(model, scheduler="dpm", steps=STEPS):
     lat = initial_latents(model, _latent(model), seed=0)
-    return lat, (diffusers_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat),
-                 float64_generate(model, PROMPT, NEGATIVE, STEPS, GUIDANCE, lat))
+    return lat, (diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler),
+                 float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler))
+
+
+def _prove(recs, page, model, cache, reference, scheduler="dpm", steps=STEPS):
+    """A failing record of this browser generation is ``known`` only as proven: the app rebuilt
+    with the pre-selecting issues neutralized (and what its build already neutralizes) makes the
+    same generation again in a new page (app.pipeline.prove_generation)."""
+    from sdparity.app.serve import app_server, build_app
+
+    lat0, (ref, ref64) = reference
+
+    def again(ids):
+        server = app_server(build_app(model, _latent(model), cache, log=print, neutralize=ids), cache).start()
+        try:
+            p2, problems2 = open_app(page.context.new_page(), server)
+            res2 = run_generation(p2, lat0, scheduler=scheduler, steps=steps)
+            assert not res2["errors"] and not problems2, res2["errors"] + problems2
+            recs2 = _judge(res2, ref, ref64, model, p2, scheduler)
+            p2.close()
+            return recs2
+        finally:
+            server.stop()
+
+    return prove_generation(recs, again, already=recs[0]["neutralized_in_build"])
 
 
 @pytest.fixture(scope="module", params=["tiny", "tiny-sd2", "tiny-sdxl"])
@@ -90,11 +113,11 @@ def _proven_or_passing(recs):
 
 def test_generation_matches_diffusers(page, served, artifacts, cache):
     from sdparity.app.pipeline import build_neutralize
-    from sdparity.app.serve import app_server, build_app
     from sdparity.backends import get_backend
     from sdparity.reports.images import diff_heatmap, write_png
 
-    model, app, (lat0, (ref, ref64)) = served
+    model, app, reference = served
+    lat0, (ref, ref64) = reference
     if model.name != "tiny":  # SD 1.x's pictures stay where they were; others beside them
         artifacts = artifacts / model.name
         artifacts.mkdir(exist_ok=True)
@@ -114,19 +137,7 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     built = recs[0]["neutralized_in_build"]
     assert built == build_neutralize(model, get_backend("webgpu"), log=lambda *a: None)
 
-    def again(ids):  # the proof of a failing record: the same generation, the issues neutralized
-        server = app_server(build_app(model, _latent(model), cache, log=print, neutralize=ids), cache).start()
-        try:
-            p2, problems2 = open_app(page.context.new_page(), server)
-            res2 = run_generation(p2, lat0)
-            assert not res2["errors"] and not problems2, res2["errors"] + problems2
-            recs2 = _judge(res2, ref, ref64, model, p2)
-            p2.close()
-            return recs2
-        finally:
-            server.stop()
-
-    prove_generation(recs, again, already=built)
+    _prove(recs, page, model, cache, reference)
     steps = [r for r in recs if r["output"] == "latents"]
     write_e2e_html(artifacts / "index.html", steps, res, model)
 
@@ -185,30 +196,15 @@ def test_other_schedulers_generate_as_diffusers(page, app, tiny, cache, schedule
     steps: 11 UNet calls with its warm-up) on the SD 1.x app, each compared per step with
     StableDiffusionPipeline running that scheduler, by its own group's budgets."""
     from sdparity.app.pipeline import SCHEDULER_STEPS
-    from sdparity.app.serve import app_server, build_app
 
     steps = SCHEDULER_STEPS[scheduler]
-    lat0 = initial_latents(tiny, LATENT, seed=0)
-    ref = diffusers_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat0, scheduler=scheduler)
-    ref64 = float64_generate(tiny, PROMPT, NEGATIVE, steps, GUIDANCE, lat0, scheduler=scheduler)
+    reference = _reference(tiny, scheduler, steps)
+    lat0, (ref, ref64) = reference
     page, problems = open_app(page, app)
     res = run_generation(page, lat0, scheduler=scheduler, steps=steps)
     assert not res["errors"] and not problems, res["errors"] + problems
     recs = _judge(res, ref, ref64, tiny, page, scheduler)
-
-    def again(ids):
-        server = app_server(build_app(tiny, LATENT, cache, log=print, neutralize=ids), cache).start()
-        try:
-            p2, problems2 = open_app(page.context.new_page(), server)
-            res2 = run_generation(p2, lat0, scheduler=scheduler, steps=steps)
-            assert not res2["errors"] and not problems2, res2["errors"] + problems2
-            recs2 = _judge(res2, ref, ref64, tiny, p2, scheduler)
-            p2.close()
-            return recs2
-        finally:
-            server.stop()
-
-    prove_generation(recs, again)
+    _prove(recs, page, tiny, cache, reference, scheduler, steps)
     steps_recs = [r for r in recs if r["output"] == "latents"]
     assert len(steps_recs) == len(ref["latents"]) and res["trace"]["timesteps"] == ref["timesteps"]
     assert _floor_judged(steps_recs), [r["message"] for r in steps_recs]
