@@ -47,6 +47,9 @@ def step_and_index(draw, max_steps: int = 100):
 # and side parity, and a fixed-shape build per shape with a side of 1 or 2
 # (sdparity/stages/unet.py), so most examples cost a run, not a build.
 latent_side = st.integers(1, 24)
+#: the fixed odd latent of the known-issue tests (both sides odd >= 5: TVM's resize from
+#: ceil(h/2) to h reads other rows than torch's); one shape, so they share their two builds
+ODD_LATENT = [7, 9]
 model_latents = st.tuples(st.integers(1, 2), latent_side, latent_side)  # (batch, h, w)
 
 #: examples per model-stage test. A new UNet class costs a build (~30 s of CPU), a VAE or UNet

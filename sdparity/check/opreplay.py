@@ -403,7 +403,9 @@ def _max_finite_abs(a: np.ndarray) -> float:
 
 # ---- the engine -------------------------------------------------------------------------------
 class OpReplay:
-    """Builds (cached by signature), runs and judges single ops on one backend."""
+    """Builds (cached by signature), runs and judges single ops on one backend. ``prepare``
+    builds many ops at once, one function each in one module: one build, one link and, on
+    WebGPU, one load instead of one per op (op-statistics fuzzing knows its ops in advance)."""
 
     def __init__(self, backend, runner, cache, log=None):
         from sdparity.tolerances import op_budget
@@ -411,32 +413,63 @@ class OpReplay:
         self.backend, self.runner, self.cache = backend, runner, cache
         self.budget = op_budget(backend.name)
         self.log = log or (lambda *a: None)
-        self.artifacts: dict[str, tuple] = {}  # key -> (artifact, None) | (None, error)
+        # key -> (artifact, function, None) | (None, None, error)
+        self.artifacts: dict[str, tuple] = {}
         self.built = self.cached = 0
         self.build_s = 0.0
 
+    def _build(self, factory, key: dict, label: str):
+        t0 = time.perf_counter()
+        try:
+            art, _, cached = self.backend.build_cached(factory, key, self.cache, log=lambda *a: None, label=label)
+            self.cached += cached
+            self.built += not cached
+            return art
+        finally:
+            self.build_s += time.perf_counter() - t0
+
+    def prepare(self, calls: list[OpCall]) -> None:
+        """Build the calls not built yet in one module (function ``op<i>`` for the i-th), cached
+        by their signatures. Each op is still computed alone: the module's functions share no
+        values. If the module cannot be made or built (an op TVM cannot import or build), the
+        calls are left to ``artifact``, which builds each alone and keeps its own error."""
+        from sdparity.compile.frontend import export_to_relax, merge
+
+        todo = list({c.key(): c for c in calls if c.key() not in self.artifacts}.values())
+        if len(todo) < 2:
+            return
+        names = [f"{FUNCTION}{i}" for i in range(len(todo))]
+
+        def factory():
+            return merge([export_to_relax(_one_op_module(c), tuple(c.tensors), n) for c, n in zip(todo, names)])
+
+        try:
+            art = self._build(factory, {"opreplay": VERSION, "batch": [c.signature() for c in todo]},
+                              f"ops/{len(todo)}/{self.backend.name}")
+        except Exception as e:  # noqa: BLE001
+            self.log(f"op replay: {len(todo)} ops in one module failed ({one_line(e)}); building each alone")
+            return
+        for c, n in zip(todo, names):
+            self.artifacts[c.key()] = (art, n, None)
+
     def artifact(self, call: OpCall):
+        """(artifact, function, None) or (None, None, the build's error)."""
         k = call.key()
         if k not in self.artifacts:
-            t0 = time.perf_counter()
             try:
-                art, _, cached = self.backend.build_cached(
-                    lambda: op_ir(call), {"opreplay": VERSION, "signature": call.signature()}, self.cache,
-                    log=lambda *a: None, label=f"op/{call.op}/{self.backend.name}")
-                self.cached += cached
-                self.built += not cached
-                self.artifacts[k] = (art, None)
+                art = self._build(lambda: op_ir(call), {"opreplay": VERSION, "signature": call.signature()},
+                                  f"op/{call.op}/{self.backend.name}")
+                self.artifacts[k] = (art, FUNCTION, None)
             except Exception as e:  # noqa: BLE001  (an op TVM cannot import or build alone)
-                self.artifacts[k] = (None, one_line(e))
-            self.build_s += time.perf_counter() - t0
+                self.artifacts[k] = (None, None, one_line(e))
         return self.artifacts[k]
 
     def run(self, call: OpCall, tensors: list | None = None) -> list:
-        art, err = self.artifact(call)
+        art, function, err = self.artifact(call)
         if art is None:
             raise SdparityError(f"build failed: {err}")
         tensors = call.tensors if tensors is None else tensors
-        out = self.runner.run(art, FUNCTION, [t.numpy() for t in tensors])
+        out = self.runner.run(art, function, [t.numpy() for t in tensors])
         if self.backend.native_vm:
             _release_tvm_pool()
         return out

@@ -16,8 +16,9 @@ import pytest
 
 from sdparity import known_issues
 from sdparity.known_issues import KnownIssue, all_issues, no_check, register, unregister
+from tests import strategies as S
 
-ODD = [7, 9]  # both sides odd >= 5: the resize from ceil(h/2) to h reads other rows than torch's
+ODD = S.ODD_LATENT  # the resize from ceil(h/2) to h reads other rows than torch's
 
 
 def test_every_entry_that_covers_checks_has_a_neutralizer_and_every_neutralizer_an_entry():

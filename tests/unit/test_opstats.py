@@ -68,9 +68,9 @@ def fuzz_stage(stage_name, model, backend, cache, ops=None) -> list[dict]:
     rows = []
     with backend.session() as runner:
         eng = opreplay.OpReplay(backend, runner, cache)
-        for call in distinct_calls(stage_name, model):
-            if ops is not None and call.op not in ops:
-                continue
+        calls = [c for c in distinct_calls(stage_name, model) if ops is None or c.op in ops]
+        eng.prepare(calls)  # one module of every op: one build (and one WebGPU load), not one per op
+        for call in calls:
             t0 = time.perf_counter()
             f = OS.fuzz_op(call, eng, max_examples=S.OPSTATS_EXAMPLES)
             rows.append({"stage": stage_name, "op": call.op, "module": call.module, "shapes": call.shapes(),
