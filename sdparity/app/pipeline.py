@@ -209,6 +209,17 @@ def first_failing_step(records: list[dict]) -> dict | None:
     return next((r for r in records if r["output"] == "latents" and r["verdict"] != "pass"), None)
 
 
+def steps_without_budget(records: list[dict]) -> list[dict]:
+    """The per-step latents records judged by the absolute rule alone although their floor is
+    not negligible (``compare.NEGLIGIBLE_FLOOR``): steps whose group has no calibrated budget.
+    A step that barely moves the latents (a negligible floor) is rightly judged by the absolute
+    rule alone."""
+    from sdparity.compare import NEGLIGIBLE_FLOOR
+
+    return [r for r in records if r["output"] == "latents" and r["metrics"]["floor_budget"] is None
+            and not (r["metrics"]["floor_rel"] is not None and r["metrics"]["floor_rel"] <= NEGLIGIBLE_FLOOR)]
+
+
 PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
 #: the step count of a generation with each scheduler (the tests' and the calibration's): the
 #: app's 20 DPM-Solver++ steps, SD-Turbo's 4 for Euler with trailing spacing, 10 for PLMS

@@ -98,11 +98,10 @@ def _judge(res, ref, ref64, model, page, scheduler="dpm"):
 def _floor_judged(steps):
     """Every step judged by its group's calibrated budget, unless its floor is negligible (a
     step that barely moves the latents: the absolute rule alone, sdparity.compare)."""
-    from sdparity.compare import NEGLIGIBLE_FLOOR
+    from sdparity.app.pipeline import steps_without_budget
 
     assert steps and steps[0]["tolerance"]["floor_budget"] is not None, f"no calibrated budget: {steps[0]['stage']}"
-    return all(r["metrics"]["floor_budget"] is not None or r["metrics"]["floor_rel"] <= NEGLIGIBLE_FLOOR
-               for r in steps)
+    return not steps_without_budget(steps)
 
 
 def _proven_or_passing(recs):
