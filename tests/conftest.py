@@ -113,3 +113,18 @@ def pytest_sessionfinish(session, exitstatus):
             f"conftest: error: a test created the full-size model(s) {', '.join(made)}; tests must use "
             "the tiny models or refuse before loading one", red=True)
         session.exitstatus = 1
+
+
+# The unit files that take longest, longest first (cold, 2 xdist workers, 2026-12-07): xdist's
+# --dist loadfile hands files to the workers in collection order, and a long file handed out
+# last leaves the other core idle while it runs. Only the order changes; a file not listed
+# keeps its place after these.
+LONGEST_FIRST = ("test_parity.py", "test_model_family.py", "test_floor_verdicts.py", "test_opstats.py",
+                 "test_fuzz.py", "test_opreplay.py", "test_own_kernels.py", "test_f16.py", "test_repros.py",
+                 "test_reliability.py", "test_cli.py", "test_known_issues.py", "test_pipeline.py",
+                 "test_extending.py", "test_gpu_rules.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: files stay whole

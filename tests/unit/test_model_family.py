@@ -158,9 +158,10 @@ def test_every_stage_passes_on_llvm(kind, sd2, sdxl, llvm, run_check):
             assert {r["output"] for r in results} == ({"hidden", "pooled"} if kind == "tiny-sdxl" else {"hidden"})
 
 
+# linear_proj_transposed on SD 2.x only: SDXL's transformer blocks are the same diffusers class
+# with the same linear projections, and each fault is a whole UNet build
 @pytest.mark.parametrize("kind,stage,fault,must_fail", [
     ("tiny-sd2", "unet", "linear_proj_transposed", "all"),
-    ("tiny-sdxl", "unet", "linear_proj_transposed", "all"),
     ("tiny-sdxl", "unet", "time_ids_wrong_order", ["t500_g7.5", "t1_g7.5", "t500_g1.0"]),
     ("tiny-sdxl", "vae", "wrong_scaling_factor", "all"),
     ("tiny-sdxl", "clip", "truncate_layers", "all"),
