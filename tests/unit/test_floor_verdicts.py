@@ -128,9 +128,10 @@ PERTURBATIONS = [
 # clean check is tests/unit/test_parity.py::test_stage_passes[unet-webgpu] (the same build); the
 # VAE's SiLU is left to llvm here (a WebGPU VAE load compiles its shaders for ~60 s on
 # SwiftShader, and CLIP's quick_gelu exercises the same sigmoid lowering on WebGPU). The WebGPU
-# UNet runs two of its four cases, a CFG one and the guidance-1 one (the case its known issues
-# pre-select as built): each case costs a 16x16 SwiftShader run as built and again in the proof.
-WEBGPU_UNET_CASES = {"t999_g7.5", "t500_g1.0"}
+# UNet runs one of its four cases, the guidance-1 one: the case its known issues already fail
+# as built (SwiftShader's sin/cos), so only the proof can tell the perturbation from them; each
+# case costs a 16x16 SwiftShader run as built and again in the proof.
+WEBGPU_UNET_CASES = {"t500_g1.0"}
 WEBGPU = [p for p in PERTURBATIONS if p[0] == "clip"] + [("unet", None, *PERTURBATIONS[3][2:])]
 CASES = [pytest.param(p, "llvm", id=f"{p[0]}-{p[2].split('.')[-1]}") for p in PERTURBATIONS] + [
     pytest.param(p, "webgpu", marks=pytest.mark.webgpu, id=f"{p[0]}-{p[2].split('.')[-1]}-webgpu") for p in WEBGPU]
