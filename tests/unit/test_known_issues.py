@@ -65,7 +65,7 @@ def test_an_entry_that_matches_but_cannot_prove_leaves_the_failure(tiny, llvm, c
 def test_odd_latent_unet_is_known_clean_and_fails_with_gelu_lowered_as_tanh(tmp_path, capsys, tiny, llvm):
     """The must-show of issue 22: `sdparity check --backends llvm --stages unet --latent 7x9`
     exits 0 with every UNet check known (proven), and with TVM's GELU lowering replaced by the
-    tanh approximation the same checks fail, although the nearest-resize issue pre-selects them."""
+    tanh approximation the guidance-1 check fails, although the nearest-resize issue pre-selects it."""
     from sdparity.cache import BuildCache
     from sdparity.cli import main
     from sdparity.registry import get_stage
@@ -89,11 +89,15 @@ def test_odd_latent_unet_is_known_clean_and_fails_with_gelu_lowered_as_tanh(tmp_
     stage = get_stage("unet")
     variant = {**stage.default_variant(tiny), "latent": ODD}
     report = Report(tiny)
+    # the guidance-1 case: there the tanh GELU is 38x its floor against a 6.7x budget (nearest
+    # neutralized); with CFG it is 4.8-8.2x against 7.0-8.8x, over or under by the CPU's
+    # float32 code (t999_g7.5 passed on one x86 host and failed on an AMD EPYC): no case to
+    # build a test on
     with gelu_tanh_lowered():  # perturbed builds go to a cache of their own
         run_checks([stage], [llvm], tiny, report, BuildCache(root=tmp_path / "cache"), log=Progress(quiet=True),
-                   variants={"unet": variant})
+                   variants={"unet": variant}, only_cases={"t500_g1.0"})
     bad = [r for r in report.results if not r.get("own_kernel")]
-    assert len(bad) == 4 and all(r["verdict"] == "fail" for r in bad), [r["verdict"] for r in bad]
+    assert [(r["case"], r["verdict"]) for r in bad] == [("t500_g1.0", "fail")], [r["verdict"] for r in bad]
     for r in bad:
         n = r["neutralized"]["checks"][0]["metrics"]
         assert n["floor_ratio"] > n["floor_budget"], n  # the GELU error is what is left
