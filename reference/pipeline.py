@@ -16,9 +16,32 @@ def initial_latents(model, latent_hw: tuple[int, int], seed: int) -> np.ndarray:
     return torch.randn((1, c, *latent_hw), generator=g, dtype=torch.float32).numpy()
 
 
+def step_noises(seed: int, shape, count: int) -> list[np.ndarray]:
+    """The noise a stochastic scheduler's steps draw (LCM: every step but the last) from the
+    pipeline's generator seeded ``seed``, whose first draw made the latents (``initial_latents``):
+    what a diffusers pipeline given ``generator=torch.Generator().manual_seed(seed)`` and no
+    latents would draw. ``randn_tensor`` on the CPU is ``torch.randn`` with the generator."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(tuple(shape), generator=g, dtype=torch.float32)  # the latents' draw
+    return [torch.randn(tuple(shape), generator=g, dtype=torch.float32).numpy() for _ in range(count)]
+
+
+def pipeline_generator(seed: int, shape):
+    """The generator a pipeline with injected latents (``initial_latents(seed)``) is given so that
+    its scheduler's draws are ``step_noises(seed, shape, ...)``."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    torch.randn(tuple(shape), generator=g, dtype=torch.float32)
+    return g
+
+
 #: the schedulers a generation runs with (the app's picker): DPM-Solver++ 2M (the model's own
-#: config), Euler with trailing spacing (SD-Turbo's: 1-4 steps) and PNDM/PLMS (SD 1.x's first)
-SCHEDULERS = ("dpm", "euler", "pndm")
+#: config), Euler with trailing spacing (SD-Turbo's: 1-4 steps), PNDM/PLMS (SD 1.x's first) and
+#: LCM (LCM-LoRA's and LCM-Dreamshaper's: 4 steps, noise drawn again at every step but the last)
+SCHEDULERS = ("dpm", "euler", "pndm", "lcm")
 
 
 def scheduler_config(base: dict, kind: str) -> dict:
@@ -32,7 +55,8 @@ def scheduler_config(base: dict, kind: str) -> dict:
 
     import diffusers
 
-    cls = {"euler": diffusers.EulerDiscreteScheduler, "pndm": diffusers.PNDMScheduler}.get(kind)
+    cls = {"euler": diffusers.EulerDiscreteScheduler, "pndm": diffusers.PNDMScheduler,
+           "lcm": diffusers.LCMScheduler}.get(kind)
     if cls is not None:  # only what that scheduler takes: DPM's lambda_min_clipped is -inf, not JSON
         base = {k: v for k, v in base.items() if k in inspect.signature(cls.__init__).parameters}
     if kind == "euler":
@@ -40,6 +64,9 @@ def scheduler_config(base: dict, kind: str) -> dict:
     if kind == "pndm":
         return {**base, "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1,
                 "timestep_spacing": "leading"}
+    if kind == "lcm":  # LCM-LoRA's / LCM-Dreamshaper's (sdparity.stages.scheduler_lcm.LCM)
+        return {**base, "original_inference_steps": 50, "timestep_scaling": 10.0, "clip_sample": False,
+                "set_alpha_to_one": True, "steps_offset": 1, "timestep_spacing": "leading"}
     raise ValueError(f"unknown scheduler {kind!r}; choose one of {', '.join(SCHEDULERS)}")
 
 
@@ -51,11 +78,24 @@ def scheduler_constants(base: dict, kind: str, steps: int) -> dict:
 
     cfg = scheduler_config(base, kind)
     consts = {"dpm": dpm.compute_constants, "euler": schedulers.euler_constants,
-              "pndm": schedulers.pndm_constants}[kind](cfg, steps)
+              "pndm": schedulers.pndm_constants, "lcm": schedulers.lcm_constants}[kind](cfg, steps)
     if any(float(t) != int(t) for t in consts["timesteps"]):
         raise ValueError(f"{kind} gives non-integer timesteps for {steps} steps ({consts['timesteps'][:4]}...): "
                          f"the UNet stage takes int32 timesteps")
     return consts
+
+
+def with_noises(consts: dict, seed: int | None, shape) -> dict:
+    """The constants with the noise each step adds (``noise``: one array per call k whose
+    ``add_noise[k]``; LCM's steps but the last): ``step_noises(seed, shape, ...)``. Schedulers
+    that draw nothing are returned as they are."""
+    k = [i for i, a in enumerate(consts.get("add_noise", ())) if a]
+    if not k:
+        return consts
+    if seed is None:
+        raise ValueError(f"{consts['format']}: the generation draws noise at its steps; it needs the seed")
+    noises = step_noises(seed, shape, len(k))
+    return {**consts, "noise": [noises[k.index(i)] if i in k else None for i in range(len(consts["timesteps"]))]}
 
 
 def make_scheduler(base: dict, kind: str):
@@ -71,10 +111,12 @@ def make_scheduler(base: dict, kind: str):
 
 def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
                        latents: np.ndarray, device: str = "cpu", timings: dict | None = None,
-                       scheduler: str = "dpm") -> dict:
+                       scheduler: str = "dpm", seed: int | None = None) -> dict:
     """Run the model's diffusers pipeline (StableDiffusionPipeline, StableDiffusionXLPipeline)
     with the pinned DPM-Solver++ scheduler from the model folder, or another of SCHEDULERS
     (``scheduler_config``; the pipeline scales the injected latents by its init_noise_sigma).
+    seed: the seed of the injected latents (``initial_latents``); the pipeline's generator
+    continues from it, so a scheduler that draws noise (LCM) draws ``step_noises(seed, ...)``.
 
     model: a reference.models.LoadedModel, or a StableDiffusionPipeline itself (the GPU
     machine builds one from recreated components). device: where the pipeline runs (it must
@@ -101,6 +143,9 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
         return kw
 
     h, w = latents.shape[2] * pipe.vae_scale_factor, latents.shape[3] * pipe.vae_scale_factor
+    if scheduler == "lcm" and seed is None:
+        raise ValueError("an lcm generation draws noise at its steps: diffusers_generate needs the seed")
+    generator = None if seed is None else pipeline_generator(seed, latents.shape)
     try:
         pipe.scheduler = make_scheduler(dict(own.config), scheduler)
         with torch.no_grad():
@@ -108,7 +153,7 @@ def diffusers_generate(model, prompt: str, negative_prompt: str, steps: int, gui
             sync()
             t0 = time.perf_counter()
             out = pipe(prompt=prompt, negative_prompt=negative_prompt, num_inference_steps=steps,
-                       guidance_scale=guidance, height=h, width=w,
+                       guidance_scale=guidance, height=h, width=w, generator=generator,
                        latents=torch.from_numpy(latents.copy()).to(device),
                        output_type="np", callback_on_step_end=on_step,
                        callback_on_step_end_tensor_inputs=["latents"])
@@ -152,7 +197,8 @@ def sdxl_time_ids(pipe, latent_hw) -> list[int]:
 
 
 def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guidance: float,
-                     latents: np.ndarray, device: str = "cpu", scheduler: str = "dpm") -> dict:
+                     latents: np.ndarray, device: str = "cpu", scheduler: str = "dpm",
+                     seed: int | None = None) -> dict:
     """The float64 twin of ``diffusers_generate``: the noise floor of every step of a generation.
 
     diffusers' pipeline cannot be run in float64 as a whole: ``DPMSolverMultistepScheduler.step``
@@ -163,7 +209,9 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     ``uncond + g * (cond - uncond)`` on the doubled batch, and the scheduler's step written out
     with the suite's constants (``scheduler_constants``: the float32 values diffusers uses,
     widened): DPM-Solver++ 2M, Euler (the injected latents scaled by init_noise_sigma, the UNet
-    fed the scaled sample) or PLMS (the warm-up's saved sample and the three-output history).
+    fed the scaled sample), PLMS (the warm-up's saved sample and the three-output history) or
+    LCM (the boundary-condition denoise, then diffusers' own float32 noise, ``step_noises(seed)``,
+    added at every step but the last).
     ``max |float64 - float32 diffusers|`` after each step is then what float32 arithmetic alone
     costs along the trajectory: the floor a correct float32 build's error is measured against.
 
@@ -182,7 +230,7 @@ def float64_generate(model, prompt: str, negative_prompt: str, steps: int, guida
     if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL
         towers.append((pipe.tokenizer_2, pipe.text_encoder_2))
     towers = [(tok, copy.deepcopy(te).double().to(device).eval()) for tok, te in towers]
-    consts = scheduler_constants(dict(pipe.scheduler.config), scheduler, steps)
+    consts = with_noises(scheduler_constants(dict(pipe.scheduler.config), scheduler, steps), seed, latents.shape)
     v_prediction = pipe.scheduler.config.get("prediction_type") == "v_prediction"  # SD 2.x
 
     def ids(tok, text: str):
@@ -264,4 +312,21 @@ def _pndm_loop(x, guided, c, consts, v_prediction):
         yield x
 
 
-LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop}
+def _lcm_loop(x, guided, c, consts, v_prediction):
+    for k in range(len(consts["timesteps"])):
+        out = guided(x, k)
+        x0 = (c("p", k) * x - c("q", k) * out) / c("r", k)  # epsilon or v: p, q, r say which
+        x = c("c_out", k) * x0 + c("c_skip", k) * x  # denoised
+        if consts["add_noise"][k]:
+            x = c("sqrt_alpha_prev", k) * x + c("sqrt_beta_prev", k) * torch_like(x, consts["noise"][k])
+        yield x
+
+
+def torch_like(x, a: np.ndarray):
+    """``a`` as a tensor of ``x``'s dtype and device."""
+    import torch
+
+    return torch.from_numpy(np.asarray(a)).to(dtype=x.dtype, device=x.device)
+
+
+LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop, "lcm": _lcm_loop}

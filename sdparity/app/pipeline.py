@@ -55,7 +55,8 @@ def build_stages(backend, model, cache, latent_hw, log=print, neutralize: list[s
 
 
 #: the scheduler stage each of reference.pipeline.SCHEDULERS steps with; the app builds them all
-SCHEDULER_STAGES = {"dpm": "scheduler_dpm", "euler": "scheduler_euler", "pndm": "scheduler_pndm"}
+SCHEDULER_STAGES = {"dpm": "scheduler_dpm", "euler": "scheduler_euler", "pndm": "scheduler_pndm",
+                    "lcm": "scheduler_lcm"}
 #: every stage the app and this driver build: the pipeline's (stages/pipeline.json), then the
 #: other schedulers'
 APP_STAGES = PIPELINE_STAGES + tuple(s for s in SCHEDULER_STAGES.values() if s not in PIPELINE_STAGES)
@@ -63,16 +64,19 @@ APP_STAGES = PIPELINE_STAGES + tuple(s for s in SCHEDULER_STAGES.values() if s n
 
 def generation_stage(scheduler: str) -> str:
     """The records' stage of a generation: "pipeline" with DPM-Solver++ (the app's default),
-    "pipeline_euler", "pipeline_pndm": each scheduler's trajectory has its own budgets."""
+    "pipeline_euler", "pipeline_pndm", "pipeline_lcm": each scheduler's trajectory has its own
+    budgets."""
     return "pipeline" if scheduler == "dpm" else f"pipeline_{scheduler}"
 
 
 def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt: str, steps: int,
              guidance: float, latents: np.ndarray, constants: dict | None = None,
-             scheduler: str = "dpm") -> dict:
+             scheduler: str = "dpm", seed: int | None = None) -> dict:
     """Run the pipeline; return the same trace as reference.pipeline.diffusers_generate.
-    ``scheduler``: one of reference.pipeline.SCHEDULERS (the constants: scheduler_constants)."""
-    from reference.pipeline import scheduler_constants, sdxl_time_ids
+    ``scheduler``: one of reference.pipeline.SCHEDULERS (the constants: scheduler_constants).
+    ``seed``: the latents' seed; LCM's steps add the noise diffusers draws after them
+    (reference.pipeline.with_noises)."""
+    from reference.pipeline import scheduler_constants, sdxl_time_ids, with_noises
 
     from sdparity.stages.clip import tokenize
     from sdparity.stages.scheduler_dpm import convert_function
@@ -81,6 +85,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
         return runner.run(arts[fn], fn, [np.asarray(x) for x in inputs])
 
     consts = constants or scheduler_constants(dict(model.pipe.scheduler.config), scheduler, steps)
+    consts = with_noises(consts, seed, np.shape(latents))
     convert = convert_function(dict(model.pipe.scheduler.config))  # SD 2.x: v-prediction
     tokenizers = [model.tokenizer] + ([model.tokenizer_2] if model.architecture == "sdxl" else [])
     # SD 1.x/2.x: (embeddings,); SDXL: (embeddings, encoder 2's pooled text_embeds)
@@ -107,7 +112,7 @@ def generate(runner, arts: dict[str, Path], model, prompt: str, negative_prompt:
 
 
 # The denoising loops, one per scheduler, through the stages' functions (web/common/pipeline.js
-# has the same three): x the injected latents, unet(x_in, k) the guided output at call k,
+# has the same four): x the injected latents, unet(x_in, k) the guided output at call k,
 # call(function, *inputs) a built function. Each yields the latents after every UNet call.
 
 def _dpm_loop(x, unet, call, consts, convert):
@@ -151,7 +156,18 @@ def _pndm_loop(x, unet, call, consts, convert):
         yield x
 
 
-_LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop}
+def _lcm_loop(x, unet, call, consts, convert):
+    from reference.schedulers import LCM_DENOISE_KEYS, LCM_NOISE_KEYS, scalars
+
+    for k in range(len(consts["timesteps"])):
+        eps = unet(x, k)
+        (x,) = call("lcm_denoise", x, eps, scalars(consts, LCM_DENOISE_KEYS, k))
+        if consts["add_noise"][k]:  # every step but the last: diffusers' noise, drawn after the latents
+            (x,) = call("lcm_add_noise", x, consts["noise"][k], scalars(consts, LCM_NOISE_KEYS, k))
+        yield x
+
+
+_LOOPS = {"dpm": _dpm_loop, "euler": _euler_loop, "pndm": _pndm_loop, "lcm": _lcm_loop}
 
 
 def rgba_to_u8(rgba: np.ndarray) -> np.ndarray:
@@ -223,8 +239,8 @@ def steps_without_budget(records: list[dict]) -> list[dict]:
 PROMPT, NEGATIVE, STEPS, GUIDANCE = "a photo of a cat", "blurry", 20, 7.5
 #: the step count of a generation with each scheduler (the tests' and the calibration's): the
 #: app's 20 DPM-Solver++ steps, SD-Turbo's 4 for Euler with trailing spacing, 10 for PLMS
-#: (11 UNet calls, its warm-up included)
-SCHEDULER_STEPS = {"dpm": STEPS, "euler": 4, "pndm": 10}
+#: (11 UNet calls, its warm-up included), LCM-LoRA's 4 for LCM
+SCHEDULER_STEPS = {"dpm": STEPS, "euler": 4, "pndm": 10, "lcm": 4}
 
 
 def generation_records(backend, model, cache, seed: int, latent_hw, log=print, prompt: str = PROMPT,
@@ -240,13 +256,14 @@ def generation_records(backend, model, cache, seed: int, latent_hw, log=print, p
 
     steps = SCHEDULER_STEPS[scheduler] if steps is None else steps
     lat = initial_latents(model, tuple(latent_hw), seed)
-    ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
-    ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
+    ref = diffusers_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler, seed=seed)
+    ref64 = float64_generate(model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler, seed=seed)
 
     def run(issues):  # issues: everything neutralized in this generation's builds
         arts = build_stages(backend, model, cache, latent_hw, log=log, neutralize=issues)
         with backend.session() as runner:
-            out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler)
+            out = generate(runner, arts, model, prompt, negative_prompt, steps, guidance, lat, scheduler=scheduler,
+                           seed=seed)
         out["pixels"] = rgba_to_u8(out["rgba"])
         return judge_generation(out, ref, ref64, backend.name, model.scope, backend.device_class,
                                 scheduler=scheduler, seed=seed, latent=list(latent_hw), neutralized_in_build=issues)

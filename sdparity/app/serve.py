@@ -23,7 +23,8 @@ from sdparity.backends.webgpu.server import LocalServer
 
 WEB = Path(__file__).resolve().parents[2] / "web"
 #: the page's names of reference.pipeline.SCHEDULERS
-SCHEDULER_LABELS = {"dpm": "DPM-Solver++ 2M", "euler": "Euler, trailing spacing (SD-Turbo's)", "pndm": "PNDM (PLMS)"}
+SCHEDULER_LABELS = {"dpm": "DPM-Solver++ 2M", "euler": "Euler, trailing spacing (SD-Turbo's)", "pndm": "PNDM (PLMS)",
+                    "lcm": "LCM (LCM-LoRA's 4 steps)"}
 NODE = WEB / "node_modules" / "@mlc-ai"
 MAX_STEPS = 100
 

@@ -300,7 +300,7 @@ def add_parser(sub) -> None:
                    "the latents after every step, against a float64 loop: sdparity.app.pipeline) instead of "
                    "the stage checks")
     c.add_argument("--scheduler", choices=SCHEDULERS, default="dpm", help="with --pipeline: the generation's "
-                   "scheduler (default dpm; euler and pndm generations have their own groups, stage "
+                   "scheduler (default dpm; the others' generations have their own groups, stage "
                    "pipeline_<scheduler>, and step counts: sdparity.app.pipeline.SCHEDULER_STEPS)")
     c.add_argument("--report-dir", type=Path, default=None, help="also write each seed's report here")
     c.add_argument("--from-reports", type=Path, default=None, metavar="DIR", help="summarize the reports an "

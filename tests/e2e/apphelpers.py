@@ -35,8 +35,16 @@ def pick_model(page, name: str):
     return page
 
 
-def run_generation(page, latents, schedule=None, scheduler: str = "dpm", steps: int = STEPS):
+def run_generation(page, latents, schedule=None, scheduler: str = "dpm", steps: int = STEPS, seed: int = 0):
+    """Generate in the page from the injected ``latents`` (seed ``seed``'s: LCM's step noise is
+    what diffusers draws after them, reference.pipeline.step_noises)."""
+    from reference.pipeline import step_noises
+
     page.evaluate("(a) => window.sdparityApp.injectLatents(a)", latents.reshape(-1).tolist())
+    noises = None
+    if scheduler == "lcm":  # every step but the last adds noise
+        noises = [z.reshape(-1).tolist() for z in step_noises(seed, latents.shape, steps - 1)]
+    page.evaluate("(a) => window.sdparityApp.injectNoises(a)", noises)
     if schedule is not None:
         page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)
     page.select_option("#scheduler", scheduler)

@@ -29,8 +29,8 @@ def _latent(model):
 
 def _reference(model, scheduler="dpm", steps=STEPS):
     lat = initial_latents(model, _latent(model), seed=0)
-    return lat, (diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler),
-                 float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler))
+    return lat, (diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler, seed=0),
+                 float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler, seed=0))
 
 
 def _prove(recs, page, model, cache, reference, scheduler="dpm", steps=STEPS):
@@ -189,11 +189,12 @@ def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, ti
     assert bad is not None and bad["case"] == f"step {STEPS:02d}", bad
 
 
-@pytest.mark.parametrize("scheduler", ["euler", "pndm"])
+@pytest.mark.parametrize("scheduler", ["euler", "pndm", "lcm"])
 def test_other_schedulers_generate_as_diffusers(page, app, tiny, cache, scheduler):
-    """The scheduler picker: Euler with trailing spacing (4 steps, SD-Turbo's) and PNDM (10
-    steps: 11 UNet calls with its warm-up) on the SD 1.x app, each compared per step with
-    StableDiffusionPipeline running that scheduler, by its own group's budgets."""
+    """The scheduler picker: Euler with trailing spacing (4 steps, SD-Turbo's), PNDM (10
+    steps: 11 UNet calls with its warm-up) and LCM (4 steps; the noise its first three add is
+    diffusers' own draws after the latents, injected) on the SD 1.x app, each compared per step
+    with StableDiffusionPipeline running that scheduler, by its own group's budgets."""
     from sdparity.app.pipeline import SCHEDULER_STEPS
 
     steps = SCHEDULER_STEPS[scheduler]

@@ -32,16 +32,17 @@ def _generate(backend, tiny, cache, lat, arts=None, **kw):
     arts = {**build_stages(backend, tiny, cache, _latent(tiny), log=lambda *a: None), **(arts or {})}
     with backend.session() as r:
         out = generate(r, arts, tiny, **{"prompt": PROMPT, "negative_prompt": NEGATIVE, "steps": STEPS,
-                                         "guidance": GUIDANCE, "latents": lat, **kw})
+                                         "guidance": GUIDANCE, "latents": lat, "seed": 0, **kw})
     out["pixels"] = rgba_to_u8(out["rgba"])
     return out
 
 
 def _references(model, scheduler="dpm", steps=STEPS):
-    """(injected latents, diffusers' generation, its float64 twin) for seed 0."""
+    """(injected latents, diffusers' generation, its float64 twin) for seed 0 (LCM: its step
+    noise drawn after the latents)."""
     lat = initial_latents(model, _latent(model), seed=0)
-    return (lat, diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler),
-            float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler))
+    return (lat, diffusers_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler, seed=0),
+            float64_generate(model, PROMPT, NEGATIVE, steps, GUIDANCE, lat, scheduler=scheduler, seed=0))
 
 
 def _judged(backend, model, cache, refs, scheduler="dpm", steps=STEPS, **kw):
@@ -155,11 +156,12 @@ def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl,
 @pytest.mark.parametrize("scheduler, fault, first_bad", [
     ("euler", "init_noise_sigma", "step 01"),  # the injected noise not scaled by sigma_max
     ("pndm", "saved_sample", "step 02"),  # the warm-up's second call from the current sample
+    ("lcm", "c_skip_c_out_swapped", "step 01"),  # the boundary-condition scalings change places
 ])
 def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm, tiny, cache, scheduler, fault,
                                                                           first_bad):
-    """Euler (trailing spacing, 4 steps) and PNDM (10 steps, 11 UNet calls) through the same
-    stage builds and the same judge, against StableDiffusionPipeline with that scheduler, each
+    """Euler (trailing spacing, 4 steps), PNDM (10 steps, 11 UNet calls) and LCM (4 steps, noise
+    added after the first three) through the same stage builds and the same judge, against StableDiffusionPipeline with that scheduler, each
     by its own group's budgets (stage pipeline_<scheduler>); a loop that gets the scheduler's
     bookkeeping wrong fails at the first step it touches."""
     from reference.pipeline import scheduler_constants
@@ -173,8 +175,9 @@ def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm,
     assert len([x for x in recs if x["output"] == "latents"]) == len(refs[1]["latents"]) == len(consts["timesteps"])
     assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"}
 
-    wrong = {"init_noise_sigma": {**consts, "init_noise_sigma": 1.0},
-             "saved_sample": {**consts, "saved_sample": [False] * len(consts["timesteps"])}}[fault]
+    wrong = {"init_noise_sigma": lambda: {**consts, "init_noise_sigma": 1.0},
+             "saved_sample": lambda: {**consts, "saved_sample": [False] * len(consts["timesteps"])},
+             "c_skip_c_out_swapped": lambda: {**consts, "c_skip": consts["c_out"], "c_out": consts["c_skip"]}}[fault]()
     first = first_failing_step(_judged(llvm, tiny, cache, refs, scheduler, steps, constants=wrong))
     assert first is not None and first["case"] == first_bad, first
 

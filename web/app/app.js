@@ -1,14 +1,15 @@
 // Stable Diffusion in the browser: the Web Stable Diffusion pipeline on TVM-compiled WebGPU
 // kernels. The generation loop is ../common/pipeline.js (shared with the Node/Dawn runner);
 // this file is the page: form, progress, canvas.
-// Test hooks on window.sdparityApp: inject initial latents, read the trace and the RGBA tensor.
+// Test hooks on window.sdparityApp: inject initial latents (and LCM's step noise), read the trace
+// and the RGBA tensor.
 
 import { describeAdapter, fetchOk, loadArtifact, requestAdapter } from "../common/gpu.js";
 import * as pipeline from "../common/pipeline.js";
 
 const $ = (id) => document.getElementById(id);
 const state = { scheduleOverride: null, config: null, model: null, tokenizers: null, schedules: null, busy: false,
-                injected: null, trace: null, rgba: null, errors: [], ready: false, adapter: null };
+                injected: null, injectedNoises: null, trace: null, rgba: null, errors: [], ready: false, adapter: null };
 
 function fail(message) {
   state.errors.push(message);
@@ -32,7 +33,7 @@ async function generate(opts) {
   const table = state.scheduleOverride ?? sched.tables[String(opts.steps)];
   if (!table && sched.refused[String(opts.steps)]) throw new Error(sched.refused[String(opts.steps)]);
   const r = await pipeline.generate(state.model, state.config, state.tokenizers, table,
-                                    { ...opts, latents: state.injected }, (k, steps) => {
+                                    { ...opts, latents: state.injected, noises: state.injectedNoises }, (k, steps) => {
     $("progress").value = (k + 1) / (steps + 1);
     status(`step ${k + 1}/${steps}`);
   });
@@ -54,6 +55,7 @@ async function onGenerate(ev) {
   ev.preventDefault();
   if (state.busy || !state.ready) return;
   state.busy = true;
+  state.done = false;  // a second generation: the test hooks wait for this one, not the last
   $("generate").disabled = true;
   const t0 = performance.now();
   try {
@@ -125,6 +127,8 @@ async function main() {
 window.sdparityApp = {
   state,
   injectLatents: (arr) => { state.injected = arr === null ? null : Float32Array.from(arr); },
+  // LCM: the noise diffusers' steps draw after the latents (reference.pipeline.step_noises)
+  injectNoises: (arrs) => { state.injectedNoises = arrs === null ? null : arrs.map((a) => Float32Array.from(a)); },
   // negative tests: run with another constants table (e.g. the tutorial-era one)
   overrideSchedule: (table) => { state.scheduleOverride = table; },
   tokenize: (text) => Array.from(tokenize(text)),

@@ -58,11 +58,12 @@ export async function rawBytes(inst, tensor) {
   return host.toRawBytes();
 }
 
-// The denoising loops, one per scheduler (sdparity/app/pipeline.py has the same three), each
+// The denoising loops, one per scheduler (sdparity/app/pipeline.py has the same four), each
 // yielding the latents after every UNet call. ctx: unet(xIn, k) the guided output at call k,
 // call(f, ...args) a function's first output, table the scheduler's constants for this step
 // count, init the injected latents (Float32Array), scalar(v) a 0-d float32, vector(keys, k) the
-// scalars of call k as one float32 vector (the PNDM/Euler functions take them packed).
+// scalars of call k as one float32 vector (the PNDM/Euler/LCM functions take them packed),
+// noise(k) the noise LCM's step k adds (injected, or seeded here).
 const PNDM_STEP_KEYS = ["c0", "c1", "c2", "c3", "mul", "div", "va", "vb", "sample_coeff", "eps_coeff", "denom"];
 const LOOPS = {
   // DPM-Solver++ 2M; SD 2.x (v-prediction) converts with dpm_convert_v_prediction (config.convert_function)
@@ -102,11 +103,21 @@ const LOOPS = {
       yield x;
     }
   },
+  // LCM: the boundary-condition denoise, then (every step but the last) fresh noise added
+  *lcm({ table, call, unet, init, upload, vector, noise }) {
+    let x = upload(init);
+    for (let k = 0; k < table.timesteps.length; ++k) {
+      x = call("lcm_denoise", x, unet(x, k), vector(["p", "q", "r", "c_out", "c_skip"], k));
+      if (table.add_noise[k]) x = call("lcm_add_noise", x, upload(noise(k)), vector(["sqrt_alpha_prev", "sqrt_beta_prev"], k));
+      yield x;
+    }
+  },
 };
 
 // model: {inst, vm, meta} from gpu.js loadArtifact; config: the app's config.json;
 // tokenizers: loadTokenizers(config); table: DPM-Solver constants for opts.steps; opts: {prompt, negative, steps, guidance, seed,
-// latents (Float32Array or null), trace, onCall (optional: called with the function's name
+// latents (Float32Array or null), noises (LCM: one Float32Array per step that adds noise, or
+// null: seeded), trace, onCall (optional: called with the function's name
 // before each call; the profiler tags GPU work with it)}; onStep(k, steps) after every step.
 // Returns {trace, rgba (RGBA bytes), width, height, timings (ms), calls ({fn: count})};
 // timings.encodeMs: per step, the time until the step's last call returned (tvmjs records the GPU work then and
@@ -177,7 +188,13 @@ export async function generate(model, config, tokenizers, table, opts, onStep = 
                   zeros: () => tensor(new Float32Array(n), shape, "float32"),
                   upload: (arr) => tensor(arr, shape, "float32"),
                   scalar: (v) => scalar(v, "float32"),
-                  vector: (keys, k) => tensor(Float32Array.from(keys.map((key) => table[key][k])), [keys.length], "float32") };
+                  vector: (keys, k) => tensor(Float32Array.from(keys.map((key) => table[key][k])), [keys.length], "float32"),
+                  noise: (k) => {  // the k-th call's noise: injected (diffusers' draws), else seeded
+                    const i = table.add_noise.slice(0, k).filter(Boolean).length;
+                    const z = opts.noises ? opts.noises[i] : seededNormal(n, (opts.seed + 1 + i) >>> 0);
+                    if (!z || z.length !== n) throw new Error(`injected noise ${i} has ${z?.length} values, expected ${n}`);
+                    return z;
+                  } };
     const nCalls = table.timesteps.length; // UNet calls: PNDM's warm-up makes steps + 1
     let x = null;
     let k = 0;
