@@ -67,6 +67,29 @@ def app(tiny, cache):
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def app_page_problems(browser, app):
+    """(page, console errors): one page of the SD 1.x app for the tests that drive it in turn (the
+    tokenizer, the other schedulers, a replaced constants table). Opening it compiles every WGSL
+    kernel of the app (~70 s on SwiftShader): once, instead of once per test. The generations
+    clear the error list first; it keeps no Playwright trace of its own (pytest-playwright's ``page``
+    fixture, which does, is one per test)."""
+    from tests.e2e.apphelpers import open_app
+
+    context = browser.new_context()
+    page, problems = open_app(context.new_page(), app)
+    assert page.evaluate("() => window.sdparityApp.state.ready"), problems
+    yield page, problems
+    context.close()
+
+
+@pytest.fixture(scope="session")
+def app_page(app_page_problems):
+    """The shared app page alone (``app_page_problems``): session-scoped, so Hypothesis examples
+    reuse it."""
+    return app_page_problems[0]
+
+
 # -- pytest-playwright: its browser/context/page fixtures (tracing and screenshots on failure,
 #    see noxfile.py), driving the system Chromium through the process's one sync Playwright.
 @pytest.fixture(scope="session")

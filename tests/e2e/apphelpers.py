@@ -45,8 +45,7 @@ def run_generation(page, latents, schedule=None, scheduler: str = "dpm", steps: 
     if scheduler == "lcm":  # every step but the last adds noise
         noises = [z.reshape(-1).tolist() for z in step_noises(seed, latents.shape, steps - 1)]
     page.evaluate("(a) => window.sdparityApp.injectNoises(a)", noises)
-    if schedule is not None:
-        page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)
+    page.evaluate("(t) => window.sdparityApp.overrideSchedule(t)", schedule)  # None: the app's own
     page.select_option("#scheduler", scheduler)
     page.fill("#prompt", PROMPT)
     page.fill("#negative", NEGATIVE)

@@ -4,21 +4,10 @@ from __future__ import annotations
 
 import json
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.e2e.apphelpers import open_app
-
-
-@pytest.fixture(scope="module")
-def app_page(browser, app):
-    """One page for the many hypothesis examples (pytest-playwright's ``page`` is per test)."""
-    context = browser.new_context()
-    page, problems = open_app(context.new_page(), app)
-    assert page.evaluate("() => window.sdparityApp.state.ready"), problems
-    yield page
-    context.close()
 
 
 PROMPTS = st.one_of(

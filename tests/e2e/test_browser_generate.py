@@ -176,12 +176,13 @@ generation {res['lastMs'] / 1000:.1f} s in the browser.</p>{imgs}
 {rows}</table><p><img src="app_after_generation.png" width="640"></p>""")
 
 
-def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, tiny):
+def test_tutorial_constants_are_caught_at_the_last_step(app_page_problems, reference, tiny):
     """Negative: the tutorial-era DPM table with today's default config must fail, at step 20."""
     from reference.dpm import tutorial_constants
 
     lat0, (ref, ref64) = reference
-    page, problems = open_app(page, app)
+    page, problems = app_page_problems
+    problems.clear()
     table = tutorial_constants(dict(tiny.pipe.scheduler.config), STEPS)
     res = run_generation(page, lat0, schedule=table)
     assert not res["errors"] and not problems
@@ -190,7 +191,7 @@ def test_tutorial_constants_are_caught_at_the_last_step(page, app, reference, ti
 
 
 @pytest.mark.parametrize("scheduler", ["euler", "pndm", "lcm"])
-def test_other_schedulers_generate_as_diffusers(page, app, tiny, cache, scheduler):
+def test_other_schedulers_generate_as_diffusers(app_page_problems, tiny, cache, scheduler):
     """The scheduler picker: Euler with trailing spacing (4 steps, SD-Turbo's), PNDM (10
     steps: 11 UNet calls with its warm-up) and LCM (4 steps; the noise its first three add is
     diffusers' own draws after the latents, injected) on the SD 1.x app, each compared per step
@@ -200,7 +201,8 @@ def test_other_schedulers_generate_as_diffusers(page, app, tiny, cache, schedule
     steps = SCHEDULER_STEPS[scheduler]
     reference = _reference(tiny, scheduler, steps)
     lat0, (ref, ref64) = reference
-    page, problems = open_app(page, app)
+    page, problems = app_page_problems  # one page for these generations and the tokenizer tests
+    problems.clear()
     res = run_generation(page, lat0, scheduler=scheduler, steps=steps)
     assert not res["errors"] and not problems, res["errors"] + problems
     recs = _judge(res, ref, ref64, tiny, page, scheduler)
