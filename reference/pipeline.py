@@ -16,26 +16,25 @@ def initial_latents(model, latent_hw: tuple[int, int], seed: int) -> np.ndarray:
     return torch.randn((1, c, *latent_hw), generator=g, dtype=torch.float32).numpy()
 
 
-def step_noises(seed: int, shape, count: int) -> list[np.ndarray]:
-    """The noise a stochastic scheduler's steps draw (LCM: every step but the last) from the
-    pipeline's generator seeded ``seed``, whose first draw made the latents (``initial_latents``):
-    what a diffusers pipeline given ``generator=torch.Generator().manual_seed(seed)`` and no
-    latents would draw. ``randn_tensor`` on the CPU is ``torch.randn`` with the generator."""
+def pipeline_generator(seed: int, shape):
+    """The generator a pipeline with injected latents (``initial_latents(seed)``) is given: seeded
+    as theirs and advanced past their draw, so its scheduler's draws are ``step_noises(seed, ...)``."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     torch.randn(tuple(shape), generator=g, dtype=torch.float32)  # the latents' draw
-    return [torch.randn(tuple(shape), generator=g, dtype=torch.float32).numpy() for _ in range(count)]
+    return g
 
 
-def pipeline_generator(seed: int, shape):
-    """The generator a pipeline with injected latents (``initial_latents(seed)``) is given so that
-    its scheduler's draws are ``step_noises(seed, shape, ...)``."""
+def step_noises(seed: int, shape, count: int) -> list[np.ndarray]:
+    """The noise a stochastic scheduler's steps draw (LCM: every step but the last) from
+    ``pipeline_generator(seed, shape)``: what a diffusers pipeline given
+    ``generator=torch.Generator().manual_seed(seed)`` and no latents would draw after the
+    latents. ``randn_tensor`` on the CPU is ``torch.randn`` with the generator."""
     import torch
 
-    g = torch.Generator().manual_seed(seed)
-    torch.randn(tuple(shape), generator=g, dtype=torch.float32)
-    return g
+    g = pipeline_generator(seed, shape)
+    return [torch.randn(tuple(shape), generator=g, dtype=torch.float32).numpy() for _ in range(count)]
 
 
 #: the schedulers a generation runs with (the app's picker): DPM-Solver++ 2M (the model's own
@@ -89,13 +88,13 @@ def with_noises(consts: dict, seed: int | None, shape) -> dict:
     """The constants with the noise each step adds (``noise``: one array per call k whose
     ``add_noise[k]``; LCM's steps but the last): ``step_noises(seed, shape, ...)``. Schedulers
     that draw nothing are returned as they are."""
-    k = [i for i, a in enumerate(consts.get("add_noise", ())) if a]
-    if not k:
+    adds = consts.get("add_noise", ())
+    if not any(adds):
         return consts
     if seed is None:
         raise ValueError(f"{consts['format']}: the generation draws noise at its steps; it needs the seed")
-    noises = step_noises(seed, shape, len(k))
-    return {**consts, "noise": [noises[k.index(i)] if i in k else None for i in range(len(consts["timesteps"]))]}
+    drawn = iter(step_noises(seed, shape, sum(map(bool, adds))))  # in the order the steps draw
+    return {**consts, "noise": [next(drawn) if a else None for a in adds]}
 
 
 def make_scheduler(base: dict, kind: str):

@@ -149,9 +149,10 @@ WEBGPU_F16 = ("float16 on WebGPU needs the adapter's shader-f16 feature and an f
               "not built in sdparity (Dawn on the lent NVIDIA cards offers no shader-f16)")
 
 
-def run_f16(stages, backends, model, report, cache, seed: int = 0, log=None) -> None:
+def run_f16(stages, backends, model, report, cache, seed: int = 0, log=None, only_cases=None) -> None:
     """The model stages in the f16 mode through the one check driver; backends without float16
-    (the ``float16`` capability: WebGPU here) are skips with their reason."""
+    (the ``float16`` capability: WebGPU here) are skips with their reason. ``only_cases``: as
+    ``run_checks``'s (labels every stage has)."""
     from sdparity.runner import run_checks
 
     model_stages = [s for s in stages if s.component]
@@ -163,7 +164,7 @@ def run_f16(stages, backends, model, report, cache, seed: int = 0, log=None) -> 
                            message=WEBGPU_F16 if b.name == "webgpu" else f"{b.name} has no float16",
                            metrics=None, tolerance=None, timings=None, precision="f16")
     run_checks(model_stages, [b for b in backends if b.float16], model, report, cache, seed=seed, log=log,
-               mode=mode())
+               mode=mode(), only_cases=only_cases)
 
 
 def add_parser(sub) -> None:

@@ -14,12 +14,13 @@ from sdparity.tolerances import F16
 MODEL_STAGES = ("clip", "unet", "vae")
 
 
-def _run(tiny, llvm, cache):
+def _run(tiny, llvm, cache, stages=MODEL_STAGES, only_cases=None):
     from sdparity.reports.report import Report
     from sdparity.runner import Progress
 
     report = Report(tiny)
-    f16.run_f16([get_stage(n) for n in MODEL_STAGES], [llvm], tiny, report, cache, log=Progress(quiet=True))
+    f16.run_f16([get_stage(n) for n in stages], [llvm], tiny, report, cache, log=Progress(quiet=True),
+                only_cases=only_cases)
     return report.results
 
 
@@ -58,16 +59,11 @@ def test_float16_accumulation_in_tvm_fails(tiny, llvm, tmp_cache, monkeypatch):
     monkeypatch.setattr(relax.transform, "ToMixedPrecision", accumulate_in_f16)
     # one case per stage: the pass is wrong in every case (each fails; the clean test above runs
     # them all), and a float16 case is a slow run on the CPU (~3 s each)
-    from sdparity.reports.report import Report
-    from sdparity.runner import Progress, run_checks
-
-    report = Report(tiny)
+    results = []
     for name in MODEL_STAGES:
         st = get_stage(name)
         first = st.cases(tiny, st.default_variant(tiny), 0)[0].label
-        run_checks([st], [llvm], tiny, report, tmp_cache, log=Progress(quiet=True), mode=f16.mode(),
-                   only_cases=[first])
-    results = report.results
+        results += _run(tiny, llvm, tmp_cache, [name], only_cases=[first])
     float_checks = [r for r in results if not r.get("integer")]
     assert {r["stage"] for r in float_checks} == set(MODEL_STAGES)
     assert all(r["verdict"] == "fail" for r in float_checks), [(r["stage"], r["message"]) for r in float_checks]
