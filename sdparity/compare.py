@@ -70,8 +70,18 @@ class Metrics:
         return asdict(self)
 
 
-def _as_float64(a: np.ndarray) -> np.ndarray:
-    return np.asarray(a).astype(np.float64, copy=False)
+#: elements compared at a time: every statistic is a reduction, so a full-size output (the
+#: attention scores op replay compares are 1 GiB in float32) never needs float64 copies of
+#: the whole array
+CHUNK = 1 << 22
+
+
+def _chunks(*arrays):
+    """Flat float64 slices of the arrays, CHUNK elements at a time (None stays None)."""
+    flat = [None if a is None else np.asarray(a).reshape(-1) for a in arrays]
+    n = flat[0].size
+    for i in range(0, max(n, 1), CHUNK):
+        yield i, [None if a is None else a[i:i + CHUNK].astype(np.float64) for a in flat]
 
 
 def compare(
@@ -87,34 +97,45 @@ def compare(
         return Metrics(list(cand.shape), str(cand.dtype), int(cand.size), float("inf"), float("inf"),
                        int(ref.size), 1.0, None, None, None, None, None, "shape", 0, None, False,
                        f"shape {list(cand.shape)} != reference shape {list(ref.shape)}")
-    c = _as_float64(cand)
-    r = _as_float64(ref)
-    ref_nonfinite = ~np.isfinite(r)
-    with np.errstate(invalid="ignore"):
-        diff = np.abs(c - r)
-    # A NaN/Inf that the reference also has at the same place (same value) is agreement.
-    same_special = ref_nonfinite & ((c == r) | (np.isnan(c) & np.isnan(r)))
-    nonfinite = int((~np.isfinite(c) & ~same_special).sum())
-    diff = np.where(same_special, 0.0, diff)
-    diff = np.where(np.isnan(diff), np.inf, diff)
-    max_abs = float(diff.max()) if diff.size else 0.0
-    worst = [int(i) for i in np.unravel_index(int(diff.argmax()), diff.shape)] if diff.size else None
-
-    mag = np.abs(np.where(ref_nonfinite, 0.0, r))
-    sig = mag >= SIGNIFICANT * (float(mag.max()) if mag.size else 0.0)
-    sig &= mag > 0
-    max_rel = float((diff[sig] / mag[sig]).max()) if sig.any() else 0.0
-
-    floor = None
-    if reference64 is not None:
-        r64 = _as_float64(reference64)
-        fd = np.abs(r64 - r)
-        fd = np.where(~np.isfinite(r64) & ~np.isfinite(r), 0.0, fd)
-        floor = float(np.nan_to_num(fd, nan=np.inf).max()) if fd.size else 0.0
+    scale = 0.0  # first pass: the output's scale, max finite |ref| (max_rel's significance needs it)
+    for _, (r,) in _chunks(ref):
+        if r.size:
+            scale = max(scale, float(np.abs(np.where(np.isfinite(r), r, 0.0)).max()))
+    max_abs, worst_flat, max_rel, nonfinite, mismatches = 0.0, 0, 0.0, 0, 0
+    floor = None if reference64 is None else 0.0
+    sq_err = sq_floor = 0.0
+    for i, (c, r, r64) in _chunks(cand, ref, reference64):
+        if not c.size:
+            continue
+        ref_nonfinite = ~np.isfinite(r)
+        with np.errstate(invalid="ignore"):
+            diff = np.abs(c - r)
+        # A NaN/Inf that the reference also has at the same place (same value) is agreement.
+        same_special = ref_nonfinite & ((c == r) | (np.isnan(c) & np.isnan(r)))
+        nonfinite += int((~np.isfinite(c) & ~same_special).sum())
+        diff = np.where(same_special, 0.0, diff)
+        diff = np.where(np.isnan(diff), np.inf, diff)
+        k = int(diff.argmax())
+        if diff[k] > max_abs or i == 0:
+            max_abs, worst_flat = float(diff[k]), i + k
+        mag = np.abs(np.where(ref_nonfinite, 0.0, r))
+        sig = (mag >= SIGNIFICANT * scale) & (mag > 0)
+        if sig.any():
+            max_rel = max(max_rel, float((diff[sig] / mag[sig]).max()))
+        mismatches += int((diff > 0).sum() if integer else (diff > tol.atol + tol.rtol * mag).sum())
+        with np.errstate(over="ignore"):
+            sq_err += float(np.sum(np.square(diff)))
+        if r64 is not None:
+            with np.errstate(invalid="ignore"):  # inf - inf: both non-finite, set to 0 below
+                fd = np.abs(r64 - r)
+            fd = np.where(~np.isfinite(r64) & ~np.isfinite(r), 0.0, fd)
+            floor = max(floor, float(np.nan_to_num(fd, nan=np.inf).max()))
+            with np.errstate(over="ignore", invalid="ignore"):
+                sq_floor += float(np.sum(np.square(fd)))
+    worst = [int(j) for j in np.unravel_index(worst_flat, cand.shape)] if cand.size else None
     ratio = (max_abs / floor) if floor not in (None, 0.0) and np.isfinite(max_abs) else None
     if tol.floor_stat == "rms" and ratio is not None:
-        ratio = float(np.sqrt(np.mean(np.square(diff))) / np.sqrt(np.mean(np.square(fd))))
-    scale = float(mag.max()) if mag.size else 0.0
+        ratio = float(np.sqrt(sq_err / cand.size) / np.sqrt(sq_floor / cand.size))
     floor_rel = (floor / scale) if floor is not None and scale > 0 else None
     budget = None  # the floor rule applies to float outputs with a budget and a real floor
     if (not integer and tol.floor_budget is not None and floor_rel is not None and floor_rel > NEGLIGIBLE_FLOOR
@@ -122,21 +143,16 @@ def compare(
         budget = tol.floor_budget
 
     if integer:
-        bad = diff > 0
-        mismatches = int(bad.sum())
-        frac = mismatches / max(diff.size, 1)
+        frac = mismatches / max(cand.size, 1)
         failed = "int"
         if max_abs > tol.atol:
             passed, why = False, f"an element differs by {max_abs:g} > {tol.atol:g}"
         elif frac > tol.mismatch_frac:
             passed, why = False, f"{frac:.4%} of elements differ > budget {tol.mismatch_frac:.4%}"
         else:
-            passed, why, failed = True, f"{mismatches} of {diff.size} elements differ (max {max_abs:g})", None
+            passed, why, failed = True, f"{mismatches} of {cand.size} elements differ (max {max_abs:g})", None
     else:
-        bound = tol.atol + tol.rtol * mag
-        bad = diff > bound
-        mismatches = int(bad.sum())
-        frac = mismatches / max(diff.size, 1)
+        frac = mismatches / max(cand.size, 1)
         abs_ok = not mismatches
         if abs_ok:
             why = f"max abs {max_abs:.3g} within atol={tol.atol:g} rtol={tol.rtol:g}"

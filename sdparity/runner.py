@@ -36,7 +36,10 @@ class Mode:
     the tolerance table (``judge_by_table``). Another mode (the f16 mode, commands/f16.py) changes
     the build (``transform`` of the StageIR, ``key`` added to the build key), the two references
     (``references``: the one compared with, the one that gives the floor), the rule (``judge``:
-    returns the one Metrics type and the Tolerance applied) and fields every record carries."""
+    returns the one Metrics type and the Tolerance applied) and fields every record carries.
+    A tier that runs what was prepared elsewhere (the CUDA device half, sdparity.gpu.cuda)
+    gives its own ``cases`` (the carried inputs, references computed where it runs) beside a
+    backend whose ``build_cached`` loads the prepared artifact."""
 
     name: str = "default"
     references: tuple[str, str] = ("float32", "float64")
@@ -46,6 +49,7 @@ class Mode:
     extra: dict = field(default_factory=dict)  # fields every record of this mode carries
     own_kernels: bool = True  # judge the suite's own kernels the build holds (check/own_kernels)
     prove_known: bool = True  # known issues' proofs by neutralized builds
+    cases: Callable | None = None  # (stage, model, variant, seed) -> cases; default: the stage's own
 
 
 DEFAULT = Mode()
@@ -98,7 +102,7 @@ def run_checks(stages, backends, model, report: Report, cache: BuildCache, seed:
             if neutralize and st.component:
                 variant = {**variant, "neutralize": sorted(neutralize)}
             try:
-                cases = st.cases(model, variant, seed)
+                cases = (mode.cases or (lambda st, *a: st.cases(*a)))(st, model, variant, seed)
                 if only_cases is not None:
                     missing = set(only_cases) - {c.label for c in cases}
                     if missing:
@@ -144,14 +148,14 @@ def _build(st, b, model, variant, cache, log, mode: Mode = DEFAULT):
         return mode.transform(built) if mode.transform else built
 
     key = {**st.build_key(model, variant), **(mode.key() if mode.key else {})}
-    label = f"{st.name}/{b.name}" + ("" if mode is DEFAULT else f"/{mode.name}")
+    label = f"{st.name}/{b.name}" + ("" if mode.name == "default" else f"/{mode.name}")
     art, meta, cached = b.build_cached(ir, key, cache, log=log, label=label)
     return art, meta, time.perf_counter() - t0, cached
 
 
 def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope, log, localize=False,
                mode: Mode = DEFAULT):
-    tag = f"[{b.name}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
+    tag = f"[{b.name}] {st.name}" + ("" if mode.name == "default" else f" {mode.name}")
     log(f"{tag}: building {variant or ''}".rstrip())
     try:
         art, meta, build_s, cached = _build(st, b, model, variant, cache, log, mode)
@@ -200,7 +204,7 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
 def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode = DEFAULT) -> list[dict]:
     """Run one case of a built stage and judge each output by the mode's rule: the records (not
     yet in a report). ``refs`` memoizes the mode's two references by case label across backends."""
-    tag = f"[{b.name}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
+    tag = f"[{b.name}] {st.name}" + ("" if mode.name == "default" else f" {mode.name}")
     base = dict(stage=st.name, backend=b.name, device_class=b.device_class, case=case.label,
                 function=case.function, shapes=case.shapes, model_scope=scope, timings=timings, **mode.extra)
 
@@ -229,15 +233,14 @@ def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode =
 
 
 def judge_case(st, backend: str, device_class: str, case, outs, r32, r64, scope, timings, log,
-               mode: Mode = DEFAULT, **fields) -> list[dict]:
+               mode: Mode = DEFAULT) -> list[dict]:
     """The records of one case's outputs, each judged by the mode's rule: the one place a record
-    is made from a comparison, whoever ran the case (``check_case`` here; the CUDA device half,
-    sdparity.gpu.cuda, on outputs it ran and timed itself). ``fields``: more fields each record
-    carries."""
-    tag = f"[{backend}] {st.name}" + ("" if mode is DEFAULT else f" {mode.name}")
+    is made from a comparison (``check_case``'s stages; a generation's embeddings, steps and
+    image, app/pipeline.judge_generation)."""
+    tag = f"[{backend}] {st.name}" + ("" if mode.name == "default" else f" {mode.name}")
     base = dict(stage=st.name, backend=backend, device_class=device_class, case=case.label,
                 function=case.function, shapes=case.shapes, model_scope=scope, timings=timings,
-                **mode.extra, **fields)
+                **mode.extra)
     run_s = f" ({timings['run_s']:.3f}s)" if timings and "run_s" in timings else ""
     records = []
     for spec, cand, ref, ref64 in zip(case.outputs, outs, r32, r64):

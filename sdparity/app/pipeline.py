@@ -185,25 +185,29 @@ def judge_generation(gen: dict, ref: dict, ref64: dict, backend: str, scope: str
     ``pixels``: HxWx3 uint8), from any driver (this module,
     the browser app, Node on Dawn). ref: reference.pipeline.diffusers_generate; ref64:
     reference.pipeline.float64_generate, the noise floor of the embeddings and of every step.
-    Each output is judged by the one comparison (sdparity.compare) with the table's tolerance
-    and the calibrated err/floor budget of its (pipeline, output, backend, scope) group; cases:
+    Each output is judged by the one record maker (runner.judge_case: the one comparison,
+    sdparity.compare) with the table's tolerance and the calibrated err/floor budget of its
+    (pipeline, output, backend, scope) group; cases:
     "prompt", "negative prompt", "step 01".."step NN", "image". ``extra``: fields every record
     carries (e.g. the card)."""
-    from sdparity.compare import compare
-    from sdparity.tolerances import lookup
+    from types import SimpleNamespace
 
-    records, stage = [], generation_stage(scheduler)
+    from sdparity.registry import Case, Output
+    from sdparity.runner import Mode, judge_by_table, judge_case
+
+    records, stage = [], SimpleNamespace(name=generation_stage(scheduler))
+
+    def group_rule(st, spec, backend, scope, _case, cand, ref, ref64):
+        # the group's budget, not a step's own: step k of a 3-step run is not step k of 20
+        return judge_by_table(st, spec, backend, scope, None, cand, ref, ref64)
+
+    mode = Mode(name="generation", judge=group_rule, extra=extra)
 
     def judge(case, output, cand, r32, r64=None, integer=False):
-        # the group's budget, not a step's own: step k of a 3-step run is not step k of 20
-        tol = lookup(stage, output, backend, scope)
         cand = np.asarray(cand)
-        m = compare(cand, np.asarray(r32), tol, None if r64 is None else np.asarray(r64), integer=integer)
-        records.append(dict(stage=stage, backend=backend, device_class=device_class, case=case,
-                            function="generate", output=output, shapes={output: list(cand.shape)},
-                            model_scope=scope, verdict="pass" if m.passed else "fail", message=m.why,
-                            metrics=m.to_json(), tolerance=tol.to_json(), integer=integer,
-                            failed_bound=m.failed_bound, timings=None, **extra))
+        c = Case(case, "generate", [], None, (Output(output, integer),), {output: list(cand.shape)})
+        records.extend(judge_case(stage, backend, device_class, c, [cand], [np.asarray(r32)],
+                                  [None if r64 is None else np.asarray(r64)], scope, None, lambda *_: None, mode))
 
     judge("prompt", "embeddings", gen["positive"], ref["positive"], ref64["positive"])
     judge("negative prompt", "embeddings", gen["negative"], ref["negative"], ref64["negative"])

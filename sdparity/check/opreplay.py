@@ -346,59 +346,45 @@ def kernel_names(call: OpCall, backend) -> list[str]:
 
 # ---- judging ---------------------------------------------------------------------------------
 def judge(cands: list, out32: list, out64: list, budget) -> dict:
-    """Compare a backend's outputs of one op with torch's. Float outputs: against the float64
-    result rounded to the output dtype (so an overflow to inf in float32 is the reference, not
-    an error), err = max |cand - ref|, floor = max |torch float32 - ref|, allowed =
-    ``budget.allowed(floor, scale)`` with scale = max finite |ref|. Others: exact."""
+    """Compare a backend's outputs of one op with torch's, by the one comparison
+    (sdparity.compare). Float outputs: against the float64 result rounded to the output dtype
+    (so an overflow to inf in float32 is the reference, not an error); the floor is the same
+    comparison of torch's float32 result with it (max_abs = floor, ref_scale = scale), and the
+    bound an absolute one, ``budget.allowed(floor, scale)`` (sdparity.tolerances.OpBudget).
+    Others: bit-exact. The verdict {"ok", "max_abs", "floor", "allowed", "ratio", "scale",
+    "output", "why"} of the worst output (the first failing one, else the largest ratio)."""
+    from sdparity.compare import compare
+    from sdparity.tolerances import EXACT, Tolerance
+
     worst = {"ok": True, "max_abs": 0.0, "floor": 0.0, "allowed": 0.0, "ratio": None, "output": 0}
     if len(cands) != len(out32):
         return {**worst, "ok": False, "why": f"{len(cands)} outputs, torch has {len(out32)}"}
     for i, (c, r32, r64) in enumerate(zip(cands, out32, out64)):
         c = np.asarray(c)
-        if c.shape != r32.shape:
-            return {**worst, "ok": False, "output": i, "why": f"shape {list(c.shape)} vs torch {list(r32.shape)}"}
         if r32.dtype.kind not in "fc":
-            bad = int((c.astype(r32.dtype) != r32).sum())
-            if bad:
-                return {**worst, "ok": False, "output": i, "mismatches": bad,
-                        "why": f"{bad} of {r32.size} elements differ (exact op)"}
+            m = compare(c, r32, EXACT, integer=True)
+            if not m.passed:
+                return {**worst, "ok": False, "output": i, "mismatches": m.mismatches,
+                        "why": f"exact op: {m.why}"}
             continue
         with np.errstate(over="ignore"):  # beyond float32's range: the reference is inf
             ref = r64.astype(r32.dtype, copy=False)
-        err, floor, scale = _max_diff(c, ref), _max_diff(r32, ref), _max_finite_abs(ref)
+        own = compare(r32, ref, EXACT)  # torch float32's own error: the floor, and the output's scale
+        floor, scale = own.max_abs, own.ref_scale or 0.0
         allowed = budget.allowed(floor, scale, r32.dtype)
+        m = compare(c, ref, Tolerance(allowed, reason=f"op budget: {budget.floor_ratio:g}x the floor "
+                                      f"{floor:.3g} + {budget.ulps:g} ulp of {scale:.3g}"), reference64=r32)
+        if m.failed_bound == "shape":
+            return {**worst, "ok": False, "output": i, "why": f"{m.why} (torch's)"}
+        err = m.max_abs
         ratio = err / floor if floor > 0 else (0.0 if err == 0 else float("inf"))
         item = {"max_abs": err, "floor": floor, "allowed": allowed, "ratio": ratio, "scale": scale, "output": i}
-        if err > allowed:
-            return {**item, "ok": False, "why": f"max |err| {err:.3g} > allowed {allowed:.3g} "
-                    f"(floor {floor:.3g}, {ratio:.3g}x)"}
+        if not m.passed:
+            return {**item, "ok": False, "why": f"{m.why}; allowed {allowed:.3g} = {budget.floor_ratio:g}x "
+                    f"the floor {floor:.3g} ({ratio:.3g}x) + {budget.ulps:g} ulp"}
         if worst["ratio"] is None or (ratio > worst["ratio"]):
             worst = {"ok": True, **item}
     return worst
-
-
-CHUNK = 1 << 22  # elements compared at a time: full-size attention scores are 1 GiB in float32
-
-
-def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
-    """max |a - b| in float64; equal infinities and NaN against NaN agree, NaN against a number is inf."""
-    a, b, top = np.asarray(a).reshape(-1), np.asarray(b).reshape(-1), 0.0
-    for i in range(0, a.size, CHUNK):
-        x, y = a[i:i + CHUNK].astype(np.float64), b[i:i + CHUNK].astype(np.float64)
-        with np.errstate(invalid="ignore"):
-            d = np.abs(x - y)
-        d = np.where((x == y) | (np.isnan(x) & np.isnan(y)), 0.0, d)
-        top = max(top, float(np.where(np.isnan(d), np.inf, d).max()))
-    return top
-
-
-def _max_finite_abs(a: np.ndarray) -> float:
-    a, top = np.asarray(a).reshape(-1), 0.0
-    for i in range(0, a.size, CHUNK):
-        x = np.abs(a[i:i + CHUNK].astype(np.float64))
-        x = x[np.isfinite(x)]
-        top = max(top, float(x.max()) if x.size else 0.0)
-    return top
 
 
 # ---- the engine -------------------------------------------------------------------------------

@@ -19,11 +19,12 @@ Two halves, one module (it travels with the repository):
     24 GB machine that could not hold the whole model twice, as saving and loading it back would.
 
 ``device`` (there, with DIR and the wheels carried)
-    imports TVM runtime-only, creates the model, and per stage: runs the TVM module on CUDA,
-    runs the same wrapper in PyTorch on CUDA (float32 with TF32 off, and float64 for the
-    noise floor), compares with ``sdparity.compare`` against the declared tolerances, times
-    both (median of N, inputs and weights already on the GPU, synchronized) and samples
-    device memory. Writes an "sdparity.report/1" report (backend "cuda", device_class "gpu",
+    imports TVM runtime-only, creates the model, and per stage: times the TVM module on CUDA
+    and the same wrapper in PyTorch on CUDA (median of N, inputs and weights already on the
+    GPU, synchronized), samples device memory, then checks every case through the one check
+    driver (``sdparity.runner.run_checks``; the prepared library as the build, PyTorch on the
+    card as the references: float32 with TF32 off, float64 for the noise floor) against the
+    declared tolerances. Writes an "sdparity.report/1" report (backend "cuda", device_class "gpu",
     the card's name in backends.cuda.device_name) with the timings under performance.gpu.
 
 Usage (docs/performance.md has the exact commands):
@@ -34,6 +35,7 @@ Usage (docs/performance.md has the exact commands):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -445,117 +447,203 @@ def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
     return [{"kernel": k, "calls": n, "s": round(t, 5), "share": round(t / whole, 3)} for k, (n, t) in rows]
 
 
-def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
-                  profile: bool = False, graphs: bool = True, seed: int = 0):
-    """One stage: TVM first (its device memory measured alone), then PyTorch, then compare."""
+class PreparedModel:
+    """What the one check driver asks of a model, for a prepared stage: its scope (tolerances,
+    calibration groups) and no digest (the build was made at prepare, its key is not asked)."""
+
+    digest = None
+
+    def __init__(self, name: str, scope: str):
+        self.name, self.scope = name, scope
+
+
+class PreparedCuda:
+    """The CUDA device half as a backend of the one check driver (sdparity.runner): its "build"
+    is the library ``prepare`` made (there is no compiler here), its runner the relax VM on the
+    card with the weights looked up by name in the recreated model (``module``), loaded on the
+    first run and kept until ``release``."""
+
+    name, device_class = "cuda", "gpu"
+
+    def __init__(self, tvm, dev, folder: Path, meta: dict, module, info: dict, graphs: bool = True):
+        self.tvm, self.dev, self.folder, self.meta, self.module = tvm, dev, folder, meta, module
+        self.info, self.graphs = info, graphs
+        self.vm, self.weights = None, {}
+
+    # -- the backend hooks run_checks calls
+    def unavailable_reason(self):
+        return None
+
+    @contextlib.contextmanager
+    def session(self):
+        try:
+            yield self
+        finally:
+            self.release()
+
+    def describe_session(self, _runner) -> dict:
+        return self.info  # made by the device run (card, arch, runtime); the checks keep it
+
+    def build_cached(self, ir_factory, key, cache, log=print, label=""):
+        """The prepared artifact: (library, its meta, cached) without building."""
+        return self.folder / "lib.so", self.meta, True
+
+    # -- the runner
+    def load(self) -> None:
+        if self.vm is not None:
+            return
+        self.vm = load_vm(self.tvm, self.folder / "lib.so", self.dev, graphs=self.graphs)
+        weights = []
+        if self.module is not None:
+            state = dict(self.module.named_parameters())
+            state.update(dict(self.module.named_buffers()))
+            host = [state[w].detach().numpy() for w in self.meta["weights"]]
+            self.info.setdefault("weights_same_as_prepare", {})[self.meta["stage"]] = \
+                _fingerprint(host) == self.meta.get("weights_sha256")
+            weights = [self.tvm.runtime.tensor(a, self.dev) for a in host]
+            del host
+        self.weights = {fn: call_weights(self.vm, fn, self.meta, weights) for fn in self.meta["functions"]}
+        self.dev.sync()
+
+    def args(self, inputs) -> list:
+        return [self.tvm.runtime.tensor(a if a.ndim == 0 else np.ascontiguousarray(a), self.dev) for a in inputs]
+
+    def run(self, _art, function: str, inputs) -> list[np.ndarray]:
+        from sdparity.backends.native import to_numpy_list
+
+        self.load()
+        return to_numpy_list(self.vm[function](*self.args(inputs), *self.weights[function]))
+
+    def release(self) -> None:
+        self.vm, self.weights = None, {}
+
+
+@contextlib.contextmanager
+def _on_card(module, dtype: str):
+    """``module`` on the card in ``dtype``; given back on the host in float32 with its weights
+    exactly as they were. A trip through float16 rounds them, so their float32 values are kept
+    and restored (the recreated model serves the next stages and seeds: its weights are
+    fingerprinted against prepare's)."""
     import torch
 
-    from sdparity.backends.native import to_numpy_list
-    from sdparity.commands.bench import PeakSampler, device_used_mib
-    name = meta["stage"]
+    keep = {k: v.clone() for k, v in module.state_dict().items()} if dtype == "float16" else None
+    module.to(getattr(torch, dtype)).cuda()
+    try:
+        yield module
+    finally:
+        module.to(torch.float32).cpu()
+        if keep is not None:
+            module.load_state_dict(keep)
+
+
+def prepared_cases(folder: Path, meta: dict, module, seed: int) -> list:
+    """The stage's cases as prepared (``cases.npz``; seed N: ``cases-seed<N>.npz``), each
+    with its references: for a model stage PyTorch on this card (the same wrapper: float32
+    with TF32 off, float64 for the floor; f16 mode float16), all cases of a precision computed
+    together on first asking; for the others the exact CPU definitions computed at prepare."""
+    from sdparity.registry import Case, Output
+
     z = dict(np.load(folder / "cases.npz"))
     if seed:
         z.update(np.load(folder / f"cases-seed{seed}.npz"))
     cases = meta["cases"]
     inputs = [[z[f"{ci}/in/{k}"] for k in range(c["n_inputs"])] for ci, c in enumerate(cases)]
-    timed = {}  # function -> index of its first case
-    for ci, c in enumerate(cases):
-        timed.setdefault(c["function"], ci)
-    from sdparity.registry import get_stage
+    memo: dict[str, list] = {}
 
+    def reference(ci: int, dtype: str) -> list:
+        if module is None:
+            return [z[f"{ci}/{dtype}/{k}"] for k in range(len(cases[ci]["outputs"]))]
+        if dtype not in memo:
+            with _on_card(module, dtype):
+                memo[dtype] = [_torch_run(module, ins, dtype)[0] for ins in inputs]
+        return memo[dtype][ci]
+
+    return [Case(c["label"], c["function"], inputs[ci], (lambda dtype, ci=ci: reference(ci, dtype)),
+                 tuple(Output(o["name"], bool(o["integer"])) for o in c["outputs"]), c["shapes"])
+            for ci, c in enumerate(cases)]
+
+
+def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
+                  profile: bool = False, graphs: bool = True, seed: int = 0):
+    """One stage: TVM timed first (its device memory measured alone), then PyTorch, then the
+    checks through the one check driver (``runner.run_checks``) with this tier's hooks: the
+    prepared library as the build and the VM as the runner (``PreparedCuda``), the carried
+    inputs with PyTorch on this card as the references (``prepared_cases``), and the mode's
+    rule (default, or the f16 mode's when the stage was prepared in f16)."""
+    import dataclasses
+
+    import torch
+
+    from sdparity.commands.bench import PeakSampler, device_used_mib
+    from sdparity.errors import Progress
+    from sdparity.registry import get_stage
+    from sdparity.runner import DEFAULT, run_checks
+
+    name = meta["stage"]
     stage = get_stage(name)
     module = stage.wrap(parts[meta["component"]], None).eval() if meta.get("component") else None
+    f16 = meta.get("precision") == "f16"
+    cases = prepared_cases(folder, meta, module, seed)
+    timed = {}  # function -> its first case
+    for c in cases:
+        timed.setdefault(c.function, c)
+    backend = PreparedCuda(tvm, dev, folder, meta, module, report.data["backends"]["cuda"], graphs=graphs)
 
-    # ---- TVM on CUDA
+    # ---- TVM on CUDA: load and time, its device memory alone
     torch.cuda.synchronize()
     before = device_used_mib() or 0.0
     with PeakSampler(device=True) as mem:
         t0 = time.perf_counter()
-        vm = load_vm(tvm, folder / "lib.so", dev, graphs=graphs)
-        weights = []
-        if module is not None:
-            state = dict(module.named_parameters())
-            state.update(dict(module.named_buffers()))
-            host = [state[w].detach().numpy() for w in meta["weights"]]
-            report.data["backends"]["cuda"].setdefault("weights_same_as_prepare", {})[name] = \
-                _fingerprint(host) == meta.get("weights_sha256")
-            weights = [tvm.runtime.tensor(a, dev) for a in host]
-            del host
-        per_fn = {fn: call_weights(vm, fn, meta, weights) for fn in timed}
-        del weights
-        dev.sync()
+        backend.load()
         load_s = time.perf_counter() - t0
-        args = [[tvm.runtime.tensor(a if a.ndim == 0 else np.ascontiguousarray(a), dev) for a in ins]
-                for ins in inputs]
-        cands = []
-        for ci, c in enumerate(cases):
-            cands.append(to_numpy_list(vm[c["function"]](*args[ci], *per_fn[c["function"]])))
-        dev.sync()
+        args = {fn: [*backend.args(c.inputs), *backend.weights[fn]] for fn, c in timed.items()}
         tvm_issue = {fn: [] for fn in timed}
-        tvm_times = {fn: _timed_call(vm[fn], [*args[ci], *per_fn[fn]], dev.sync, repeat, tvm_issue[fn])
-                     for fn, ci in timed.items()}
-    del vm
+        tvm_times = {fn: _timed_call(backend.vm[fn], args[fn], dev.sync, repeat, tvm_issue[fn]) for fn in timed}
     if profile:  # kernel by kernel: a CUDA graph is one call to the instrument hook
         vm = load_vm(tvm, folder / "lib.so", dev, graphs=False)
         report.data["performance"]["gpu"].setdefault("kernels", {})[name] = {
-            fn: _kernel_profile(vm, dev, fn, args[ci], per_fn[fn]) for fn, ci in timed.items()}
+            fn: _kernel_profile(vm, dev, fn, args[fn][:len(c.inputs)], backend.weights[fn])
+            for fn, c in timed.items()}
         del vm
-    del per_fn, args
+    del args
+    backend.release()
 
-    # ---- PyTorch on CUDA: float32 (TF32 off; f16 mode: float16) and float64 for the noise floor
+    # ---- PyTorch on CUDA, timed: float32 (TF32 off; f16 mode: float16)
     ref_times, ref_peak, ref_issue, ref_graph = {}, None, {fn: [] for fn in timed}, {}
-    f16 = meta.get("precision") == "f16"
     if module is not None:
-        ref_dtype = "float16" if f16 else "float32"  # f16 mode: timed and judged against PyTorch's float16
-        module.to(getattr(torch, ref_dtype)).cuda()
-        torch.cuda.reset_peak_memory_stats()
-        refs = [_torch_run(module, ins, ref_dtype)[0] for ins in inputs]
-        for fn, ci in timed.items():
-            targs = _torch_run(module, inputs[ci], ref_dtype)[1]
-            with torch.no_grad():
-                ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
-            if f16:
-                ref_graph[fn] = _torch_graph_times(module, targs, repeat)
-        ref_peak = torch.cuda.max_memory_allocated() / 2**20
-        module.to(torch.float64)
-        refs64 = [_torch_run(module, ins, "float64")[0] for ins in inputs]
-        module.to(torch.float32).cpu()
+        ref_dtype = "float16" if f16 else "float32"
+        with _on_card(module, ref_dtype):
+            torch.cuda.reset_peak_memory_stats()
+            for fn, c in timed.items():
+                targs = _torch_run(module, c.inputs, ref_dtype)[1]
+                with torch.no_grad():
+                    ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
+                if f16:
+                    ref_graph[fn] = _torch_graph_times(module, targs, repeat)
+            ref_peak = torch.cuda.max_memory_allocated() / 2**20
         kind = ("torch cuda, same wrapper, float16" if f16 else
                 "torch cuda, same wrapper, float32 with TF32 off")
     else:
-        refs = [[z[f"{ci}/float32/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
-        refs64 = [[z[f"{ci}/float64/{k}"] for k in range(len(c["outputs"]))] for ci, c in enumerate(cases)]
-        for fn, ci in timed.items():
+        for fn, c in timed.items():
             f = stage.torch_eager(fn)
-            targs = [torch.from_numpy(np.array(a)).cuda() for a in inputs[ci]]
+            targs = [torch.from_numpy(np.array(a)).cuda() for a in c.inputs]
             ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
         kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
 
-    # ---- judge and record: the one check driver's judge (runner.judge_case), by the mode's rule
-    from sdparity.registry import Case, Output
-    from sdparity.runner import DEFAULT, judge_case
-
-    md = DEFAULT
+    # ---- the checks: the one check driver, this tier's hooks
     if f16:  # the f16 rule: against float64, PyTorch float16's own error as the floor
         from sdparity.commands.f16 import mode as f16_mode
 
         md = f16_mode()
-    quiet = lambda *_: None  # noqa: E731  (a line per failure below, not per check)
-    for ci, c in enumerate(cases):
-        case = Case(c["label"], c["function"], [], None,
-                    tuple(Output(o["name"], bool(o["integer"])) for o in c["outputs"]), c["shapes"])
-        first, second = (refs64[ci], refs[ci]) if f16 else (refs[ci], refs64[ci])
-        for rec in judge_case(stage, "cuda", "gpu", case, cands[ci], first, second, meta["scope"], None,
-                              quiet, md):
-            rec.pop("_image", None)
-            report.add(**rec)
-            if ci < 8 or rec["verdict"] != "pass":
-                log(f"[cuda{' f16' if f16 else ''}] {name} {c['label']} {rec['output']}: "
-                    f"{rec['verdict'].upper()} {rec['message']}")
-    for fn, ci in timed.items():
+    else:
+        md = DEFAULT
+    md = dataclasses.replace(md, cases=lambda *_: cases, own_kernels=False, prove_known=False)
+    run_checks([stage], [backend], PreparedModel(meta["model"], meta["scope"]), report, cache=None, seed=seed,
+               log=Progress(stream=sys.stdout), variants={name: meta["variant"]}, mode=md)
+    for fn, c in timed.items():
         run_s, ref_s = float(np.median(tvm_times[fn])), float(np.median(ref_times[fn]))
         perf.append({"stage": name, "backend": "cuda", "device_class": "gpu", "card": card,
-                     "function": fn, "case": cases[ci]["label"], "build_s": meta.get("build_s"),
+                     "function": fn, "case": c.label, "build_s": meta.get("build_s"),
                      "weights_upload_s": round(load_s, 3), "run_s": round(run_s, 6),
                      "run_s_all": [round(x, 6) for x in tvm_times[fn]], "ref_s": round(ref_s, 6),
                      "ref_s_all": [round(x, 6) for x in ref_times[fn]], "reference_kind": kind,

@@ -173,9 +173,10 @@ def test_floor_rule_needs_enough_elements():
         assert (m.floor_budget is not None) == applies and m.passed == (not applies)
 
 
-def test_judge_case_is_the_record_maker_of_every_driver():
-    """runner.judge_case: what check_case and the CUDA device half (which runs its cases itself)
-    turn outputs into records with: the table's rule by default, the f16 rule in the f16 mode."""
+def test_judge_case_is_the_record_maker_of_every_mode():
+    """runner.judge_case: what the one check driver turns a case's outputs into records with,
+    for every backend (the CUDA device half's too): the table's rule by default, the f16 rule
+    in the f16 mode."""
     from sdparity.commands.f16 import mode as f16_mode
     from sdparity.registry import Case, Output, get_stage
     from sdparity.runner import DEFAULT, judge_case
@@ -188,11 +189,11 @@ def test_judge_case_is_the_record_maker_of_every_driver():
     px = np.round(img)
     quiet = lambda *a: None  # noqa: E731
     ok = judge_case(st, "cuda", "gpu", case, [img + np.float32(1e-4), px], [img, px], [r64, px], "full", None,
-                    quiet, DEFAULT, card="H100")
+                    quiet, DEFAULT)
     assert [r["verdict"] for r in ok] == ["pass", "pass"]
     assert ok[0]["tolerance"]["atol"] == lookup("vae", "image_float", "cuda", "full").atol
-    facts = {(r["backend"], r["device_class"], r["card"], r["model_scope"]) for r in ok}
-    assert facts == {("cuda", "gpu", "H100", "full")}
+    facts = {(r["backend"], r["device_class"], r["model_scope"]) for r in ok}
+    assert facts == {("cuda", "gpu", "full")}
     bad = judge_case(st, "cuda", "gpu", case, [img + np.float32(1.0), px + 2], [img, px], [r64, px], "full", None,
                      quiet, DEFAULT)
     assert [r["verdict"] for r in bad] == ["fail", "fail"] and bad[0]["failed_bound"] is not None
@@ -201,3 +202,29 @@ def test_judge_case_is_the_record_maker_of_every_driver():
                      "full", None, quiet, f16_mode())
     assert f16[0]["precision"] == "f16" and f16[0]["verdict"] == "pass"
     assert "PyTorch float16" in f16[0]["tolerance"]["floor_note"]
+
+
+def test_chunked_comparison_equals_the_whole_array_one(monkeypatch):
+    """compare reduces CHUNK elements at a time (a full-size op replay's 1 GiB outputs): with
+    chunks of 7 elements every metric is the one of a single chunk, NaN, Inf, the worst
+    element's index and the rms floor ratio included."""
+    import sdparity.compare as cmp
+
+    rng = np.random.default_rng(3)
+    ref = rng.normal(0, 2, (5, 9, 11)).astype(np.float32)
+    ref64 = ref.astype(np.float64) + rng.normal(0, 1e-6, ref.shape)
+    cand = ref + rng.normal(0, 1e-5, ref.shape).astype(np.float32)
+    cand[2, 3, 4] += 0.5  # the worst element, in a later chunk
+    ref[4, 8, 10], cand[4, 8, 10] = np.inf, np.inf  # agreement on an Inf
+    bad = cand.copy()
+    bad[0, 0, 1] = np.nan
+    cases = [(cand, Tolerance(1e-3, 1e-4, floor_budget=8.0)), (cand, Tolerance(1.0, floor_budget=1e6,
+             floor_stat="rms")), (bad, Tolerance(1.0)), (np.round(ref * 10), EXACT)]
+    whole = [compare(c, ref if t is not EXACT else np.round(ref * 10), t, ref64, integer=t is EXACT)
+             for c, t in cases]
+    monkeypatch.setattr(cmp, "CHUNK", 7)
+    chunked = [compare(c, ref if t is not EXACT else np.round(ref * 10), t, ref64, integer=t is EXACT)
+               for c, t in cases]
+    assert [m.to_json() for m in chunked] == [m.to_json() for m in whole]
+    assert whole[0].worst_index == [2, 3, 4] and not whole[0].passed and whole[2].failed_bound == "nonfinite"
+    assert whole[1].floor_stat == "rms" and whole[1].floor_ratio is not None

@@ -153,6 +153,27 @@ def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl,
     assert first is not None and first["case"] == "step 01", first
 
 
+@pytest.mark.parametrize("family, group", [("sd2", "sd2-tiny"), ("sdxl", "sdxl-tiny")])
+def test_the_family_generates_with_euler_trailing_as_the_turbo_models_do(llvm, cache, family, group, request):
+    """SD-Turbo and SDXL-Turbo ship Euler with trailing spacing: SD 2.x (v-prediction, so the
+    loop's x0 comes from Euler's own v conversion) and SDXL (with its added conditions) through
+    the Euler loop against their diffusers pipelines with EulerDiscreteScheduler, per step by
+    their own scopes' budgets (pipeline_euler/*/llvm/<scope>); the noise injected unscaled by
+    sigma_max fails at step 1 for both."""
+    from reference.pipeline import scheduler_constants
+    from sdparity.app.pipeline import SCHEDULER_STEPS
+
+    model, steps = request.getfixturevalue(family), SCHEDULER_STEPS["euler"]
+    refs = _references(model, "euler", steps)
+    recs = _judged(llvm, model, cache, refs, "euler", steps)
+    _assert_passes(recs, f"pipeline_euler {group}")
+    assert {x["stage"] for x in recs} == {"pipeline_euler"} and {x["model_scope"] for x in recs} == {group}
+    consts = scheduler_constants(dict(model.pipe.scheduler.config), "euler", steps)
+    first = first_failing_step(_judged(llvm, model, cache, refs, "euler", steps,
+                                       constants={**consts, "init_noise_sigma": 1.0}))
+    assert first is not None and first["case"] == "step 01", first
+
+
 @pytest.mark.parametrize("scheduler, fault, first_bad", [
     ("euler", "init_noise_sigma", "step 01"),  # the injected noise not scaled by sigma_max
     ("pndm", "saved_sample", "step 02"),  # the warm-up's second call from the current sample
