@@ -259,6 +259,11 @@ H200_BEFORE, H100 = "cuda-h200/gpu-report.json", "cuda-h100/gpu-report.json"
 # sdxl-random at 1024x1024 (128x128 latents): the run whose VAE did not launch, then the fixed one
 SDXL_H100_RUN1, SDXL_H100 = "cuda-sdxl-h100-run1/gpu-report.json", "cuda-sdxl-h100/gpu-report.json"
 SDXL_H100_SEEDS = [SDXL_H100] + [f"cuda-sdxl-h100/calibrate-seed{n}.json" for n in (1, 2)]
+# sd21-random at 768x768 (96x96 latents): one call with CLIP (OpenCLIP ViT-H), UNet and VAE at
+# seed 0; then seeds 0-4 in two calls (the UNet's; CLIP's and the VAE's), seed by seed
+SD21_H100 = "cuda-sd21-h100/gpu-report.json"
+SD21_H100_SEEDS = [f"cuda-sd21-h100/{part}/{'gpu-report' if n == 0 else f'calibrate-seed{n}'}.json"
+                   for n in range(5) for part in ("clip-vae-seeds", "unet-seeds")]
 
 TABLES: dict[str, Callable[[Reports], Table]] = {}
 
@@ -445,28 +450,54 @@ def _sdxl_h100_run1_parity(R: Reports) -> Table:
     return _parity(R, SDXL_H100_RUN1)
 
 
-@table("cuda-sdxl-h100")
-def _sdxl_h100(R: Reports) -> Table:
-    """One row per function and seed: the three seeds' runs were one device call."""
+def _seeds_times(R: Reports, rels: list[str]) -> Table:
+    """One row per function and seed, from whichever of the reports timed it."""
     t = Table(["function", "seed", "TVM CUDA", "torch CUDA", "ratio", "TVM device memory (rise)",
                "torch peak allocated"])
-    for f in functions_in_order(R(SDXL_H100)):
-        for rel in SDXL_H100_SEEDS:
+    for f in functions_in_order(*(R(rel) for rel in rels)):
+        for rel in rels:
             d = R(rel)
-            r = by_function(d)[f]
+            r = by_function(d).get(f)
+            if r is None:
+                continue
             t.add([f, str(d.get("seed", 0)), f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms",
                    ratio(r), mib(r["device_mem_delta_mib"]), mib(r.get("ref_peak_allocated_mib"))], rel)
     return t
 
 
-@table("cuda-sdxl-h100-parity")
-def _sdxl_h100_parity(R: Reports) -> Table:
-    t = Table(["seed"] + _parity(R, SDXL_H100).header)
-    for rel in SDXL_H100_SEEDS:
+def _seeds_parity(R: Reports, rels: list[str]) -> Table:
+    """The parity rows of each report, with its seed, in the order given."""
+    t = Table(["seed"] + _parity(R, rels[0]).header)
+    for rel in rels:
         seed = str(R(rel).get("seed", 0))
         for cells, reports in _parity(R, rel).rows:
             t.add([seed] + cells, *reports)
     return t
+
+
+@table("cuda-sdxl-h100")
+def _sdxl_h100(R: Reports) -> Table:
+    return _seeds_times(R, SDXL_H100_SEEDS)
+
+
+@table("cuda-sdxl-h100-parity")
+def _sdxl_h100_parity(R: Reports) -> Table:
+    return _seeds_parity(R, SDXL_H100_SEEDS)
+
+
+@table("cuda-sd21-h100")
+def _sd21_h100(R: Reports) -> Table:
+    return _cuda_times(R, SD21_H100)
+
+
+@table("cuda-sd21-h100-seeds")
+def _sd21_h100_seeds(R: Reports) -> Table:
+    return _seeds_times(R, SD21_H100_SEEDS)
+
+
+@table("cuda-sd21-h100-parity")
+def _sd21_h100_parity(R: Reports) -> Table:
+    return _seeds_parity(R, SD21_H100_SEEDS)
 
 
 def _profiles(R: Reports, rels: list[str], note: str = "") -> Table:

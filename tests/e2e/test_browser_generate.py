@@ -4,7 +4,9 @@ Compared with diffusers.StableDiffusionPipeline on the same weights and latents:
 embeddings, latents after every step, and the final pixels. One generation per architecture:
 SD 1.x (``tiny``), SD 2.x (``tiny-sd2``: v-prediction, OpenCLIP-style text tower, linear
 projections) and SDXL (``tiny-sdxl``: two text encoders, pooled embeddings and time ids as the
-UNet's added conditions; compared with StableDiffusionXLPipeline)."""
+UNet's added conditions; compared with StableDiffusionXLPipeline). SD 2.x and SDXL also generate
+with Euler (trailing spacing, SD-Turbo's and SDXL-Turbo's scheduler) on the same page; SD 1.x
+with Euler, PNDM and LCM on a shared page."""
 
 from __future__ import annotations
 
@@ -148,7 +150,33 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     assert _floor_judged(steps), [r["message"] for r in steps]
     if model.architecture == "sdxl":  # its pooled text_embeds were read back and judged
         assert sum(r["output"] == "pooled" for r in recs) == 2
+    if model.name != "tiny":  # SD 1.x's Euler runs on the shared page (test_other_schedulers_...)
+        _turbo_euler(page, model, cache)
     page.close()
+
+
+def _turbo_euler(page, model, cache):
+    """SD-Turbo and SDXL-Turbo ship Euler with trailing spacing: a 4-step generation on the
+    page already open (no second WGSL compile), compared per step with the diffusers pipeline
+    running EulerDiscreteScheduler (SD 2.x: its v-prediction), by its own group's budgets
+    (pipeline_euler/*/webgpu/<scope>)."""
+    from sdparity.app.pipeline import SCHEDULER_STEPS
+
+    steps = SCHEDULER_STEPS["euler"]
+    reference = _reference(model, "euler", steps)
+    lat0, (ref, ref64) = reference
+    res = run_generation(page, lat0, scheduler="euler", steps=steps)
+    assert not res["errors"], res["errors"]
+    recs = _judge(res, ref, ref64, model, page, "euler")
+    _prove(recs, page, model, cache, reference, "euler", steps)
+    steps_recs = [r for r in recs if r["output"] == "latents"]
+    assert len(steps_recs) == steps and res["trace"]["timesteps"] == ref["timesteps"]
+    assert _floor_judged(steps_recs), [r["message"] for r in steps_recs]
+    print(f"{model.name} euler in the browser: " + ", ".join(f"{r['case']} {r['metrics']['floor_ratio']:.2f}x"
+                                                          for r in steps_recs)
+          + f" (budget {steps_recs[0]['metrics']['floor_budget']})")
+    bad = _proven_or_passing(recs)
+    assert not bad, bad
 
 
 def write_e2e_html(path, steps, res, model):
