@@ -190,3 +190,27 @@ def test_an_unavailable_backend_gives_skips_with_its_reason(example_stage, run_c
     results = run_check(example_stage, Absent("example_absent"))
     assert results and all(r["verdict"] == "skip" and r["message"] == "no such device on this machine"
                            for r in results)
+
+
+def test_a_tier_gives_the_driver_its_own_cases(llvm, cache, tiny):
+    """``Mode.cases``: what a tier that runs prepared builds elsewhere hands the one driver (the
+    CUDA device half: carried inputs, references computed there; sdparity.gpu.cuda). The records
+    are those cases' and their references' alone: a case whose reference is off by one float32
+    ulp of the output's scale fails, its sibling passes, and a case the stage does not have runs."""
+    import dataclasses
+
+    from sdparity.reports.report import Report
+    from sdparity.runner import DEFAULT, run_checks
+
+    st = get_stage("concat_embeddings")
+    own = st.cases(tiny, st.default_variant(tiny), 0)[:2]
+
+    def off(case):
+        def reference(dtype):
+            return [r + np.spacing(np.abs(r).max()).astype(r.dtype) for r in case.reference(dtype)]
+        return dataclasses.replace(case, label=case.label + "_off", reference=reference)
+
+    mode = dataclasses.replace(DEFAULT, cases=lambda *_: [own[0], off(own[1])], prove_known=False)
+    report = run_checks([st], [llvm], tiny, Report(tiny), cache, mode=mode)
+    got = {r["case"]: r["verdict"] for r in report.results}
+    assert got == {own[0].label: "pass", own[1].label + "_off": "fail"}, got
