@@ -419,14 +419,20 @@ def _attention(R: Reports) -> Table:
     return t
 
 
+#: the columns of a CUDA timing row (``_time_cells``)
+TIME_HEADER = ["TVM CUDA", "torch CUDA", "ratio", "TVM device memory (rise)", "torch peak allocated"]
+
+
+def _time_cells(r: dict) -> list[str]:
+    return [f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms", ratio(r),
+            mib(r["device_mem_delta_mib"]), mib(r.get("ref_peak_allocated_mib"))]
+
+
 def _cuda_times(R: Reports, rel: str) -> Table:
     d = R(rel)
-    t = Table(["function", "TVM CUDA", "torch CUDA", "ratio", "TVM device memory (rise)", "torch peak allocated"])
+    t = Table(["function"] + TIME_HEADER)
     for f in functions_in_order(d):
-        r = by_function(d)[f]
-        peak = r.get("ref_peak_allocated_mib")
-        t.add([f, f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms", ratio(r),
-               mib(r["device_mem_delta_mib"]), mib(peak)], rel)
+        t.add([f] + _time_cells(by_function(d)[f]), rel)
     return t
 
 
@@ -452,16 +458,12 @@ def _sdxl_h100_run1_parity(R: Reports) -> Table:
 
 def _seeds_times(R: Reports, rels: list[str]) -> Table:
     """One row per function and seed, from whichever of the reports timed it."""
-    t = Table(["function", "seed", "TVM CUDA", "torch CUDA", "ratio", "TVM device memory (rise)",
-               "torch peak allocated"])
+    t = Table(["function", "seed"] + TIME_HEADER)
     for f in functions_in_order(*(R(rel) for rel in rels)):
         for rel in rels:
             d = R(rel)
-            r = by_function(d).get(f)
-            if r is None:
-                continue
-            t.add([f, str(d.get("seed", 0)), f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms",
-                   ratio(r), mib(r["device_mem_delta_mib"]), mib(r.get("ref_peak_allocated_mib"))], rel)
+            if f in by_function(d):
+                t.add([f, str(d.get("seed", 0))] + _time_cells(by_function(d)[f]), rel)
     return t
 
 
