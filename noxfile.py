@@ -55,7 +55,9 @@ def unit(session):
     # pytest-xdist workers, a test file each at a time (module fixtures stay in one process; the
     # build cache is shared under per-entry locks): CI's 2 cores
     args = session.posargs or ["-m", "not slow", "-n", "2", "--dist", "loadfile", "--durations", "25"]
-    session.run("python", "-m", "pytest", "tests/unit", "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
+    # `nox -s unit -- tests/unit/test_x.py` runs that file, not the whole folder besides it
+    where = [] if any(a.startswith("tests") for a in args) else ["tests/unit"]
+    session.run("python", "-m", "pytest", *where, "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
 
 
 @nox.session
@@ -70,7 +72,8 @@ def check(session):
 def browser_e2e(session):
     _install(session)
     _setup_webgpu(session)
-    session.run("python", "-m", "pytest", "tests/e2e", "-ra", *PLAYWRIGHT_ARGS, *session.posargs, env=ENV)
+    where = [] if any(a.startswith("tests") for a in session.posargs) else ["tests/e2e"]
+    session.run("python", "-m", "pytest", *where, "-ra", *PLAYWRIGHT_ARGS, *session.posargs, env=ENV)
 
 
 @nox.session
