@@ -153,54 +153,58 @@ def test_sdxl_generation_matches_diffusers_with_its_added_conditions(llvm, sdxl,
     assert first is not None and first["case"] == "step 01", first
 
 
-@pytest.mark.parametrize("family, group", [("sd2", "sd2-tiny"), ("sdxl", "sdxl-tiny")])
-def test_the_family_generates_with_euler_trailing_as_the_turbo_models_do(llvm, cache, family, group, request):
-    """SD-Turbo and SDXL-Turbo ship Euler with trailing spacing: SD 2.x (v-prediction, so the
-    loop's x0 comes from Euler's own v conversion) and SDXL (with its added conditions) through
-    the Euler loop against their diffusers pipelines with EulerDiscreteScheduler, per step by
-    their own scopes' budgets (pipeline_euler/*/llvm/<scope>); the noise injected unscaled by
-    sigma_max fails at step 1 for both."""
-    from reference.pipeline import scheduler_constants
-    from sdparity.app.pipeline import SCHEDULER_STEPS
-
-    model, steps = request.getfixturevalue(family), SCHEDULER_STEPS["euler"]
-    refs = _references(model, "euler", steps)
-    recs = _judged(llvm, model, cache, refs, "euler", steps)
-    _assert_passes(recs, f"pipeline_euler {group}")
-    assert {x["stage"] for x in recs} == {"pipeline_euler"} and {x["model_scope"] for x in recs} == {group}
-    consts = scheduler_constants(dict(model.pipe.scheduler.config), "euler", steps)
-    first = first_failing_step(_judged(llvm, model, cache, refs, "euler", steps,
-                                       constants={**consts, "init_noise_sigma": 1.0}))
-    assert first is not None and first["case"] == "step 01", first
+#: per scheduler, a loop that gets its bookkeeping wrong (constants changed the way such a loop
+#: would use them) and the first step that must fail
+LOOP_FAULTS = {
+    "euler": ("init_noise_sigma", "step 01"),  # the injected noise not scaled by sigma_max
+    "pndm": ("saved_sample", "step 02"),  # the warm-up's second call from the current sample
+    "lcm": ("c_skip_c_out_swapped", "step 01"),  # the boundary-condition scalings change places
+}
 
 
-@pytest.mark.parametrize("scheduler, fault, first_bad", [
-    ("euler", "init_noise_sigma", "step 01"),  # the injected noise not scaled by sigma_max
-    ("pndm", "saved_sample", "step 02"),  # the warm-up's second call from the current sample
-    ("lcm", "c_skip_c_out_swapped", "step 01"),  # the boundary-condition scalings change places
-])
-def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm, tiny, cache, scheduler, fault,
-                                                                          first_bad):
-    """Euler (trailing spacing, 4 steps), PNDM (10 steps, 11 UNet calls) and LCM (4 steps, noise
-    added after the first three) through the same stage builds and the same judge, against StableDiffusionPipeline with that scheduler, each
-    by its own group's budgets (stage pipeline_<scheduler>); a loop that gets the scheduler's
-    bookkeeping wrong fails at the first step it touches."""
+def _with_loop_fault(consts: dict, fault: str) -> dict:
+    return {"init_noise_sigma": lambda: {**consts, "init_noise_sigma": 1.0},
+            "saved_sample": lambda: {**consts, "saved_sample": [False] * len(consts["timesteps"])},
+            "c_skip_c_out_swapped": lambda: {**consts, "c_skip": consts["c_out"], "c_out": consts["c_skip"]}}[fault]()
+
+
+def _other_scheduler(llvm, model, cache, scheduler, group):
+    """A generation with ``scheduler`` passes by its group's budgets, one record per UNet call
+    (PNDM: steps + 1), and its loop fault fails at its first step."""
     from reference.pipeline import scheduler_constants
     from sdparity.app.pipeline import SCHEDULER_STEPS
 
     steps = SCHEDULER_STEPS[scheduler]
-    refs = _references(tiny, scheduler, steps)
-    recs = _judged(llvm, tiny, cache, refs, scheduler, steps)
-    _assert_passes(recs, f"pipeline_{scheduler}")
-    consts = scheduler_constants(dict(tiny.pipe.scheduler.config), scheduler, steps)
+    refs = _references(model, scheduler, steps)
+    recs = _judged(llvm, model, cache, refs, scheduler, steps)
+    _assert_passes(recs, f"pipeline_{scheduler} {group}")
+    consts = scheduler_constants(dict(model.pipe.scheduler.config), scheduler, steps)
     assert len([x for x in recs if x["output"] == "latents"]) == len(refs[1]["latents"]) == len(consts["timesteps"])
-    assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"}
-
-    wrong = {"init_noise_sigma": lambda: {**consts, "init_noise_sigma": 1.0},
-             "saved_sample": lambda: {**consts, "saved_sample": [False] * len(consts["timesteps"])},
-             "c_skip_c_out_swapped": lambda: {**consts, "c_skip": consts["c_out"], "c_out": consts["c_skip"]}}[fault]()
-    first = first_failing_step(_judged(llvm, tiny, cache, refs, scheduler, steps, constants=wrong))
+    assert {x["stage"] for x in recs} == {f"pipeline_{scheduler}"} and {x["model_scope"] for x in recs} == {group}
+    fault, first_bad = LOOP_FAULTS[scheduler]
+    first = first_failing_step(_judged(llvm, model, cache, refs, scheduler, steps,
+                                       constants=_with_loop_fault(consts, fault)))
     assert first is not None and first["case"] == first_bad, first
+
+
+@pytest.mark.parametrize("scheduler", sorted(LOOP_FAULTS))
+def test_other_schedulers_generate_as_diffusers_and_their_loop_faults_fail(llvm, tiny, cache, scheduler):
+    """Euler (trailing spacing, 4 steps), PNDM (10 steps, 11 UNet calls) and LCM (4 steps, noise
+    added after the first three) through the same stage builds and the same judge, against
+    StableDiffusionPipeline with that scheduler, each by its own group's budgets (stage
+    pipeline_<scheduler>); a loop that gets the scheduler's bookkeeping wrong fails at the first
+    step it touches."""
+    _other_scheduler(llvm, tiny, cache, scheduler, "tiny")
+
+
+@pytest.mark.parametrize("scheduler", sorted(LOOP_FAULTS))
+@pytest.mark.parametrize("family, group", [("sd2", "sd2-tiny"), ("sdxl", "sdxl-tiny")])
+def test_the_family_generates_with_every_scheduler(llvm, cache, family, group, scheduler, request):
+    """SD 2.x (v-prediction: each scheduler's own conversion) and SDXL (its added conditions)
+    with Euler (trailing spacing: SD-Turbo's and SDXL-Turbo's), PNDM and LCM (LCM-SDXL's and
+    LCM-LoRA's) against their diffusers pipelines with that scheduler, per step by their own
+    scopes' budgets (pipeline_<scheduler>/*/llvm/<scope>); each loop fault fails at its step."""
+    _other_scheduler(llvm, request.getfixturevalue(family), cache, scheduler, group)
 
 
 def test_calibrate_refuses_a_scheduler_without_pipeline(capsys):
