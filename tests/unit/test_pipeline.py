@@ -1,8 +1,9 @@
 """The whole Web Stable Diffusion pipeline, driven through the native stage builds, against
 diffusers.StableDiffusionPipeline with the same weights and injected latents: per step and
 per pixel, each step's error measured against its float64 floor (reference.pipeline.
-float64_generate) with the calibrated budget of "pipeline/latents/llvm/tiny". This is what
-the browser app does; here without a browser."""
+float64_generate) with the calibrated budget of its group ("pipeline/latents/llvm/tiny"; other
+schedulers "pipeline_<scheduler>/...", SD 2.x and SDXL their own scopes). This is what the
+browser app does; here without a browser, for SD 1.x, SD 2.x and SDXL with every scheduler."""
 
 from __future__ import annotations
 
