@@ -150,31 +150,32 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     assert _floor_judged(steps), [r["message"] for r in steps]
     if model.architecture == "sdxl":  # its pooled text_embeds were read back and judged
         assert sum(r["output"] == "pooled" for r in recs) == 2
-    if model.name != "tiny":  # SD 1.x's Euler runs on the shared page (test_other_schedulers_...)
-        _turbo_euler(page, model, cache)
+    if model.name != "tiny":  # SD-Turbo's and SDXL-Turbo's scheduler, on the page already open (no
+        # second WGSL compile); SD 1.x's Euler runs on the shared page (test_other_schedulers_...)
+        _scheduler_generation(page, model, cache, "euler")
     page.close()
 
 
-def _turbo_euler(page, model, cache):
-    """SD-Turbo and SDXL-Turbo ship Euler with trailing spacing: a 4-step generation on the
-    page already open (no second WGSL compile), compared per step with the diffusers pipeline
-    running EulerDiscreteScheduler (SD 2.x: its v-prediction), by its own group's budgets
-    (pipeline_euler/*/webgpu/<scope>)."""
+def _scheduler_generation(page, model, cache, scheduler, problems=None):
+    """A generation with ``scheduler`` (its ``SCHEDULER_STEPS``) on a page already open,
+    compared per step with the diffusers pipeline running that scheduler, by its own group's
+    budgets (pipeline_<scheduler>/*/webgpu/<scope>); a record that does not pass must be a
+    proven ``known``. ``problems``: the page's console problems, none allowed."""
     from sdparity.app.pipeline import SCHEDULER_STEPS
 
-    steps = SCHEDULER_STEPS["euler"]
-    reference = _reference(model, "euler", steps)
+    steps = SCHEDULER_STEPS[scheduler]
+    reference = _reference(model, scheduler, steps)
     lat0, (ref, ref64) = reference
-    res = run_generation(page, lat0, scheduler="euler", steps=steps)
-    assert not res["errors"], res["errors"]
-    recs = _judge(res, ref, ref64, model, page, "euler")
-    _prove(recs, page, model, cache, reference, "euler", steps)
+    res = run_generation(page, lat0, scheduler=scheduler, steps=steps)
+    assert not res["errors"] and not problems, res["errors"] + list(problems or [])
+    recs = _judge(res, ref, ref64, model, page, scheduler)
+    _prove(recs, page, model, cache, reference, scheduler, steps)
     steps_recs = [r for r in recs if r["output"] == "latents"]
-    assert len(steps_recs) == steps and res["trace"]["timesteps"] == ref["timesteps"]
+    assert len(steps_recs) == len(ref["latents"]) and res["trace"]["timesteps"] == ref["timesteps"]
     assert _floor_judged(steps_recs), [r["message"] for r in steps_recs]
-    print(f"{model.name} euler in the browser: " + ", ".join(f"{r['case']} {r['metrics']['floor_ratio']:.2f}x"
-                                                          for r in steps_recs)
-          + f" (budget {steps_recs[0]['metrics']['floor_budget']})")
+    print(f"{model.name} {scheduler} in the browser: " + ", ".join(
+        f"{r['case']} {r['metrics']['floor_ratio']:.2f}x" for r in steps_recs)
+        + f" (budget {steps_recs[0]['metrics']['floor_budget']})")
     bad = _proven_or_passing(recs)
     assert not bad, bad
 
@@ -223,21 +224,6 @@ def test_other_schedulers_generate_as_diffusers(app_page_problems, tiny, cache, 
     steps: 11 UNet calls with its warm-up) and LCM (4 steps; the noise its first three add is
     diffusers' own draws after the latents, injected) on the SD 1.x app, each compared per step
     with StableDiffusionPipeline running that scheduler, by its own group's budgets."""
-    from sdparity.app.pipeline import SCHEDULER_STEPS
-
-    steps = SCHEDULER_STEPS[scheduler]
-    reference = _reference(tiny, scheduler, steps)
-    lat0, (ref, ref64) = reference
     page, problems = app_page_problems  # one page for these generations and the tokenizer tests
     problems.clear()
-    res = run_generation(page, lat0, scheduler=scheduler, steps=steps)
-    assert not res["errors"] and not problems, res["errors"] + problems
-    recs = _judge(res, ref, ref64, tiny, page, scheduler)
-    _prove(recs, page, tiny, cache, reference, scheduler, steps)
-    steps_recs = [r for r in recs if r["output"] == "latents"]
-    assert len(steps_recs) == len(ref["latents"]) and res["trace"]["timesteps"] == ref["timesteps"]
-    assert _floor_judged(steps_recs), [r["message"] for r in steps_recs]
-    print(f"{scheduler} in the browser: " + ", ".join(f"{r['case']} {r['metrics']['floor_ratio']:.2f}x"
-                                                     for r in steps_recs) + f" (budget {steps_recs[0]['metrics']['floor_budget']})")
-    bad = _proven_or_passing(recs)
-    assert not bad, bad
+    _scheduler_generation(page, tiny, cache, scheduler, problems)
