@@ -52,6 +52,10 @@ class Backend:
     float16: bool = False
     #: artifacts load into a relax.VirtualMachine in this process (kernel replay, check/localize.py)
     native_vm: bool = False
+    #: the largest buffer one kernel may bind, in bytes (None: no limit the build must respect).
+    #: A Winograd convolution whose buffers exceed it keeps the direct convolution
+    #: (``compile/winograd.legalizer``); part of the build's key.
+    max_buffer: int | None = None
     #: kept apart in reports: "cpu" results and "gpu" results are never mixed
     device_class: str = "cpu"
 
@@ -75,6 +79,7 @@ class Backend:
         """Build through the cache. ir_factory() is only called on a miss (imports are slow)."""
         full_key = {**key, "backend": self.name, "target": self.target_key(),
                     "float64": self.float64,  # it shapes the build (compile/legalize.py)
+                    **({"max_buffer": self.max_buffer} if self.max_buffer is not None else {}),
                     "env": self.env_key()}
         return cache.get_or_build(full_key, lambda tmp: self.build(ir_factory(), tmp, log=log),
                                   log=log, label=label)

@@ -123,27 +123,30 @@ def stats_dtype(target_kind: str, float64: bool | None = None) -> str:
     return "float64" if has else "float32"
 
 
-def precise_legalize_map(target_kind: str, winograd: bool | None = None, float64: bool | None = None) -> dict:
+def precise_legalize_map(target_kind: str, winograd: bool | None = None, float64: bool | None = None,
+                         max_buffer: int | None = None) -> dict:
     """customize_legalize_map for relax.transform.LegalizeOps on this target kind.
 
     ``winograd``: rewrite 3x3 convolutions as Winograd F(2x2, 3x3) (``compile/winograd.py``);
     by default on the target kinds listed there. ``float64``: whether the target has float64
-    (``Backend.float64``; None: ``stats_dtype``'s default)."""
+    (``Backend.float64``; None: ``stats_dtype``'s default). ``max_buffer``: the largest buffer
+    a kernel of the target may bind (``Backend.max_buffer``; None: no limit): a Winograd
+    rewrite whose buffers would not fit keeps the direct convolution."""
     from sdparity.compile import winograd as wg
 
     out = {"relax.nn.group_norm": _group_norm(stats_dtype(target_kind, float64))}
     if (target_kind in wg.KINDS) if winograd is None else winograd:
-        out["relax.nn.conv2d"] = wg.legalize
+        out["relax.nn.conv2d"] = wg.legalizer(max_buffer)
     return out
 
 
-def apply(mod, target, float64: bool | None = None):
+def apply(mod, target, float64: bool | None = None, max_buffer: int | None = None):
     """LegalizeOps with the precise map (inside the target's context)."""
     from tvm import relax
 
     with target:
-        return relax.transform.LegalizeOps(
-            customize_legalize_map=precise_legalize_map(target.kind.name, float64=float64))(mod)
+        return relax.transform.LegalizeOps(customize_legalize_map=precise_legalize_map(
+            target.kind.name, float64=float64, max_buffer=max_buffer))(mod)
 
 
 def group_norm_only(mod, target, float64: bool | None = None):

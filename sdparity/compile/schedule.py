@@ -98,7 +98,7 @@ def build_module(mod, target, cuda_graphs: bool | None = None):
                            tir_pipeline=_register_tensor_core_pipeline() if tensor_cores else "default")
 
 
-def fused_for_gpu(mod, target, lift: bool = False, float64: bool | None = None):
+def fused_for_gpu(mod, target, lift: bool = False, float64: bool | None = None, max_buffer: int | None = None):
     """The kernels a GPU build schedules: legalized (the precise GroupNorm first, with float64
     statistics where the target has float64: ``legalize.stats_dtype``; the zero pipeline
     legalizes the rest) and fused, not yet scheduled. ``lift``: every computation that
@@ -113,17 +113,18 @@ def fused_for_gpu(mod, target, lift: bool = False, float64: bool | None = None):
 
     from sdparity.compile import legalize
 
-    mod = legalize.apply(mod, target, float64=float64)
+    mod = legalize.apply(mod, target, float64=float64, max_buffer=max_buffer)
     if lift:
         mod = relax.transform.LiftTransformParams()(mod)
     with target:
         return relax.get_pipeline("zero")(mod)
 
 
-def schedule_for(mod, target, lift: bool = False, float64: bool | None = None):
+def schedule_for(mod, target, lift: bool = False, float64: bool | None = None, max_buffer: int | None = None):
     """``mod`` legalized, fused and scheduled for ``target``. ``float64``: whether the target has
     float64 (the building backend's ``Backend.float64``, which every backend passes; None:
-    ``legalize.stats_dtype``'s default for the target kind)."""
+    ``legalize.stats_dtype``'s default for the target kind). ``max_buffer``: the largest buffer
+    a kernel may bind (``Backend.max_buffer``; GPU kinds only: ``legalize.precise_legalize_map``)."""
     from sdparity.compile import legalize
 
     kind = target.kind.name
@@ -137,7 +138,7 @@ def schedule_for(mod, target, lift: bool = False, float64: bool | None = None):
     from sdparity.compile.gpu_rules import exact_row_reduction, group_norm_rows, tuned_matmul
 
     dl = dlight()
-    mod = fused_for_gpu(mod, target, lift, float64=float64)
+    mod = fused_for_gpu(mod, target, lift, float64=float64, max_buffer=max_buffer)
     with target:
         mod = dl.ApplyDefaultSchedule(
             group_norm_rows(), tuned_matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),

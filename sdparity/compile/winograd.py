@@ -101,15 +101,40 @@ def applies(call) -> bool:
             and ws[2:] == [3, 3] and xs[1] >= MIN_CHANNELS and xs[2] % 2 == 0 and xs[3] % 2 == 0)
 
 
+def buffer_bytes(call) -> int:
+    """The largest of the rewrite's buffers (U: 16 x K x C, V: 16 x C x P, M: 16 x K x P), in
+    bytes at 4 a value (the f16 mode's float16 U and V counted as float32: an upper bound)."""
+    from sdparity.compile.compat import type_info
+
+    n, c, h, wd = (int(d) for d in type_info(call.args[0]).shape)
+    k = int(type_info(call.args[1]).shape[0])
+    tiles = n * (h // 2) * (wd // 2)
+    return 4 * 16 * max(k * c, c * tiles, k * tiles)
+
+
+def legalizer(max_buffer: int | None = None):
+    """The customize_legalize_map entry for relax.nn.conv2d: Winograd where ``applies`` and,
+    with ``max_buffer`` (the target's largest buffer a kernel may bind: ``Backend.max_buffer``),
+    where every buffer of the rewrite fits it; else TVM's direct convolution. SDXL's VAE at
+    1024x1024 needs 2-4 GiB Winograd buffers where its direct convolutions bind at most 0.5 GiB
+    (docs/results/webgpu-sdxl-buffers)."""
+
+    def rule(bb, call):
+        import tvm
+
+        if not applies(call) or (max_buffer is not None and buffer_bytes(call) > max_buffer):
+            return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
+        return legalize(bb, call)
+
+    return rule
+
+
 def legalize(bb, call):
-    """customize_legalize_map entry for relax.nn.conv2d: Winograd where ``applies``, else TVM's."""
-    import tvm
+    """Winograd F(2x2, 3x3) for a relax.nn.conv2d call that ``applies``."""
     from tvm import te
 
     from sdparity.compile.compat import tir, type_info
 
-    if not applies(call):
-        return tvm.ir.Op.get("relax.nn.conv2d").get_attr("FLegalize")(bb, call)
     x, w = call.args
     n, c, h, wd = (int(d) for d in type_info(x).shape)
     k = int(type_info(w).shape[0])

@@ -46,49 +46,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sdparity.gpu.prepared import (PreparedModel, fingerprint, prepared_cases, seeded_for, timed, torch_times,
+                                   weight_names, write_cases)
 from sdparity.gpu.toolchain import ARCH, KERNEL_DIRS, cuda_backend, load_tvm_runtime, slim_tvm_package
 from sdparity.ir import StageIR
 
 
 # ============================================================================ prepare (here)
-
-def _weight_names(stage, model, variant, params: list[np.ndarray]) -> list[str]:
-    """Names of the Relax function's weight parameters, in call order.
-
-    from_exported_program keeps the exported program's parameter order and drops unused
-    ones (CLIP's position_ids buffer); walk the signature and keep a name only where its
-    tensor equals the next parameter, so a wrong mapping cannot pass silently."""
-    import torch
-
-    wrapper = stage.wrapper(model, None).eval()
-    args = tuple(torch.from_numpy(np.array(a)) for a in stage.example_inputs(model, variant))
-    with torch.no_grad():
-        ep = torch.export.export(wrapper, args)
-    tensors = dict(ep.state_dict)
-    tensors.update(getattr(ep, "constants", {}) or {})
-    names, i = [], 0
-    for spec in ep.graph_signature.input_specs:
-        if spec.kind.name == "USER_INPUT" or i >= len(params):
-            continue
-        t = tensors.get(spec.target)
-        if t is not None and tuple(t.shape) == params[i].shape and np.array_equal(t.detach().numpy(), params[i]):
-            names.append(spec.target)
-            i += 1
-    if i != len(params):
-        raise RuntimeError(f"{stage.name}: matched {i} of {len(params)} weight parameters to names")
-    return names
-
-
-def _fingerprint(arrays) -> str:
-    """sha256 over the weights' bytes in call order: tells whether the device's seeded model
-    (its own transformers version) has exactly the weights of the one built against here."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for a in arrays:
-        h.update(np.ascontiguousarray(a).tobytes())
-    return h.hexdigest()[:16]
-
 
 def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=print, precision: str = "f32",
             cuda_graphs: bool = False, seeds: int = 1) -> None:
@@ -121,7 +85,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
     for name in stage_names or list(stages):
         st = stages[name]
         t0 = time.perf_counter()
-        model = folder_model or _seeded(model_name, st, log)
+        model = folder_model or seeded_for(model_name, st, log)
         variant = st.default_variant(model)
         folder = dest / name
         if folder.exists():
@@ -132,11 +96,11 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         import_s = time.perf_counter() - t1
         weights = {}
         if st.component:  # from the weights, before they are released
-            weights["weights"] = _weight_names(st, model, variant, ir.params[st.functions[0]])
-            weights["weights_sha256"] = _fingerprint(ir.params[st.functions[0]])
+            weights["weights"] = weight_names(st, model, variant, ir.params[st.functions[0]])
+            weights["weights_sha256"] = fingerprint(ir.params[st.functions[0]])
         cases, scope = st.cases(model, variant, seed=0), model.scope
         more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
-        meta_cases = _write_cases(st, cases, more, folder)
+        meta_cases = write_cases(st, cases, more, folder)
         ir = StageIR(ir.mod, {})  # a build needs no weights (they are its parameters)
         del cases, more
         if folder_model is None:
@@ -167,97 +131,10 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         log(f"{name}: built for cuda/{ARCH} in {build_s:.1f}s, {size:.1f} MiB")
 
 
-def _seeded(model_name: str, st, log):
-    """A built-in model made in memory with the seeded weights of the stage's component only
-    (the device recreates the same, ``random_components``); the others shapes on the meta device."""
-    from reference.models import seeded_model
-
-    parts = {"": (), "text_encoder": ("text_encoder", "text_encoder_2")}.get(st.component, (st.component,))
-    if parts:
-        log(f"{st.name}: creating the seeded {model_name} {st.component} in memory")
-    return seeded_model(model_name, parts)
-
-
-def _write_cases(st, cases, more, folder: Path) -> list[dict]:
-    """cases.npz (inputs; for stages without weights also the float32/float64 references) and
-    cases-seed<N>.npz (model stages: inputs of further seeds, for `device --seeds`)."""
-    arrays, meta_cases = {}, []
-    for ci, c in enumerate(cases):
-        for k, a in enumerate(c.inputs):
-            arrays[f"{ci}/in/{k}"] = np.asarray(a)
-        if not st.component:  # exact CPU definitions: computed here, once
-            for dtype in ("float32", "float64"):
-                for k, a in enumerate(c.reference(dtype)):
-                    arrays[f"{ci}/{dtype}/{k}"] = np.asarray(a)
-        meta_cases.append({"label": c.label, "function": c.function, "shapes": c.shapes,
-                           "n_inputs": len(c.inputs),
-                           "outputs": [{"name": o.name, "integer": o.integer} for o in c.outputs]})
-    np.savez(folder / "cases.npz", **arrays)
-    for sd, extra in enumerate(more, start=1):
-        np.savez(folder / f"cases-seed{sd}.npz",
-                 **{f"{ci}/in/{k}": np.asarray(a) for ci, c in enumerate(extra) for k, a in enumerate(c.inputs)})
-    return meta_cases
-
-
 # ============================================================================ device (there)
 
 def _timed_call(fn, args: list, sync, repeat: int, host: list | None = None) -> list[float]:
-    return _timed(lambda: fn(*args), sync, repeat, host)
-
-
-def _timed(fn, sync, repeat: int, host: list | None = None) -> list[float]:
-    """Wall seconds of each call, synchronized. ``host`` (a list) also gets the seconds until
-    each call returned, before the sync: the host's time to issue the work. A call whose issue
-    time is close to its wall time is bound by the host (launch overhead), not by the GPU."""
-    out = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        issued = time.perf_counter()
-        sync()
-        out.append(time.perf_counter() - t)
-        if host is not None:
-            host.append(issued - t)
-    return out
-
-
-def _torch_graph_times(module, targs, repeat: int):
-    """Median seconds of the PyTorch call replayed as one CUDA graph (torch.cuda.CUDAGraph):
-    PyTorch's GPU time without its host's per-operator overhead, to tell a host-bound eager
-    time from a slow GPU one (f16 mode, docs/performance.md). A string where capture fails."""
-    import torch
-
-    try:
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.no_grad(), torch.cuda.stream(stream):
-            for _ in range(2):
-                module(*targs)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.no_grad(), torch.cuda.graph(graph):
-            module(*targs)
-        times = _timed(graph.replay, torch.cuda.synchronize, repeat)
-        del graph
-        return round(float(np.median(times)), 6)
-    except Exception as e:  # noqa: BLE001 - a measurement, not a check
-        from sdparity.errors import one_line
-
-        return f"capture failed: {one_line(e)}"
-
-
-def _torch_run(module, inputs, dtype):
-    import torch
-
-    tdt = {"float16": torch.float16, "float32": torch.float32, "float64": torch.float64}[dtype]
-    args = []
-    for a in inputs:
-        t = torch.from_numpy(np.array(a)).cuda()
-        args.append(t.to(tdt) if t.is_floating_point() else t)
-    with torch.no_grad():
-        out = module(*args)
-    outs = out if isinstance(out, (tuple, list)) else (out,)
-    return [o.detach().cpu().numpy() for o in outs], args
+    return timed(lambda: fn(*args), sync, repeat, host)
 
 
 #: denoising steps of the generation estimate (the web app's default)
@@ -447,16 +324,6 @@ def _kernel_profile(vm, dev, fn, args, weights, top: int = 12) -> list[dict]:
     return [{"kernel": k, "calls": n, "s": round(t, 5), "share": round(t / whole, 3)} for k, (n, t) in rows]
 
 
-class PreparedModel:
-    """What the one check driver asks of a model, for a prepared stage: its scope (tolerances,
-    calibration groups) and no digest (the build was made at prepare, its key is not asked)."""
-
-    digest = None
-
-    def __init__(self, name: str, scope: str):
-        self.name, self.scope = name, scope
-
-
 class PreparedCuda:
     """The CUDA device half as a backend of the one check driver (sdparity.runner): its "build"
     is the library ``prepare`` made (there is no compiler here), its runner the relax VM on the
@@ -499,7 +366,7 @@ class PreparedCuda:
             state.update(dict(self.module.named_buffers()))
             host = [state[w].detach().numpy() for w in self.meta["weights"]]
             self.info.setdefault("weights_same_as_prepare", {})[self.meta["stage"]] = \
-                _fingerprint(host) == self.meta.get("weights_sha256")
+                fingerprint(host) == self.meta.get("weights_sha256")
             weights = [self.tvm.runtime.tensor(a, self.dev) for a in host]
             del host
         self.weights = {fn: call_weights(self.vm, fn, self.meta, weights) for fn in self.meta["functions"]}
@@ -516,51 +383,6 @@ class PreparedCuda:
 
     def release(self) -> None:
         self.vm, self.weights = None, {}
-
-
-@contextlib.contextmanager
-def _on_card(module, dtype: str):
-    """``module`` on the card in ``dtype``; given back on the host in float32 with its weights
-    exactly as they were. A trip through float16 rounds them, so their float32 values are kept
-    and restored (the recreated model serves the next stages and seeds: its weights are
-    fingerprinted against prepare's)."""
-    import torch
-
-    keep = {k: v.clone() for k, v in module.state_dict().items()} if dtype == "float16" else None
-    module.to(getattr(torch, dtype)).cuda()
-    try:
-        yield module
-    finally:
-        module.to(torch.float32).cpu()
-        if keep is not None:
-            module.load_state_dict(keep)
-
-
-def prepared_cases(folder: Path, meta: dict, module, seed: int) -> list:
-    """The stage's cases as prepared (``cases.npz``; seed N: ``cases-seed<N>.npz``), each
-    with its references: for a model stage PyTorch on this card (the same wrapper: float32
-    with TF32 off, float64 for the floor; f16 mode float16), all cases of a precision computed
-    together on first asking; for the others the exact CPU definitions computed at prepare."""
-    from sdparity.registry import Case, Output
-
-    z = dict(np.load(folder / "cases.npz"))
-    if seed:
-        z.update(np.load(folder / f"cases-seed{seed}.npz"))
-    cases = meta["cases"]
-    inputs = [[z[f"{ci}/in/{k}"] for k in range(c["n_inputs"])] for ci, c in enumerate(cases)]
-    memo: dict[str, list] = {}
-
-    def reference(ci: int, dtype: str) -> list:
-        if module is None:
-            return [z[f"{ci}/{dtype}/{k}"] for k in range(len(cases[ci]["outputs"]))]
-        if dtype not in memo:
-            with _on_card(module, dtype):
-                memo[dtype] = [_torch_run(module, ins, dtype)[0] for ins in inputs]
-        return memo[dtype][ci]
-
-    return [Case(c["label"], c["function"], inputs[ci], (lambda dtype, ci=ci: reference(ci, dtype)),
-                 tuple(Output(o["name"], bool(o["integer"])) for o in c["outputs"]), c["shapes"])
-            for ci, c in enumerate(cases)]
 
 
 def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report, perf, card, log,
@@ -584,9 +406,9 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     module = stage.wrap(parts[meta["component"]], None).eval() if meta.get("component") else None
     f16 = meta.get("precision") == "f16"
     cases = prepared_cases(folder, meta, module, seed)
-    timed = {}  # function -> its first case
+    firsts = {}  # function -> its first case
     for c in cases:
-        timed.setdefault(c.function, c)
+        firsts.setdefault(c.function, c)
     backend = PreparedCuda(tvm, dev, folder, meta, module, report.data["backends"]["cuda"], graphs=graphs)
 
     # ---- TVM on CUDA: load and time, its device memory alone
@@ -596,39 +418,21 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
         t0 = time.perf_counter()
         backend.load()
         load_s = time.perf_counter() - t0
-        args = {fn: [*backend.args(c.inputs), *backend.weights[fn]] for fn, c in timed.items()}
-        tvm_issue = {fn: [] for fn in timed}
-        tvm_times = {fn: _timed_call(backend.vm[fn], args[fn], dev.sync, repeat, tvm_issue[fn]) for fn in timed}
+        args = {fn: [*backend.args(c.inputs), *backend.weights[fn]] for fn, c in firsts.items()}
+        tvm_issue = {fn: [] for fn in firsts}
+        tvm_times = {fn: _timed_call(backend.vm[fn], args[fn], dev.sync, repeat, tvm_issue[fn]) for fn in firsts}
     if profile:  # kernel by kernel: a CUDA graph is one call to the instrument hook
         vm = load_vm(tvm, folder / "lib.so", dev, graphs=False)
         report.data["performance"]["gpu"].setdefault("kernels", {})[name] = {
             fn: _kernel_profile(vm, dev, fn, args[fn][:len(c.inputs)], backend.weights[fn])
-            for fn, c in timed.items()}
+            for fn, c in firsts.items()}
         del vm
     del args
     backend.release()
 
     # ---- PyTorch on CUDA, timed: float32 (TF32 off; f16 mode: float16)
-    ref_times, ref_peak, ref_issue, ref_graph = {}, None, {fn: [] for fn in timed}, {}
-    if module is not None:
-        ref_dtype = "float16" if f16 else "float32"
-        with _on_card(module, ref_dtype):
-            torch.cuda.reset_peak_memory_stats()
-            for fn, c in timed.items():
-                targs = _torch_run(module, c.inputs, ref_dtype)[1]
-                with torch.no_grad():
-                    ref_times[fn] = _timed(lambda: module(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
-                if f16:
-                    ref_graph[fn] = _torch_graph_times(module, targs, repeat)
-            ref_peak = torch.cuda.max_memory_allocated() / 2**20
-        kind = ("torch cuda, same wrapper, float16" if f16 else
-                "torch cuda, same wrapper, float32 with TF32 off")
-    else:
-        for fn, c in timed.items():
-            f = stage.torch_eager(fn)
-            targs = [torch.from_numpy(np.array(a)).cuda() for a in c.inputs]
-            ref_times[fn] = _timed(lambda: f(*targs), torch.cuda.synchronize, repeat, ref_issue[fn])
-        kind = "torch cuda eager, same formula (references: exact CPU definitions, computed at prepare)"
+    ref = torch_times(stage, module, firsts, repeat, "float16" if f16 else "float32", graphs=f16)
+    ref_times, ref_peak, ref_issue, ref_graph, kind = (ref[k] for k in ("times", "peak_mib", "issue", "graph", "kind"))
 
     # ---- the checks: the one check driver, this tier's hooks
     if f16:  # the f16 rule: against float64, PyTorch float16's own error as the floor
@@ -640,7 +444,7 @@ def _device_stage(tvm, dev, folder: Path, meta: dict, parts, repeat: int, report
     md = dataclasses.replace(md, cases=lambda *_: cases, own_kernels=False, prove_known=False)
     run_checks([stage], [backend], PreparedModel(meta["model"], meta["scope"]), report, cache=None, seed=seed,
                log=Progress(stream=sys.stdout), variants={name: meta["variant"]}, mode=md)
-    for fn, c in timed.items():
+    for fn, c in firsts.items():
         run_s, ref_s = float(np.median(tvm_times[fn])), float(np.median(ref_times[fn]))
         perf.append({"stage": name, "backend": "cuda", "device_class": "gpu", "card": card,
                      "function": fn, "case": c.label, "build_s": meta.get("build_s"),

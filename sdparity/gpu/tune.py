@@ -90,6 +90,9 @@ def _fused(stage, model, target, precision: str = "f32"):
         from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
 
         mod = legalize_for_webgpu(mod)
+        from sdparity.backends.webgpu.backend import WebGPUBackend
+
+        return fused_for_gpu(mod, target, lift, max_buffer=WebGPUBackend.max_buffer)  # the kernels it builds
     return fused_for_gpu(mod, target, lift)
 
 

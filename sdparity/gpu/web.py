@@ -160,7 +160,17 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
     lat = initial_latents(model, latent, seed=job["seed"])
     (dest / "latents.f32").write_bytes(lat.astype(np.float32).tobytes())
 
-    # the JavaScript side: Node itself, Dawn for Node (this platform only), tvmjs, tokenizers
+    carry_js(dest, carry_node)
+    job = {**job, "model": {"name": model.name, "digest": model.digest, "scope": model.scope}, "latent": list(latent),
+           "latent_shape": list(lat.shape), "versions_prepare": versions()}
+    write_atomic(dest / "job.json", json.dumps(job, indent=1))
+    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
+    log(f"prepared {dest} ({size:.1f} MiB)")
+
+
+def carry_js(dest: Path, carry_node: bool = True) -> None:
+    """The JavaScript side into ``dest``: Node itself (xz; ``carry_node=False`` leaves it out),
+    Dawn for Node (this platform's native module, xz), tvmjs and the tokenizers' library."""
     node = shutil.which("node")
     if not node:
         raise RuntimeError("node is not installed here (scripts/setup_webgpu.sh installs it)")
@@ -177,11 +187,6 @@ def prepare(model_name: str, dest: Path, latent: tuple[int, int] | None, job: di
         shutil.copytree(WEB / "node_modules" / "@mlc-ai" / pkg / "lib", dest / name,
                         ignore=shutil.ignore_patterns("*.map", "*.d.ts"))
         shutil.copyfile(WEB / "node_modules" / "@mlc-ai" / pkg / "package.json", dest / name / "package.json")
-    job = {**job, "model": {"name": model.name, "digest": model.digest, "scope": model.scope}, "latent": list(latent),
-           "latent_shape": list(lat.shape), "versions_prepare": versions()}
-    write_atomic(dest / "job.json", json.dumps(job, indent=1))
-    size = sum(p.stat().st_size for p in dest.rglob("*") if p.is_file()) / 2**20
-    log(f"prepared {dest} ({size:.1f} MiB)")
 
 
 # ============================================================================ device (there)
@@ -191,9 +196,18 @@ def write_weights(folder: Path, parts: dict, log=print) -> bool:
     equals prepare's (the same weights as built and checked against here)."""
     spec = json.loads((folder / "weights.json").read_text())
     params = folder / "art" / spec["art"] / spec["params_dir"]
-    cache_json = json.loads((params / "tensor-cache.json").read_text())
     src = {r["name"]: r for r in spec["records"]}
-    states = {c: parts[c].state_dict() for c in components()}
+    states = {c: parts[c].state_dict() for c in {s["component"] for s in src.values() if "component" in s}}
+    same = write_tensor_cache(params, src, states) == spec["sha256"]
+    log(f"weights written: {len(src)} tensors, {'same bytes as prepared' if same else 'DIFFERENT bytes'}")
+    return same
+
+
+def write_tensor_cache(params: Path, src: dict, states: dict) -> str:
+    """Fill the shards that ``params/tensor-cache.json`` lays out; ``src``: record name ->
+    {component, key} (the tensor ``states[component][key]``) or {inline: hex bytes}.
+    Returns the sha256 of every record's bytes in the layout's order."""
+    cache_json = json.loads((params / "tensor-cache.json").read_text())
     whole = hashlib.sha256()
     for shard in cache_json["records"]:
         buf = bytearray(shard["nbytes"])
@@ -209,9 +223,7 @@ def write_weights(folder: Path, parts: dict, log=print) -> bool:
             buf[rec["byteOffset"]:rec["byteOffset"] + len(data)] = data
             whole.update(data)
         (params / shard["dataPath"]).write_bytes(bytes(buf))
-    same = whole.hexdigest() == spec["sha256"]
-    log(f"weights written: {len(src)} tensors, {'same bytes as prepared' if same else 'DIFFERENT bytes'}")
-    return same
+    return whole.hexdigest()
 
 
 SWIFTSHADER = Path("/usr/lib/chromium")  # Debian's chromium ships SwiftShader Vulkan and a loader

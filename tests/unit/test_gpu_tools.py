@@ -1,4 +1,4 @@
-"""The GPU-machine tools (sdparity.gpu.cuda, gpu_web, gpu_tune) refuse bad input with one
+"""The GPU-machine tools (sdparity.gpu.cuda, gpu_web, gpu_webstages, gpu_tune) refuse bad input with one
 line and exit status 2. Their real runs need the lent GPU (docs/performance.md); the WebGPU
 path runs here on SwiftShader in tests/e2e/test_node_dawn.py."""
 
@@ -14,7 +14,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("module", ["sdparity.gpu.cuda", "sdparity.gpu.web", "sdparity.gpu.tune"])
+@pytest.mark.parametrize("module", ["sdparity.gpu.cuda", "sdparity.gpu.web", "sdparity.gpu.webstages",
+                                    "sdparity.gpu.tune"])
 def test_missing_folder_is_one_line_error(module, tmp_path):
     args = ["device", "--dir", str(tmp_path / "missing"), "--out", str(tmp_path / "out")]
     p = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -29,6 +30,14 @@ def test_gpu_web_unknown_model_is_one_line_error(tmp_path):
                         "--dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert not (tmp_path / "d").exists()  # nothing half-written
+
+
+def test_gpu_webstages_unknown_stage_is_refused_before_anything_is_written(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "sdparity.gpu.webstages", "prepare", "--stages", "unet,nope",
+                        "--dir", str(tmp_path / "d")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "unknown: nope" in p.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d").exists()
 
 
 def test_gpu_tune_apply_refuses_bad_results_and_keeps_the_database(tmp_path):

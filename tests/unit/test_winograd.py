@@ -99,6 +99,24 @@ def test_only_the_convolutions_it_computes(shape, attrs, expected):
     assert ("conv2d" in names) is (not expected), names
 
 
+def test_a_rewrite_whose_buffers_exceed_the_targets_binding_limit_keeps_the_direct_convolution():
+    """``Backend.max_buffer`` (WebGPU: 1 GiB): SDXL's VAE at 1024x1024 would bind 2-4 GiB
+    Winograd buffers. Here V (16 x C x tiles floats) is the largest: 16 * 32 * 16 * 4 bytes."""
+    mod = _conv_module(1, 32, 8, 8, 16)
+    call = mod["main"].body.blocks[0].bindings[0].value
+    need = winograd.buffer_bytes(call)
+    assert need == 4 * 16 * 32 * (4 * 4)
+    for limit, expected in ((need, True), (need - 1, False), (None, True)):
+        with tvm.target.Target("llvm"):
+            legal = relax.transform.LegalizeOps(customize_legalize_map=precise_legalize_map(
+                "webgpu", max_buffer=limit))(mod)
+        names = _kernel_names(legal)
+        assert ("winograd_gemm" in names) is expected and ("conv2d" in names) is (not expected), (limit, names)
+    from sdparity.backends.webgpu.backend import WebGPUBackend
+
+    assert WebGPUBackend.max_buffer == 1 << 30  # SwiftShader's maxStorageBufferBindingSize
+
+
 def test_output_transform_is_not_fused_into_the_next_input_transform():
     """conv -> +1 -> conv: the bias-like add joins the first output transform, but the second
     convolution's input transform stays its own kernel (fused, it recomputed every output 16

@@ -19,11 +19,11 @@
 // call. The timed runs stay uninstrumented.
 // Exit status: 0 done, 1 generation failed, 2 bad arguments / no adapter.
 
-import { createServer } from "node:http";
-import { createReadStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync, renameSync } from "node:fs";
-import { createRequire } from "node:module";
-import { dirname, join, normalize, resolve, sep } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { mkdirSync, readFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+import { installGlobals, serve, writeAtomic } from "./dawn.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB = resolve(HERE, "..");
@@ -46,27 +46,6 @@ function parseArgs(argv) {
   return o;
 }
 
-// A static server for /data/ and /art/ (the URLs in the app's config.json).
-function serve(mounts) {
-  const server = createServer((req, res) => {
-    const path = decodeURIComponent(new URL(req.url, "http://x").pathname);
-    const m = Object.keys(mounts).find((p) => path.startsWith(p));
-    const file = m && normalize(join(mounts[m], path.slice(m.length)));
-    if (!m || !file.startsWith(mounts[m] + sep) || !existsSync(file) || !statSync(file).isFile()) {
-      res.writeHead(404).end();
-      return;
-    }
-    res.writeHead(200, { "content-length": statSync(file).size });
-    createReadStream(file).pipe(res);
-  });
-  return new Promise((ok) => server.listen(0, "127.0.0.1", () => ok(server)));
-}
-
-function writeAtomic(path, data) {
-  writeFileSync(path + ".part", data);
-  renameSync(path + ".part", path);
-}
-
 async function main() {
   let o;
   try {
@@ -80,23 +59,14 @@ async function main() {
   const finish = (code) => { writeAtomic(join(o.out, "result.json"), JSON.stringify(result, null, 1)); return code; };
 
   // WebGPU from Dawn, tvmjs and the tokenizer as browser globals, as the page has them.
-  const dawnIndex = join(o.dawn, "index.js");
-  if (!existsSync(dawnIndex)) {
-    result.errors.push(`Dawn for Node (npm webgpu) not found at ${o.dawn}`);
-    return finish(2);
-  }
-  const { create, globals } = await import(pathToFileURL(dawnIndex).href);
-  Object.assign(globalThis, globals);
   // profile: exact timestamps (Dawn rounds them unless this toggle is off)
   const flags = o.profile ? ["disable-dawn-features=timestamp_quantization"] : [];
-  Object.defineProperty(globalThis, "navigator", { value: { gpu: create(flags), userAgent: `node ${process.version} dawn` },
-                                                    configurable: true });
-  // tvmjs is a UMD script; web-tokenizers is the same in a "type": "module" package, whose
-  // emscripten part looks for CommonJS require/__filename in Node: give it those.
-  const tokIndex = join(o.tokenizers, "index.js");
-  globalThis.tvmjs = createRequire(import.meta.url)(join(o.tvmjs, "index.js"));
-  Object.assign(globalThis, { require: createRequire(tokIndex), __filename: tokIndex, __dirname: o.tokenizers });
-  await import(pathToFileURL(tokIndex).href);
+  try {
+    await installGlobals({ dawn: o.dawn, tvmjs: o.tvmjs, tokenizers: o.tokenizers, flags });
+  } catch (e) {
+    result.errors.push(e.message);
+    return finish(2);
+  }
   const server = await serve({ "/data/": resolve(o.data), "/art/": resolve(o.art) });
   const base = `http://127.0.0.1:${server.address().port}`;
   // no global `location`: its emscripten part would take it for its own file's URL

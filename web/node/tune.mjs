@@ -22,10 +22,12 @@
 // process keeps what it timed; `--resume` (the driver's retry) skips the tiles timed before.
 // Exit status: 0 done (or out of budget), 2 bad arguments / no adapter.
 
-import { existsSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { gunzipSync } from "node:zlib";
+
+import { writeAtomic } from "./dawn.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const REPEAT = 10;
@@ -113,7 +115,7 @@ async function main() {
   const results = { card: info.description || info.device, adapter: { vendor: info.vendor, device: info.device,
                     architecture: info.architecture }, kind: "webgpu", model: manifest.model,
                     versions: manifest.versions, workloads: [] };
-  const save = () => { writeFileSync(o.out + ".part", JSON.stringify(results, null, 1)); renameSync(o.out + ".part", o.out); };
+  const save = () => writeAtomic(o.out, JSON.stringify(results, null, 1));
   const started = performance.now();
   const querySet = device.createQuerySet({ type: "timestamp", count: 2 * REPEAT });
   const resolved = device.createBuffer({ size: 16 * REPEAT, usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC });

@@ -137,6 +137,9 @@ class WebGPUBackend(Backend):
     device_class = "webgpu"
     float64 = False  # WGSL has no f64
     float16 = False  # needs the adapter's shader-f16 and an f16 web runtime: neither is built here
+    # maxStorageBufferBindingSize of the smallest adapter the suite runs on (SwiftShader in
+    # Chromium: 1 GiB; Dawn on the lent NVIDIA GPUs: 2 GiB - 4), so one wasm runs on both
+    max_buffer = 1 << 30
 
     def __init__(self, name: str | None = None, chromium: str | None = None, weights: str = "raw", headless: bool = True,
                  max_loaded: int = 3, run_timeout_s: float = 1800.0, flags: list[str] | None = None):
@@ -195,7 +198,8 @@ class WebGPUBackend(Backend):
         target = self.target()
         t0 = time.perf_counter()
         try:
-            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target, float64=self.float64), target)
+            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target, float64=self.float64,
+                                                  max_buffer=self.max_buffer), target)
         except Exception as e:
             raise SdparityError(f"relax.build for webgpu failed: {_build_error_line(e)}") from e
         t1 = time.perf_counter()
