@@ -34,8 +34,6 @@ def kernels(stage_name: str, model_name: str) -> list[dict]:
     import tvm
 
     from reference.models import seeded_model
-    from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
-    from sdparity.compile.schedule import schedule_for
     from sdparity.backends import get_backend
     from sdparity.registry import get_stage
 
@@ -45,9 +43,7 @@ def kernels(stage_name: str, model_name: str) -> list[dict]:
     ir = st.build_ir(model, st.default_variant(model))
     mod = tvm.IRModule({gv: f for gv, f in ir.mod.functions.items()})
     del ir, model
-    backend = get_backend("webgpu")
-    target = backend.target()
-    mod = schedule_for(legalize_for_webgpu(mod), target, float64=backend.float64)
+    mod = get_backend("webgpu").scheduled(mod)
     out = []
     for gv, func in mod.functions.items():
         if not isinstance(func, tvm.tirx.PrimFunc):

@@ -181,12 +181,18 @@ class WebGPUBackend(Backend):
                 "link": list(toolchain.LINK_FLAGS), "weights": self.weights}
 
     # -- build ------------------------------------------------------------------------
+    def scheduled(self, mod):
+        """``mod`` legalized and scheduled as this backend builds it (its capabilities passed),
+        not yet compiled: the build's kernels (scripts/webgpu_buffer_sizes.py reads them too)."""
+        from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
+        from sdparity.compile.schedule import schedule_for
+
+        return schedule_for(legalize_for_webgpu(mod), self.target(), float64=self.float64, max_buffer=self.max_buffer)
+
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
-        from tvm import relax
         from tvm.contrib import tvmjs
 
-        from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
-        from sdparity.compile.schedule import build_module, schedule_for
+        from sdparity.compile.schedule import build_module
 
         out_dir = Path(out_dir)
         for fn, ps in ir.params.items():
@@ -198,8 +204,7 @@ class WebGPUBackend(Backend):
         target = self.target()
         t0 = time.perf_counter()
         try:
-            ex = build_module(schedule_for(legalize_for_webgpu(ir.mod), target, float64=self.float64,
-                                                  max_buffer=self.max_buffer), target)
+            ex = build_module(self.scheduled(ir.mod), target)
         except Exception as e:
             raise SdparityError(f"relax.build for webgpu failed: {_build_error_line(e)}") from e
         t1 = time.perf_counter()
