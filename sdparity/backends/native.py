@@ -106,7 +106,7 @@ class NativeBackend(Backend):
     def build(self, ir: StageIR, out_dir: Path, log=print) -> dict:
         from sdparity.compile.schedule import build_module, schedule_for
 
-        mod = schedule_for(ir.mod, self.target(), float64=self.float64)
+        mod = schedule_for(ir.mod, self.target(), float64=self.float64, max_buffer=self.max_buffer)
         target = self.target()
         if self.kind == "llvm":  # mcpu only where it pays (issue 6: sdparity.compile.schedule_cpu)
             from sdparity.compile.schedule_cpu import build_target

@@ -131,9 +131,10 @@ def test_a_cpu_build_without_float64_gets_float32_statistics(data):
         assert float(np.abs(out - ref).max()) < 2e-5
 
 
-def test_every_backend_passes_its_float64_capability_to_the_build(monkeypatch, tmp_path):
-    """Each registered backend's build hands its own ``float64`` to compile/schedule.schedule_for
-    (WebGPU: False, WGSL has no f64; llvm, cuda, vulkan: True)."""
+def test_every_backend_passes_its_capabilities_to_the_build(monkeypatch, tmp_path):
+    """Each registered backend's build hands its own ``float64`` and ``max_buffer`` to
+    compile/schedule.schedule_for (WebGPU: no float64, WGSL has no f64, and a 1 GiB binding
+    limit; llvm, cuda, vulkan: float64, no limit)."""
     import sdparity.compile.schedule as schedule
     from sdparity.backends import get_backend, names
     from sdparity.backends.webgpu import toolchain, wgsl
@@ -144,8 +145,8 @@ def test_every_backend_passes_its_float64_capability_to_the_build(monkeypatch, t
 
     seen = {}
 
-    def record(mod, target, lift=False, float64=None):
-        seen["float64"] = float64
+    def record(mod, target, lift=False, float64=None, max_buffer=None):
+        seen.update(float64=float64, max_buffer=max_buffer)
         raise Stop
 
     monkeypatch.setattr(schedule, "schedule_for", record)
@@ -157,7 +158,7 @@ def test_every_backend_passes_its_float64_capability_to_the_build(monkeypatch, t
         seen.clear()
         with pytest.raises(Exception):  # Stop, or the backend's own wrapping of it
             backend.build(StageIR(_module(), params={}), tmp_path)
-        assert seen == {"float64": backend.float64}, name
-        declared[name] = backend.float64
+        assert seen == {"float64": backend.float64, "max_buffer": backend.max_buffer}, name
+        declared[name] = (backend.float64, backend.max_buffer)
     assert {n: declared[n] for n in ("llvm", "cuda", "vulkan", "webgpu")} == {
-        "llvm": True, "cuda": True, "vulkan": True, "webgpu": False}
+        "llvm": (True, None), "cuda": (True, None), "vulkan": (True, None), "webgpu": (False, 1 << 30)}
