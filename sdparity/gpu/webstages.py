@@ -123,18 +123,19 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[i
 # ============================================================================ device (there)
 
 def write_stage_weights(folder: Path, meta: dict, module) -> bool:
-    """The stage's shards from the recreated component; True when the weights' fingerprint (in
-    call order, as the build named them: ``<function>/<index>``) equals prepare's."""
+    """The stage's shards from the recreated component (the build names its weights
+    ``<function>/<index>`` in call order; the tensor cache lays them out in its own order);
+    True when their fingerprint in call order equals prepare's."""
     fn = meta["functions"][0]
     src = {f"{fn}/{i:05d}": {"component": "m", "key": k} for i, k in enumerate(meta["weights"])}
     params = folder / "art" / "params"
-    layout = [r["name"] for shard in json.loads((params / "tensor-cache.json").read_text())["records"]
-              for r in shard["records"]]
-    if layout != sorted(src):
-        raise RuntimeError(f"{meta['stage']}: the tensor cache's records are not the build's weights in call order")
+    layout = {r["name"] for shard in json.loads((params / "tensor-cache.json").read_text())["records"]
+              for r in shard["records"]}
+    if layout != set(src):
+        raise RuntimeError(f"{meta['stage']}: the tensor cache's records are not the build's weights")
     state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    sha = write_tensor_cache(params, src, {"m": state})
-    return sha[:16] == meta["weights_sha256"]  # fingerprint(): the same bytes in the same order
+    write_tensor_cache(params, src, {"m": state})
+    return fingerprint([state[k].detach().cpu().numpy() for k in meta["weights"]]) == meta["weights_sha256"]
 
 
 def run_stages_node(folder: Path, cases, out: Path, repeat: int, log=print, software: bool = False) -> dict:

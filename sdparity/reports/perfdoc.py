@@ -262,6 +262,7 @@ SDXL_H100_SEEDS = [SDXL_H100] + [f"cuda-sdxl-h100/calibrate-seed{n}.json" for n 
 # sd21-random at 768x768 (96x96 latents): one call with CLIP (OpenCLIP ViT-H), UNet and VAE at
 # seed 0; then seeds 0-4 in two calls (the UNet's; CLIP's and the VAE's), seed by seed
 SD21_H100 = "cuda-sd21-h100/gpu-report.json"
+WEBGPU_SDXL = "webgpu-sdxl-dawn-h100/gpu-report.json"  # sdparity.gpu.webstages: UNet and VAE on Dawn
 SD21_H100_SEEDS = [f"cuda-sd21-h100/{part}/{'gpu-report' if n == 0 else f'calibrate-seed{n}'}.json"
                    for n in range(5) for part in ("clip-vae-seeds", "unet-seeds")]
 
@@ -821,6 +822,29 @@ def check(text: str, reports: Reports | None = None) -> list[str]:
     return problems
 
 
+
+@table("webgpu-sdxl-dawn-h100")
+def _webgpu_sdxl(R: Reports) -> Table:
+    """WebGPU on Dawn beside PyTorch in the same run, and TVM's CUDA build of the same stage
+    from its own run (``cuda-sdxl-h100``), each report naming its card."""
+    d, cuda = R(WEBGPU_SDXL), by_function(R(SDXL_H100))
+    t = Table(["function", "WebGPU (Dawn)", "torch CUDA (same run)", "ratio", "first call", "load: pipelines, weights",
+               "TVM CUDA (its run)", "TVM CUDA / torch CUDA"])
+    for f in functions_in_order(d):
+        r, c = by_function(d)[f], cuda.get(f)
+        load = r.get("load_ms") or {}
+        t.add([f, f"{seconds(r['run_s'], 'ms')} ms", f"{seconds(r['ref_s'], 'ms')} ms", ratio(r),
+               f"{seconds(r['first_call_s'], 'ms')} ms", f"{num(load.get('pipelines', 0) / 1e3)} s, "
+               f"{num(load.get('weights', 0) / 1e3)} s", f"{seconds(c['run_s'], 'ms')} ms" if c else "",
+               ratio(c) if c else ""], WEBGPU_SDXL, *([SDXL_H100] if c else []))
+    return t
+
+
+@table("webgpu-sdxl-dawn-h100-parity")
+def _webgpu_sdxl_parity(R: Reports) -> Table:
+    return _parity(R, WEBGPU_SDXL)
+
+
 def update(text: str, reports: Reports | None = None) -> str:
     """The document with every generated section rendered anew (markers included)."""
     want = expected(reports)
@@ -862,3 +886,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
