@@ -57,7 +57,9 @@ from sdparity.gpu.web import _xz, carry_js, vulkan_env, write_tensor_cache
 # ============================================================================ prepare (here)
 
 def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[int, int] | None = None,
-            log=print, carry_node: bool = True) -> None:
+            log=print, carry_node: bool = True, seeds: int = 1) -> None:
+    """``seeds``: the model stages' inputs of seeds 1..N-1 too (``cases-seed<N>.npz``), for
+    ``device --seeds``."""
     from reference.models import BUILTIN_MODELS
 
     from sdparity.backends.webgpu.backend import META, PARAMS_DIR, WASM, WebGPUBackend
@@ -95,7 +97,9 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[i
         if st.component:
             weights = {"component": st.component, "weights": weight_names(st, model, variant, ir.params[fn]),
                        "weights_sha256": fingerprint(ir.params[fn])}
-        meta_cases = write_cases(st, st.cases(model, variant, seed=0), [], folder)
+        more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
+        meta_cases = write_cases(st, st.cases(model, variant, seed=0), more, folder)
+        del more
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
             t1 = time.perf_counter()
             backend.build(ir, Path(tmp), log=log)  # with the weights: the shards' layout
@@ -109,7 +113,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[i
             _xz(Path(tmp) / WASM, folder / "art" / (WASM + ".xz"))
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "model": model_name,
                 "scope": scope, "build_s": round(build_s, 1), "prepare_s": round(time.perf_counter() - t0, 1),
-                "cases": meta_cases, **weights}
+                "cases": meta_cases, "seeds": list(range(seeds if st.component else 1)), **weights}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
         log(f"{name}: built for webgpu in {build_s:.1f}s, {size:.1f} MiB carried")
@@ -215,23 +219,23 @@ class PreparedDawn:
         return found
 
 
-def device(folder: Path, out: Path, repeat: int = 5, log=print, software: bool = False) -> int:
-    import dataclasses
-
+def device(folder: Path, out: Path, repeat: int = 5, log=print, software: bool = False,
+           seeds: tuple[int, ...] = (0,)) -> int:
+    """Check (and, on the first seed, time) every prepared stage. ``seeds``: the inputs prepared
+    for each (``prepare --seeds``; model stages only past seed 0); the first seed's report is
+    ``gpu-report.json``, every seed's also ``calibrate-seed<N>.json`` when there are several
+    (read by ``sdparity calibrate --from-reports``)."""
     import torch
 
     from reference.models import random_components
 
-    from sdparity.errors import Progress
+    from sdparity.errors import SdparityError
     from sdparity.files import write_atomic
     from sdparity.registry import get_stage
     from sdparity.reports.report import Report
-    from sdparity.runner import DEFAULT, run_checks
 
     torch.backends.cuda.matmul.allow_tf32 = False  # a float32 reference, not TF32
     torch.backends.cudnn.allow_tf32 = False
-    from sdparity.errors import SdparityError
-
     folder, out = folder.resolve(), out.resolve()
     if not (folder / "job.json").is_file():
         raise SdparityError(f"{folder}: not a prepared folder (no job.json: `prepare` did not finish there)")
@@ -240,75 +244,105 @@ def device(folder: Path, out: Path, repeat: int = 5, log=print, software: bool =
     card = torch.cuda.get_device_name(0) if cuda else "cpu (no CUDA)"
     dclass = "gpu" if cuda else "cpu"  # SwiftShader (tests here) is the CPU
     out.mkdir(parents=True, exist_ok=True)
-    report = Report(None)
-    report.data.update(model={"name": job["model"], "digest": None, "path": None}, model_scope=job["scope"],
-                       seed=0, versions_prepare=job["versions_prepare"])
-    report.data["versions"].update({k: v for k, v in job["versions_prepare"].items()
-                                    if report.data["versions"].get(k) is None})
     info = {"name": "webgpu", "device_class": dclass, "card": card, "device_name": card,
             "runtime": "Node + Dawn (npm webgpu), one process a stage", "torch": torch.__version__}
-    report.data["backends"]["webgpu"] = info
-    perf: list[dict] = []
-    report.data["performance"] = {dclass: {"card": card, "repeat": repeat, "results": perf}}
+    reports = {}
+    for seed in seeds:
+        report = reports[seed] = Report(None)
+        report.data.update(model={"name": job["model"], "digest": None, "path": None}, model_scope=job["scope"],
+                           seed=seed, versions_prepare=job["versions_prepare"])
+        report.data["versions"].update({k: v for k, v in job["versions_prepare"].items()
+                                        if report.data["versions"].get(k) is None})
+        report.data["backends"]["webgpu"] = info
+        if seed == seeds[0]:
+            report.data["performance"] = {dclass: {"card": card, "repeat": repeat, "results": []}}
+
+    def write():
+        for seed, report in reports.items():
+            if seed == seeds[0]:
+                write_atomic(out / "gpu-report.json", report.to_json())
+            if len(seeds) > 1:
+                write_atomic(out / f"calibrate-seed{seed}.json", report.to_json())
+
     for name in job["stages"]:
         meta = json.loads((folder / name / "meta.json").read_text())
         stage = get_stage(name)
-        try:
-            module = None
-            if meta.get("component"):
-                t0 = time.perf_counter()
-                need = {"text_encoder": ("text_encoder", "text_encoder_2")}.get(meta["component"], (meta["component"],))
-                parts = random_components(job["model"], parts=set(need))
-                log(f"{name}: recreated the seeded {job['model']} {meta['component']} in {time.perf_counter() - t0:.1f}s")
-                module = stage.wrap(parts[meta["component"]], None).eval()
-                same = write_stage_weights(folder / name, meta, module)
-                info.setdefault("weights_same_as_prepare", {})[name] = same
-                if not same:
-                    raise RuntimeError("the recreated weights differ from the ones built against (fingerprint)")
-            cases = prepared_cases(folder / name, meta, module, 0)
-            res = run_stages_node(folder / name, cases, Path(f"/tmp/sdparity-stage-{name}"), repeat, log, software)
-            info["adapter"] = res.get("adapter")
-            info.setdefault("node", {})[name] = {k: res.get(k) for k in ("loadMs", "wall_s", "returncode")}
-            if "outputs" not in res:
-                raise RuntimeError("; ".join(res.get("errors") or ["failed"]))
-            firsts = {}
-            for c, r in zip(cases, res["runs"]):
-                if c.function not in firsts:
-                    firsts[c.function] = c
-                    perf.append({"stage": name, "backend": "webgpu", "device_class": dclass, "card": card,
-                                 "function": c.function, "case": c.label, "build_s": meta.get("build_s"),
-                                 "run_s_all": [round(x / 1e3, 6) for x in r["ms"][1:]], "first_call_s": r["ms"][0] / 1e3,
-                                 "load_ms": res.get("loadMs")})
-            ref = torch_times(stage, module, firsts, repeat)
-            for row in perf:
-                if row["stage"] == name:
-                    fn = row["function"]
-                    row["run_s"] = round(float(np.median(row["run_s_all"])), 6)
-                    row["ref_s_all"] = [round(x, 6) for x in ref["times"][fn]]
-                    row["ref_s"] = round(float(np.median(ref["times"][fn])), 6)
-                    row["ratio"] = round(row["run_s"] / row["ref_s"], 3) if row["ref_s"] > 0 else None
-                    row.update(reference_kind=ref["kind"], ref_device="cuda" if cuda else "cpu",
-                               ref_peak_allocated_mib=ref["peak_mib"] and round(ref["peak_mib"], 1))
-                    log(f"[webgpu] {name} {fn}: dawn {row['run_s'] * 1e3:.1f} ms, torch {row['ref_s'] * 1e3:.1f} ms "
-                        f"({row['ratio']}x) on {card}")
-            backend = PreparedDawn(folder / name, meta, cases, res["outputs"], info)
-            md = dataclasses.replace(DEFAULT, cases=lambda *_: cases, own_kernels=False, prove_known=False)
-            run_checks([stage], [backend], PreparedModel(meta["model"], meta["scope"]), report, cache=None, seed=0,
-                       log=Progress(stream=sys.stdout), variants={name: meta["variant"]}, mode=md)
-        except Exception as e:  # record and go on: a later stage may still work
-            from sdparity.errors import one_line
+        module = None
+        for seed in [sd for sd in seeds if sd in meta.get("seeds", [0])]:
+            report = reports[seed]
+            try:
+                if meta.get("component") and module is None:
+                    t0 = time.perf_counter()
+                    need = {"text_encoder": ("text_encoder", "text_encoder_2")}.get(meta["component"],
+                                                                                 (meta["component"],))
+                    parts = random_components(job["model"], parts=set(need))
+                    log(f"{name}: recreated the seeded {job['model']} {meta['component']} "
+                        f"in {time.perf_counter() - t0:.1f}s")
+                    module = stage.wrap(parts[meta["component"]], None).eval()
+                    del parts
+                    same = write_stage_weights(folder / name, meta, module)
+                    info.setdefault("weights_same_as_prepare", {})[name] = same
+                    if not same:
+                        raise RuntimeError("the recreated weights differ from the ones built against (fingerprint)")
+                perf = report.data.get("performance", {}).get(dclass, {}).get("results")
+                _stage_seed(folder / name, meta, stage, module, seed, report, info, perf,
+                            repeat if perf is not None else 0, log, software)
+            except Exception as e:  # record and go on: a later stage may still work
+                from sdparity.errors import one_line
 
-            report.add(stage=name, backend="webgpu", device_class=dclass, case=None, function=None, output=None,
-                       shapes=None, verdict="error", message=one_line(e)[:300], metrics=None, tolerance=None,
-                       timings=None, card=card)
-            log(f"{name}: error: {one_line(e)}")
-        module = parts = None
+                report.add(stage=name, backend="webgpu", device_class=dclass, case=None, function=None, output=None,
+                           shapes=None, verdict="error", message=one_line(e)[:300], metrics=None, tolerance=None,
+                           timings=None, card=card)
+                log(f"{name} (seed {seed}): error: {one_line(e)}")
+            write()  # after every stage and seed
+        module = None
         gc.collect()
         if cuda:
             torch.cuda.empty_cache()
-        write_atomic(out / "gpu-report.json", report.to_json())  # after every stage
-    log(f"webgpu (Dawn) on {card}: {report.summary()} -> {out / 'gpu-report.json'}")
-    return 0 if report.ok else 1
+    for seed, report in reports.items():
+        log(f"webgpu (Dawn) on {card}, seed {seed}: {report.summary()}")
+    return 0 if all(r.ok for r in reports.values()) else 1
+
+
+def _stage_seed(folder: Path, meta: dict, stage, module, seed: int, report, info: dict, perf: list | None,
+                repeat: int, log, software: bool) -> None:
+    """One stage on one seed's inputs: Node on Dawn runs every case (``perf`` given: the first
+    case of each function ``repeat`` more times, and PyTorch timed on it), then the one check
+    driver judges every case with this tier's hooks."""
+    import dataclasses
+
+    from sdparity.errors import Progress
+    from sdparity.runner import DEFAULT, run_checks
+
+    name, card, dclass = meta["stage"], info["card"], info["device_class"]
+    cases = prepared_cases(folder, meta, module, seed)
+    res = run_stages_node(folder, cases, Path(f"/tmp/sdparity-stage-{name}"), repeat, log, software)
+    info["adapter"] = res.get("adapter")
+    info.setdefault("node", {})[f"{name}/seed{seed}"] = {k: res.get(k) for k in ("loadMs", "wall_s", "returncode")}
+    if "outputs" not in res:
+        raise RuntimeError("; ".join(res.get("errors") or ["failed"]))
+    if perf is not None:
+        firsts = {}
+        for c, r in zip(cases, res["runs"]):
+            firsts.setdefault(c.function, (c, r))
+        ref = torch_times(stage, module, {fn: c for fn, (c, _) in firsts.items()}, repeat)
+        for fn, (c, r) in firsts.items():
+            run_all = [x / 1e3 for x in r["ms"][1:]]
+            row = {"stage": name, "backend": "webgpu", "device_class": dclass, "card": card, "function": fn,
+                   "case": c.label, "build_s": meta.get("build_s"), "run_s": round(float(np.median(run_all)), 6),
+                   "run_s_all": [round(x, 6) for x in run_all], "first_call_s": r["ms"][0] / 1e3,
+                   "load_ms": res.get("loadMs"), "ref_s": round(float(np.median(ref["times"][fn])), 6),
+                   "ref_s_all": [round(x, 6) for x in ref["times"][fn]], "reference_kind": ref["kind"],
+                   "ref_device": "cuda" if dclass == "gpu" else "cpu",
+                   "ref_peak_allocated_mib": ref["peak_mib"] and round(ref["peak_mib"], 1)}
+            row["ratio"] = round(row["run_s"] / row["ref_s"], 3) if row["ref_s"] > 0 else None
+            perf.append(row)
+            log(f"[webgpu] {name} {fn}: dawn {row['run_s'] * 1e3:.1f} ms, torch {row['ref_s'] * 1e3:.1f} ms "
+                f"({row['ratio']}x) on {card}")
+    backend = PreparedDawn(folder, meta, cases, res["outputs"], info)
+    md = dataclasses.replace(DEFAULT, cases=lambda *_: cases, own_kernels=False, prove_known=False)
+    run_checks([stage], [backend], PreparedModel(meta["model"], meta["scope"]), report, cache=None, seed=seed,
+               log=Progress(stream=sys.stdout), variants={name: meta["variant"]}, mode=md)
 
 
 def main(argv=None) -> int:
@@ -321,18 +355,22 @@ def main(argv=None) -> int:
     a.add_argument("--stages", default="unet,vae", help="comma-separated (default unet,vae)")
     a.add_argument("--dir", type=Path, required=True)
     a.add_argument("--latent", type=latent_hw, default=None, help="latent HxW (default: the model's)")
+    a.add_argument("--seeds", type=int, default=1, help="also the model stages' inputs of seeds 1..N-1")
     b = sub.add_parser("device", help="run each stage in Node on Dawn and PyTorch there; compare and time")
     b.add_argument("--dir", type=Path, required=True)
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--repeat", type=int, default=5, help="timed calls of each function's first case (default 5)")
     b.add_argument("--swiftshader", action="store_true", help="Dawn on chromium's SwiftShader (no GPU: tests)")
+    b.add_argument("--seeds", default="0", help="comma-separated seeds prepared (default 0); several: each also "
+                   "written as calibrate-seed<N>.json for `sdparity calibrate --from-reports`")
     args = p.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     if args.cmd == "prepare":
         prepare(args.model, args.dir, [s for s in args.stages.split(",") if s],
-                tuple(args.latent) if args.latent else None, log)
+                tuple(args.latent) if args.latent else None, log, seeds=args.seeds)
         return 0
-    return device(args.dir, args.out, args.repeat, log, software=args.swiftshader)
+    return device(args.dir, args.out, args.repeat, log, software=args.swiftshader,
+                  seeds=tuple(int(x) for x in args.seeds.split(",") if x.strip()))
 
 
 if __name__ == "__main__":

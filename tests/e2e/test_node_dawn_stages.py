@@ -17,7 +17,7 @@ STAGES = ["vae", "scheduler_dpm"]
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     d = tmp_path_factory.mktemp("webgpu-stages")
-    webstages.prepare("tiny", d, STAGES, log=print, carry_node=False)
+    webstages.prepare("tiny", d, STAGES, log=print, carry_node=False, seeds=2)
     return d
 
 
@@ -25,7 +25,7 @@ def test_stages_on_dawn_match_pytorch(prepared, tmp_path):
     from sdparity.reports.report import load
 
     out = tmp_path / "out"
-    rc = webstages.device(prepared, out, repeat=2, log=print, software=True)
+    rc = webstages.device(prepared, out, repeat=2, log=print, software=True, seeds=(0, 1))
     rep = load(out / "gpu-report.json")  # a sdparity.report/1 report: schema-validated here
     wg = rep["backends"]["webgpu"]
     assert wg["adapter"]["architecture"] == "swiftshader"  # Dawn, not a stand-in
@@ -40,6 +40,14 @@ def test_stages_on_dawn_match_pytorch(prepared, tmp_path):
     perf = rep["performance"]["cpu"]["results"]
     assert {(p["stage"], p["function"]) for p in perf} >= {("vae", "vae"), ("scheduler_dpm", "dpm_step")}
     assert all(len(p["run_s_all"]) == 2 and p["ratio"] > 0 for p in perf)
+    # --seeds: every seed's report for `sdparity calibrate --from-reports`; seed 1 has the model
+    # stage only (its own inputs), no timings
+    other = load(out / "calibrate-seed1.json")
+    assert other["seed"] == 1 and {r["stage"] for r in other["results"]} == {"vae"} and not other.get("performance")
+    assert all(r["verdict"] == "pass" for r in other["results"]), [r["message"] for r in other["results"]]
+    first = {(r["case"], r["output"]): r["metrics"]["max_abs"] for r in vae}
+    assert all(first[(r["case"], r["output"])] != r["metrics"]["max_abs"] for r in other["results"]
+               if r["output"] == "image_float")  # other inputs
 
 
 def test_a_lowering_perturbed_at_prepare_fails_on_dawn(tmp_path):
