@@ -4,7 +4,7 @@
 // by URL, as in the browser) and atomic writes.
 
 import { createServer } from "node:http";
-import { createReadStream, existsSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { createReadStream, existsSync, mkdirSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { join, normalize, sep } from "node:path";
 import { pathToFileURL } from "node:url";
@@ -47,4 +47,22 @@ export async function installGlobals({ dawn, tvmjs, tokenizers = null, flags = [
     Object.assign(globalThis, { require: createRequire(tokIndex), __filename: tokIndex, __dirname: tokenizers });
     await import(pathToFileURL(tokIndex).href);
   }
+}
+
+// A script's start: its arguments parsed (null, after one line on stderr, when they are bad:
+// the script exits 2) and its --out folder made.
+export function parsedArgs(script, parseArgs) {
+  try {
+    const o = parseArgs(process.argv.slice(2));
+    mkdirSync(o.out, { recursive: true });
+    return o;
+  } catch (e) {
+    console.error(`${script}: ${e.message}`);
+    return null;
+  }
+}
+
+// finish(code): write `result` to OUT/result.json (atomically) and return code, the exit status.
+export function finisher(out, result) {
+  return (code) => { writeAtomic(join(out, "result.json"), JSON.stringify(result, null, 1)); return code; };
 }

@@ -19,11 +19,11 @@
 // call. The timed runs stay uninstrumented.
 // Exit status: 0 done, 1 generation failed, 2 bad arguments / no adapter.
 
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { installGlobals, serve, writeAtomic } from "./dawn.mjs";
+import { finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB = resolve(HERE, "..");
@@ -47,16 +47,10 @@ function parseArgs(argv) {
 }
 
 async function main() {
-  let o;
-  try {
-    o = parseArgs(process.argv.slice(2));
-  } catch (e) {
-    console.error(`generate.mjs: ${e.message}`);
-    return 2;
-  }
-  mkdirSync(o.out, { recursive: true });
+  const o = parsedArgs("generate.mjs", parseArgs);
+  if (!o) return 2;
   const result = { errors: [], options: { ...o, latents: o.latents || null } };
-  const finish = (code) => { writeAtomic(join(o.out, "result.json"), JSON.stringify(result, null, 1)); return code; };
+  const finish = finisher(o.out, result);
 
   // WebGPU from Dawn, tvmjs and the tokenizer as browser globals, as the page has them.
   // profile: exact timestamps (Dawn rounds them unless this toggle is off)

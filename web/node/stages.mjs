@@ -14,11 +14,11 @@
 // outputs ({file, shape, dtype}) and the milliseconds of every call, errors.
 // Exit status: 0 done, 1 a run failed, 2 bad arguments / no Dawn / no adapter.
 
-import { mkdirSync, readFileSync } from "node:fs";
+import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { installGlobals, serve, writeAtomic } from "./dawn.mjs";
+import { finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
 
 const WEB = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -44,23 +44,23 @@ function flatten(value, out) {
 }
 
 async function main() {
-  let o;
-  try {
-    o = parseArgs(process.argv.slice(2));
-  } catch (e) {
-    console.error(`stages.mjs: ${e.message}`);
-    return 2;
-  }
-  mkdirSync(o.out, { recursive: true });
+  const o = parsedArgs("stages.mjs", parseArgs);
+  if (!o) return 2;
   const result = { errors: [], runs: [] };
-  const finish = (code) => { writeAtomic(join(o.out, "result.json"), JSON.stringify(result, null, 1)); return code; };
+  const finish = finisher(o.out, result);
   try {
     await installGlobals({ dawn: o.dawn, tvmjs: o.tvmjs });
   } catch (e) {
     result.errors.push(e.message);
     return finish(2);
   }
-  const job = JSON.parse(readFileSync(o.job, "utf8"));
+  let job;
+  try {
+    job = JSON.parse(readFileSync(o.job, "utf8"));
+  } catch (e) {
+    result.errors.push(`--job: ${e.message}`);
+    return finish(2);
+  }
   const server = await serve({ "/art/": o.art });
   const { describeAdapter, loadArtifact, requestAdapter } = await import("../common/gpu.js");
   const onError = (msg) => { result.errors.push(msg); console.error(msg); };
