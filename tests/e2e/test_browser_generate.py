@@ -150,9 +150,10 @@ def test_generation_matches_diffusers(page, served, artifacts, cache):
     assert _floor_judged(steps), [r["message"] for r in steps]
     if model.architecture == "sdxl":  # its pooled text_embeds were read back and judged
         assert sum(r["output"] == "pooled" for r in recs) == 2
-    if model.name != "tiny":  # SD-Turbo's and SDXL-Turbo's scheduler, on the page already open (no
-        # second WGSL compile); SD 1.x's Euler runs on the shared page (test_other_schedulers_...)
-        _scheduler_generation(page, model, cache, "euler")
+    if model.name != "tiny":  # the other schedulers (Euler: SD-Turbo's and SDXL-Turbo's), on the page
+        # already open (no second WGSL compile); SD 1.x's run on the shared page (test_other_schedulers_...)
+        for scheduler in ("euler", "pndm", "lcm"):
+            _scheduler_generation(page, model, cache, scheduler)
     page.close()
 
 
