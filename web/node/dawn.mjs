@@ -66,3 +66,9 @@ export function parsedArgs(script, parseArgs) {
 export function finisher(out, result) {
   return (code) => { writeAtomic(join(out, "result.json"), JSON.stringify(result, null, 1)); return code; };
 }
+
+// The scripts' end: `code` as the exit status. Dawn keeps the event loop alive, so leave when done.
+export function exitWith(code) {
+  process.exitCode = code;
+  setTimeout(() => process.exit(code), 100).unref();
+}

@@ -23,7 +23,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
+import { exitWith, finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const WEB = resolve(HERE, "..");
@@ -140,6 +140,4 @@ async function main() {
   }
 }
 
-process.exitCode = await main();
-// Dawn keeps the event loop alive; leave when done.
-setTimeout(() => process.exit(process.exitCode), 100).unref();
+exitWith(await main());

@@ -18,7 +18,7 @@ import { readFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
-import { finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
+import { exitWith, finisher, installGlobals, parsedArgs, serve, writeAtomic } from "./dawn.mjs";
 
 const WEB = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 
@@ -118,6 +118,4 @@ async function main() {
   }
 }
 
-process.exitCode = await main();
-// Dawn keeps the event loop alive; leave when done.
-setTimeout(() => process.exit(process.exitCode), 100).unref();
+exitWith(await main());
