@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdparity.gpu.prepared import (PreparedModel, fingerprint, prepared_cases, seeded_for, timed, torch_times,
-                                   weight_names, write_cases)
+from sdparity.gpu.prepared import (PreparedModel, component_parts, fingerprint, module_weights, prepared_cases,
+                                   seeded_for, stage_inputs, timed, torch_times)
 from sdparity.gpu.toolchain import ARCH, KERNEL_DIRS, cuda_backend, load_tvm_runtime, slim_tvm_package
 from sdparity.ir import StageIR
 
@@ -94,15 +94,8 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
         t1 = time.perf_counter()
         ir = st.build_ir(model, variant)
         import_s = time.perf_counter() - t1
-        weights = {}
-        if st.component:  # from the weights, before they are released
-            weights["weights"] = weight_names(st, model, variant, ir.params[st.functions[0]])
-            weights["weights_sha256"] = fingerprint(ir.params[st.functions[0]])
-        cases, scope = st.cases(model, variant, seed=0), model.scope
-        more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
-        meta_cases = write_cases(st, cases, more, folder)
+        carried, scope = stage_inputs(st, model, variant, ir, folder, seeds), model.scope
         ir = StageIR(ir.mod, {})  # a build needs no weights (they are its parameters)
-        del cases, more
         if folder_model is None:
             del model
             gc.collect()
@@ -121,11 +114,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str] | None, log=prin
                 "precision": precision if st.component else "f32", "lifted": bool(lifted),
                 "cuda_graphs_built": bool(lifted and cuda_graphs),
                 "model": model_name, "scope": scope, "build_s": round(build_s, 1),
-                "prepare_s": round(time.perf_counter() - t0, 1), "cases": meta_cases,
-                "seeds": list(range(seeds if st.component else 1))}
-        if st.component:
-            meta["component"] = st.component
-            meta.update(weights)
+                "prepare_s": round(time.perf_counter() - t0, 1), **carried}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         size = sum(p.stat().st_size for p in folder.iterdir()) / 2**20
         log(f"{name}: built for cuda/{ARCH} in {build_s:.1f}s, {size:.1f} MiB")
@@ -230,8 +219,7 @@ def _device_seed(tvm, dev, card, folder, out, repeat, stage_names, log, profile,
                                 "path": None}  # keeps create_s
         report.data["model_scope"] = meta["scope"]  # records carry it: tolerances and calibration groups
         try:
-            need = {"text_encoder": {"text_encoder", "text_encoder_2"}}.get(meta.get("component"),
-                                                                          {meta.get("component")} - {None})
+            need = set(component_parts(meta.get("component")))
             if need - set(parts):  # only the components of the stages run (sdxl-random's: 13.9 GB)
                 from reference.models import random_components
 
@@ -362,9 +350,7 @@ class PreparedCuda:
         self.vm = load_vm(self.tvm, self.folder / "lib.so", self.dev, graphs=self.graphs)
         weights = []
         if self.module is not None:
-            state = dict(self.module.named_parameters())
-            state.update(dict(self.module.named_buffers()))
-            host = [state[w].detach().numpy() for w in self.meta["weights"]]
+            host = module_weights(self.module, self.meta["weights"])
             self.info.setdefault("weights_same_as_prepare", {})[self.meta["stage"]] = \
                 fingerprint(host) == self.meta.get("weights_sha256")
             weights = [self.tvm.runtime.tensor(a, self.dev) for a in host]

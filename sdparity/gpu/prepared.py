@@ -54,15 +54,43 @@ def fingerprint(arrays) -> str:
     return h.hexdigest()[:16]
 
 
+def component_parts(component: str | None) -> tuple[str, ...]:
+    """The model parts a stage's component needs (CLIP's: both text encoders, SDXL's second too;
+    a weightless stage: none)."""
+    return {"": (), None: (), "text_encoder": ("text_encoder", "text_encoder_2")}.get(component, (component,))
+
+
 def seeded_for(model_name: str, st, log):
     """A built-in model made in memory with the seeded weights of the stage's component only
     (the device recreates the same, ``random_components``); the others shapes on the meta device."""
     from reference.models import seeded_model
 
-    parts = {"": (), "text_encoder": ("text_encoder", "text_encoder_2")}.get(st.component, (st.component,))
+    parts = component_parts(st.component)
     if parts:
         log(f"{st.name}: creating the seeded {model_name} {st.component} in memory")
     return seeded_model(model_name, parts)
+
+
+def stage_inputs(st, model, variant, ir, folder: Path, seeds: int = 1) -> dict:
+    """What a prepared stage carries besides its build, as ``meta.json`` fields: the cases
+    (``write_cases``; model stages also seeds 1..N-1) and, for a model stage, its component and
+    the weights' names in call order with their fingerprint (taken before they are released)."""
+    out = {}
+    if st.component:
+        params = ir.params[st.functions[0]]
+        out = {"component": st.component, "weights": weight_names(st, model, variant, params),
+               "weights_sha256": fingerprint(params)}
+    more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
+    out["cases"] = write_cases(st, st.cases(model, variant, seed=0), more, folder)
+    out["seeds"] = list(range(seeds if st.component else 1))
+    return out
+
+
+def module_weights(module, names: list[str]) -> list[np.ndarray]:
+    """The recreated module's weights (parameters and buffers) named ``names``, in that order:
+    what a build takes, and what ``fingerprint`` compares with prepare's."""
+    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return [state[n].detach().cpu().numpy() for n in names]
 
 
 def write_cases(st, cases, more, folder: Path) -> list[dict]:

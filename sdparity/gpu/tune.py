@@ -90,10 +90,10 @@ def _fused(stage, model, target, precision: str = "f32"):
         from sdparity.backends.webgpu.wgsl import legalize_for_webgpu
 
         mod = legalize_for_webgpu(mod)
-        from sdparity.backends.webgpu.backend import WebGPUBackend
+    from sdparity.backends import get_backend
 
-        return fused_for_gpu(mod, target, lift, max_buffer=WebGPUBackend.max_buffer)  # the kernels it builds
-    return fused_for_gpu(mod, target, lift)
+    backend = get_backend(target.kind.name)  # its capabilities shape the kernels, as in its build
+    return fused_for_gpu(mod, target, lift, float64=backend.float64, max_buffer=backend.max_buffer)
 
 
 def _wgsl_functions(source: str) -> dict[str, str]:

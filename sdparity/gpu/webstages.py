@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdparity.gpu.prepared import (PreparedModel, fingerprint, prepared_cases, seeded_for, torch_times,
-                                   weight_names, write_cases)
+from sdparity.gpu.prepared import (PreparedModel, component_parts, fingerprint, module_weights, prepared_cases,
+                                   seeded_for, stage_inputs, torch_times)
 from sdparity.gpu.toolchain import WEB, node_binary, unpack_dawn, unxz
 from sdparity.gpu.web import _xz, carry_js, vulkan_env, write_tensor_cache
 
@@ -92,14 +92,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[i
         shutil.rmtree(folder, ignore_errors=True)
         (folder / "art" / PARAMS_DIR).mkdir(parents=True)
         ir = st.build_ir(model, variant)
-        fn = st.functions[0]
-        weights = {}
-        if st.component:
-            weights = {"component": st.component, "weights": weight_names(st, model, variant, ir.params[fn]),
-                       "weights_sha256": fingerprint(ir.params[fn])}
-        more = [st.cases(model, variant, seed=sd) for sd in range(1, seeds)] if st.component else []
-        meta_cases = write_cases(st, st.cases(model, variant, seed=0), more, folder)
-        del more
+        carried = stage_inputs(st, model, variant, ir, folder, seeds)
         with tempfile.TemporaryDirectory(dir=dest) as tmp:
             t1 = time.perf_counter()
             backend.build(ir, Path(tmp), log=log)  # with the weights: the shards' layout
@@ -113,7 +106,7 @@ def prepare(model_name: str, dest: Path, stage_names: list[str], latent: tuple[i
             _xz(Path(tmp) / WASM, folder / "art" / (WASM + ".xz"))
         meta = {"stage": name, "functions": list(st.functions), "variant": variant, "model": model_name,
                 "scope": scope, "build_s": round(build_s, 1), "prepare_s": round(time.perf_counter() - t0, 1),
-                "cases": meta_cases, "seeds": list(range(seeds if st.component else 1)), **weights}
+                **carried}
         (folder / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
         size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / 2**20
         log(f"{name}: built for webgpu in {build_s:.1f}s, {size:.1f} MiB carried")
@@ -137,9 +130,8 @@ def write_stage_weights(folder: Path, meta: dict, module) -> bool:
               for r in shard["records"]}
     if layout != set(src):
         raise RuntimeError(f"{meta['stage']}: the tensor cache's records are not the build's weights")
-    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    write_tensor_cache(params, src, {"m": state})
-    return fingerprint([state[k].detach().cpu().numpy() for k in meta["weights"]]) == meta["weights_sha256"]
+    write_tensor_cache(params, src, {"m": {**dict(module.named_parameters()), **dict(module.named_buffers())}})
+    return fingerprint(module_weights(module, meta["weights"])) == meta["weights_sha256"]
 
 
 def run_stages_node(folder: Path, cases, out: Path, repeat: int, log=print, software: bool = False) -> dict:
@@ -273,9 +265,7 @@ def device(folder: Path, out: Path, repeat: int = 5, log=print, software: bool =
             try:
                 if meta.get("component") and module is None:
                     t0 = time.perf_counter()
-                    need = {"text_encoder": ("text_encoder", "text_encoder_2")}.get(meta["component"],
-                                                                                 (meta["component"],))
-                    parts = random_components(job["model"], parts=set(need))
+                    parts = random_components(job["model"], parts=set(component_parts(meta["component"])))
                     log(f"{name}: recreated the seeded {job['model']} {meta['component']} "
                         f"in {time.perf_counter() - t0:.1f}s")
                     module = stage.wrap(parts[meta["component"]], None).eval()
