@@ -202,8 +202,43 @@ def test_many_artifacts_in_one_session(artifacts, runner, tmp_path):
                 want = numpy_reference("matmul", x, ir.params["matmul"])[0]
                 np.testing.assert_allclose(runner.run(d, "matmul", x)[0], want, rtol=2e-6, atol=2e-5)
                 assert len(runner.loaded) == 1
+                # one device for the page: the other build's kernels (the same program, other
+                # weights) are pipelines compiled for the first
+                made, reused = (runner.timings[f"last_load_pipelines_{k}"] for k in ("made", "reused"))
+                assert made + reused > 0 and (d != tmp_path or made == 0), (made, reused)
     finally:
         runner.backend.max_loaded = saved
+
+
+KERNEL = """@group(0) @binding(0) var<storage, read_write> T_add_ptr : array<f32>;
+@group(0) @binding(1) var<storage, read> lv7_ptr : array<f32>;
+struct PODArgs {
+  n: i32
+}
+@group(0) @binding(2) var<uniform> podArgs : PODArgs;
+@compute @workgroup_size(64, 1, 1)
+fn fused_add3_kernel(@builtin(global_invocation_id) i : vec3<u32>) {
+  if (i32(i.x) < podArgs.n) { T_add_ptr[i.x] = lv7_ptr[i.x] + 1.0f; }
+}"""
+
+
+def test_pipelines_are_shared_only_between_the_same_program(runner):
+    """Kernels that differ only in names (entry point, binding variables) share one compiled
+    pipeline in the page (web/common/gpu.js sharePipelines); any other difference does not."""
+    def key(code, entry="fused_add3_kernel", layout="L"):
+        return runner.page.evaluate("([c, e, l]) => window.sdparity.pipelineKey(c, e, l)", [code, entry, layout])
+
+    base = key(KERNEL)
+    renamed = KERNEL.replace("fused_add3_kernel", "fused_add9_kernel").replace("lv7_ptr", "lv123_ptr") \
+        .replace("T_add_ptr", "T_add_ptr_1").replace("podArgs", "pod")
+    assert base and key(renamed, "fused_add9_kernel") == base
+    assert key(KERNEL.replace("+ 1.0f", "+ 1.5f")) != base  # a constant
+    assert key(KERNEL.replace("+ 1.0f", "- 1.0f")) != base  # an operator
+    swapped = KERNEL.replace("binding(0) var<storage, read_write> T_add_ptr", "binding(1) var<storage, read_write> T_add_ptr") \
+        .replace("binding(1) var<storage, read> lv7_ptr", "binding(0) var<storage, read> lv7_ptr")
+    assert key(swapped) != base  # the same names bound to other slots
+    assert key(KERNEL, layout="other") != base  # another pipeline layout
+    assert key(KERNEL.replace("lv7_ptr", "sdparity_g0b1")) is None  # never renamed onto a name in use
 
 
 def test_console_error_fails_the_run(artifacts, runner):

@@ -105,6 +105,108 @@ export function submitEvery(device, passes = SUBMIT_EVERY) {
   };
 }
 
+// One pipeline for kernels that are the same program. TVM writes one WGSL module per kernel, and
+// kernels often differ only in names: the tiny UNet's 182 kernels are 159 programs, and its
+// build with two known issues neutralized shares 127 of them with the build as is (the rest
+// of the text is the same; Relax numbers its variables differently). SwiftShader spends most
+// of a load compiling pipelines (34-55 s for the tiny UNet), so each program is compiled once.
+//
+// The key is the kernel's WGSL with its entry point and each binding's variable renamed after
+// its (group, binding), plus its pipeline layout's entries: a consistent one-to-one renaming
+// into names TVM never writes, so kernels with equal keys compute the same thing with the same
+// bindings, and one whose text differs anywhere else (a constant, an operator) gets its own.
+// Bind groups made with another kernel's layout of the same entries are valid with the shared
+// pipeline (WebGPU's group-equivalence of explicit layouts).
+export function pipelineKey(code, entryPoint, layout = "") {
+  if (typeof code !== "string" || code.includes("sdparity_")) return null;
+  const word = (name) => new RegExp(`\\b${name}\\b`, "g");
+  let out = code.replace(word(entryPoint), "sdparity_entry");
+  for (const [, group, binding, name] of code.matchAll(/@group\((\d+)\)\s*@binding\((\d+)\)\s*var(?:<[^>]*>)?\s+(\w+)/g)) {
+    out = out.replace(word(name), `sdparity_g${group}b${binding}`);
+  }
+  return `${layout}\n${out}`;
+}
+
+// Make device create each distinct pipeline once (pipelineKey); device.sdparityPipelines counts
+// {made, reused}. Pipelines made before this was called are not shared.
+export function sharePipelines(device) {
+  const code = new WeakMap(); // GPUShaderModule -> WGSL
+  const entries = new WeakMap(); // GPUBindGroupLayout / GPUPipelineLayout -> its entries as JSON
+  const made = new Map(); // key -> Promise<GPUComputePipeline>
+  const stats = { made: 0, reused: 0 };
+  device.sdparityPipelines = stats;
+  const wrap = (name, after) => {
+    const orig = device[name].bind(device);
+    device[name] = (desc) => after(desc, orig(desc));
+  };
+  wrap("createShaderModule", (desc, m) => { code.set(m, desc.code); return m; });
+  wrap("createBindGroupLayout", (desc, l) => { entries.set(l, JSON.stringify(desc.entries)); return l; });
+  wrap("createPipelineLayout", (desc, l) => {
+    const parts = desc.bindGroupLayouts.map((b) => entries.get(b));
+    if (!parts.includes(undefined)) entries.set(l, JSON.stringify(parts));
+    return l;
+  });
+  const keyOf = (desc) => {
+    const layout = desc.layout === "auto" ? "auto" : entries.get(desc.layout);
+    return layout === undefined ? null : pipelineKey(code.get(desc.compute.module), desc.compute.entryPoint, layout);
+  };
+  const createAsync = device.createComputePipelineAsync.bind(device);
+  device.createComputePipelineAsync = (desc) => {
+    const key = keyOf(desc);
+    if (key === null) return createAsync(desc);
+    let p = made.get(key);
+    if (p) {
+      stats.reused += 1;
+      made.delete(key); // most recently used last
+    } else {
+      stats.made += 1;
+      p = createAsync(desc);
+      p.catch(() => made.delete(key)); // a failed compile is reported to its caller, not reused
+    }
+    made.set(key, p);
+    if (made.size > MAX_SHARED_PIPELINES) made.delete(made.keys().next().value);
+    return p;
+  };
+  return device;
+}
+
+// pipelines a device keeps for reuse (least recently used dropped first; those in use stay
+// alive with their artifacts): a unit-test worker's page loads a few thousand distinct kernels
+const MAX_SHARED_PIPELINES = 1024;
+
+// Let several artifacts use one device in turn (the harness: its builds share pipelines). Each
+// call of the returned function gives a lease: the device itself, except that destroy() ends
+// the lease and that its `lost` promise and "uncapturederror" listeners are its own. tvmjs's
+// Instance listens on its device and destroys it when disposed; through a lease it leaves no
+// listener (and so no reference to itself) behind on the shared device.
+export function shareDevice(device) {
+  const leases = new Set();
+  device.addEventListener("uncapturederror", (ev) => {
+    for (const lease of leases) for (const fn of lease.listeners) fn(ev);
+  });
+  device.lost.then((info) => { for (const lease of leases) lease.lose(info); });
+  return () => {
+    const lease = { listeners: new Set() };
+    lease.lost = new Promise((resolve) => { lease.lose = resolve; });
+    leases.add(lease);
+    const own = {
+      destroy: () => { leases.delete(lease); lease.listeners.clear(); },
+      lost: lease.lost,
+      addEventListener: (type, fn, o) => (type === "uncapturederror" ? lease.listeners.add(fn)
+                                                                      : device.addEventListener(type, fn, o)),
+      removeEventListener: (type, fn, o) => (type === "uncapturederror" ? lease.listeners.delete(fn)
+                                                                         : device.removeEventListener(type, fn, o)),
+    };
+    return new Proxy(device, {
+      get(target, key) {
+        if (Object.hasOwn(own, key)) return own[key];
+        const v = Reflect.get(target, key, target);
+        return typeof v === "function" ? v.bind(target) : v;
+      },
+    });
+  };
+}
+
 // tvmjs artifact cache that reads straight from the server.
 const directFetch = {
   fetchWithCache: async (url, type) => {
@@ -139,9 +241,13 @@ export async function loadArtifact(base, adapter, label, onError, opts = {}) {
   }
   const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
   const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
-  const device = await requestDevice(adapter, label, onError, opts.features);
-  opts.onDevice?.(device);
-  submitEvery(device, opts.submitEvery ?? SUBMIT_EVERY);
+  const device = opts.device ?? await requestDevice(adapter, label, onError, opts.features);
+  if (!opts.device) {
+    opts.onDevice?.(device);
+    submitEvery(device, opts.submitEvery ?? SUBMIT_EVERY);
+    if (opts.sharePipelines ?? true) sharePipelines(device);
+  }
+  const before = { ...device.sdparityPipelines };
   inst.initWebGPU(device);
   inst.beginScope(); // lives as long as the artifact
   ms.wasm = performance.now() - t0;
@@ -149,18 +255,20 @@ export async function loadArtifact(base, adapter, label, onError, opts = {}) {
     const vm = inst.detachFromCurrentScope(inst.createVirtualMachine(inst.webgpu()));
     await inst.asyncLoadWebGPUPipelines(vm.getInternalModule());
     ms.pipelines = performance.now() - t0 - ms.wasm;
+    const after = device.sdparityPipelines;
+    const pipelines = after ? { made: after.made - before.made, reused: after.reused - before.reused } : null;
     if (meta.num_params > 0) {
       const url = new URL(base + meta.params_dir + "/", globalThis.location?.href).href; // Node: base is absolute
       await inst.fetchTensorCache(url, inst.webgpu(), { artifactCache: directFetch });
     }
     ms.weights = performance.now() - t0 - ms.wasm - ms.pipelines;
     ms.total = performance.now() - t0;
-    return { inst, device, vm, meta, ms };
+    return { inst, device, vm, meta, ms, pipelines };
   } catch (err) {
     // let the device report what went wrong first (e.g. the WGSL compile error), then free it
     await device.queue.onSubmittedWorkDone();
     await new Promise((resolve) => setTimeout(resolve, 0));
-    device.sdparityExpectLoss = true;
+    if (!opts.device) device.sdparityExpectLoss = true; // a shared device lives on
     inst.dispose();
     throw err;
   }

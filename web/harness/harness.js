@@ -7,7 +7,8 @@
 // Adapter, device and error watching are shared with the app (../common/gpu.js).
 
 import {
-  describeAdapter, fetchOk, loadArtifact, requestAdapter, watchDevice, withTimeout,
+  describeAdapter, fetchOk, loadArtifact, pipelineKey, requestAdapter, requestDevice, shareDevice, sharePipelines, submitEvery,
+  watchDevice, withTimeout,
 } from "../common/gpu.js";
 
 const tvmjs = globalThis.tvmjs;
@@ -23,20 +24,39 @@ async function describe() {
   return describeAdapter(await requestAdapter());
 }
 
+// Every build this page loads runs on one device, so a kernel that is the same program in
+// another build (a rebuild with a known issue neutralized, a perturbed lowering, the same stage
+// at another shape) reuses its compiled pipeline (../common/gpu.js sharePipelines). Each load
+// gets a lease of it (shareDevice): tvmjs's dispose() ends the lease, not the device. A lost
+// device is reported (requestDevice) and replaced at the next load.
+let lease = null;
+
+async function sharedDevice(adapter) {
+  if (!lease) {
+    const device = await requestDevice(adapter, "harness", report);
+    submitEvery(device);
+    sharePipelines(device);
+    const mine = shareDevice(device);
+    device.lost.then(() => { if (lease === mine) lease = null; });
+    lease = mine;
+  }
+  return lease();
+}
+
 // Load a build folder (../common/gpu.js loadArtifact, as the app does). Returns how long each
-// part took (ms), for the report.
+// part took (ms) and how many pipelines it compiled and reused, for the report.
 async function load(key, base) {
-  if (models.has(key)) return {};
-  const m = await loadArtifact(base, await requestAdapter(), key, report);
+  if (models.has(key)) return { ms: {}, pipelines: null };
+  const adapter = await requestAdapter();
+  const m = await loadArtifact(base, adapter, key, report, { device: await sharedDevice(adapter) });
   models.set(key, { ...m, funcs: new Map() });
-  return m.ms;
+  return { ms: m.ms, pipelines: m.pipelines };
 }
 
 function unload(key) {
   const m = models.get(key);
   if (!m) return;
   models.delete(key);
-  m.device.sdparityExpectLoss = true;
   for (const f of m.funcs.values()) f.dispose();
   m.vm.dispose();
   m.inst.endScope();
@@ -91,7 +111,7 @@ async function run(key, fn, inputs, timeoutMs) {
 }
 
 window.sdparity = {
-  describe, load, unload, run, loaded: () => [...models.keys()], models,
+  describe, load, unload, run, loaded: () => [...models.keys()], models, pipelineKey,
   watchDevice: (device, label) => watchDevice(device, label, report),
 };
 window.sdparityReady = true;

@@ -88,6 +88,7 @@ async function main() {
       submitEvery: o.submitEvery ?? undefined,
       ...(o.profile && {
         features: ["timestamp-query"],
+        sharePipelines: false, // each kernel's own pipeline, so its time is told by its own name
         onDevice: (device) => { if (device.features.has("timestamp-query")) profiler = instrument(device); },
       }),
     });

@@ -393,14 +393,16 @@ class WebGPURunner(Runner):
         self._evict(max(self.backend.max_loaded - 1, 0))
         self.server.mounts[f"art/{key}"] = artifact
         try:
-            ms = self._call("([k, base]) => window.sdparity.load(k, base)", [key, f"/art/{key}/"],
-                            f"loading {artifact.name}")
+            loaded = self._call("([k, base]) => window.sdparity.load(k, base)", [key, f"/art/{key}/"],
+                                f"loading {artifact.name}")
         except SdparityError as e:
             self.server.mounts.pop(f"art/{key}", None)
             raise SdparityError(f"{e} (WGSL: {artifact / WGSL})") from None
         self.loaded[key] = artifact
-        for part, v in ms.items():
+        for part, v in loaded["ms"].items():
             self.timings[f"last_load_{part}_s"] = round(v / 1000, 3)
+        for what, n in (loaded["pipelines"] or {}).items():  # compiled / reused from an earlier load
+            self.timings[f"last_load_pipelines_{what}"] = n
         self._check()
         return key
 
