@@ -41,15 +41,16 @@ def llvm():
 
 @pytest.fixture(scope="session")
 def run_check(tiny, cache):
-    """run_check(stage, backend, variant=None) -> list of result records (one stage, one backend)."""
+    """run_check(stage, backend, variant=None, model=None, seed=0, only_cases=None) -> list of result
+    records (one stage, one backend; only_cases: these case labels alone)."""
     from sdparity.reports.report import Report
     from sdparity.runner import Progress, run_checks
 
-    def go(stage, backend, variant=None, model=None, seed=0):
+    def go(stage, backend, variant=None, model=None, seed=0, only_cases=None):
         model = model or tiny
         report = Report(model)
         run_checks([stage], [backend], model, report, cache, seed=seed, log=Progress(quiet=True),
-                   variants={stage.name: variant} if variant else None)
+                   variants={stage.name: variant} if variant else None, only_cases=only_cases)
         return report.results
 
     return go

@@ -197,9 +197,14 @@ def test_arch_fault_on_another_architecture_is_an_error(tiny, llvm, run_check):
 
 @pytest.mark.webgpu
 def test_sdxl_unet_passes_on_webgpu(sdxl, run_check):
-    results = [r for r in run_check(get_stage("unet"), backends.get("webgpu"), model=sdxl)
+    # two of the four cases (each is ~6 s on SwiftShader, as built and again in the proof): the
+    # added conditions enter every case; these two differ in timestep and in guidance (with and
+    # without CFG, the one the floor rule judges most sharply). `sdparity check --model
+    # tiny-sdxl --backends webgpu` runs all four.
+    cases = {"t999_g7.5", "t500_g1.0"}
+    results = [r for r in run_check(get_stage("unet"), backends.get("webgpu"), model=sdxl, only_cases=cases)
                if r["output"] == "noise_pred"]
-    assert {r["case"] for r in results} == {"t999_g7.5", "t500_g7.5", "t1_g7.5", "t500_g1.0"}
+    assert {r["case"] for r in results} == cases
     assert not _bad(results), _bad(results)[:2]
     # as built, WGSL's unreduced sin/cos of the size ids (up to 1024) puts every case over its
     # floor budget (known issue tvm_webgpu_sin_cos_unreduced): accepted only where proven, i.e.
