@@ -86,10 +86,16 @@ def stage_inputs(st, model, variant, ir, folder: Path, seeds: int = 1) -> dict:
     return out
 
 
-def module_weights(module, names: list[str]) -> list[np.ndarray]:
+def module_state(module) -> dict:
+    """The module's parameters and buffers by name."""
+    return {**dict(module.named_parameters()), **dict(module.named_buffers())}
+
+
+def module_weights(module, names: list[str], state: dict | None = None) -> list[np.ndarray]:
     """The recreated module's weights (parameters and buffers) named ``names``, in that order:
-    what a build takes, and what ``fingerprint`` compares with prepare's."""
-    state = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    what a build takes, and what ``fingerprint`` compares with prepare's (``state``: its
+    ``module_state``, when the caller has it)."""
+    state = module_state(module) if state is None else state
     return [state[n].detach().cpu().numpy() for n in names]
 
 

@@ -48,8 +48,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sdparity.gpu.prepared import (PreparedModel, component_parts, fingerprint, module_weights, prepared_cases,
-                                   seeded_for, stage_inputs, torch_times)
+from sdparity.gpu.prepared import (PreparedModel, component_parts, fingerprint, module_state, module_weights,
+                                   prepared_cases, seeded_for, stage_inputs, torch_times)
 from sdparity.gpu.toolchain import WEB, node_binary, unpack_dawn, unxz
 from sdparity.gpu.web import _xz, carry_js, vulkan_env, write_tensor_cache
 
@@ -130,8 +130,9 @@ def write_stage_weights(folder: Path, meta: dict, module) -> bool:
               for r in shard["records"]}
     if layout != set(src):
         raise RuntimeError(f"{meta['stage']}: the tensor cache's records are not the build's weights")
-    write_tensor_cache(params, src, {"m": {**dict(module.named_parameters()), **dict(module.named_buffers())}})
-    return fingerprint(module_weights(module, meta["weights"])) == meta["weights_sha256"]
+    state = module_state(module)
+    write_tensor_cache(params, src, {"m": state})
+    return fingerprint(module_weights(module, meta["weights"], state)) == meta["weights_sha256"]
 
 
 def run_stages_node(folder: Path, cases, out: Path, repeat: int, log=print, software: bool = False) -> dict:

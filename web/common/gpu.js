@@ -127,8 +127,9 @@ export function pipelineKey(code, entryPoint, layout = "") {
   return `${layout}\n${out}`;
 }
 
-// Make device create each distinct pipeline once (pipelineKey); device.sdparityPipelines counts
-// {made, reused}. Pipelines made before this was called are not shared.
+// Make device create each distinct pipeline once (pipelineKey) through createComputePipelineAsync,
+// which tvmjs's load uses for every kernel; device.sdparityPipelines counts {made, reused}.
+// Pipelines made before this was called, or synchronously, are not shared.
 export function sharePipelines(device) {
   const code = new WeakMap(); // GPUShaderModule -> WGSL
   const entries = new WeakMap(); // GPUBindGroupLayout / GPUPipelineLayout -> its entries as JSON
@@ -207,6 +208,17 @@ export function shareDevice(device) {
   };
 }
 
+// A device as an artifact runs on: requested (requestDevice), instrumented first (opts.onDevice),
+// submitting every opts.submitEvery passes (submitEvery) and sharing pipelines (sharePipelines,
+// unless opts.sharePipelines is false).
+export async function openDevice(adapter, label, onError, opts = {}) {
+  const device = await requestDevice(adapter, label, onError, opts.features);
+  opts.onDevice?.(device);
+  submitEvery(device, opts.submitEvery ?? SUBMIT_EVERY);
+  if (opts.sharePipelines ?? true) sharePipelines(device);
+  return device;
+}
+
 // tvmjs artifact cache that reads straight from the server.
 const directFetch = {
   fetchWithCache: async (url, type) => {
@@ -217,13 +229,15 @@ const directFetch = {
   hasAllKeys: async () => true,
 };
 
-// Load an sdparity WebGPU artifact folder. Returns {inst, device, vm, meta, ms}; ms: how long
-// each part took. One device per artifact: tvmjs's Instance.dispose() destroys the device it
-// was given. Checks the largest weight against the adapter's binding limit first, so a model
-// that cannot fit fails with a clear message instead of silently computing garbage.
-// opts: {features (see requestDevice), onDevice(device): called before the pipelines are
-// made (the Node profiler instruments the device there), submitEvery (see submitEvery;
-// default SUBMIT_EVERY)}.
+// Load an sdparity WebGPU artifact folder. Returns {inst, device, vm, meta, ms, pipelines}; ms:
+// how long each part took; pipelines: {made, reused} by sharePipelines (null without it). A
+// device of its own unless opts.device is given (a lease of shareDevice: tvmjs's
+// Instance.dispose() destroys the device it was given). Checks the largest weight against the
+// adapter's binding limit first, so a model that cannot fit fails with a clear message instead
+// of silently computing garbage. opts: {device, or for a device of its own (openDevice):
+// features (see requestDevice), onDevice(device): called before the pipelines are made (the
+// Node profiler instruments the device there), submitEvery (see submitEvery; default
+// SUBMIT_EVERY), sharePipelines (default true)}.
 export async function loadArtifact(base, adapter, label, onError, opts = {}) {
   const t0 = performance.now();
   const ms = {};
@@ -241,12 +255,7 @@ export async function loadArtifact(base, adapter, label, onError, opts = {}) {
   }
   const wasm = await (await fetchOk(base + meta.wasm)).arrayBuffer();
   const inst = await tvmjs.instantiate(wasm, tvmjs.createPolyfillWASI(), (msg) => console.log(msg));
-  const device = opts.device ?? await requestDevice(adapter, label, onError, opts.features);
-  if (!opts.device) {
-    opts.onDevice?.(device);
-    submitEvery(device, opts.submitEvery ?? SUBMIT_EVERY);
-    if (opts.sharePipelines ?? true) sharePipelines(device);
-  }
+  const device = opts.device ?? await openDevice(adapter, label, onError, opts);
   const before = { ...device.sdparityPipelines };
   inst.initWebGPU(device);
   inst.beginScope(); // lives as long as the artifact

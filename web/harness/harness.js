@@ -7,8 +7,8 @@
 // Adapter, device and error watching are shared with the app (../common/gpu.js).
 
 import {
-  describeAdapter, fetchOk, loadArtifact, pipelineKey, requestAdapter, requestDevice, shareDevice, sharePipelines, submitEvery,
-  watchDevice, withTimeout,
+  describeAdapter, fetchOk, loadArtifact, openDevice, pipelineKey, requestAdapter, shareDevice, watchDevice,
+  withTimeout,
 } from "../common/gpu.js";
 
 const tvmjs = globalThis.tvmjs;
@@ -28,14 +28,12 @@ async function describe() {
 // another build (a rebuild with a known issue neutralized, a perturbed lowering, the same stage
 // at another shape) reuses its compiled pipeline (../common/gpu.js sharePipelines). Each load
 // gets a lease of it (shareDevice): tvmjs's dispose() ends the lease, not the device. A lost
-// device is reported (requestDevice) and replaced at the next load.
+// device is reported (openDevice) and replaced at the next load.
 let lease = null;
 
 async function sharedDevice(adapter) {
   if (!lease) {
-    const device = await requestDevice(adapter, "harness", report);
-    submitEvery(device);
-    sharePipelines(device);
+    const device = await openDevice(adapter, "harness", report);
     const mine = shareDevice(device);
     device.lost.then(() => { if (lease === mine) lease = null; });
     lease = mine;
