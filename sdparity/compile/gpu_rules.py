@@ -306,8 +306,26 @@ def tuned_matmul(database: dict | None = None, force: tuple[int, ...] | None = N
     return TunedMatmul()
 
 
-#: threads that share one row of an exact reduction
+#: the most threads that share one row of an exact reduction (its rows of 4096 and longer)
 ROW_THREADS = 256
+#: the fewest (a warp): the values each thread reads before the threads combine
+ROW_VALUES_PER_THREAD = 8
+MIN_ROW_THREADS = 32
+
+
+def row_threads(n) -> int:
+    """Threads for a row of ``n`` values: about ``ROW_VALUES_PER_THREAD`` reads each, a power of two
+    in [MIN_ROW_THREADS, ROW_THREADS] (a symbolic length: ROW_THREADS). Short rows get few threads:
+    attention's rows of 77 keys (cross-attention) or of a small latent's tokens left 70-90% of a
+    256-thread block idle, waiting at each of its 9 barriers of the cross-thread combination (on
+    SwiftShader, which runs a block's invocations in turn, the tiny UNet's two such kernels were
+    ~8 s of a ~9 s call: NOTES.md, eighteenth session)."""
+    if not isinstance(n, int):
+        return ROW_THREADS
+    t = MIN_ROW_THREADS
+    while t < ROW_THREADS and t * ROW_VALUES_PER_THREAD < n:
+        t *= 2
+    return t
 
 
 def exact_row_reduction():
@@ -315,7 +333,7 @@ def exact_row_reduction():
     work, e.g. the "is every score of this row -inf" test of PyTorch's safe softmax in every
     attention (``max(int8(!(x == -inf)))``), which no dlight rule but Fallback takes: one
     thread a row, 4096 strided reads each (UNet, 64x64 latents: 2.9 ms a call, 7.8% of the
-    CUDA UNet in docs/performance.md). Here one block takes a row and its threads read it
+    CUDA UNet in docs/performance.md). Here one block takes a row and its threads (``row_threads``: 32-256 by the row's length) read it
     together (coalesced), combining with a cross-thread reduction. Only max and min: their
     result does not depend on the order in which the values meet, so the kernel computes
     exactly what the unscheduled one does."""
@@ -349,7 +367,9 @@ def exact_row_reduction():
             if len(loops) != len(kinds):
                 return None
             bx = sch.fuse(*loops[:-1]) if len(loops) > 1 else sch.add_unit_loop(red)
-            _, tx = sch.split(loops[-1], [None, ROW_THREADS])
+            extent = sch.get(loops[-1]).extent
+            n = int(extent) if isinstance(extent, tirx.IntImm) else None
+            _, tx = sch.split(loops[-1], [None, row_threads(n)])
             sch.bind(bx, "blockIdx.x")
             sch.bind(tx, "threadIdx.x")
             return sch

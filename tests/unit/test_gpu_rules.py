@@ -57,9 +57,18 @@ def test_exact_row_reduction_takes_max_not_sum():
     sch = rule.apply(_row_reduction("max"), CUDA, False)
     assert sch is not None
     threads = _thread_extents(sch)
-    assert threads == {"blockIdx.x": 8, "threadIdx.x": gpu_rules.ROW_THREADS}, threads
+    assert threads == {"blockIdx.x": 8, "threadIdx.x": 64}, threads  # 300 values: 64 threads read <= 5 each
     assert rule.apply(_row_reduction("sum"), CUDA, False) is None
     assert rule.apply(_matmul(), CUDA, False) is None
+
+
+def test_row_threads_follow_the_row_length():
+    """A warp for short rows (attention's 77 keys, a small latent's tokens), the full 256 from
+    rows of 4096 (SD 1.5's self-attention at 64x64 latents, the CUDA timings' shape) on, and
+    powers of two in between with about ROW_VALUES_PER_THREAD values each."""
+    got = {n: gpu_rules.row_threads(n) for n in (1, 77, 256, 257, 1024, 2048, 4096, 10**6)}
+    assert got == {1: 32, 77: 32, 256: 32, 257: 64, 1024: 128, 2048: 256, 4096: 256, 10**6: 256}, got
+    assert gpu_rules.row_threads(None) == gpu_rules.ROW_THREADS  # a symbolic length
 
 
 def test_candidates_are_distinct_and_the_first_is_dlights_default():
