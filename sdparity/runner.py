@@ -195,10 +195,10 @@ def _run_stage(st, b, runner, model, variant, cases, refs, report, cache, scope,
         for rec in failed:
             if rec["case"] == case.label:
                 rec["localization"] = loc
-    for k in meta.get("own_kernels", []) if mode.own_kernels else []:  # the suite's own kernels, each alone
+    if mode.own_kernels and meta.get("own_kernels"):  # the suite's own kernels, each alone
         from sdparity.check.own_kernels import check
 
-        check(st, b, runner, k, report, cache, log=log)
+        check(st, b, runner, meta["own_kernels"], report, cache, log=log)
 
 
 def check_case(st, b, runner, art, case, refs, scope, timings, log, mode: Mode = DEFAULT) -> list[dict]:

@@ -43,6 +43,7 @@ budget in ``tolerances.OWN_KERNELS`` (and ``OWN_TRANSCENDENTALS``).
 from __future__ import annotations
 
 import contextlib
+import json
 import time
 
 import numpy as np
@@ -169,19 +170,35 @@ def _inputs(shapes: list[tuple], seed: int) -> list[np.ndarray]:
     return [(np.round(INPUT_SCALE * g.standard_normal(s) / QUANTUM) * QUANTUM).astype(np.float32) for s in shapes]
 
 
-def _build(kernel: OwnKernel, module, inputs, backend, cache, rewrite: bool):
-    """(artifact, meta) of ``module`` built by ``backend`` through the cache, with the rewrite
-    on (the candidate) or off (the twin)."""
+def _function(i: int) -> str:
+    """The Relax function of the ``i``-th shape in a batch build."""
+    return f"{FUNCTION}_{i}"
+
+
+def _build(kernel: OwnKernel, batch: list, backend, cache, rewrite: bool):
+    """(artifact, meta) of every ``(module, inputs)`` of ``batch`` (one a shape), function
+    ``_function(i)`` each, built together by ``backend`` through the cache, with the rewrite on
+    (the candidate) or off (the twin). One build for all of a stage's shapes: a build's fixed
+    cost (export, TVM's passes, LLVM, linking; ~1.5 s for one attention) was paid per shape and
+    again for its twin (a tiny UNet's four shapes: 8 builds of 13-20 s together). Each function
+    is legalized, rewritten and scheduled on its own, as it is built alone."""
     import torch
 
     from sdparity.compile.frontend import export_to_relax
     from sdparity.identity import source_digest
+    from sdparity.ir import StageIR
 
-    key = {"own_kernel": kernel.name, "rewrite": rewrite, "inputs": [list(a.shape) for a in inputs],
+    key = {"own_kernel": kernel.name, "rewrite": rewrite,
+           "inputs": [[list(a.shape) for a in inputs] for _, inputs in batch],
            "source": source_digest([__name__, "sdparity.compile.own_kernels"])}  # they make the modules built
 
     def factory():
-        return export_to_relax(module, tuple(torch.from_numpy(a) for a in inputs), FUNCTION)
+        import tvm
+
+        irs = [export_to_relax(module, tuple(torch.from_numpy(a) for a in inputs), _function(i))
+               for i, (module, inputs) in enumerate(batch)]
+        return StageIR(tvm.IRModule({_function(i): ir.mod[_function(i)] for i, ir in enumerate(irs)}),
+                       {f: ws for ir in irs for f, ws in ir.params.items()})
 
     with contextlib.nullcontext() if rewrite else kernel.disabled():
         art, meta, _ = backend.build_cached(factory, key, cache, log=lambda *a: None,
@@ -189,49 +206,75 @@ def _build(kernel: OwnKernel, module, inputs, backend, cache, rewrite: bool):
     return art, meta
 
 
-def check(stage, backend, runner, found_kernel: dict, report, cache, seed: int = 0, log=print) -> dict:
-    """Judge one own kernel of ``stage``'s build on ``backend`` (module docstring); returns the
-    record added to ``report``."""
+def check(stage, backend, runner, found_kernels: list[dict], report, cache, seed: int = 0, log=print) -> list[dict]:
+    """Judge the own kernels of ``stage``'s build on ``backend`` (``found_kernels``: its meta's
+    list; module docstring), each shape alone, every shape of a kernel in one candidate and one
+    twin build (``_build``); returns the records added to ``report``, one per entry."""
+    out = []
+    for name in dict.fromkeys(f["kernel"] for f in found_kernels):
+        kernel = OWN_KERNELS[name]
+        for t in _transcendentals_due(stage, backend, kernel, report):  # once per stage and backend
+            check_transcendental(stage, backend, kernel, t, report, cache, log=log)
+        shapes = [f["shapes"] for f in found_kernels if f["kernel"] == name]
+        out += _check_kernel(stage, backend, runner, kernel, shapes, report, cache, seed, log)
+    return out
+
+
+def _check_kernel(stage, backend, runner, kernel: OwnKernel, shapes_list: list[dict], report, cache, seed, log):
     import torch
 
     from sdparity.compare import compare
     from sdparity.tolerances import own_kernel_tolerance
 
-    kernel = OWN_KERNELS[found_kernel["kernel"]]
-    for name in _transcendentals_due(stage, backend, kernel, report):  # once per stage and backend
-        check_transcendental(stage, backend, kernel, name, report, cache, log=log)
-    shapes = found_kernel["shapes"]
-    label = kernel.label(shapes)
-    base = dict(stage=stage.name, backend=backend.name, device_class=backend.device_class, case=label,
-                function=FUNCTION, output="out", shapes=shapes, own_kernel=kernel.name)
+    unique = list({json.dumps(s, sort_keys=True): s for s in shapes_list}.values())
+    batch, built, failure = [], None, None
     t0 = time.perf_counter()
     try:
         tol = own_kernel_tolerance(kernel.name)
-        module, input_shapes = kernel.torch_module(shapes)
-        inputs = _inputs(input_shapes, seed)
-        art, meta = _build(kernel, module, inputs, backend, cache, True)
-        if shapes not in [f["shapes"] for f in meta.get("own_kernels", []) if f["kernel"] == kernel.name]:
-            raise SdparityError(f"the rewrite did not produce the {kernel.name} kernel at these shapes "
-                                f"when built alone (found {meta.get('own_kernels')})")
-        twin_art, twin_meta = _build(kernel, module, inputs, backend, cache, False)
+        for shapes in unique:
+            module, input_shapes = kernel.torch_module(shapes)
+            batch.append((module, _inputs(input_shapes, seed)))
+        art, meta = _build(kernel, batch, backend, cache, True)
+        twin_art, twin_meta = _build(kernel, batch, backend, cache, False)
         if twin_meta.get("own_kernels"):
             raise SdparityError(f"the twin build still holds {twin_meta['own_kernels']}: the rewrite was not off")
-        (cand,) = runner.run(art, FUNCTION, inputs)
-        (twin,) = runner.run(twin_art, FUNCTION, inputs)
-        with torch.no_grad():
-            ref64 = module(*(torch.from_numpy(a).double() for a in inputs)).numpy()
+        built = [f["shapes"] for f in meta.get("own_kernels", []) if f["kernel"] == kernel.name]
     except Exception as e:
-        message = str(e) if isinstance(e, SdparityError) else f"own-kernel check failed: {one_line(e)}"
-        log(f"[{backend.name}] {stage.name} {label}: ERROR {message}")
-        return report.add(**base, verdict="error", message=message, metrics=None, tolerance=None, timings=None)
-    # compare's "reference" is float64, its "float32 reference" the twin: err/floor is
-    # rms(kernel - float64) / rms(twin - float64)
-    m = compare(cand, ref64, tol, reference64=twin)
-    why = m.why.replace("err/floor", "rms err/twin's")
-    rec = report.add(**base, verdict="pass" if m.passed else "fail", message=why, metrics=m.to_json(),
-                     tolerance=tol.to_json(), timings={"run_s": round(time.perf_counter() - t0, 3)},
-                     failed_bound=m.failed_bound)
-    ratio = "n/a" if m.floor_ratio is None else f"{m.floor_ratio:.3g}x"
-    log(f"[{backend.name}] {stage.name} {label}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
-        f"twin's={m.noise_floor:.3g} rms ratio={ratio} (budget {tol.floor_budget:g}x)")
-    return rec
+        failure = str(e) if isinstance(e, SdparityError) else f"own-kernel check failed: {one_line(e)}"
+    build_s = time.perf_counter() - t0
+    out = []
+    for shapes in shapes_list:
+        i = unique.index(shapes)
+        label = kernel.label(shapes)
+        base = dict(stage=stage.name, backend=backend.name, device_class=backend.device_class, case=label,
+                    function=_function(i), output="out", shapes=shapes, own_kernel=kernel.name)
+        t1 = time.perf_counter()
+        try:
+            if failure:
+                raise SdparityError(failure)
+            if shapes not in built:
+                raise SdparityError(f"the rewrite did not produce the {kernel.name} kernel at these shapes "
+                                    f"when built without the stage (found {meta.get('own_kernels')})")
+            module, inputs = batch[i]
+            (cand,) = runner.run(art, _function(i), inputs)
+            (twin,) = runner.run(twin_art, _function(i), inputs)
+            with torch.no_grad():
+                ref64 = module(*(torch.from_numpy(a).double() for a in inputs)).numpy()
+        except Exception as e:
+            message = str(e) if isinstance(e, SdparityError) else f"own-kernel check failed: {one_line(e)}"
+            log(f"[{backend.name}] {stage.name} {label}: ERROR {message}")
+            out.append(report.add(**base, verdict="error", message=message, metrics=None, tolerance=None,
+                                  timings=None))
+            continue
+        # compare's "reference" is float64, its "float32 reference" the twin: err/floor is
+        # rms(kernel - float64) / rms(twin - float64)
+        m = compare(cand, ref64, tol, reference64=twin)
+        why = m.why.replace("err/floor", "rms err/twin's")
+        rec = report.add(**base, verdict="pass" if m.passed else "fail", message=why, metrics=m.to_json(),
+                         tolerance=tol.to_json(), failed_bound=m.failed_bound,
+                         timings={"build_s": round(build_s, 3), "run_s": round(time.perf_counter() - t1, 3)})
+        ratio = "n/a" if m.floor_ratio is None else f"{m.floor_ratio:.3g}x"
+        log(f"[{backend.name}] {stage.name} {label}: {rec['verdict'].upper()} max_abs={m.max_abs:.3g} "
+            f"twin's={m.noise_floor:.3g} rms ratio={ratio} (budget {tol.floor_budget:g}x)")
+        out.append(rec)
+    return out
