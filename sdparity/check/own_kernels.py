@@ -184,21 +184,16 @@ def _build(kernel: OwnKernel, batch: list, backend, cache, rewrite: bool):
     is legalized, rewritten and scheduled on its own, as it is built alone."""
     import torch
 
-    from sdparity.compile.frontend import export_to_relax
+    from sdparity.compile.frontend import export_to_relax, merge
     from sdparity.identity import source_digest
-    from sdparity.ir import StageIR
 
     key = {"own_kernel": kernel.name, "rewrite": rewrite,
            "inputs": [[list(a.shape) for a in inputs] for _, inputs in batch],
            "source": source_digest([__name__, "sdparity.compile.own_kernels"])}  # they make the modules built
 
     def factory():
-        import tvm
-
-        irs = [export_to_relax(module, tuple(torch.from_numpy(a) for a in inputs), _function(i))
-               for i, (module, inputs) in enumerate(batch)]
-        return StageIR(tvm.IRModule({_function(i): ir.mod[_function(i)] for i, ir in enumerate(irs)}),
-                       {f: ws for ir in irs for f, ws in ir.params.items()})
+        return merge([export_to_relax(module, tuple(torch.from_numpy(a) for a in inputs), _function(i))
+                      for i, (module, inputs) in enumerate(batch)])
 
     with contextlib.nullcontext() if rewrite else kernel.disabled():
         art, meta, _ = backend.build_cached(factory, key, cache, log=lambda *a: None,

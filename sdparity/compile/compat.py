@@ -51,8 +51,25 @@ def sym_var(name: str):
     return tir().Var(name, "int64")
 
 
+def name_frozen_import_frames() -> None:
+    """Make TVMScript's parsing during an import cheap again (measured, NOTES.md eighteenth
+    session): TVM's ``@T.prim_func`` parser calls ``inspect.stack()``, which looks up the module
+    of every frame's file; the import machinery's frames ('<frozen importlib._bootstrap>') are
+    no file on disk, so CPython's ``inspect.getmodule`` scans all of ``sys.modules`` for each,
+    on every call. Importing ``tvm.s_tir.tensor_intrin.cuda`` (CUDA's tensor-core intrinsics,
+    248 TVMScript functions) took 40 s with TVM loaded (1961 modules), 5 s with those two file
+    names entered in inspect's own file -> module table, which it fills for files on disk
+    itself. A performance fault of TVM's parser with CPython's inspect, not of the numbers:
+    nothing is parsed differently."""
+    import inspect
+
+    for name in ("importlib._bootstrap", "importlib._bootstrap_external"):
+        inspect.modulesbyfile.setdefault(f"<frozen {name}>", name)
+
+
 def dlight():
     """tvm.s_tir.dlight (0.27+) or tvm.dlight (before)."""
+    name_frozen_import_frames()  # its CUDA rules import TVM's tensor intrinsics
     try:
         from tvm.s_tir import dlight as dl
     except ImportError:

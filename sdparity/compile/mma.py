@@ -167,8 +167,12 @@ def mma_schedule(func, config: MmaConfig = DEFAULT_CONFIG):
     normalized = _normalize(func)
     if normalized is None:
         return None
-    # imported only now: registering TVM's CUDA tensor intrinsics takes ~30 s (TVMScript parsing),
-    # which a build without a float16 contraction never pays
+    # imported only now: registering TVM's CUDA tensor intrinsics takes ~5 s of TVMScript
+    # parsing (40 s without compat.name_frozen_import_frames), which a build without a float16
+    # contraction never pays
+    from sdparity.compile.compat import name_frozen_import_frames
+
+    name_frozen_import_frames()
     from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
     from tvm.s_tir.tensor_intrin.cuda import get_mma_intrin_group, shared_16x16_to_ldmatrix_32x8_layout
 
