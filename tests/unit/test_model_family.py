@@ -197,7 +197,7 @@ def test_arch_fault_on_another_architecture_is_an_error(tiny, llvm, run_check):
 
 @pytest.mark.webgpu
 def test_sdxl_unet_passes_on_webgpu(sdxl, run_check):
-    # two of the four cases (each is ~6 s on SwiftShader, as built and again in the proof): the
+    # two of the four cases (each is ~3 s on SwiftShader, as built and again in the proof): the
     # added conditions enter every case; these two differ in timestep and in guidance (with and
     # without CFG, the one the floor rule judges most sharply). `sdparity check --model
     # tiny-sdxl --backends webgpu` runs all four.
