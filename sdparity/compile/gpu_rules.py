@@ -316,10 +316,10 @@ MIN_ROW_THREADS = 32
 def row_threads(n) -> int:
     """Threads for a row of ``n`` values: about ``ROW_VALUES_PER_THREAD`` reads each, a power of two
     in [MIN_ROW_THREADS, ROW_THREADS] (a symbolic length: ROW_THREADS). Short rows get few threads:
-    attention's rows of 77 keys (cross-attention) or of a small latent's tokens left 70-90% of a
-    256-thread block idle, waiting at each of its 9 barriers of the cross-thread combination (on
-    SwiftShader, which runs a block's invocations in turn, the tiny UNet's two such kernels took
-    8.0 s of its 18.7 s of kernel time: docs/webgpu.md)."""
+    with 256, a row of 77 keys (cross-attention) left 70% of its block idle, and any row of up to
+    256 values paid 9 barriers of the cross-thread combination for 256 invocations that read at
+    most one value each (on SwiftShader, which runs a block's invocations in turn, the tiny
+    UNet's two such kernels took 8.0 s of its 18.7 s of kernel time: docs/webgpu.md)."""
     if not isinstance(n, int):
         return ROW_THREADS
     t = MIN_ROW_THREADS
