@@ -43,7 +43,6 @@ budget in ``tolerances.OWN_KERNELS`` (and ``OWN_TRANSCENDENTALS``).
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 
 import numpy as np
@@ -180,7 +179,7 @@ def _build(kernel: OwnKernel, batch: list, backend, cache, rewrite: bool):
     ``_function(i)`` each, built together by ``backend`` through the cache, with the rewrite on
     (the candidate) or off (the twin). One build for all of a stage's shapes: a build's fixed
     cost (export, TVM's passes, LLVM, linking; ~1.5 s for one attention) was paid per shape and
-    again for its twin (a tiny UNet's four shapes: 8 builds of 13-20 s together). Each function
+    again for its twin (a tiny UNet's four shapes: 8 builds, 10-20 s under the suite's load). Each function
     is legalized, rewritten and scheduled on its own, as it is built alone."""
     import torch
 
@@ -216,17 +215,17 @@ def check(stage, backend, runner, found_kernels: list[dict], report, cache, seed
 
 
 def _check_kernel(stage, backend, runner, kernel: OwnKernel, shapes_list: list[dict], report, cache, seed, log):
+    """``shapes_list``: distinct shapes, as ``found`` lists them."""
     import torch
 
     from sdparity.compare import compare
     from sdparity.tolerances import own_kernel_tolerance
 
-    unique = list({json.dumps(s, sort_keys=True): s for s in shapes_list}.values())
     batch, built, failure = [], None, None
     t0 = time.perf_counter()
     try:
         tol = own_kernel_tolerance(kernel.name)
-        for shapes in unique:
+        for shapes in shapes_list:
             module, input_shapes = kernel.torch_module(shapes)
             batch.append((module, _inputs(input_shapes, seed)))
         art, meta = _build(kernel, batch, backend, cache, True)
@@ -238,8 +237,7 @@ def _check_kernel(stage, backend, runner, kernel: OwnKernel, shapes_list: list[d
         failure = str(e) if isinstance(e, SdparityError) else f"own-kernel check failed: {one_line(e)}"
     build_s = time.perf_counter() - t0
     out = []
-    for shapes in shapes_list:
-        i = unique.index(shapes)
+    for i, shapes in enumerate(shapes_list):
         label = kernel.label(shapes)
         base = dict(stage=stage.name, backend=backend.name, device_class=backend.device_class, case=label,
                     function=_function(i), output="out", shapes=shapes, own_kernel=kernel.name)

@@ -333,8 +333,9 @@ def exact_row_reduction():
     work, e.g. the "is every score of this row -inf" test of PyTorch's safe softmax in every
     attention (``max(int8(!(x == -inf)))``), which no dlight rule but Fallback takes: one
     thread a row, 4096 strided reads each (UNet, 64x64 latents: 2.9 ms a call, 7.8% of the
-    CUDA UNet in docs/performance.md). Here one block takes a row and its threads (``row_threads``: 32-256 by the row's length) read it
-    together (coalesced), combining with a cross-thread reduction. Only max and min: their
+    CUDA UNet in docs/performance.md). Here one block takes a row and its threads
+    (``row_threads``: 32-256 by the row's length) read it together (coalesced), combining with
+    a cross-thread reduction. Only max and min: their
     result does not depend on the order in which the values meet, so the kernel computes
     exactly what the unscheduled one does."""
     from tvm import s_tir, tirx

@@ -20,7 +20,7 @@ from tvm import te, tirx, topi  # noqa: E402
 
 from sdparity.cache import BuildCache  # noqa: E402
 from sdparity.reports.report import Report  # noqa: E402
-from sdparity.runner import Progress, run_checks  # noqa: E402
+from sdparity.runner import Mode, Progress, run_checks  # noqa: E402
 from tests.perturb import gelu_tanh, op_attr_replaced  # noqa: E402,F401
 
 LOG2E = 1.0 / math.log(2.0)
@@ -111,8 +111,6 @@ def check_stage(stage, backend, model, cache, seed=0, only_cases=None, own_kerne
     """The stage's records; ``own_kernels=False``: without its own-kernel checks (a perturbed
     build's, whose own kernels the perturbation does not touch: their builds would be paid again
     in its temporary cache for records no test reads)."""
-    from sdparity.runner import Mode
-
     report = Report(model)
     run_checks([stage], [backend], model, report, cache, seed=seed, log=Progress(quiet=True),
                only_cases=only_cases, mode=Mode(own_kernels=own_kernels))
