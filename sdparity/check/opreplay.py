@@ -14,7 +14,9 @@ is replayed here, node for node:
    detach_params) -> ``backend.build_cached`` (the backend's legalization, schedules and
    build, llvm or webgpu alike) -> ``backend.session()`` runner. Builds are cached by the
    op's signature (op, non-tensor arguments, shapes, dtypes, outputs used) and by what the
-   backend puts in every key (TVM libraries by content, the build code's sources).
+   backend puts in every key (TVM libraries by content, the build code's sources). Calls
+   are imported and built in batches of up to ``BATCH`` new signatures (``ops_ir``), each op
+   still its own function, then judged in graph order.
 3. **Judge** every call against the float64 result rounded to float32, with the
    floor-relative budget ``sdparity.tolerances.op_budget(backend)``; the first call in graph
    order over budget is the answer: aten name, attributes, shapes, error, floor, ratio,
@@ -46,6 +48,12 @@ VERSION = 1  # part of every per-op build key: bump when the one-op module or it
 FUNCTION = "op"  # the Relax function of a one-op build
 SKIP = {"aten._assert_tensor_metadata.default"}  # returns nothing
 MAX_LISTED = 10
+#: op replay judges the traced calls in batches: the calls of up to BATCH new signatures (or
+#: BATCH_BYTES of inputs held) are built as one module (``ops_ir``: one import, one build), then
+#: judged in graph order. Past the first divergence at most one batch was traced and built for
+#: nothing; one at a time, a one-op import and build cost ~0.7 s each on 2 cores, mostly fixed cost.
+BATCH = 32
+BATCH_BYTES = 512 << 20
 #: ops that only move, select or compare data: exact on any correct backend, whatever the values
 #: (their float64 result is their float32 one, so the trace does not recompute it)
 DATA_MOVEMENT = {
@@ -335,6 +343,98 @@ def op_ir(call: OpCall):
     return export_to_relax(_one_op_module(call), tuple(call.tensors), FUNCTION)
 
 
+def ops_ir(calls: list[OpCall], names: list[str]):
+    """``op_ir`` of many calls at once: function ``names[i]`` is call i's one-op function.
+
+    PyTorch's ``run_decompositions`` costs ~0.3 s a call whatever the program (it collects every
+    CompositeImplicitAutograd op of every namespace each time), most of a one-op import. So the
+    calls are exported as one module that computes each op on its own inputs (one export, one
+    decomposition, one ``from_exported_program``), and each op's function is cut out of the
+    result: its own inputs, the bindings its outputs need, its outputs, emitted by a
+    BlockBuilder as the importer emits them. Decomposition and import work node by node, so
+    the cut is the function ``op_ir`` makes of that call alone (tests/unit/test_opreplay.py
+    compares them structurally)."""
+    import torch
+    from tvm import relax
+
+    from sdparity.compile.frontend import export_to_relax, merge
+    from sdparity.ir import StageIR
+
+    tensors, spans, seen = [], [], set()
+    for c in calls:
+        spans.append((len(tensors), len(c.tensors)))
+        for t in c.tensors:  # one placeholder a tensor: a tensor two calls share is passed twice, as a copy
+            tensors.append(t.clone() if id(t) in seen else t)
+            seen.add(id(t))
+
+    class ManyOps(torch.nn.Module):
+        def forward(self, *ts):
+            outs = []
+            for c, (start, n) in zip(calls, spans):
+                out = c.target(*_fill(c.args, ts[start:start + n]), **_fill(c.kwargs, ts[start:start + n]))
+                outs += [out] if c.outputs is None else [out[i] for i in c.outputs]
+            return tuple(outs)
+
+    whole = export_to_relax(ManyOps(), tuple(tensors), FUNCTION)
+    main = whole.mod[FUNCTION]
+    extra = sorted(set(main.attrs.keys()) - {"global_symbol", "num_input"})
+    if whole.params.get(FUNCTION) or extra or len(main.body.blocks) != 1:
+        # what a cut could not reproduce exactly: constants torch lifted into weights, attributes
+        # of the whole program (e.g. tir_var_lower_bound of torch's symbols), several blocks
+        why = ", ".join(extra) or ("lifted weights" if whole.params.get(FUNCTION) else "several blocks")
+        raise SdparityError(f"the ops imported together are not a plain program ({why}): import each alone")
+    (block,) = main.body.blocks
+    results = list(main.body.body.fields if isinstance(main.body.body, relax.Tuple)
+                   else next(b.value for b in block.bindings if b.var.same_as(main.body.body)).fields)
+    mods, first = [], 0
+    for c, name, (start, n) in zip(calls, names, spans):
+        width = 1 if c.outputs is None else len(c.outputs)
+        outs, first = results[first:first + width], first + width
+        need = {v for o in outs for v in relax.analysis.free_vars(o)} | {o for o in outs if isinstance(o, relax.Var)}
+        kept = []
+        for b in reversed(block.bindings):
+            if b.var in need:
+                kept.append(b)
+                need |= set(relax.analysis.free_vars(b.value))
+        kept.reverse()
+        mods.append(StageIR(_emit_function(name, list(main.params[start:start + n]), kept, outs), {name: []}))
+    return merge(mods)
+
+
+def _emit_function(name: str, inputs: list, bindings: list, outs: list):
+    """A Relax function of ``bindings`` over fresh parameters for ``inputs``, named as the
+    importer names a one-op function's (tensors_<i>), returning the tuple of ``outs``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from sdparity.compile.compat import type_info
+
+    @mutator
+    class Substitute(PyExprMutator):
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def visit_var_(self, op):
+            return self.table.get(op, op)
+
+        def visit_dataflow_var_(self, op):
+            return self.table.get(op, op)
+
+    fresh = [relax.Var(f"tensors_{i}", type_info(p)) for i, p in enumerate(inputs)]
+    table = dict(zip(inputs, fresh))
+    bb = relax.BlockBuilder()
+    with bb.function(name, fresh, attrs={"num_input": len(inputs)}):
+        with bb.dataflow():
+            for b in bindings:
+                table[b.var] = bb.emit(Substitute(table).visit_expr(b.value))
+            gv = bb.emit_output(relax.Tuple([table[o] if isinstance(o, relax.Var) else o for o in outs]))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    return tvm.IRModule({mod.get_global_var(name): mod[name].with_attr("global_symbol", name)})
+
+
 def kernel_names(call: OpCall, backend) -> list[str]:
     """The kernels (PrimFuncs) the op becomes on ``backend``: its legalization + fusion + schedules."""
     from sdparity.compile.compat import tir
@@ -419,15 +519,13 @@ class OpReplay:
         by their signatures. Each op is still computed alone: the module's functions share no
         values. If the module cannot be made or built (an op TVM cannot import or build), the
         calls are left to ``artifact``, which builds each alone and keeps its own error."""
-        from sdparity.compile.frontend import export_to_relax, merge
-
         todo = list({c.key(): c for c in calls if c.key() not in self.artifacts}.values())
         if len(todo) < 2:
             return
         names = [f"{FUNCTION}{i}" for i in range(len(todo))]
 
         def factory():
-            return merge([export_to_relax(_one_op_module(c), tuple(c.tensors), n) for c, n in zip(todo, names)])
+            return ops_ir(todo, names)
 
         try:
             art = self._build(factory, {"opreplay": VERSION, "batch": [c.signature() for c in todo]},
@@ -500,6 +598,26 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
     state = {"calls": 0, "signatures": set(), "diverged": [], "n_diverged": 0, "errors": {}, "first": None}
 
     last = [time.perf_counter()]
+    pending: list[OpCall] = []  # traced, not judged yet: built together, then judged in graph order
+
+    def judge_pending() -> bool:
+        eng.prepare(pending)
+        try:
+            for call in pending:
+                v = eng.check(call)
+                if v["ok"] is None:
+                    state["errors"].setdefault(call.op, v["error"])
+                elif not v["ok"]:
+                    state["n_diverged"] += 1
+                    if state["first"] is None:
+                        state["first"] = call
+                    if len(state["diverged"]) < MAX_LISTED + 1:
+                        state["diverged"].append(describe(call, v))
+                    if stop_at_first:
+                        return True
+            return False
+        finally:
+            pending.clear()
 
     def on_call(call: OpCall) -> bool:
         state["calls"] += 1
@@ -508,19 +626,14 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
             last[0] = time.perf_counter()
             log(f"  op replay: {state['calls']} calls, {len(state['signatures'])} distinct, {eng.built} built, "
                 f"{eng.cached} cached, {state['n_diverged']} diverged ({call.op} at {call.module or '-'})")
-        v = eng.check(call)
-        if v["ok"] is None:
-            state["errors"].setdefault(call.op, v["error"])
-        elif not v["ok"]:
-            state["n_diverged"] += 1
-            if state["first"] is None:
-                state["first"] = call
-            if len(state["diverged"]) < MAX_LISTED + 1:
-                state["diverged"].append(describe(call, v))
-            return stop_at_first
-        return False
+        pending.append(call)
+        new = {c.key() for c in pending if c.key() not in eng.artifacts}
+        held = sum(t.nbytes for c in pending for t in c.tensors)
+        return (len(new) >= BATCH or held >= BATCH_BYTES) and judge_pending()
 
     trace(ep, user_inputs, on_call)
+    if pending:  # the run's last calls (a stopped run judged and cleared its own)
+        judge_pending()
     b = eng.budget
     rec = {"status": "diverged" if state["diverged"] else "clean",
            "method": "op replay: every aten call of the decomposed torch.export program built alone "

@@ -89,6 +89,64 @@ def test_trace_is_the_program(tiny):
     assert ln[0].outputs == (0,)  # only the normalized value is used, not mean/rstd
 
 
+def _made_up_call(position: int, target, tensors: list):
+    """An OpCall as the trace makes one, with torch's float32 and float64 results."""
+    call = opreplay.OpCall(position=position, node=f"n{position}", op=f"made_up_{position}", target=target,
+                           args=tuple(opreplay.Slot(i) for i in range(len(tensors))), kwargs={},
+                           tensors=tensors, weights=[False] * len(tensors), outputs=None)
+    call.out32 = opreplay.run_op(call, tensors)
+    call.out64 = [a.astype(b.dtype) for a, b in zip(opreplay.run_op(call, tensors, "float64"), call.out32)]
+    return call
+
+
+def test_ops_imported_together_are_the_ops_imported_alone(tiny, llvm, tmp_path):
+    """``ops_ir`` imports many calls as one program and cuts each op's function out of it; each
+    must be the function ``op_ir`` makes of the call alone: same structure, same printed text,
+    no weights. Checked on one call of every op kind of the tiny CLIP program (LayerNorm's
+    multi-output call with its used output, views, comparisons, constants among them) and on
+    a made-up call whose input tensor is another call's too. (Every distinct call of the tiny
+    CLIP, UNet and VAE programs, 404, compared the same way when ops_ir was written; NOTES.md,
+    nineteenth session.) A program the cut could not reproduce exactly is refused, and op
+    replay builds its calls one by one instead: here an input that is a view (torch.export
+    then records a range for a symbol of its base, which the importer makes an attribute of
+    the function, ``tir_var_lower_bound``)."""
+    import torch
+    import tvm
+
+    from sdparity.cache import BuildCache
+    from sdparity.errors import SdparityError
+    from sdparity.registry import get_stage
+
+    stage = get_stage("clip")
+    kinds: dict = {}
+    opreplay.trace(opreplay.export_program(stage, tiny, {}), stage.cases(tiny, {}, 0)[0].inputs,
+                   lambda c: kinds.setdefault(c.op, c) and False)
+    assert {"aten.native_layer_norm.default", "aten.view.default", "aten.where.self"} <= set(kinds)
+    view = torch.linspace(-1.0, 1.0, 6).reshape(2, 3)
+    x = view.clone()
+    calls = list(kinds.values()) + [_made_up_call(900, torch.ops.aten.sigmoid.default, [x]),
+                                    _made_up_call(901, torch.ops.aten.exp.default, [x])]  # x again
+    names = [f"op{i}" for i in range(len(calls))]
+    together = opreplay.ops_ir(calls, names)
+    for call, name in zip(calls, names):
+        alone = opreplay.op_ir(call)
+        mine, theirs = together.mod[name], alone.mod[opreplay.FUNCTION].with_attr("global_symbol", name)
+        tvm.ir.assert_structural_equal(mine, theirs)
+        assert mine.script() == theirs.script(), call.op
+        assert together.params[name] == alone.params[opreplay.FUNCTION] == [], call.op
+
+    assert "tir_var_lower_bound" in opreplay.op_ir(_made_up_call(902, torch.ops.aten.sigmoid.default, [view])).mod[
+        opreplay.FUNCTION].attrs
+    odd = [_made_up_call(902, torch.ops.aten.sigmoid.default, [view]), calls[-1]]
+    with pytest.raises(SdparityError, match="not a plain program .*tir_var_lower_bound"):
+        opreplay.ops_ir(odd, ["a", "b"])
+    with llvm.session() as runner:
+        eng = opreplay.OpReplay(llvm, runner, BuildCache(tmp_path))
+        eng.prepare(odd)
+        assert eng.built == 0 and not eng.artifacts  # the batch was refused before any build
+        assert all(eng.check(c)["ok"] for c in odd) and eng.built == 2  # each alone, and right
+
+
 def test_perturbed_lowering_is_localized_to_its_aten_op(tiny, llvm, tmp_path, monkeypatch):
     """Negative test (a): relax.nn.layer_norm's lowering made 0.1% wrong through TVM's
     op-attribute registry. The tiny CLIP check fails; kernel replay cannot see it (its trusted
@@ -169,6 +227,8 @@ def test_all_ops_agree_then_the_pipeline_is_bisected(tiny, llvm, cache, tmp_path
     with llvm.session() as runner:
         rec = opreplay.localize_ops(stage, tiny, {}, case, llvm, runner, cache, tmp_path, artifact=art)
     assert rec["status"] == "clean" and rec["first"] is None
+    # the calls were built in batches (ops_ir: one import, one build a batch), not one by one
+    assert rec["built"] + rec["cached"] <= -(-rec["signatures"] // opreplay.BATCH) + 1 < rec["signatures"], rec
     assert rec["pipeline"]["culprit"] == "legalized", rec["pipeline"]
     assert "graph" in rec["pipeline"]["verdict"] and "every aten call" not in rec["pipeline"]["verdict"]
 
