@@ -344,95 +344,11 @@ def op_ir(call: OpCall):
 
 
 def ops_ir(calls: list[OpCall], names: list[str]):
-    """``op_ir`` of many calls at once: function ``names[i]`` is call i's one-op function.
+    """``op_ir`` of many calls at once (function ``names[i]`` is call i's one-op function),
+    imported as one program (``sdparity.compile.frontend.export_many``)."""
+    from sdparity.compile.frontend import export_many
 
-    PyTorch's ``run_decompositions`` costs ~0.3 s a call whatever the program (it collects every
-    CompositeImplicitAutograd op of every namespace each time), most of a one-op import. So the
-    calls are exported as one module that computes each op on its own inputs (one export, one
-    decomposition, one ``from_exported_program``), and each op's function is cut out of the
-    result: its own inputs, the bindings its outputs need, its outputs, emitted by a
-    BlockBuilder as the importer emits them. Decomposition and import work node by node, so
-    the cut is the function ``op_ir`` makes of that call alone (tests/unit/test_opreplay.py
-    compares them structurally)."""
-    import torch
-    from tvm import relax
-
-    from sdparity.compile.frontend import export_to_relax, merge
-    from sdparity.ir import StageIR
-
-    tensors, spans, seen = [], [], set()
-    for c in calls:
-        spans.append((len(tensors), len(c.tensors)))
-        for t in c.tensors:  # one placeholder a tensor: a tensor two calls share is passed twice, as a copy
-            tensors.append(t.clone() if id(t) in seen else t)
-            seen.add(id(t))
-
-    class ManyOps(torch.nn.Module):
-        def forward(self, *ts):
-            outs = []
-            for c, (start, n) in zip(calls, spans):
-                out = c.target(*_fill(c.args, ts[start:start + n]), **_fill(c.kwargs, ts[start:start + n]))
-                outs += [out] if c.outputs is None else [out[i] for i in c.outputs]
-            return tuple(outs)
-
-    whole = export_to_relax(ManyOps(), tuple(tensors), FUNCTION)
-    main = whole.mod[FUNCTION]
-    extra = sorted(set(main.attrs.keys()) - {"global_symbol", "num_input"})
-    if whole.params.get(FUNCTION) or extra or len(main.body.blocks) != 1:
-        # what a cut could not reproduce exactly: constants torch lifted into weights, attributes
-        # of the whole program (e.g. tir_var_lower_bound of torch's symbols), several blocks
-        why = ", ".join(extra) or ("lifted weights" if whole.params.get(FUNCTION) else "several blocks")
-        raise SdparityError(f"the ops imported together are not a plain program ({why}): import each alone")
-    (block,) = main.body.blocks
-    results = list(main.body.body.fields if isinstance(main.body.body, relax.Tuple)
-                   else next(b.value for b in block.bindings if b.var.same_as(main.body.body)).fields)
-    mods, first = [], 0
-    for c, name, (start, n) in zip(calls, names, spans):
-        width = 1 if c.outputs is None else len(c.outputs)
-        outs, first = results[first:first + width], first + width
-        need = {v for o in outs for v in relax.analysis.free_vars(o)} | {o for o in outs if isinstance(o, relax.Var)}
-        kept = []
-        for b in reversed(block.bindings):
-            if b.var in need:
-                kept.append(b)
-                need |= set(relax.analysis.free_vars(b.value))
-        kept.reverse()
-        mods.append(StageIR(_emit_function(name, list(main.params[start:start + n]), kept, outs), {name: []}))
-    return merge(mods)
-
-
-def _emit_function(name: str, inputs: list, bindings: list, outs: list):
-    """A Relax function of ``bindings`` over fresh parameters for ``inputs``, named as the
-    importer names a one-op function's (tensors_<i>), returning the tuple of ``outs``."""
-    import tvm
-    from tvm import relax
-    from tvm.relax.expr_functor import PyExprMutator, mutator
-
-    from sdparity.compile.compat import type_info
-
-    @mutator
-    class Substitute(PyExprMutator):
-        def __init__(self, table):
-            super().__init__()
-            self.table = table
-
-        def visit_var_(self, op):
-            return self.table.get(op, op)
-
-        def visit_dataflow_var_(self, op):
-            return self.table.get(op, op)
-
-    fresh = [relax.Var(f"tensors_{i}", type_info(p)) for i, p in enumerate(inputs)]
-    table = dict(zip(inputs, fresh))
-    bb = relax.BlockBuilder()
-    with bb.function(name, fresh, attrs={"num_input": len(inputs)}):
-        with bb.dataflow():
-            for b in bindings:
-                table[b.var] = bb.emit(Substitute(table).visit_expr(b.value))
-            gv = bb.emit_output(relax.Tuple([table[o] if isinstance(o, relax.Var) else o for o in outs]))
-        bb.emit_func_output(gv)
-    mod = bb.get()
-    return tvm.IRModule({mod.get_global_var(name): mod[name].with_attr("global_symbol", name)})
+    return export_many([(_one_op_module(c), tuple(c.tensors)) for c in calls], names)
 
 
 def kernel_names(call: OpCall, backend) -> list[str]:

@@ -183,16 +183,20 @@ def _build(kernel: OwnKernel, batch: list, backend, cache, rewrite: bool):
     is legalized, rewritten and scheduled on its own, as it is built alone."""
     import torch
 
-    from sdparity.compile.frontend import export_to_relax, merge
+    from sdparity.compile.frontend import export_many, export_to_relax, merge
     from sdparity.identity import source_digest
 
     key = {"own_kernel": kernel.name, "rewrite": rewrite,
            "inputs": [[list(a.shape) for a in inputs] for _, inputs in batch],
            "source": source_digest([__name__, "sdparity.compile.own_kernels"])}  # they make the modules built
 
-    def factory():
-        return merge([export_to_relax(module, tuple(torch.from_numpy(a) for a in inputs), _function(i))
-                      for i, (module, inputs) in enumerate(batch)])
+    def factory():  # one import of every shape (frontend.export_many), else one import each
+        items = [(module, tuple(torch.from_numpy(a) for a in inputs)) for module, inputs in batch]
+        names = [_function(i) for i in range(len(batch))]
+        try:
+            return export_many(items, names)
+        except SdparityError:
+            return merge([export_to_relax(module, inputs, name) for (module, inputs), name in zip(items, names)])
 
     with contextlib.nullcontext() if rewrite else kernel.disabled():
         art, meta, _ = backend.build_cached(factory, key, cache, log=lambda *a: None,

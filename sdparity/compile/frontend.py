@@ -108,6 +108,115 @@ def _import(module, example_args, function, dynamic_shapes, patch_upsample, neut
     return StageIR(new, {function: weights})
 
 
+def export_many(items: list, names: list[str]) -> StageIR:
+    """``export_to_relax(module, inputs, names[i])`` of every ``(module, inputs)`` in ``items``,
+    merged: for modules without weights that each compute a tensor or a tuple of tensors from
+    their own inputs (one-op modules of op replay, own-kernel modules).
+
+    PyTorch's ``run_decompositions`` costs ~0.3 s a call whatever the program (it collects every
+    CompositeImplicitAutograd op of every namespace each time): most of a small import. So the
+    modules are exported as one that runs each on its own inputs (one export, one decomposition,
+    one ``from_exported_program``), and each function is cut out of the result: its inputs, the
+    bindings its outputs need, its outputs, emitted by a BlockBuilder as the importer emits
+    them. Decomposition and import work node by node, so the cut is the function a separate
+    import makes (tests/unit/test_opreplay.py compares them structurally). A program the cut
+    could not reproduce exactly (weights torch lifted, function attributes such as torch's
+    symbol ranges, several blocks) raises SdparityError: import each alone then."""
+    import torch
+    from tvm import relax
+
+    tensors, spans, seen = [], [], set()
+    for _, inputs in items:
+        spans.append((len(tensors), len(inputs)))
+        for t in inputs:  # a placeholder a tensor: one that two modules share is passed again, as a copy
+            tensors.append(t.clone() if id(t) in seen else t)
+            seen.add(id(t))
+    widths = [0] * len(items)
+
+    class Many(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.parts = torch.nn.ModuleList([m for m, _ in items])
+
+        def forward(self, *ts):
+            outs = []
+            for i, (part, (start, n)) in enumerate(zip(self.parts, spans)):
+                out = part(*ts[start:start + n])
+                out = list(out) if isinstance(out, (tuple, list)) else [out]
+                widths[i] = len(out)
+                outs += out
+            return tuple(outs)
+
+    whole = export_to_relax(Many(), tuple(tensors), "many")
+    main = whole.mod["many"]
+    extra = sorted(set(main.attrs.keys()) - {"global_symbol", "num_input"})
+    if whole.params.get("many") or extra or len(main.body.blocks) != 1:
+        why = ", ".join(extra) or ("lifted weights" if whole.params.get("many") else "several blocks")
+        raise SdparityError(f"the modules imported together are not a plain program ({why}): import each alone")
+    (block,) = main.body.blocks
+    results = list(next(b.value for b in block.bindings if b.var.same_as(main.body.body)).fields)
+    irs, first = [], 0
+    for (module, _), name, (start, n), width in zip(items, names, spans, widths):
+        outs, first = results[first:first + width], first + width
+        need = {v for o in outs for v in relax.analysis.free_vars(o)} | {o for o in outs if isinstance(o, relax.Var)}
+        kept = []
+        for b in reversed(block.bindings):
+            if b.var in need:
+                kept.append(b)
+                need |= set(relax.analysis.free_vars(b.value))
+        kept.reverse()
+        params = list(zip(_input_names(module, n), main.params[start:start + n]))
+        irs.append(StageIR(_emit_function(name, params, kept, outs), {name: []}))
+    return merge(irs)
+
+
+def _input_names(module, n: int) -> list[str]:
+    """The parameter names torch.export gives ``module``'s ``n`` inputs (``*xs``: xs_0, xs_1, ...)."""
+    import inspect
+
+    names = []
+    for p in inspect.signature(module.forward).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            names += [f"{p.name}_{j}" for j in range(n - len(names))]
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            names.append(p.name)
+    return names[:n]
+
+
+def _emit_function(name: str, params: list, bindings: list, outs: list):
+    """A Relax function ``name`` of ``bindings`` over fresh parameters (``params``: (name, the
+    whole program's parameter) pairs), returning the tuple of ``outs``."""
+    import tvm
+    from tvm import relax
+    from tvm.relax.expr_functor import PyExprMutator, mutator
+
+    from sdparity.compile.compat import type_info
+
+    @mutator
+    class Substitute(PyExprMutator):
+        def __init__(self, table):
+            super().__init__()
+            self.table = table
+
+        def visit_var_(self, op):
+            return self.table.get(op, op)
+
+        def visit_dataflow_var_(self, op):
+            return self.table.get(op, op)
+
+    fresh = [relax.Var(label, type_info(p)) for label, p in params]
+    table = {p: v for (_, p), v in zip(params, fresh)}
+    bb = relax.BlockBuilder()
+    with bb.function(name, fresh, attrs={"num_input": len(fresh)}):
+        with bb.dataflow():
+            for b in bindings:
+                table[b.var] = bb.emit(Substitute(table).visit_expr(b.value))
+            gv = bb.emit_output(relax.Tuple([table[o] if isinstance(o, relax.Var) else o for o in outs]))
+        bb.emit_func_output(gv)
+    mod = bb.get()
+    return tvm.IRModule({mod.get_global_var(name): mod[name].with_attr("global_symbol", name)})
+
+
 def _read_only(a: np.ndarray) -> np.ndarray:
     a.flags.writeable = False
     return a

@@ -99,10 +99,10 @@ def _made_up_call(position: int, target, tensors: list):
     return call
 
 
-def test_ops_imported_together_are_the_ops_imported_alone(tiny, llvm, tmp_path):
-    """``ops_ir`` imports many calls as one program and cuts each op's function out of it; each
-    must be the function ``op_ir`` makes of the call alone: same structure, same printed text,
-    no weights. Checked on one call of every op kind of the tiny CLIP program (LayerNorm's
+def test_modules_imported_together_are_the_modules_imported_alone(tiny, llvm, tmp_path):
+    """``ops_ir`` (``frontend.export_many``) imports many calls as one program and cuts each op's
+    function out of it; each must be the function ``op_ir`` makes of the call alone: same
+    structure, same printed text, no weights. Checked on one call of every op kind of the tiny CLIP program (LayerNorm's
     multi-output call with its used output, views, comparisons, constants among them) and on
     a made-up call whose input tensor is another call's too. (Every distinct call of the tiny
     CLIP, UNet and VAE programs, 404, compared the same way when ops_ir was written; NOTES.md,
@@ -137,8 +137,22 @@ def test_ops_imported_together_are_the_ops_imported_alone(tiny, llvm, tmp_path):
 
     assert "tir_var_lower_bound" in opreplay.op_ir(_made_up_call(902, torch.ops.aten.sigmoid.default, [view])).mod[
         opreplay.FUNCTION].attrs
+    # the own-kernel check's modules (named inputs: q, k, v) the same way, two shapes in one import
+    from sdparity.compile.frontend import export_many, export_to_relax
+    from sdparity.compile.own_kernels import OWN_KERNELS
+
+    items = []
+    for q in ((2, 64, 8), (4, 16, 4)):
+        module, shapes = OWN_KERNELS["attention"].torch_module({"q": q, "kt": (q[0], q[2], 77), "v": (q[0], 77, q[2])})
+        items.append((module, tuple(torch.randn(*s) for s in shapes)))
+    both = export_many(items, ["k0", "k1"])
+    for (module, inputs), name in zip(items, ["k0", "k1"]):
+        alone = export_to_relax(module, inputs, name).mod[name]
+        tvm.ir.assert_structural_equal(both.mod[name], alone)
+        assert both.mod[name].script() == alone.script() and [str(p.name) for p in alone.params] == ["q", "k", "v"]
+
     odd = [_made_up_call(902, torch.ops.aten.sigmoid.default, [view]), calls[-1]]
-    with pytest.raises(SdparityError, match="not a plain program .*tir_var_lower_bound"):
+    with pytest.raises(SdparityError, match="not a plain program .tir_var_lower_bound"):
         opreplay.ops_ir(odd, ["a", "b"])
     with llvm.session() as runner:
         eng = opreplay.OpReplay(llvm, runner, BuildCache(tmp_path))
