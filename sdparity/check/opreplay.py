@@ -515,6 +515,7 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
 
     last = [time.perf_counter()]
     pending: list[OpCall] = []  # traced, not judged yet: built together, then judged in graph order
+    waiting = {"new": set(), "bytes": 0}  # pending's signatures not built yet, and its input bytes
 
     def judge_pending() -> bool:
         eng.prepare(pending)
@@ -534,6 +535,8 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
             return False
         finally:
             pending.clear()
+            waiting["new"].clear()
+            waiting["bytes"] = 0
 
     def on_call(call: OpCall) -> bool:
         state["calls"] += 1
@@ -543,9 +546,10 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
             log(f"  op replay: {state['calls']} calls, {len(state['signatures'])} distinct, {eng.built} built, "
                 f"{eng.cached} cached, {state['n_diverged']} diverged ({call.op} at {call.module or '-'})")
         pending.append(call)
-        new = {c.key() for c in pending if c.key() not in eng.artifacts}
-        held = sum(t.nbytes for c in pending for t in c.tensors)
-        return (len(new) >= BATCH or held >= BATCH_BYTES) and judge_pending()
+        if call.key() not in eng.artifacts:
+            waiting["new"].add(call.key())
+        waiting["bytes"] += sum(t.nbytes for t in call.tensors)
+        return (len(waiting["new"]) >= BATCH or waiting["bytes"] >= BATCH_BYTES) and judge_pending()
 
     trace(ep, user_inputs, on_call)
     if pending:  # the run's last calls (a stopped run judged and cleared its own)
