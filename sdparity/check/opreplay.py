@@ -539,15 +539,16 @@ def replay(ep, user_inputs: list, backend, runner, cache, *, stop_at_first: bool
             waiting["bytes"] = 0
 
     def on_call(call: OpCall) -> bool:
+        key = call.key()
         state["calls"] += 1
-        state["signatures"].add(call.key())
+        state["signatures"].add(key)
         if log and time.perf_counter() - last[0] > 30:  # full-size replays take minutes
             last[0] = time.perf_counter()
             log(f"  op replay: {state['calls']} calls, {len(state['signatures'])} distinct, {eng.built} built, "
                 f"{eng.cached} cached, {state['n_diverged']} diverged ({call.op} at {call.module or '-'})")
         pending.append(call)
-        if call.key() not in eng.artifacts:
-            waiting["new"].add(call.key())
+        if key not in eng.artifacts:
+            waiting["new"].add(key)
         waiting["bytes"] += sum(t.nbytes for t in call.tensors)
         return (len(waiting["new"]) >= BATCH or waiting["bytes"] >= BATCH_BYTES) and judge_pending()
 

@@ -158,7 +158,7 @@ def export_many(items: list, names: list[str]) -> StageIR:
     irs, first = [], 0
     for (module, _), name, (start, n), width in zip(items, names, spans, widths):
         outs, first = results[first:first + width], first + width
-        need = {v for o in outs for v in relax.analysis.free_vars(o)} | {o for o in outs if isinstance(o, relax.Var)}
+        need = {v for o in outs for v in relax.analysis.free_vars(o)}  # a Var's free vars: itself
         kept = []
         for b in reversed(block.bindings):
             if b.var in need:
@@ -206,11 +206,12 @@ def _emit_function(name: str, params: list, bindings: list, outs: list):
 
     fresh = [relax.Var(label, type_info(p)) for label, p in params]
     table = {p: v for (_, p), v in zip(params, fresh)}
+    substitute = Substitute(table)  # reads the table as it grows
     bb = relax.BlockBuilder()
     with bb.function(name, fresh, attrs={"num_input": len(fresh)}):
         with bb.dataflow():
             for b in bindings:
-                table[b.var] = bb.emit(Substitute(table).visit_expr(b.value))
+                table[b.var] = bb.emit(substitute.visit_expr(b.value))
             gv = bb.emit_output(relax.Tuple([table[o] if isinstance(o, relax.Var) else o for o in outs]))
         bb.emit_func_output(gv)
     mod = bb.get()

@@ -95,16 +95,16 @@ def _made_up_call(position: int, target, tensors: list):
                            args=tuple(opreplay.Slot(i) for i in range(len(tensors))), kwargs={},
                            tensors=tensors, weights=[False] * len(tensors), outputs=None)
     call.out32 = opreplay.run_op(call, tensors)
-    call.out64 = [a.astype(b.dtype) for a, b in zip(opreplay.run_op(call, tensors, "float64"), call.out32)]
+    call.out64 = opreplay._rounded(opreplay.run_op(call, tensors, "float64"), call.out32)
     return call
 
 
 def test_modules_imported_together_are_the_modules_imported_alone(tiny, llvm, tmp_path):
     """``ops_ir`` (``frontend.export_many``) imports many calls as one program and cuts each op's
     function out of it; each must be the function ``op_ir`` makes of the call alone: same
-    structure, same printed text, no weights. Checked on one call of every op kind of the tiny CLIP program (LayerNorm's
-    multi-output call with its used output, views, comparisons, constants among them) and on
-    a made-up call whose input tensor is another call's too. (Every distinct call of the tiny
+    structure, same printed text, no weights. Checked on one call of every op kind of the tiny
+    CLIP program (LayerNorm's multi-output call with its used output, views, comparisons,
+    constants among them) and on a made-up call whose input tensor is another call's too. (Every distinct call of the tiny
     CLIP, UNet and VAE programs, 404, compared the same way when ops_ir was written; NOTES.md,
     nineteenth session.) A program the cut could not reproduce exactly is refused, and op
     replay builds its calls one by one instead: here an input that is a view (torch.export
@@ -135,8 +135,8 @@ def test_modules_imported_together_are_the_modules_imported_alone(tiny, llvm, tm
         assert mine.script() == theirs.script(), call.op
         assert together.params[name] == alone.params[opreplay.FUNCTION] == [], call.op
 
-    assert "tir_var_lower_bound" in opreplay.op_ir(_made_up_call(902, torch.ops.aten.sigmoid.default, [view])).mod[
-        opreplay.FUNCTION].attrs
+    of_view = _made_up_call(902, torch.ops.aten.sigmoid.default, [view])
+    assert "tir_var_lower_bound" in opreplay.op_ir(of_view).mod[opreplay.FUNCTION].attrs
     # the own-kernel check's modules (named inputs: q, k, v) the same way, two shapes in one import
     from sdparity.compile.frontend import export_many, export_to_relax
     from sdparity.compile.own_kernels import OWN_KERNELS
@@ -151,7 +151,7 @@ def test_modules_imported_together_are_the_modules_imported_alone(tiny, llvm, tm
         tvm.ir.assert_structural_equal(both.mod[name], alone)
         assert both.mod[name].script() == alone.script() and [str(p.name) for p in alone.params] == ["q", "k", "v"]
 
-    odd = [_made_up_call(902, torch.ops.aten.sigmoid.default, [view]), calls[-1]]
+    odd = [of_view, calls[-1]]
     with pytest.raises(SdparityError, match="not a plain program .tir_var_lower_bound"):
         opreplay.ops_ir(odd, ["a", "b"])
     with llvm.session() as runner:
