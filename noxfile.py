@@ -57,7 +57,15 @@ def unit(session):
     args = session.posargs or ["-m", "not slow", "-n", "2", "--dist", "loadfile", "--durations", "25"]
     # `nox -s unit -- tests/unit/test_x.py` runs that file, not the whole folder besides it
     where = [] if any(a.startswith("tests") for a in args) else ["tests/unit"]
-    session.run("python", "-m", "pytest", *where, "-ra", *PLAYWRIGHT_ARGS, *args, env=ENV)
+    session.run("python", "-m", "pytest", *where, "-ra", *PLAYWRIGHT_ARGS, *args, env={**ENV, **UNIT_THREADS})
+
+
+#: Two workers share CI's two cores with Chromium: PyTorch's OpenMP pool of one thread a core
+#: per worker, and TVM's pool spinning after each parallel kernel, kept cores busy waiting
+#: (cold suite on 2 cores, 2026-12-08: 757 s with them, 710 s with these; the native pipeline
+#: test 17.9 -> 2.1 s). TVM keeps its thread a core (configure_threads), so its parallel
+#: kernels still run on two threads. The e2e session runs one process: left as users run it.
+UNIT_THREADS = {"OMP_NUM_THREADS": "1", "TVM_THREAD_POOL_SPIN_COUNT": "0"}
 
 
 @nox.session

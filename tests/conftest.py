@@ -152,3 +152,26 @@ LONGEST_FIRST = ("test_parity.py", "test_model_family.py", "test_floor_verdicts.
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(rank)))  # stable: files stay whole
+
+
+# -- pytest-xdist: test files that share a worker -------------------------------------------
+#: Files run by the same worker under ``--dist loadfile`` (noxfile's ``unit``); every other file
+#: is its own unit, as loadfile makes it. A worker's WebGPU sessions share one browser
+#: (``WebGPUBackend.session``), which compiles each distinct kernel once: test_floor_verdicts'
+#: WebGPU perturbations are test_parity's CLIP and UNet builds with one op's kernels changed, so
+#: beside them they compile only those (the GELU-as-tanh UNet: ~50 s of SwiftShader less).
+SHARED_WORKER = {"test_floor_verdicts.py": "test_parity.py"}
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadfile":
+        return None  # xdist's own for every other mode
+    from xdist.scheduler import LoadFileScheduling
+
+    class SharedFiles(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            file = nodeid.split("::", 1)[0]
+            folder, _, name = file.rpartition("/")
+            return f"{folder}/{SHARED_WORKER[name]}" if name in SHARED_WORKER else file
+
+    return SharedFiles(config, log)

@@ -299,6 +299,29 @@ def test_describe_reports_the_adapter(webgpu, runner):
     assert runner.timings["browser_start_s"] > 0
 
 
+def test_a_clean_session_leaves_its_browser_and_pipelines_to_the_next(webgpu, artifacts):
+    """Sessions in turn share one browser: the next starts none and its load of a build loaded
+    before compiles no pipeline. A session that fails, or whose page reported an error, closes
+    its browser instead of leaving it to the next."""
+    _, dirs = artifacts
+    x = make_inputs("elementwise")
+    with webgpu.session() as first:
+        want = first.run(dirs["webgpu"], "elementwise", x)
+    with webgpu.session() as second:
+        got = second.run(dirs["webgpu"], "elementwise", x)
+        assert second is first and second.timings["browser_sessions"] >= 2
+        made, reused = (second.timings[f"last_load_pipelines_{k}"] for k in ("made", "reused"))
+        assert made == 0 and reused > 0, (made, reused)
+    np.testing.assert_array_equal(got[0], want[0])
+    with pytest.raises(RuntimeError, match="the work failed"), webgpu.session() as failing:
+        raise RuntimeError("the work failed")
+    assert failing is first and not failing.browser.is_connected()
+    with webgpu.session() as noisy:
+        assert noisy is not failing and "browser_sessions" not in noisy.timings  # a fresh browser
+        noisy.page.evaluate("console.error('left behind by a session')")
+    assert not noisy.browser.is_connected()
+
+
 def test_missing_chromium_is_a_clear_error():
     backend = WebGPUBackend(chromium="/nonexistent/chromium")
     assert "no Chromium at /nonexistent/chromium" in backend.unavailable_reason()

@@ -5,9 +5,10 @@ wasm runtime (sdparity.backends.webgpu.toolchain), weights as a tvmjs tensor cac
 (``encode_format="raw"``), the generated WGSL saved as ``kernels.wgsl``.
 
 Run: one Chromium (Playwright, /usr/bin/chromium, --enable-unsafe-webgpu) and one page for
-the whole session. The page (web/harness/) is served with a small threaded HTTP server on
-127.0.0.1 (a secure context, so navigator.gpu exists), which also serves the artifact
-folders and carries tensors both ways as raw bytes. Calling convention as native: the
+the whole session, kept for the process's next session when it ends cleanly (``session``).
+The page (web/harness/) is served with a small threaded HTTP server on 127.0.0.1 (a secure
+context, so navigator.gpu exists), which also serves the artifact folders and carries tensors
+both ways as raw bytes. Calling convention as native: the
 Relax function F is called as F(*inputs, *params[F]).
 
 Any console error, page error, uncaught promise rejection, uncaptured WebGPU error or
@@ -16,6 +17,7 @@ device loss fails the run with an SdparityError.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import hashlib
@@ -23,6 +25,7 @@ import io
 import json
 import os
 import re
+import threading
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -231,11 +234,31 @@ class WebGPUBackend(Backend):
     # -- run --------------------------------------------------------------------------
     @contextlib.contextmanager
     def session(self):
-        runner = WebGPURunner(self)
+        """A browser page for a run of builds. A session that ends cleanly leaves its browser
+        open, its models unloaded, for the process's next session with the same settings
+        (Chromium, flags, thread): that one starts without a browser start (~1.2 s) and reuses
+        the pipelines earlier loads compiled, which the harness shares by program (a perturbed
+        lowering or a known issue's neutralized rebuild of a stage loaded before compiles only
+        the kernels that changed: the tiny UNet's 159 otherwise take ~30 s on SwiftShader). A
+        session that fails closes its browser. One idle browser per settings, closed at exit."""
+        key = (self.chromium, self.headless, tuple(self.flags), threading.get_ident())
+        runner = _IDLE.pop(key, None)
+        if runner is not None and not runner.reusable():
+            runner.close()
+            runner = None
         try:
-            runner.start()
+            if runner is None:
+                runner = WebGPURunner(self)
+                runner.start()
+            else:
+                runner.resume(self)
             yield runner
-        finally:
+        except BaseException:
+            runner.close()
+            raise
+        if runner.reusable(unload=True):
+            _keep_idle(key, runner)
+        else:
             runner.close()
 
     def describe_session(self, runner: WebGPURunner) -> dict:
@@ -262,6 +285,23 @@ def _recipe_digest() -> str:
 def _tvmjs_version() -> str | None:
     pkg = TVMJS_JS.parents[1] / "package.json"
     return json.loads(pkg.read_text()).get("version") if pkg.is_file() else None
+
+
+_IDLE: dict[tuple, "WebGPURunner"] = {}  # settings -> a started browser no session holds
+
+
+def _keep_idle(key: tuple, runner: "WebGPURunner") -> None:
+    if not _IDLE:
+        atexit.register(_close_idle)
+    old = _IDLE.pop(key, None)
+    _IDLE[key] = runner
+    if old is not None:
+        old.close()
+
+
+def _close_idle() -> None:
+    while _IDLE:
+        _IDLE.popitem()[1].close()
 
 
 _PW = {"instance": None, "users": 0}  # one Playwright per thread-of-use; sessions may nest
@@ -302,7 +342,8 @@ class WebGPURunner(Runner):
         self.log: list[str] = []  # the page's console, for diagnostics
         self.loaded: OrderedDict[str, Path] = OrderedDict()
         self.timings: dict[str, float] = {}
-        self.server = self._pw = self.browser = self.page = None
+        self.server = self._pw = self.browser = self.page = self.adapter = None
+        self.sessions = 1  # sessions this browser served (resume)
 
     # lifecycle
     def start(self) -> None:
@@ -329,9 +370,32 @@ class WebGPURunner(Runner):
         except PlaywrightError as e:
             raise SdparityError(f"the WebGPU harness page did not load: {_first_line(e.message)}") from None
         self.timings["browser_start_s"] = round(time.perf_counter() - t0, 3)
-        self.backend._adapter = self._call("() => window.sdparity.describe()", None, "WebGPU adapter probe")
+        self.adapter = self._call("() => window.sdparity.describe()", None, "WebGPU adapter probe")
+        self.backend._adapter = self.adapter
         self.timings["adapter_probe_s"] = round(time.perf_counter() - t0 - self.timings["browser_start_s"], 3)
         self._check()
+
+    def reusable(self, unload: bool = False) -> bool:
+        """Whether the browser is up with nothing reported and the harness ready; ``unload``:
+        first unload every model (their weights go; the compiled pipelines stay)."""
+        try:
+            if self.page is None or self.page.is_closed() or not self.browser.is_connected():
+                return False
+            if unload:
+                self._evict(0)
+            ready = self.page.evaluate("window.sdparityReady === true")  # also delivers pending events
+            return bool(ready) and not self.errors
+        except Exception:
+            return False
+
+    def resume(self, backend: WebGPUBackend) -> None:
+        """Start a session on this idle browser, for ``backend`` (of the same settings)."""
+        self.backend = backend
+        backend._adapter = self.adapter
+        self.log.clear()
+        self.timings = {k: self.timings[k] for k in ("browser_start_s", "adapter_probe_s") if k in self.timings}
+        self.sessions += 1
+        self.timings["browser_sessions"] = self.sessions
 
     def close(self) -> None:
         for closer in (lambda: self.browser.close(), lambda: self.server.shutdown(),
