@@ -291,14 +291,13 @@ _IDLE: dict[tuple, "WebGPURunner"] = {}  # settings -> a started browser no sess
 
 
 def _keep_idle(key: tuple, runner: "WebGPURunner") -> None:
-    if not _IDLE:
-        atexit.register(_close_idle)
     old = _IDLE.pop(key, None)
     _IDLE[key] = runner
     if old is not None:
         old.close()
 
 
+@atexit.register
 def _close_idle() -> None:
     while _IDLE:
         _IDLE.popitem()[1].close()
