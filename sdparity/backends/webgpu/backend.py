@@ -8,8 +8,8 @@ Run: one Chromium (Playwright, /usr/bin/chromium, --enable-unsafe-webgpu) and on
 the whole session, kept for the process's next session when it ends cleanly (``session``).
 The page (web/harness/) is served with a small threaded HTTP server on 127.0.0.1 (a secure
 context, so navigator.gpu exists), which also serves the artifact folders and carries tensors
-both ways as raw bytes. Calling convention as native: the
-Relax function F is called as F(*inputs, *params[F]).
+both ways as raw bytes. Calling convention as native: the Relax function F is called as
+F(*inputs, *params[F]).
 
 Any console error, page error, uncaught promise rejection, uncaptured WebGPU error or
 device loss fails the run with an SdparityError.
